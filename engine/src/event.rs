@@ -1,0 +1,88 @@
+//! The record envelope that flows between operators, and the data bounds.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+
+use crate::time::EventTime;
+
+/// What a record type must be to flow through a job: cloneable, sendable between worker threads
+/// and serialisable between processes.
+pub trait Data: Clone + Send + Serialize + DeserializeOwned + std::fmt::Debug + 'static {}
+impl<T: Clone + Send + Serialize + DeserializeOwned + std::fmt::Debug + 'static> Data for T {}
+
+/// What a key must be: [`Data`] that can be hashed (for the exchange between workers) and compared.
+pub trait ExchangeKey: Data + Hash + Eq + Ord {}
+impl<T: Data + Hash + Eq + Ord> ExchangeKey for T {}
+
+/// Where a record came from: its source partition and its offset there. Every record carries its
+/// origin so that the engine can order records canonically (by event time, partition, offset) and
+/// sources can resume from offsets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The global index of the source partition (see [`crate::PartitionId`]).
+    pub partition: u32,
+    /// The record's offset in its partition (line number, Kafka offset, sequence number).
+    pub offset: u64,
+}
+
+/// A record with its event time and origin. Operators see and produce `Event`s; user closures
+/// see only [`Event::data`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Event<T> {
+    /// Event time in milliseconds.
+    pub ts: EventTime,
+    /// Source partition and offset.
+    pub origin: Origin,
+    /// The user's record.
+    pub data: T,
+}
+
+impl<T> Event<T> {
+    /// A new record.
+    pub fn new(ts: EventTime, origin: Origin, data: T) -> Self {
+        Event { ts, origin, data }
+    }
+    /// The same envelope around other data.
+    pub fn with<U>(&self, data: U) -> Event<U> {
+        Event {
+            ts: self.ts,
+            origin: self.origin,
+            data,
+        }
+    }
+}
+
+/// One of two things: the input of a two-input operator (a join).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Either<L, R> {
+    /// From the left input.
+    Left(L),
+    /// From the right input.
+    Right(R),
+}
+
+/// A record that a source could not decode, sent to the dead-letter stream when the source's
+/// policy is [`crate::BadRecordPolicy::Skip`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The source operator's name.
+    pub source: String,
+    /// Where the record was (file:line, topic/partition@offset).
+    pub location: String,
+    /// Why it could not be decoded.
+    pub reason: String,
+    /// The raw record, lossily as UTF-8.
+    pub raw: String,
+}
+
+/// The hash that spreads keys over workers: stable across processes and runs (FxHash), so that
+/// every process of a cluster sends a key to the same worker.
+pub fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    // FxHash's low bits are weak for small integers; mix before timely takes `hash % peers`.
+    let x = h.finish();
+    let x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}

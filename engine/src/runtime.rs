@@ -1,0 +1,227 @@
+//! The runtime: runs a [`Job`] on `W` worker threads in each of `P` processes (timely's
+//! communication layer: threads in a process, TCP between processes), with a progress line
+//! and a summary.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::JobConfig;
+use crate::error::{Error, Result};
+use crate::flow::Flow;
+use crate::job::Job;
+use crate::metrics::{Metrics, RunSummary};
+
+/// Shared run control: the first error, an abort flag, and the stop flag (Ctrl-C).
+#[derive(Debug, Default)]
+pub struct Control {
+    aborted: AtomicBool,
+    stop: Arc<AtomicBool>,
+    error: Mutex<Option<Error>>,
+}
+
+impl Control {
+    /// A control that stops when `stop` becomes true.
+    pub fn with_stop(stop: Arc<AtomicBool>) -> Self {
+        Control {
+            stop,
+            ..Default::default()
+        }
+    }
+    /// Records `e` (the first error wins) and aborts the run.
+    pub fn fail(&self, e: Error) {
+        if let Ok(mut slot) = self.error.lock() {
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+    /// Whether the run is failing.
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+    /// Whether the run was asked to stop (sources stop reading; sinks flush).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    fn take_error(&self) -> Option<Error> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+/// How to run a job.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes (1 = local).
+    pub processes: usize,
+    /// This process's index in `hosts` (0 when local).
+    pub process_id: usize,
+    /// `host:port` of every process, in process order (needed when `processes > 1`).
+    pub hosts: Vec<String>,
+    /// The job's settings.
+    pub config: JobConfig,
+    /// How often sources close an epoch.
+    pub epoch_interval: Duration,
+    /// Print a progress line to stderr once a second (only when stderr is a terminal).
+    pub progress: bool,
+    /// Set to true to stop the run cleanly (Ctrl-C).
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: 1,
+            processes: 1,
+            process_id: 0,
+            hosts: Vec::new(),
+            config: JobConfig::new(),
+            epoch_interval: Duration::from_millis(100),
+            progress: false,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl RunOptions {
+    /// `workers` threads in one process.
+    pub fn workers(workers: usize) -> Self {
+        RunOptions {
+            workers,
+            ..Default::default()
+        }
+    }
+    /// Sets the job's config.
+    pub fn config(mut self, config: JobConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+/// Runs `job` to completion (or until stopped) and returns what it did.
+///
+/// Errors: an invalid graph or config (before anything runs), a source or sink failure, a bad
+/// record under the fail policy, a worker panic, or a cluster that cannot connect.
+pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
+    if opts.workers == 0 {
+        return Err(Error::Runtime("--workers must be at least 1".into()));
+    }
+    let comm = if opts.processes > 1 {
+        if opts.hosts.len() != opts.processes {
+            return Err(Error::Runtime(format!(
+                "{} processes need {} host addresses, got {}",
+                opts.processes,
+                opts.processes,
+                opts.hosts.len()
+            )));
+        }
+        if opts.process_id >= opts.processes {
+            return Err(Error::Runtime(format!(
+                "--process-id {} is not below --processes {}",
+                opts.process_id, opts.processes
+            )));
+        }
+        timely::CommunicationConfig::Cluster {
+            threads: opts.workers,
+            process: opts.process_id,
+            addresses: opts.hosts.clone(),
+            report: false,
+            zerocopy: false,
+        }
+    } else if opts.workers > 1 {
+        timely::CommunicationConfig::Process(opts.workers)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    let config = timely::Config {
+        communication: comm,
+        worker: timely::WorkerConfig::default(),
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let control = Arc::new(Control::with_stop(opts.stop.clone()));
+    let job_config = Arc::new(opts.config.clone());
+    let started = Instant::now();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let metrics = metrics.clone();
+        let done = done.clone();
+        std::thread::spawn(move || progress_loop(&metrics, &done))
+    });
+
+    let job2 = job.clone();
+    let (metrics2, control2) = (metrics.clone(), control.clone());
+    let epoch_interval = opts.epoch_interval;
+    let guards = timely::execute(config, move |worker| {
+        let name = job2.name().to_string();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let mut flow = Flow::new(
+                scope,
+                &name,
+                job_config.clone(),
+                metrics2.clone(),
+                control2.clone(),
+                epoch_interval,
+            );
+            if let Err(e) = job2.build_into(&mut flow) {
+                control2.fail(e);
+            }
+        });
+    })
+    .map_err(|e| Error::Runtime(format!("cannot start workers: {e}")))?;
+
+    let mut panic = None;
+    for r in guards.join() {
+        if let Err(e) = r {
+            panic.get_or_insert(e);
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    if let Some(h) = reporter {
+        let _ = h.join();
+    }
+    if let Some(e) = control.take_error() {
+        return Err(e);
+    }
+    if let Some(p) = panic {
+        return Err(Error::Runtime(format!("a worker panicked: {p}")));
+    }
+    Ok(RunSummary::from_metrics(
+        job.name(),
+        opts.workers,
+        opts.processes,
+        &metrics,
+        started.elapsed(),
+    ))
+}
+
+fn progress_loop(metrics: &Metrics, done: &AtomicBool) {
+    let mut last = (Instant::now(), 0u64);
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.0.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let now = Instant::now();
+        let n = metrics.records_in.get();
+        let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, n);
+        let wm = metrics
+            .watermark()
+            .map(|w| if w == i64::MAX { "end".to_string() } else { w.to_string() })
+            .unwrap_or_else(|| "-".into());
+        eprint!(
+            "\r\x1b[2K{:>12.0} events/s  {:>12} in  watermark {:>14}  late {}",
+            rate,
+            n,
+            wm,
+            metrics.late.get()
+        );
+    }
+    eprint!("\r\x1b[2K");
+}

@@ -1,0 +1,187 @@
+//! Sinks: the contract a connector implements, and the sink operator.
+//!
+//! # Contract
+//! The engine promises a [`Sink`]: [`Sink::open`] once before anything else on the instances
+//! that receive records (every worker for [`Routing::PerWorker`], global worker 0 for
+//! [`Routing::Single`]); [`Sink::write`] with the records of an epoch, possibly in several calls;
+//! [`Sink::epoch_done`] once every record of an epoch (and of all before it) has been written;
+//! [`Sink::close`] once when the stream ends normally, or [`Sink::abort`] when the job fails.
+//! The sink promises to have made every record durable (or visible) when `close` returns, to
+//! return an error rather than lose a record, and to leave no half-written output behind after
+//! `abort` where its medium allows it.
+
+use std::rc::Rc;
+
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::flow::{Shared, TStream};
+use crate::time::Epoch;
+
+/// Where a sink's records go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// Each worker writes the records it has (no exchange).
+    PerWorker,
+    /// Every record goes to global worker 0, which alone writes (one file, ordered output).
+    Single,
+}
+
+/// What a sink instance knows about where it runs.
+#[derive(Clone, Debug)]
+pub struct SinkContext {
+    /// The sink operator's name.
+    pub name: String,
+    /// This worker's global index.
+    pub worker: usize,
+    /// The number of workers over all processes.
+    pub workers: usize,
+}
+
+/// A connector that consumes records of type `T` (see the module's contract).
+pub trait Sink<T>: 'static {
+    /// Where records go; per worker by default.
+    fn routing(&self) -> Routing {
+        Routing::PerWorker
+    }
+    /// Called once before the first write on instances that receive records.
+    fn open(&mut self, _ctx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+    /// Writes records of `epoch` (takes them out of `records`).
+    fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()>;
+    /// Every record of epochs up to and including `epoch` has been written.
+    fn epoch_done(&mut self, _epoch: Epoch) -> Result<()> {
+        Ok(())
+    }
+    /// The stream has ended: make everything durable.
+    fn close(&mut self) -> Result<()>;
+    /// The job failed: drop what is not yet durable, leave no partial output.
+    fn abort(&mut self) {}
+}
+
+pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
+    shared: &Rc<Shared>,
+    name: &str,
+    data: TStream<'s, Event<T>>,
+    mut sink: S,
+) {
+    let scope = data.scope();
+    let routing = sink.routing();
+    let ctx = SinkContext {
+        name: name.to_string(),
+        worker: scope.index(),
+        workers: scope.peers(),
+    };
+    let active = routing == Routing::PerWorker || ctx.worker == 0;
+    let control = shared.control.clone();
+    let metrics = shared.metrics.clone();
+    let out_counter = metrics.counter(&format!("{name}.records_out"));
+    let name = name.to_string();
+    let opname = name.clone();
+    let mut state = SinkState::Unopened;
+    let mut last_done: Option<u64> = None;
+    let mut logic = move |input: &mut dyn FnMut(&mut dyn FnMut(u64, &mut Vec<Event<T>>)), frontier: Option<u64>| {
+        if state == SinkState::Closed {
+            // Drain (and drop) anything that still arrives after a failure.
+            input(&mut |_, _| {});
+            return;
+        }
+        if state == SinkState::Unopened && active {
+            if let Err(e) = sink.open(&ctx) {
+                control.fail(wrap(&name, e));
+                state = SinkState::Closed;
+                return;
+            }
+            state = SinkState::Open;
+        }
+        let mut failed = None;
+        input(&mut |t, batch| {
+            if failed.is_some() {
+                batch.clear();
+                return;
+            }
+            let n = batch.len() as u64;
+            if let Err(e) = sink.write(Epoch(t), batch) {
+                failed = Some(e);
+            } else {
+                metrics.records_out.add(n);
+                out_counter.add(n);
+            }
+        });
+        if let Some(e) = failed {
+            control.fail(wrap(&name, e));
+            sink.abort();
+            state = SinkState::Closed;
+            return;
+        }
+        match frontier {
+            Some(f) => {
+                if f > 0 && last_done != Some(f - 1) && active {
+                    if let Err(e) = sink.epoch_done(Epoch(f - 1)) {
+                        control.fail(wrap(&name, e));
+                        sink.abort();
+                        state = SinkState::Closed;
+                        return;
+                    }
+                    last_done = Some(f - 1);
+                }
+            }
+            None => {
+                if active {
+                    if control.aborted() {
+                        sink.abort();
+                    } else if let Err(e) = sink.close() {
+                        control.fail(wrap(&name, e));
+                    }
+                }
+                state = SinkState::Closed;
+            }
+        }
+    };
+    match routing {
+        Routing::Single => data.sink(Exchange::new(|_e: &Event<T>| 0), &opname, move |(input, frontier)| {
+            let f = frontier.frontier().iter().next().copied();
+            logic(
+                &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
+                    input.for_each(|cap, batch| {
+                        let t = *cap.least().expect("totally ordered");
+                        each(t, batch)
+                    })
+                },
+                f,
+            );
+        }),
+        Routing::PerWorker => data.sink(Pipeline, &opname, move |(input, frontier)| {
+            let f = frontier.frontier().iter().next().copied();
+            logic(
+                &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
+                    input.for_each(|cap, batch| {
+                        let t = *cap.least().expect("totally ordered");
+                        each(t, batch)
+                    })
+                },
+                f,
+            );
+        }),
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum SinkState {
+    Unopened,
+    Open,
+    Closed,
+}
+
+fn wrap(name: &str, e: Error) -> Error {
+    match e {
+        Error::Sink { .. } | Error::Io { .. } => e,
+        other => Error::Sink {
+            sink: name.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}

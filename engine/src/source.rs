@@ -1,0 +1,467 @@
+//! Sources: the contract a connector implements, the options a job sets per source, and the
+//! source operator that cuts epochs and reports watermarks.
+//!
+//! # Contract
+//! A [`Source`] lists its partitions ([`Source::partitions`]); the list must be the same on every
+//! worker of every process, because partition `i` is read by global worker `i % workers`. Each
+//! worker then opens a [`PartitionReader`] for each of its partitions and calls
+//! [`PartitionReader::read`] repeatedly. A reader pushes at most [`Reader::budget`] records per
+//! call, each with its offset in the partition (and its own event time if it has one), or a bad
+//! record with where it was and why it failed. It returns what it can say about the partition:
+//! more to read now, nothing now, a request to cut the epoch here, or finished.
+//!
+//! The engine promises a reader that it is called from one thread, that its records are stamped
+//! with event time (the source options' extractor, else the reader's time, else ingestion time),
+//! and that its partition's watermark follows the job's [`WatermarkStrategy`].
+
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+
+use crate::error::{Error, Result};
+use crate::event::{Data, DeadLetter, Event, Origin};
+use crate::flow::{Shared, TStream};
+use crate::time::WATERMARK_MAX;
+use crate::watermark::{WatermarkStrategy, WmReport, WmValue};
+
+/// The index of a partition in its source's partition list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionId(pub u32);
+
+/// What a source instance knows about where it runs.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    /// The source operator's name.
+    pub name: String,
+    /// This worker's global index.
+    pub worker: usize,
+    /// The number of workers over all processes.
+    pub workers: usize,
+}
+
+/// A connector that produces records of type [`Source::Item`] from a list of partitions.
+pub trait Source: 'static {
+    /// The records it produces.
+    type Item: Data;
+    /// The partitions, the same list on every worker (see the module's contract).
+    fn partitions(&mut self, ctx: &SourceContext) -> Result<Vec<String>>;
+    /// Opens partition `partition` (an index into [`Source::partitions`]) for reading.
+    fn open(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn PartitionReader<Self::Item>>>;
+}
+
+/// What a reader says after a call to [`PartitionReader::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// There may be more to read right now.
+    More,
+    /// Nothing to read right now; ask again later.
+    Pending,
+    /// Close the current epoch after the records pushed so far (used by replay and tests).
+    CutEpoch,
+    /// The partition has ended.
+    Finished,
+}
+
+/// Reads one partition.
+pub trait PartitionReader<T>: 'static {
+    /// Pushes up to `out.budget()` records into `out` and says what comes next.
+    fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus>;
+}
+
+/// The handle a [`PartitionReader`] pushes records into.
+pub struct Reader<T> {
+    items: Vec<(Option<i64>, u64, T)>,
+    bad: Vec<(u64, String, String, String)>,
+    budget: usize,
+}
+
+impl<T> Reader<T> {
+    fn new(budget: usize) -> Self {
+        Reader {
+            items: Vec::with_capacity(budget),
+            bad: Vec::new(),
+            budget,
+        }
+    }
+    /// How many records the reader may push in this call.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+    /// A record at `offset` in the partition; its event time comes from the job's extractor.
+    #[inline]
+    pub fn push(&mut self, offset: u64, item: T) {
+        self.items.push((None, offset, item));
+    }
+    /// A record at `offset` with its own event time (a Kafka timestamp, a generator's clock).
+    #[inline]
+    pub fn push_at(&mut self, ts: i64, offset: u64, item: T) {
+        self.items.push((Some(ts), offset, item));
+    }
+    /// A record at `offset` that could not be decoded: `location` names where it is
+    /// (`file:line`, `topic/partition@offset`), `reason` why, `raw` what it was.
+    pub fn bad(&mut self, offset: u64, location: String, reason: String, raw: String) {
+        self.bad.push((offset, location, reason, raw));
+    }
+}
+
+/// What a source does with a record it cannot decode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadRecordPolicy {
+    /// Stop the job with an error naming the record's location and the reason.
+    #[default]
+    Fail,
+    /// Count it, skip it, and send it to the dead-letter stream.
+    Skip,
+}
+
+/// A job's settings for one source: event time, watermarks, idleness, bad records.
+pub struct SourceOptions<T> {
+    event_time: Option<Box<dyn Fn(&T) -> i64>>,
+    watermark: WatermarkStrategy,
+    idle_timeout: Option<Duration>,
+    bad_records: BadRecordPolicy,
+    budget: usize,
+}
+
+impl<T> Default for SourceOptions<T> {
+    fn default() -> Self {
+        SourceOptions {
+            event_time: None,
+            watermark: WatermarkStrategy::Monotonic,
+            idle_timeout: None,
+            bad_records: BadRecordPolicy::Fail,
+            budget: 1024,
+        }
+    }
+}
+
+impl<T> SourceOptions<T> {
+    /// Monotonic watermarks, the reader's (or ingestion) time, fail on bad records.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Takes each record's event time (milliseconds) from `f`.
+    pub fn event_time(mut self, f: impl Fn(&T) -> i64 + 'static) -> Self {
+        self.event_time = Some(Box::new(f));
+        self
+    }
+    /// The watermark strategy per partition.
+    pub fn watermark(mut self, strategy: WatermarkStrategy) -> Self {
+        self.watermark = strategy;
+        self
+    }
+    /// Bounded out-of-orderness of `bound` (shorthand for [`Self::watermark`]).
+    pub fn bounded_out_of_order(self, bound: Duration) -> Self {
+        self.watermark(WatermarkStrategy::bounded(bound))
+    }
+    /// A partition that has produced nothing for `timeout` stops holding the watermark back
+    /// until it produces again.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+    /// What to do with records that do not decode.
+    pub fn on_bad_record(mut self, policy: BadRecordPolicy) -> Self {
+        self.bad_records = policy;
+        self
+    }
+    /// Records per read call (default 1024).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.budget = n.max(1);
+        self
+    }
+}
+
+struct Part<T> {
+    index: u32,
+    reader: Box<dyn PartitionReader<T>>,
+    max_ts: i64,
+    last_data: Instant,
+    finished: bool,
+    pending_until: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds the source operator: outputs are data, watermark reports and dead letters.
+pub(crate) fn build<'s, S: Source>(
+    scope: timely::dataflow::Scope<'s, u64>,
+    shared: &Rc<Shared>,
+    name: &str,
+    source_id: u32,
+    mut source: S,
+    options: SourceOptions<S::Item>,
+) -> (
+    TStream<'s, Event<S::Item>>,
+    TStream<'s, WmReport>,
+    TStream<'s, Event<DeadLetter>>,
+) {
+    let mut builder = OperatorBuilder::new(name.to_string(), scope);
+    let info = builder.operator_info();
+    let (out_data, data) = builder.new_output();
+    let (out_wm, wm) = builder.new_output();
+    let (out_dead, dead) = builder.new_output();
+    let mut out_data: OutputBuilder<u64, CapacityContainerBuilder<Vec<Event<S::Item>>>> =
+        OutputBuilder::from(out_data);
+    let mut out_wm: OutputBuilder<u64, CapacityContainerBuilder<Vec<WmReport>>> =
+        OutputBuilder::from(out_wm);
+    let mut out_dead: OutputBuilder<u64, CapacityContainerBuilder<Vec<Event<DeadLetter>>>> =
+        OutputBuilder::from(out_dead);
+
+    let activator = scope.activator_for(info.address.clone());
+    let ctx = SourceContext {
+        name: name.to_string(),
+        worker: scope.index(),
+        workers: scope.peers(),
+    };
+    let worker = scope.index() as u32;
+    let control = shared.control.clone();
+    let metrics = shared.metrics.clone();
+    let bad_counter = metrics.counter(&format!("{name}.bad_records"));
+    let in_counter = metrics.counter(&format!("{name}.records_in"));
+    let epoch_interval = shared.epoch_interval;
+    let name = name.to_string();
+
+    builder.build(move |caps| {
+        let mut caps: Option<Vec<timely::dataflow::operators::Capability<u64>>> = Some(caps);
+        let mut epoch: u64 = 0;
+        let mut epoch_deadline = Instant::now() + epoch_interval;
+        let mut parts: Option<Vec<Part<S::Item>>> = None;
+        let mut last_report: Option<WmValue> = None;
+        let mut reader = Reader::new(options.budget);
+        let mut batch: Vec<Event<S::Item>> = Vec::with_capacity(options.budget);
+
+        move |_frontiers| {
+            let Some(c) = caps.as_mut() else { return };
+            if control.aborted() {
+                caps = None;
+                return;
+            }
+            if control.stopping() {
+                // Ctrl-C: stop reading, close what is open, do not advance the watermark.
+                caps = None;
+                return;
+            }
+            // Open this worker's partitions on the first activation.
+            if parts.is_none() {
+                let opened = (|| -> Result<Vec<Part<S::Item>>> {
+                    let all = source.partitions(&ctx)?;
+                    let mut mine = Vec::new();
+                    for i in 0..all.len() {
+                        if i % ctx.workers == ctx.worker {
+                            let r = source.open(PartitionId(i as u32), &ctx)?;
+                            mine.push(Part {
+                                index: i as u32,
+                                reader: r,
+                                max_ts: i64::MIN,
+                                last_data: Instant::now(),
+                                finished: false,
+                                pending_until: None,
+                            });
+                        }
+                    }
+                    Ok(mine)
+                })();
+                match opened {
+                    Ok(p) => parts = Some(p),
+                    Err(e) => {
+                        control.fail(e);
+                        caps = None;
+                        return;
+                    }
+                }
+            }
+            let ps = parts.as_mut().expect("opened");
+            let mut cut = false;
+            let mut worked = false;
+            let mut data_out = out_data.activate();
+            let mut dead_out = out_dead.activate();
+
+            // Read a bounded amount per activation so downstream operators run between reads.
+            let started = Instant::now();
+            'rounds: for _round in 0..16 {
+                let mut any_more = false;
+                for p in ps.iter_mut() {
+                    if p.finished {
+                        continue;
+                    }
+                    if let Some(until) = p.pending_until {
+                        if Instant::now() < until {
+                            continue;
+                        }
+                        p.pending_until = None;
+                    }
+                    let status = match p.reader.read(&mut reader) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            control.fail(match e {
+                                Error::Source { .. } | Error::BadRecord { .. } | Error::Io { .. } => e,
+                                other => Error::Source {
+                                    source_name: name.clone(),
+                                    reason: other.to_string(),
+                                },
+                            });
+                            caps = None;
+                            return;
+                        }
+                    };
+                    if !reader.items.is_empty() {
+                        worked = true;
+                        p.last_data = Instant::now();
+                        let n = reader.items.len() as u64;
+                        let mut max_ts = p.max_ts;
+                        let part = p.index;
+                        let ingest = if options.event_time.is_none() { now_ms() } else { 0 };
+                        for (ts, offset, item) in reader.items.drain(..) {
+                            let ts = match (&options.event_time, ts) {
+                                (Some(f), _) => f(&item),
+                                (None, Some(t)) => t,
+                                (None, None) => ingest,
+                            };
+                            if ts > max_ts {
+                                max_ts = ts;
+                            }
+                            batch.push(Event {
+                                ts,
+                                origin: Origin {
+                                    partition: part,
+                                    offset,
+                                },
+                                data: item,
+                            });
+                        }
+                        p.max_ts = max_ts;
+                        data_out.session(&c[0]).give_container(&mut batch);
+                        batch.clear();
+                        metrics.records_in.add(n);
+                        in_counter.add(n);
+                    }
+                    if !reader.bad.is_empty() {
+                        worked = true;
+                        match options.bad_records {
+                            BadRecordPolicy::Fail => {
+                                let (_, location, reason, _) = reader.bad.remove(0);
+                                reader.bad.clear();
+                                control.fail(Error::BadRecord {
+                                    source_name: name.clone(),
+                                    location,
+                                    reason,
+                                });
+                                caps = None;
+                                return;
+                            }
+                            BadRecordPolicy::Skip => {
+                                let n = reader.bad.len() as u64;
+                                metrics.bad_records.add(n);
+                                bad_counter.add(n);
+                                let now = now_ms();
+                                let mut dead: Vec<Event<DeadLetter>> = reader
+                                    .bad
+                                    .drain(..)
+                                    .map(|(offset, location, reason, raw)| Event {
+                                        ts: now,
+                                        origin: Origin {
+                                            partition: p.index,
+                                            offset,
+                                        },
+                                        data: DeadLetter {
+                                            source: name.clone(),
+                                            location,
+                                            reason,
+                                            raw,
+                                        },
+                                    })
+                                    .collect();
+                                dead_out.session(&c[2]).give_container(&mut dead);
+                            }
+                        }
+                    }
+                    match status {
+                        ReadStatus::More => any_more = true,
+                        ReadStatus::Pending => {
+                            p.pending_until = Some(Instant::now() + Duration::from_millis(1));
+                        }
+                        ReadStatus::CutEpoch => {
+                            cut = true;
+                        }
+                        ReadStatus::Finished => p.finished = true,
+                    }
+                    if cut {
+                        break 'rounds;
+                    }
+                }
+                if !any_more || started.elapsed() > Duration::from_millis(2) {
+                    break;
+                }
+            }
+            drop(data_out);
+            drop(dead_out);
+
+            let all_finished = ps.iter().all(|p| p.finished);
+            let now = Instant::now();
+            if cut || all_finished || now >= epoch_deadline {
+                // Close the epoch: report this instance's watermark for it, then move on.
+                let value = if all_finished {
+                    WmValue::At(WATERMARK_MAX)
+                } else {
+                    let mut min: Option<i64> = None;
+                    for p in ps.iter() {
+                        if p.finished {
+                            continue;
+                        }
+                        if let Some(t) = options.idle_timeout {
+                            if now.duration_since(p.last_data) >= t {
+                                continue;
+                            }
+                        }
+                        let w = options.watermark.watermark(p.max_ts);
+                        min = Some(min.map_or(w, |m: i64| m.min(w)));
+                    }
+                    match min {
+                        Some(w) => WmValue::At(w),
+                        None => WmValue::Idle,
+                    }
+                };
+                if last_report != Some(value) {
+                    let mut wm_out = out_wm.activate();
+                    wm_out.session(&c[1]).give(WmReport {
+                        source: source_id,
+                        worker,
+                        value,
+                    });
+                    last_report = Some(value);
+                }
+                if all_finished {
+                    caps = None;
+                    return;
+                }
+                epoch += 1;
+                for cap in c.iter_mut() {
+                    cap.downgrade(&epoch);
+                }
+                epoch_deadline = now + epoch_interval;
+            }
+            if worked || cut {
+                activator.activate();
+            } else {
+                let wait = epoch_deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(1));
+                activator.activate_after(wait);
+            }
+        }
+    });
+    (data, wm, dead)
+}

@@ -1,0 +1,266 @@
+//! The epoch-driven stateful operator that every window, join and combiner is built on.
+//!
+//! # Contract
+//! The engine promises an [`EpochLogic`]:
+//! * every record of epoch `e` is passed to [`EpochLogic::on_record`] with the watermark that held
+//!   when epoch `e` began (the combined watermark after every epoch before `e`);
+//! * after all records of epoch `e`, [`EpochLogic::on_epoch_end`] is called once with the
+//!   watermark advanced by the sources' reports for epoch `e`;
+//! * epochs are finished in increasing order; records of one epoch arrive in no particular order.
+//!
+//! The logic promises back that what it emits for an epoch depends only on the multiset of that
+//! epoch's records and on its state (its aggregates commute), so that results do not depend on
+//! worker count, scheduling, or arrival order within an epoch.
+//!
+//! Records of the epoch that is next to finish are applied as they arrive (no buffering); records
+//! of later epochs, which can arrive early from faster workers, wait until their turn.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
+
+use crate::event::{Data, Event};
+use crate::flow::{Shared, TStream};
+use crate::metrics::{Counter, Metrics};
+use crate::time::Watermark;
+use crate::watermark::{WatermarkTracker, WmReport};
+
+/// Where a stateful operator's logic puts its results and its late records.
+pub struct Emitter<I, O> {
+    out: Vec<Event<O>>,
+    late: Vec<Event<I>>,
+    keep_late: bool,
+    late_counter: Arc<Counter>,
+    metrics: Arc<Metrics>,
+}
+
+impl<I, O> Emitter<I, O> {
+    fn new(keep_late: bool, late_counter: Arc<Counter>, metrics: Arc<Metrics>) -> Self {
+        Emitter {
+            out: Vec::new(),
+            late: Vec::new(),
+            keep_late,
+            late_counter,
+            metrics,
+        }
+    }
+
+    /// Emits a result.
+    #[inline]
+    pub fn emit(&mut self, e: Event<O>) {
+        self.out.push(e);
+    }
+
+    /// Declares `records` input records late: counted, and sent to the late output if the job
+    /// asked for one. `e` is one of them (or a stand-in when a combiner already merged them).
+    pub fn late(&mut self, e: Event<I>, records: u64) {
+        self.late_counter.add(records);
+        self.metrics.late.add(records);
+        if self.keep_late {
+            self.late.push(e);
+        }
+    }
+
+    /// Counts `records` late input records that have no record left to show (merged by a combiner).
+    pub fn late_count(&mut self, records: u64) {
+        self.late_counter.add(records);
+        self.metrics.late.add(records);
+    }
+
+    /// Whether late records are kept for a late output (so the logic should keep them whole).
+    pub fn keeps_late(&self) -> bool {
+        self.keep_late
+    }
+}
+
+/// The logic of a keyed stateful operator (see the module's contract).
+pub trait EpochLogic<I, O>: 'static {
+    /// A record of the current epoch; `wm` is the watermark that held when the epoch began.
+    fn on_record(&mut self, record: Event<I>, wm: Watermark, out: &mut Emitter<I, O>);
+    /// The end of an epoch; `wm` is the watermark after it (it may equal the previous one).
+    fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<I, O>);
+}
+
+/// The logic of a local per-epoch operator (a combiner): no exchange, no watermark.
+pub trait LocalEpochLogic<I, O>: 'static {
+    /// A record of the current epoch.
+    fn on_record(&mut self, record: Event<I>, out: &mut Vec<Event<O>>);
+    /// The end of the current epoch: emit what the epoch produced.
+    fn on_epoch_end(&mut self, out: &mut Vec<Event<O>>);
+}
+
+fn least(f: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
+    f.frontier().iter().next().copied().unwrap_or(u64::MAX)
+}
+
+/// Builds the keyed operator: data exchanged by `hash`, watermark reports broadcast.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
+    shared: &Rc<Shared>,
+    data: TStream<'s, Event<I>>,
+    wm: TStream<'s, WmReport>,
+    expected_reporters: usize,
+    name: &str,
+    hash: impl Fn(&Event<I>) -> u64 + 'static,
+    mut logic: L,
+    keep_late: bool,
+) -> (TStream<'s, Event<O>>, TStream<'s, Event<I>>) {
+    let scope = data.scope();
+    let mut builder = OperatorBuilder::new(name.to_string(), scope);
+    let mut in_data = builder.new_input(data, Exchange::new(hash));
+    let mut in_wm = builder.new_input(wm.broadcast(), Pipeline);
+    let (out_main, main) = builder.new_output();
+    let (out_late, late) = builder.new_output();
+    let mut out_main: OutputBuilder<u64, CapacityContainerBuilder<Vec<Event<O>>>> =
+        OutputBuilder::from(out_main);
+    let mut out_late: OutputBuilder<u64, CapacityContainerBuilder<Vec<Event<I>>>> =
+        OutputBuilder::from(out_late);
+    let metrics = shared.metrics.clone();
+    let late_counter = metrics.counter(&format!("{name}.late"));
+
+    builder.build(move |initial| {
+        drop(initial);
+        let mut processed: u64 = 0;
+        let mut stash: BTreeMap<u64, Vec<Event<I>>> = BTreeMap::new();
+        let mut wm_stash: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
+        let mut caps: BTreeMap<u64, (Capability<u64>, Capability<u64>)> = BTreeMap::new();
+        let mut tracker = WatermarkTracker::new(expected_reporters);
+        let mut em: Emitter<I, O> = Emitter::new(keep_late, late_counter, metrics.clone());
+
+        move |frontiers| {
+            let mut main = out_main.activate();
+            let mut late = out_late.activate();
+            let flush = |em: &mut Emitter<I, O>,
+                         caps: &(Capability<u64>, Capability<u64>),
+                         main: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+                u64,
+                CapacityContainerBuilder<Vec<Event<O>>>,
+            >,
+                         late: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+                u64,
+                CapacityContainerBuilder<Vec<Event<I>>>,
+            >| {
+                if !em.out.is_empty() {
+                    main.session(&caps.0).give_container(&mut em.out);
+                    em.out.clear();
+                }
+                if !em.late.is_empty() {
+                    late.session(&caps.1).give_container(&mut em.late);
+                    em.late.clear();
+                }
+            };
+
+            in_data.for_each(|cap, batch| {
+                let t = *cap.least().expect("a totally ordered stamp");
+                let c = caps
+                    .entry(t)
+                    .or_insert_with(|| (cap.delayed(&t, 0), cap.delayed(&t, 1)));
+                if t == processed {
+                    let w = tracker.current();
+                    for r in batch.drain(..) {
+                        logic.on_record(r, w, &mut em);
+                    }
+                    flush(&mut em, c, &mut main, &mut late);
+                } else {
+                    stash.entry(t).or_default().append(batch);
+                }
+            });
+            in_wm.for_each(|cap, batch| {
+                let t = *cap.least().expect("a totally ordered stamp");
+                caps.entry(t)
+                    .or_insert_with(|| (cap.delayed(&t, 0), cap.delayed(&t, 1)));
+                wm_stash.entry(t).or_default().append(batch);
+            });
+
+            let f = least(&frontiers[0]).min(least(&frontiers[1]));
+            while let Some((&e, _)) = caps.first_key_value() {
+                if e >= f {
+                    break;
+                }
+                let c = caps.remove(&e).expect("present");
+                if let Some(records) = stash.remove(&e) {
+                    let w = tracker.current();
+                    for r in records {
+                        logic.on_record(r, w, &mut em);
+                    }
+                }
+                if let Some(reports) = wm_stash.remove(&e) {
+                    for r in &reports {
+                        tracker.report(r);
+                    }
+                }
+                let w = tracker.advance();
+                metrics.observe_watermark(w);
+                logic.on_epoch_end(w, &mut em);
+                flush(&mut em, &c, &mut main, &mut late);
+            }
+            processed = f;
+        }
+    });
+    (main, late)
+}
+
+/// Builds a local per-epoch operator (pipeline, no watermark).
+pub(crate) fn build_local<'s, I: Data, O: Data, L: LocalEpochLogic<I, O>>(
+    data: TStream<'s, Event<I>>,
+    name: &str,
+    mut logic: L,
+) -> TStream<'s, Event<O>> {
+    let scope = data.scope();
+    let mut builder = OperatorBuilder::new(name.to_string(), scope);
+    let mut input = builder.new_input(data, Pipeline);
+    let (out, stream) = builder.new_output();
+    let mut out: OutputBuilder<u64, CapacityContainerBuilder<Vec<Event<O>>>> =
+        OutputBuilder::from(out);
+    builder.build(move |initial| {
+        drop(initial);
+        let mut processed: u64 = 0;
+        let mut stash: BTreeMap<u64, Vec<Event<I>>> = BTreeMap::new();
+        let mut caps: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+        let mut buf: Vec<Event<O>> = Vec::new();
+        move |frontiers| {
+            let mut output = out.activate();
+            input.for_each(|cap, batch| {
+                let t = *cap.least().expect("a totally ordered stamp");
+                let c = caps.entry(t).or_insert_with(|| cap.delayed(&t, 0));
+                if t == processed {
+                    for r in batch.drain(..) {
+                        logic.on_record(r, &mut buf);
+                    }
+                    if !buf.is_empty() {
+                        output.session(c).give_container(&mut buf);
+                        buf.clear();
+                    }
+                } else {
+                    stash.entry(t).or_default().append(batch);
+                }
+            });
+            let f = least(&frontiers[0]);
+            while let Some((&e, _)) = caps.first_key_value() {
+                if e >= f {
+                    break;
+                }
+                let c = caps.remove(&e).expect("present");
+                if let Some(records) = stash.remove(&e) {
+                    for r in records {
+                        logic.on_record(r, &mut buf);
+                    }
+                }
+                logic.on_epoch_end(&mut buf);
+                if !buf.is_empty() {
+                    output.session(&c).give_container(&mut buf);
+                    buf.clear();
+                }
+            }
+            processed = f;
+        }
+    });
+    stream
+}

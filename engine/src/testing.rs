@@ -1,0 +1,155 @@
+//! A harness for tests: a source that replays vectors with explicit epoch cuts, and a sink that
+//! collects into a shared vector.
+//!
+//! ```
+//! use runnel_engine::testing::{Collector, TestItem, TestSource};
+//! use runnel_engine::{run, Job, RunOptions, SourceOptions};
+//!
+//! let out = Collector::new();
+//! let sink = out.clone();
+//! let job = Job::new("double", "doubles numbers", move |flow| {
+//!     let input = vec![vec![TestItem::At(1, 1u64), TestItem::Cut, TestItem::At(2, 2)]];
+//!     flow.source("numbers", TestSource::new(input), SourceOptions::new())?
+//!         .map(|x| x * 2)
+//!         .sink("out", sink.sink())
+//! });
+//! run(&job, RunOptions::workers(2)).unwrap();
+//! assert_eq!(out.sorted_data(), vec![2, 4]);
+//! ```
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::event::{Data, Event};
+use crate::sink::Sink;
+use crate::source::{PartitionId, PartitionReader, ReadStatus, Reader, Source, SourceContext};
+use crate::time::Epoch;
+
+/// One step of a test partition.
+#[derive(Clone, Debug)]
+pub enum TestItem<T> {
+    /// A record with event time `ts`.
+    At(i64, T),
+    /// Close the epoch here (the source cuts its epoch after the records before this).
+    Cut,
+}
+
+/// A source whose partitions are the given vectors.
+#[derive(Clone, Debug)]
+pub struct TestSource<T> {
+    parts: Vec<Vec<TestItem<T>>>,
+}
+
+impl<T> TestSource<T> {
+    /// One partition per vector.
+    pub fn new(parts: Vec<Vec<TestItem<T>>>) -> Self {
+        TestSource { parts }
+    }
+}
+
+impl<T: Data> Source for TestSource<T> {
+    type Item = T;
+    fn partitions(&mut self, _ctx: &SourceContext) -> Result<Vec<String>> {
+        Ok((0..self.parts.len()).map(|i| format!("test-{i}")).collect())
+    }
+    fn open(
+        &mut self,
+        partition: PartitionId,
+        _ctx: &SourceContext,
+    ) -> Result<Box<dyn PartitionReader<T>>> {
+        let items = std::mem::take(&mut self.parts[partition.0 as usize]);
+        Ok(Box::new(TestReader {
+            items: items.into_iter(),
+            offset: 0,
+        }))
+    }
+}
+
+struct TestReader<T> {
+    items: std::vec::IntoIter<TestItem<T>>,
+    offset: u64,
+}
+
+impl<T: Data> PartitionReader<T> for TestReader<T> {
+    fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus> {
+        for _ in 0..out.budget() {
+            match self.items.next() {
+                None => return Ok(ReadStatus::Finished),
+                Some(TestItem::Cut) => return Ok(ReadStatus::CutEpoch),
+                Some(TestItem::At(ts, x)) => {
+                    out.push_at(ts, self.offset, x);
+                    self.offset += 1;
+                }
+            }
+        }
+        Ok(ReadStatus::More)
+    }
+}
+
+/// Collects every record a job writes to its sinks, across workers.
+#[derive(Debug)]
+pub struct Collector<T> {
+    inner: Arc<Mutex<Vec<(Epoch, Event<T>)>>>,
+}
+
+impl<T> Clone for Collector<T> {
+    fn clone(&self) -> Self {
+        Collector {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> Default for Collector<T> {
+    fn default() -> Self {
+        Collector {
+            inner: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+impl<T: Data> Collector<T> {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A sink that appends to this collector (make one per worker, inside the job).
+    pub fn sink(&self) -> CollectSink<T> {
+        CollectSink {
+            inner: self.inner.clone(),
+        }
+    }
+    /// Everything collected, with the epoch it was written in.
+    pub fn events(&self) -> Vec<(Epoch, Event<T>)> {
+        self.inner.lock().expect("collector").clone()
+    }
+    /// The records collected, without envelopes.
+    pub fn data(&self) -> Vec<T> {
+        self.events().into_iter().map(|(_, e)| e.data).collect()
+    }
+    /// The records collected, sorted (for comparing as multisets).
+    pub fn sorted_data(&self) -> Vec<T>
+    where
+        T: Ord,
+    {
+        let mut d = self.data();
+        d.sort();
+        d
+    }
+}
+
+/// The sink half of a [`Collector`].
+pub struct CollectSink<T> {
+    inner: Arc<Mutex<Vec<(Epoch, Event<T>)>>>,
+}
+
+impl<T: Data> Sink<T> for CollectSink<T> {
+    fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
+        let mut v = self.inner.lock().expect("collector");
+        v.extend(records.drain(..).map(|e| (epoch, e)));
+        Ok(())
+    }
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
