@@ -1,0 +1,159 @@
+//! The windowed join: records of two keyed streams with the same key in the same tumbling window
+//! join, pairwise, when the window fires. Records whose window has already fired are late:
+//! counted (`<operator>.late`) and dropped.
+//!
+//! ```
+//! use std::time::Duration;
+//! use runnel_engine::testing::{Collector, TestItem, TestSource};
+//! use runnel_engine::{run, Job, RunOptions, SourceOptions};
+//! use runnel_operators::prelude::*;
+//!
+//! let out = Collector::new();
+//! let sink = out.clone();
+//! let job = Job::new("join", "orders with payments", move |flow| {
+//!     let orders = vec![vec![TestItem::At(1, (1u32, 'x')), TestItem::At(12, (1, 'y'))]];
+//!     let payments = vec![vec![TestItem::At(5, (1u32, 100u64)), TestItem::At(25, (1, 7))]];
+//!     let o = flow.source("orders", TestSource::new(orders), SourceOptions::new())?
+//!         .key_by(|o: &(u32, char)| o.0);
+//!     let p = flow.source("payments", TestSource::new(payments), SourceOptions::new())?
+//!         .key_by(|p: &(u32, u64)| p.0);
+//!     o.window_join(&p, Duration::from_millis(10))?
+//!         .map(|j| (j.start, j.left.1, j.right.1))
+//!         .sink("out", sink.sink())
+//! });
+//! run(&job, RunOptions::workers(2)).unwrap();
+//! assert_eq!(out.sorted_data(), vec![(0, 'x', 100)]);
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Serialize};
+
+use runnel_engine::time::millis;
+use runnel_engine::{
+    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, Origin, Result, Stream,
+    Watermark,
+};
+
+/// A pair joined in a window.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowJoined<K, L, R> {
+    /// The key both records share.
+    pub key: K,
+    /// The window's start.
+    pub start: i64,
+    /// The window's end (exclusive).
+    pub end: i64,
+    /// The left record.
+    pub left: L,
+    /// The right record.
+    pub right: R,
+}
+
+/// `left.window_join(&right, size)`.
+pub trait WindowJoinExt<'s, K, L> {
+    /// Joins records of `self` and `right` with the same key in the same tumbling window of
+    /// `size`; results are emitted when the window fires, with event time `end - 1`.
+    fn window_join<R: Data>(
+        &self,
+        right: &KeyedStream<'s, K, R>,
+        size: Duration,
+    ) -> Result<Stream<'s, WindowJoined<K, L, R>>>;
+
+    /// Like [`WindowJoinExt::window_join`], with an operator name.
+    fn window_join_named<R: Data>(
+        &self,
+        name: &str,
+        right: &KeyedStream<'s, K, R>,
+        size: Duration,
+    ) -> Result<Stream<'s, WindowJoined<K, L, R>>>;
+}
+
+impl<'s, K: ExchangeKey, L: Data> WindowJoinExt<'s, K, L> for KeyedStream<'s, K, L> {
+    #[track_caller]
+    fn window_join<R: Data>(
+        &self,
+        right: &KeyedStream<'s, K, R>,
+        size: Duration,
+    ) -> Result<Stream<'s, WindowJoined<K, L, R>>> {
+        self.window_join_named("", right, size)
+    }
+
+    #[track_caller]
+    fn window_join_named<R: Data>(
+        &self,
+        name: &str,
+        right: &KeyedStream<'s, K, R>,
+        size: Duration,
+    ) -> Result<Stream<'s, WindowJoined<K, L, R>>> {
+        let size = millis(size);
+        assert!(size > 0, "join window size must be positive");
+        let logic = WindowJoinLogic {
+            size,
+            state: BTreeMap::new(),
+        };
+        Ok(self.connect(right).stateful(name, false, logic)?.0)
+    }
+}
+
+type Sides<L, R> = (Vec<L>, Vec<R>);
+
+struct WindowJoinLogic<K, L, R> {
+    size: i64,
+    state: BTreeMap<i64, HashMap<K, Sides<L, R>, FxBuildHasher>>,
+}
+
+impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoined<K, L, R>>
+    for WindowJoinLogic<K, L, R>
+{
+    fn on_record(
+        &mut self,
+        r: Event<(K, Either<L, R>)>,
+        wm: Watermark,
+        out: &mut Emitter<(K, Either<L, R>), WindowJoined<K, L, R>>,
+    ) {
+        let start = r.ts.div_euclid(self.size) * self.size;
+        if start + self.size <= wm {
+            out.late(r, 1);
+            return;
+        }
+        let (k, side) = r.data;
+        let entry = self.state.entry(start).or_default().entry(k).or_default();
+        match side {
+            Either::Left(l) => entry.0.push(l),
+            Either::Right(x) => entry.1.push(x),
+        }
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        wm: Watermark,
+        out: &mut Emitter<(K, Either<L, R>), WindowJoined<K, L, R>>,
+    ) {
+        while let Some((&start, _)) = self.state.first_key_value() {
+            if start.saturating_add(self.size) > wm {
+                break;
+            }
+            let (_, keys) = self.state.pop_first().expect("present");
+            for (k, (ls, rs)) in keys {
+                for l in &ls {
+                    for x in &rs {
+                        out.emit(Event {
+                            ts: start + self.size - 1,
+                            origin: Origin::default(),
+                            data: WindowJoined {
+                                key: k.clone(),
+                                start,
+                                end: start + self.size,
+                                left: l.clone(),
+                                right: x.clone(),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! Event-time windows on keyed streams, and the aggregation that runs in them.
+//!
+//! `keyed.window(spec)` gives a [`Windowed`] builder; `.aggregate(agg)` runs an
+//! [`Aggregate`] per key and window and emits one [`WindowResult`] per key and window when the
+//! watermark passes the window's end.
+//!
+//! ## Lateness
+//! A window `[start, end)` fires when the watermark `W` reaches `end`. It is kept for
+//! `allowed_lateness` after that: a record that arrives for a fired but kept window updates it and
+//! the window is emitted again (an updated result) at the end of that epoch. A record is *late*
+//! when every window it belongs to has expired (`end + allowed_lateness <= W` at the start of the
+//! record's epoch); late records are counted (`<operator>.late`) and dropped, or sent to the late
+//! output of [`Windowed::aggregate_with_late`].
+//!
+//! ## Combiner
+//! Tumbling and sliding windows are computed over *panes* (slices of `gcd(size, slide)`): each
+//! worker pre-aggregates its records per key and pane for each epoch before the exchange, and
+//! the keyed operator merges panes into windows. With a late output the combiner is off (late
+//! records must travel whole).
+
+pub mod session;
+pub mod sliding;
+pub mod tumbling;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Serialize};
+
+use runnel_engine::time::millis;
+use runnel_engine::{
+    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Origin, Result,
+    Stream, Watermark,
+};
+
+use crate::aggregate::Aggregate;
+
+/// One window's result for one key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowResult<K, O> {
+    /// The key.
+    pub key: K,
+    /// The window's start (inclusive), event-time milliseconds.
+    pub start: i64,
+    /// The window's end (exclusive).
+    pub end: i64,
+    /// The aggregate's result.
+    pub value: O,
+}
+
+/// Which windows a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows of `size` ms, aligned to 0.
+    Tumbling {
+        /// Window length in ms.
+        size: i64,
+    },
+    /// Windows of `size` ms starting every `slide` ms, aligned to 0.
+    Sliding {
+        /// Window length in ms.
+        size: i64,
+        /// Distance between window starts in ms.
+        slide: i64,
+    },
+    /// Per-key sessions: records closer than `gap` ms belong to one window.
+    Session {
+        /// Inactivity gap in ms.
+        gap: i64,
+    },
+}
+
+/// `keyed.window(spec)`: windows on keyed streams.
+pub trait WindowExt<'s, K, V> {
+    /// Windows of `spec` over this keyed stream.
+    fn window(&self, spec: WindowSpec) -> Windowed<'s, K, V>;
+}
+
+impl<'s, K: ExchangeKey, V: Data> WindowExt<'s, K, V> for KeyedStream<'s, K, V> {
+    fn window(&self, spec: WindowSpec) -> Windowed<'s, K, V> {
+        Windowed {
+            stream: self.clone(),
+            spec,
+            lateness: 0,
+            name: String::new(),
+            combine: true,
+        }
+    }
+}
+
+/// A keyed stream with a window spec, waiting for its aggregate.
+pub struct Windowed<'s, K, V> {
+    stream: KeyedStream<'s, K, V>,
+    spec: WindowSpec,
+    lateness: i64,
+    name: String,
+    combine: bool,
+}
+
+impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
+    /// Keeps windows for `d` after they fire; records in that time update them.
+    pub fn allowed_lateness(mut self, d: Duration) -> Self {
+        self.lateness = millis(d);
+        self
+    }
+
+    /// Names the window operator (its state's name in checkpoints; must be unique in the job).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Turns the pre-aggregation before the exchange off (for measuring what it saves).
+    pub fn without_combiner(mut self) -> Self {
+        self.combine = false;
+        self
+    }
+
+    /// Aggregates each key's records per window with `agg`; late records are counted and dropped.
+    #[track_caller]
+    pub fn aggregate<A: Aggregate<V>>(self, agg: A) -> Result<Stream<'s, WindowResult<K, A::Out>>> {
+        Ok(self.build(agg, false)?.0)
+    }
+
+    /// Like [`Windowed::aggregate`], and also returns the late records as a stream.
+    #[track_caller]
+    pub fn aggregate_with_late<A: Aggregate<V>>(
+        self,
+        agg: A,
+    ) -> Result<(Stream<'s, WindowResult<K, A::Out>>, Stream<'s, (K, V)>)> {
+        let (main, late) = self.build(agg, true)?;
+        Ok((main, late.expect("a late output was asked for")))
+    }
+
+    #[track_caller]
+    fn build<A: Aggregate<V>>(
+        self,
+        agg: A,
+        late_output: bool,
+    ) -> Result<(Stream<'s, WindowResult<K, A::Out>>, Option<Stream<'s, (K, V)>>)> {
+        let name = if self.name.is_empty() {
+            String::new()
+        } else {
+            self.name.clone()
+        };
+        match self.spec {
+            WindowSpec::Session { gap } => {
+                let logic = session::SessionLogic::new(agg, gap, self.lateness);
+                self.stream.stateful(&name, late_output, logic)
+            }
+            WindowSpec::Tumbling { size } => self.aligned(name, agg, size, size, late_output),
+            WindowSpec::Sliding { size, slide } => {
+                self.aligned(name, agg, size, slide, late_output)
+            }
+        }
+    }
+
+    #[track_caller]
+    fn aligned<A: Aggregate<V>>(
+        self,
+        name: String,
+        agg: A,
+        size: i64,
+        slide: i64,
+        late_output: bool,
+    ) -> Result<(Stream<'s, WindowResult<K, A::Out>>, Option<Stream<'s, (K, V)>>)> {
+        let panes = Panes::new(size, slide);
+        let combiner_name = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}.combiner")
+        };
+        let partials: KeyedStream<'s, K, Partial<A::Acc, V>> = if self.combine && !late_output {
+            self.stream.local(
+                &combiner_name,
+                Combiner {
+                    agg: agg.clone(),
+                    panes,
+                    state: HashMap::default(),
+                },
+            )?
+        } else {
+            let agg2 = agg.clone();
+            let keep_raw = late_output;
+            self.stream.map_values(move |v: V| {
+                let mut acc = agg2.create();
+                agg2.add(&mut acc, &v);
+                Partial {
+                    pane: i64::MIN,
+                    acc,
+                    n: 1,
+                    raw: keep_raw.then_some(v),
+                }
+            })
+            .local(&combiner_name, PaneStamp { panes })?
+        };
+        let logic = PaneWindowLogic {
+            agg,
+            panes,
+            lateness: self.lateness,
+            panes_state: BTreeMap::new(),
+            fired_upto: i64::MIN,
+            dirty: BTreeSet::new(),
+        };
+        let (main, late) = partials.stateful(&name, late_output, logic)?;
+        let late = late.map(|s| s.map(|(k, p): (K, Partial<A::Acc, V>)| (k, p.raw.expect("raw kept"))));
+        Ok((main, late))
+    }
+}
+
+/// Window geometry for tumbling and sliding windows, in panes of `gcd(size, slide)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Panes {
+    size: i64,
+    slide: i64,
+    pane: i64,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Panes {
+    fn new(size: i64, slide: i64) -> Self {
+        assert!(size > 0 && slide > 0, "window size and slide must be positive");
+        Panes {
+            size,
+            slide,
+            pane: gcd(size, slide),
+        }
+    }
+    #[inline]
+    fn pane_of(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.pane) * self.pane
+    }
+    /// The start of the last (latest) window that contains pane `p`.
+    #[inline]
+    fn last_window(&self, p: i64) -> i64 {
+        p.div_euclid(self.slide) * self.slide
+    }
+    /// The starts of every window containing pane `p`, ascending.
+    fn windows(&self, p: i64) -> impl Iterator<Item = i64> {
+        let last = self.last_window(p);
+        let first_bound = p + self.pane - self.size; // s >= this
+        let slide = self.slide;
+        let n = if last >= first_bound {
+            (last - first_bound) / slide + 1
+        } else {
+            0
+        };
+        (0..n).rev().map(move |k| last - k * slide)
+    }
+}
+
+/// A partial aggregate of one key's records in one pane (and, without a combiner, the record).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Partial<Acc, V> {
+    pane: i64,
+    acc: Acc,
+    n: u64,
+    raw: Option<V>,
+}
+
+/// Pre-aggregates a worker's records per key and pane, for one epoch.
+struct Combiner<K, A: Aggregate<V>, V> {
+    agg: A,
+    panes: Panes,
+    state: HashMap<(K, i64), (A::Acc, u64, i64), FxBuildHasher>,
+}
+
+impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Partial<A::Acc, V>)>
+    for Combiner<K, A, V>
+{
+    #[inline]
+    fn on_record(&mut self, r: Event<(K, V)>, _out: &mut Vec<Event<(K, Partial<A::Acc, V>)>>) {
+        let pane = self.panes.pane_of(r.ts);
+        let (k, v) = r.data;
+        let e = self
+            .state
+            .entry((k, pane))
+            .or_insert_with(|| (self.agg.create(), 0, r.ts));
+        self.agg.add(&mut e.0, &v);
+        e.1 += 1;
+        e.2 = e.2.max(r.ts);
+    }
+    fn on_epoch_end(&mut self, out: &mut Vec<Event<(K, Partial<A::Acc, V>)>>) {
+        out.extend(self.state.drain().map(|((k, pane), (acc, n, ts))| Event {
+            ts,
+            origin: Origin::default(),
+            data: (
+                k,
+                Partial {
+                    pane,
+                    acc,
+                    n,
+                    raw: None,
+                },
+            ),
+        }));
+    }
+}
+
+/// Without a combiner: stamps each one-record partial with its pane.
+struct PaneStamp {
+    panes: Panes,
+}
+
+impl<K: ExchangeKey, Acc: Data, V: Data> LocalEpochLogic<(K, Partial<Acc, V>), (K, Partial<Acc, V>)>
+    for PaneStamp
+{
+    #[inline]
+    fn on_record(
+        &mut self,
+        mut r: Event<(K, Partial<Acc, V>)>,
+        out: &mut Vec<Event<(K, Partial<Acc, V>)>>,
+    ) {
+        r.data.1.pane = self.panes.pane_of(r.ts);
+        out.push(r);
+    }
+    fn on_epoch_end(&mut self, _out: &mut Vec<Event<(K, Partial<Acc, V>)>>) {}
+}
+
+/// The keyed half of tumbling and sliding windows: merges partials per pane, fires windows.
+struct PaneWindowLogic<K, A: Aggregate<V>, V> {
+    agg: A,
+    panes: Panes,
+    lateness: i64,
+    /// pane start -> key -> accumulator
+    panes_state: BTreeMap<i64, HashMap<K, A::Acc, FxBuildHasher>>,
+    /// Every window with `end <= fired_upto` has fired.
+    fired_upto: i64,
+    /// Fired windows that received records within their allowed lateness: (start, key).
+    dirty: BTreeSet<(i64, K)>,
+}
+
+impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
+    fn window_result(&self, start: i64, key: Option<&K>, out: &mut Vec<(K, A::Acc)>) {
+        let mut merged: HashMap<K, A::Acc, FxBuildHasher> = HashMap::default();
+        for (_, keys) in self.panes_state.range(start..start + self.panes.size) {
+            match key {
+                Some(k) => {
+                    if let Some(acc) = keys.get(k) {
+                        match merged.get_mut(k) {
+                            Some(m) => self.agg.merge(m, acc),
+                            None => {
+                                merged.insert(k.clone(), acc.clone());
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for (k, acc) in keys {
+                        match merged.get_mut(k) {
+                            Some(m) => self.agg.merge(m, acc),
+                            None => {
+                                merged.insert(k.clone(), acc.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.extend(merged);
+    }
+}
+
+impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
+    EpochLogic<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>> for PaneWindowLogic<K, A, V>
+{
+    fn on_record(
+        &mut self,
+        r: Event<(K, Partial<A::Acc, V>)>,
+        wm: Watermark,
+        out: &mut Emitter<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>>,
+    ) {
+        let p = r.data.1.pane;
+        let size = self.panes.size;
+        let lateness = self.lateness;
+        // Late when even the last window holding this pane has expired.
+        if self.panes.last_window(p).saturating_add(size).saturating_add(lateness) <= wm {
+            let n = r.data.1.n;
+            out.late(r, n);
+            return;
+        }
+        let (k, part) = r.data;
+        if lateness > 0 {
+            for s in self.panes.windows(p) {
+                let end = s + size;
+                if end <= wm && end.saturating_add(lateness) > wm {
+                    self.dirty.insert((s, k.clone()));
+                }
+            }
+        }
+        let keys = self.panes_state.entry(p).or_default();
+        match keys.get_mut(&k) {
+            Some(acc) => self.agg.merge(acc, &part.acc),
+            None => {
+                keys.insert(k, part.acc);
+            }
+        }
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        wm: Watermark,
+        out: &mut Emitter<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>>,
+    ) {
+        let size = self.panes.size;
+        let mut results: Vec<(K, A::Acc)> = Vec::new();
+        // Updated results for fired windows that received records within their lateness.
+        let dirty = std::mem::take(&mut self.dirty);
+        for (s, k) in dirty {
+            results.clear();
+            self.window_result(s, Some(&k), &mut results);
+            for (k, acc) in results.drain(..) {
+                out.emit(result_event(&self.agg, k, s, size, &acc));
+            }
+        }
+        if wm > self.fired_upto {
+            // Windows whose end is in (fired_upto, wm], that hold at least one pane.
+            let mut starts: BTreeSet<i64> = BTreeSet::new();
+            let lo_pane = self.fired_upto.saturating_sub(size);
+            for (&p, _) in self.panes_state.range(lo_pane..) {
+                if p >= wm {
+                    break;
+                }
+                for s in self.panes.windows(p) {
+                    let end = s + size;
+                    if end > self.fired_upto && end <= wm {
+                        starts.insert(s);
+                    }
+                }
+            }
+            for s in starts {
+                results.clear();
+                self.window_result(s, None, &mut results);
+                for (k, acc) in results.drain(..) {
+                    out.emit(result_event(&self.agg, k, s, size, &acc));
+                }
+            }
+            self.fired_upto = wm;
+        }
+        // Drop panes whose every window has expired.
+        let lateness = self.lateness;
+        while let Some((&p, _)) = self.panes_state.first_key_value() {
+            if self.panes.last_window(p).saturating_add(size).saturating_add(lateness) <= wm {
+                self.panes_state.pop_first();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+fn result_event<K, V, A: Aggregate<V>>(
+    agg: &A,
+    key: K,
+    start: i64,
+    size: i64,
+    acc: &A::Acc,
+) -> Event<WindowResult<K, A::Out>> {
+    Event {
+        ts: start + size - 1,
+        origin: Origin::default(),
+        data: WindowResult {
+            key,
+            start,
+            end: start + size,
+            value: agg.result(acc),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panes_cover_every_window_of_a_record() {
+        // Brute force: windows [s, s+size) with s % slide == 0 that contain ts.
+        for (size, slide) in [(10, 10), (10, 2), (10, 4), (6, 4), (5, 7)] {
+            let p = Panes::new(size, slide);
+            for ts in -50i64..50 {
+                let want: Vec<i64> = (-200i64..200)
+                    .filter(|s| s.rem_euclid(slide) == 0 && *s <= ts && ts < s + size)
+                    .collect();
+                let got: Vec<i64> = p.windows(p.pane_of(ts)).collect();
+                assert_eq!(got, want, "size {size} slide {slide} ts {ts}");
+            }
+        }
+    }
+}
