@@ -1,1 +1,21 @@
-//! placeholder
+//! # runnel-connectors
+//!
+//! runnel's connectors, on the engine's [`runnel_engine::Source`] and [`runnel_engine::Sink`]
+//! contracts:
+//!
+//! * [`generator`]: the deterministic Bid stream of the benchmarks ([`BidGenerator`]) and
+//!   clickstream sample data ([`page_views`]);
+//! * [`file`]: JSON-lines (and text) files, read one partition per file ([`FileSource`]) and
+//!   written atomically ([`FileSink`]);
+//! * [`stdout`]: [`StdoutSink`], one record per line;
+//! * [`blackhole`]: [`BlackholeSink`], which only counts.
+
+pub mod blackhole;
+pub mod file;
+pub mod generator;
+pub mod stdout;
+
+pub use blackhole::{BlackholeHandle, BlackholeSink};
+pub use file::{write_json_lines, FileSink, FileSource, IntoPaths};
+pub use generator::{page_views, write_page_views, Bid, BidGenerator, PageView};
+pub use stdout::StdoutSink;

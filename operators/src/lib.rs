@@ -15,6 +15,7 @@ pub mod window;
 pub use aggregate::{Aggregate, Avg, Count, Max, Min, Sum};
 pub use join::interval::{IntervalJoinExt, Joined};
 pub use join::windowed::{WindowJoinExt, WindowJoined};
+pub use window::global::Global;
 pub use window::session::Session;
 pub use window::sliding::Sliding;
 pub use window::tumbling::Tumbling;
@@ -25,6 +26,7 @@ pub mod prelude {
     pub use crate::aggregate::{Aggregate, Avg, Count, Max, Min, Sum};
     pub use crate::join::interval::IntervalJoinExt;
     pub use crate::join::windowed::WindowJoinExt;
+    pub use crate::window::global::Global;
     pub use crate::window::session::Session;
     pub use crate::window::sliding::Sliding;
     pub use crate::window::tumbling::Tumbling;

@@ -18,6 +18,7 @@
 //! the keyed operator merges panes into windows. With a late output the combiner is off (late
 //! records must travel whole).
 
+pub mod global;
 pub mod session;
 pub mod sliding;
 pub mod tumbling;
@@ -69,6 +70,8 @@ pub enum WindowSpec {
         /// Inactivity gap in ms.
         gap: i64,
     },
+    /// One window per key over all time, emitted when the input ends.
+    Global,
 }
 
 /// `keyed.window(spec)`: windows on keyed streams.
@@ -147,6 +150,10 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         match self.spec {
             WindowSpec::Session { gap } => {
                 let logic = session::SessionLogic::new(agg, gap, self.lateness);
+                self.stream.stateful(&name, late_output, logic)
+            }
+            WindowSpec::Global => {
+                let logic = global::GlobalLogic::new(agg);
                 self.stream.stateful(&name, late_output, logic)
             }
             WindowSpec::Tumbling { size } => self.aligned(name, agg, size, size, late_output),

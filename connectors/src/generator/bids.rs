@@ -1,0 +1,211 @@
+//! The Bid record, its closed-form definition [`Bid::at`], and [`BidGenerator`], the source that
+//! produces `Bid::at(0..events)` over interleaved partitions, optionally at a fixed rate.
+
+use std::time::Instant;
+
+use runnel_engine::{
+    Error, PartitionId, PartitionReader, ReadStatus, Reader, Result, Source, SourceContext,
+};
+use serde::{Deserialize, Serialize};
+
+/// One bid of the benchmark stream; every field is a function of `seq` (see [`Bid::at`]).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub struct Bid {
+    /// The bid's sequence number, `0..events`.
+    pub seq: u64,
+    /// The auction bid on, `(seq * 7919) % 1000`.
+    pub auction: u64,
+    /// The bidder, `(seq * 31) % 100000`.
+    pub bidder: u64,
+    /// The price, `100 + (seq * 17) % 10000`.
+    pub price: u64,
+    /// Event time in milliseconds, `seq`.
+    pub event_time_ms: i64,
+}
+
+impl Bid {
+    /// The bid with sequence number `seq`:
+    /// `auction = (seq * 7919) % 1000`, `bidder = (seq * 31) % 100000`,
+    /// `price = 100 + (seq * 17) % 10000`, `event_time_ms = seq`.
+    ///
+    /// The products wrap on overflow (they cannot overflow below `seq = 2^64 / 7919`, about
+    /// 2.3e15, far beyond any benchmark).
+    #[inline(always)]
+    pub fn at(seq: u64) -> Bid {
+        Bid {
+            seq,
+            auction: seq.wrapping_mul(7919) % 1000,
+            bidder: seq.wrapping_mul(31) % 100_000,
+            price: 100 + seq.wrapping_mul(17) % 10_000,
+            event_time_ms: seq as i64,
+        }
+    }
+}
+
+/// A source of `Bid::at(seq)` for `seq` in `0..events`.
+///
+/// Partition `p` of `K` produces `seq = p, p + K, p + 2K, ...`, so all partitions' event times
+/// advance together. Each record is pushed with its own event time (`event_time_ms`) and with
+/// `seq` as its offset. With a rate, the total of `rate` events per second is spread evenly over
+/// the partitions; a partition that is ahead of its schedule reports [`ReadStatus::Pending`].
+///
+/// ```
+/// use runnel_connectors::BidGenerator;
+/// let source = BidGenerator::new(1_000_000).partitions(8).rate(100_000);
+/// # let _ = source;
+/// ```
+#[derive(Clone, Debug)]
+pub struct BidGenerator {
+    events: u64,
+    partitions: u32,
+    rate: Option<u64>,
+}
+
+impl BidGenerator {
+    /// `events` bids in total, one partition per worker, as fast as possible.
+    pub fn new(events: u64) -> Self {
+        BidGenerator {
+            events,
+            partitions: 0,
+            rate: None,
+        }
+    }
+
+    /// Splits the stream into `k` partitions; `0` (the default) means one per worker.
+    pub fn partitions(mut self, k: u32) -> Self {
+        self.partitions = k;
+        self
+    }
+
+    /// Produces `events_per_sec` events per second in total, over all partitions; `0` means no
+    /// limit (as does not calling this).
+    pub fn rate(mut self, events_per_sec: u64) -> Self {
+        self.rate = (events_per_sec > 0).then_some(events_per_sec);
+        self
+    }
+
+    /// Sets or clears the total rate in events per second (`None` or `Some(0)`: no limit).
+    pub fn with_rate(mut self, events_per_sec: Option<u64>) -> Self {
+        self.rate = events_per_sec.filter(|&r| r > 0);
+        self
+    }
+
+    /// The total number of events.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The number of partitions for a run with `workers` workers.
+    pub fn partition_count(&self, workers: usize) -> u32 {
+        if self.partitions == 0 {
+            u32::try_from(workers.max(1)).unwrap_or(u32::MAX)
+        } else {
+            self.partitions
+        }
+    }
+}
+
+impl Source for BidGenerator {
+    type Item = Bid;
+
+    fn partitions(&mut self, ctx: &SourceContext) -> Result<Vec<String>> {
+        let k = self.partition_count(ctx.workers);
+        Ok((0..k).map(|p| format!("bids-{p}-of-{k}")).collect())
+    }
+
+    fn open(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn PartitionReader<Bid>>> {
+        let k = self.partition_count(ctx.workers);
+        let p = partition.0;
+        if p >= k {
+            return Err(Error::Source {
+                source_name: ctx.name.clone(),
+                reason: format!("bid generator has {k} partitions, cannot open partition {p}"),
+            });
+        }
+        let (p, k) = (u64::from(p), u64::from(k));
+        // Records of partition p: p, p + k, ... < events.
+        let left = if p < self.events {
+            (self.events - p).div_ceil(k)
+        } else {
+            0
+        };
+        let pace = self.rate.map(|rate| Pace {
+            start: None,
+            rate,
+            partitions: k,
+            emitted: 0,
+        });
+        Ok(Box::new(BidReader {
+            next: p,
+            step: k,
+            left,
+            pace,
+        }))
+    }
+}
+
+/// Keeps one partition to its share of the total rate.
+struct Pace {
+    start: Option<Instant>,
+    /// Total events per second over all partitions.
+    rate: u64,
+    partitions: u64,
+    /// Records this partition has produced.
+    emitted: u64,
+}
+
+impl Pace {
+    /// How many records the partition may produce now to stay on schedule.
+    fn allowed(&mut self) -> u64 {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let nanos = start.elapsed().as_nanos();
+        let due = nanos * u128::from(self.rate) / (u128::from(self.partitions) * 1_000_000_000);
+        u64::try_from(due)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.emitted)
+    }
+}
+
+struct BidReader {
+    /// The next sequence number.
+    next: u64,
+    /// The number of partitions (the distance between this partition's sequence numbers).
+    step: u64,
+    /// Records left in this partition.
+    left: u64,
+    pace: Option<Pace>,
+}
+
+impl PartitionReader<Bid> for BidReader {
+    fn read(&mut self, out: &mut Reader<Bid>) -> Result<ReadStatus> {
+        if self.left == 0 {
+            return Ok(ReadStatus::Finished);
+        }
+        let mut n = (out.budget() as u64).min(self.left);
+        if let Some(pace) = self.pace.as_mut() {
+            n = n.min(pace.allowed());
+            if n == 0 {
+                return Ok(ReadStatus::Pending);
+            }
+            pace.emitted += n;
+        }
+        let (mut seq, step) = (self.next, self.step);
+        for _ in 0..n {
+            out.push_at(seq as i64, seq, Bid::at(seq));
+            seq = seq.wrapping_add(step);
+        }
+        self.next = seq;
+        self.left -= n;
+        Ok(if self.left == 0 {
+            ReadStatus::Finished
+        } else {
+            ReadStatus::More
+        })
+    }
+}
