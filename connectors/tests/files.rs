@@ -465,3 +465,17 @@ fn text_lines_for_word_count() {
         ]
     );
 }
+
+#[test]
+fn concurrent_writers_of_one_path_leave_one_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.jsonl");
+    let bids: Vec<Bid> = (0..5_000).map(Bid::at).collect();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| write_json_lines(&path, &bids).unwrap());
+        }
+    });
+    assert_eq!(entries(dir.path()), vec!["shared.jsonl"]);
+    assert_eq!(read_bids(vec![path], 2), bids);
+}

@@ -177,3 +177,20 @@ fn page_views_round_trip_through_a_file() {
         assert_eq!(e.ts, e.data.ts_ms, "event time from the extractor");
     }
 }
+
+/// `cargo test --release -p runnel-connectors --test generator -- --ignored --nocapture`
+#[test]
+#[ignore = "throughput measurement, not a check"]
+fn throughput_into_a_blackhole() {
+    for workers in [1, 2] {
+        let hole = BlackholeSink::new();
+        let sink = hole.clone();
+        let job = Job::new("w0", "bids into a blackhole", move |flow| {
+            flow.source("bids", BidGenerator::new(50_000_000), SourceOptions::new())?
+                .sink("hole", sink.clone())
+        });
+        let summary = run(&job, RunOptions::workers(workers)).unwrap();
+        assert_eq!(hole.count(), 50_000_000);
+        println!("{summary}");
+    }
+}

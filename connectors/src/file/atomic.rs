@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use runnel_engine::{Error, Result};
 
@@ -15,9 +16,22 @@ pub(crate) struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Creates (truncating) the temporary file for `target`.
+    /// Creates (truncating) the temporary file `.<name>.tmp-<pid>` for `target`: one writer
+    /// per target and process.
     pub(crate) fn create(target: &Path) -> Result<Self> {
-        let temp = temp_path(target)?;
+        Self::create_at(target, temp_path(target, "")?)
+    }
+
+    /// Like [`Self::create`], with a temporary name of its own
+    /// (`.<name>.tmp-<pid>-<n>`), so that several threads may write the same target at once
+    /// (each rename replaces the target whole).
+    pub(crate) fn create_unique(target: &Path) -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self::create_at(target, temp_path(target, &format!("-{n}"))?)
+    }
+
+    fn create_at(target: &Path, temp: PathBuf) -> Result<Self> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -91,8 +105,8 @@ impl Drop for AtomicFile {
     }
 }
 
-/// `dir/.<name>.tmp-<pid>` for `dir/name`.
-fn temp_path(target: &Path) -> Result<PathBuf> {
+/// `dir/.<name>.tmp-<pid><suffix>` for `dir/name`.
+fn temp_path(target: &Path, suffix: &str) -> Result<PathBuf> {
     let Some(name) = target.file_name() else {
         return Err(Error::io(
             target,
@@ -104,7 +118,7 @@ fn temp_path(target: &Path) -> Result<PathBuf> {
     };
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(format!(".tmp-{}", std::process::id()));
+    temp_name.push(format!(".tmp-{}{suffix}", std::process::id()));
     Ok(target.with_file_name(temp_name))
 }
 

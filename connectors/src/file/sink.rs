@@ -149,14 +149,15 @@ impl<T: Data> Sink<T> for FileSink {
     }
 }
 
-/// Writes `items` to `path` as JSON lines, one item per line, atomically (temporary file next
-/// to `path`, fsync, rename): test fixtures and sample data.
+/// Writes `items` to `path` as JSON lines, one item per line, atomically (a temporary file of
+/// its own next to `path`, fsync, rename): test fixtures and sample data. Several threads may
+/// write the same path at once; the path then holds one of their outputs whole.
 ///
 /// Errors: [`Error::Io`] naming the file that could not be written or the target whose item
 /// could not be encoded.
 pub fn write_json_lines<T: Serialize>(path: impl AsRef<Path>, items: &[T]) -> Result<()> {
     let path = path.as_ref();
-    let mut file = AtomicFile::create(path)?;
+    let mut file = AtomicFile::create_unique(path)?;
     let mut line = Vec::with_capacity(256);
     for item in items {
         line.clear();

@@ -1,0 +1,377 @@
+//! End-to-end tests of the `runnel` binary: real processes, real files, real TCP between
+//! processes. Every result is checked against a reference computed here, from the generator's
+//! formulas or by brute force over the input, not by the engine.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use runnel_connectors::{page_views, write_page_views, PageView};
+use serde_json::Value;
+
+fn runnel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .output()
+        .expect("runnel runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn summary(o: &Output) -> Value {
+    assert!(o.status.success(), "runnel failed: {}", stderr(o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().last().expect("a summary line");
+    serde_json::from_str(line).expect("summary is JSON")
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// Runs `args` as a cluster of `processes` processes on 127.0.0.1 with `workers` each.
+fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> Vec<Output> {
+    let hosts = dir.join(format!("hosts-{processes}"));
+    let lines: Vec<String> = free_ports(processes)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    std::fs::write(&hosts, lines.join("\n")).expect("hosts file");
+    let children: Vec<_> = (0..processes)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_runnel"))
+                .args(args)
+                .args([
+                    "--workers",
+                    &workers.to_string(),
+                    "--processes",
+                    &processes.to_string(),
+                    "--process-id",
+                    &i.to_string(),
+                    "--hosts",
+                    hosts.to_str().expect("utf-8 path"),
+                    "--json",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect()
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// W2 by brute force: (auction, window start) -> (count, max price), from the workload's formulas.
+fn w2_reference(events: u64) -> BTreeMap<(u64, i64), (u64, u64)> {
+    let mut m = BTreeMap::new();
+    for seq in 0..events {
+        let auction = (seq * 7919) % 1000;
+        let price = 100 + (seq * 17) % 10000;
+        let e = m
+            .entry((auction, (seq as i64 / 10_000) * 10_000))
+            .or_insert((0u64, 0u64));
+        e.0 += 1;
+        e.1 = e.1.max(price);
+    }
+    m
+}
+
+fn w2_rows(path: &Path) -> BTreeMap<(u64, i64), (u64, u64)> {
+    let mut m = BTreeMap::new();
+    for v in read_lines(path) {
+        let key = (v["auction"].as_u64().unwrap(), v["window_start"].as_i64().unwrap());
+        let val = (v["count"].as_u64().unwrap(), v["max_price"].as_u64().unwrap());
+        assert!(m.insert(key, val).is_none(), "duplicate row {v}");
+    }
+    m
+}
+
+#[test]
+fn w2_ten_million_events_on_two_workers_gives_a_million_exact_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w2.jsonl");
+    let o = runnel(&[
+        "run",
+        "w2-tumbling",
+        "--workers",
+        "2",
+        "--set",
+        "events=10000000",
+        "--set",
+        &format!("out={}", out.display()),
+        "--json",
+    ]);
+    let s = summary(&o);
+    assert_eq!(s["events_in"], 10_000_000);
+    assert_eq!(s["counters"]["check.records_out"], 1_000_000);
+    let rows = w2_rows(&out);
+    assert_eq!(rows.len(), 1_000_000);
+    // Every auction has exactly 10 bids in every full 10 s window (7919 is invertible mod 1000).
+    assert!(rows.values().all(|(count, _)| *count == 10));
+    // Spot-check max prices against brute force on a prefix of windows.
+    let reference = w2_reference(100_000);
+    for (k, v) in &reference {
+        assert_eq!(rows.get(k), Some(v), "window {k:?}");
+    }
+}
+
+#[test]
+fn w2_is_the_same_on_1_2_4_workers_and_on_2_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = 123_457u64;
+    let reference = w2_reference(events);
+    for workers in [1usize, 2, 4] {
+        let out = dir.path().join(format!("w2-{workers}.jsonl"));
+        let s = summary(&runnel(&[
+            "run",
+            "w2-tumbling",
+            "--workers",
+            &workers.to_string(),
+            "--set",
+            &format!("events={events}"),
+            "--set",
+            &format!("out={}", out.display()),
+            "--json",
+        ]));
+        assert_eq!(s["late"], 0);
+        assert_eq!(w2_rows(&out), reference, "{workers} workers");
+    }
+    let out = dir.path().join("w2-cluster.jsonl");
+    let outs = run_cluster(
+        dir.path(),
+        2,
+        2,
+        &[
+            "run",
+            "w2-tumbling",
+            "--set",
+            &format!("events={events}"),
+            "--set",
+            &format!("out={}", out.display()),
+        ],
+    );
+    let mut events_in = 0;
+    for o in &outs {
+        events_in += summary(o)["events_in"].as_u64().unwrap();
+    }
+    assert_eq!(events_in, events, "the two processes read every event once");
+    assert_eq!(w2_rows(&out), reference, "2 processes x 2 workers");
+}
+
+/// Sessions by brute force: per user, sort the view times and split where a view comes later
+/// than the previous view + gap (windows that exactly touch merge).
+fn sessions_reference(views: &[PageView]) -> Vec<(u64, i64, i64, u64)> {
+    let gap = 30 * 60 * 1000;
+    let mut by_user: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for v in views {
+        by_user.entry(v.user).or_default().push(v.ts_ms);
+    }
+    let mut out = Vec::new();
+    for (user, mut ts) in by_user {
+        ts.sort();
+        let (mut start, mut last, mut n) = (ts[0], ts[0], 0u64);
+        for t in ts {
+            if t > last + gap {
+                out.push((user, start, last + gap, n));
+                start = t;
+                n = 0;
+            }
+            last = t;
+            n += 1;
+        }
+        out.push((user, start, last + gap, n));
+    }
+    out.sort();
+    out
+}
+
+fn session_rows(path: &Path) -> Vec<(u64, i64, i64, u64)> {
+    let mut rows: Vec<_> = read_lines(path)
+        .into_iter()
+        .map(|v| {
+            (
+                v["user"].as_u64().unwrap(),
+                v["start"].as_i64().unwrap(),
+                v["end"].as_i64().unwrap(),
+                v["views"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn clickstream_sessions_match_brute_force_on_1_2_4_workers_and_2_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input: PathBuf = dir.path().join("views.jsonl");
+    let views = page_views(200, 5_000, 42);
+    write_page_views(&input, &views).unwrap();
+    let reference = sessions_reference(&views);
+    assert!(reference.len() > 200, "sample has several sessions per user");
+    for workers in [1usize, 2, 4] {
+        let out = dir.path().join(format!("s-{workers}.jsonl"));
+        let s = summary(&runnel(&[
+            "run",
+            "clickstream-sessions",
+            "--workers",
+            &workers.to_string(),
+            "--set",
+            &format!("input={}", input.display()),
+            "--set",
+            &format!("out={}", out.display()),
+            "--json",
+        ]));
+        assert_eq!(s["late"], 0);
+        assert_eq!(session_rows(&out), reference, "{workers} workers");
+    }
+    let out = dir.path().join("s-cluster.jsonl");
+    for o in run_cluster(
+        dir.path(),
+        2,
+        1,
+        &[
+            "run",
+            "clickstream-sessions",
+            "--set",
+            &format!("input={}", input.display()),
+            "--set",
+            &format!("out={}", out.display()),
+        ],
+    ) {
+        summary(&o);
+    }
+    assert_eq!(session_rows(&out), reference, "2 processes");
+}
+
+#[test]
+fn word_count_matches_a_plain_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("text.txt");
+    let text = "a b a\n\nc a b\nthe end, the END.\n";
+    std::fs::write(&input, text).unwrap();
+    let out = dir.path().join("counts.jsonl");
+    summary(&runnel(&[
+        "run",
+        "word-count",
+        "--workers",
+        "2",
+        "--set",
+        &format!("input={}", input.display()),
+        "--set",
+        &format!("out={}", out.display()),
+        "--json",
+    ]));
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for w in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        *want.entry(w.to_lowercase()).or_default() += 1;
+    }
+    let got: BTreeMap<String, u64> = read_lines(&out)
+        .into_iter()
+        .map(|v| (v[0].as_str().unwrap().to_string(), v[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn bad_json_lines_fail_with_file_line_and_field_or_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("views.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"user\":1,\"page\":\"/\",\"ts_ms\":0}\n",
+            "{\"user\":1,\"page\":\"/a\"}\n",
+            "{\"user\":2,\"page\":\"/\",\"ts_ms\":5}\n",
+            "not json at all\n",
+            "{\"user\":2,\"page\":\"/b\",\"ts_ms\":7}\n",
+        ),
+    )
+    .unwrap();
+    let base = [
+        "run".to_string(),
+        "clickstream-sessions".to_string(),
+        "--set".to_string(),
+        format!("input={}", input.display()),
+        "--json".to_string(),
+    ];
+    let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+    let o = runnel(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}:2", input.display())) && err.contains("ts_ms"),
+        "error names file, line and field: {err}"
+    );
+
+    let out = dir.path().join("out.jsonl");
+    let out_arg = format!("out={}", out.display());
+    args.extend(["--set", "bad_records=skip", "--set", &out_arg]);
+    let s = summary(&runnel(&args));
+    assert_eq!(s["bad_records"], 2);
+    assert_eq!(s["events_in"], 3);
+    assert_eq!(
+        session_rows(&out),
+        vec![(1, 0, 1_800_000, 1), (2, 5, 1_800_007, 2)]
+    );
+}
+
+#[test]
+fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
+    let o = runnel(&["run", "no-such-job"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("no-such-job") && err.contains("w2-tumbling"), "{err}");
+
+    let o = runnel(&["run", "w0-passthrough", "--workers", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--workers"), "{}", stderr(&o));
+
+    let o = runnel(&["run", "w0-passthrough", "--wrokers", "2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--wrokers"), "{}", stderr(&o));
+
+    let o = runnel(&["run", "w0-passthrough", "--set", "events=lots"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("events") && err.contains("'lots'"), "{err}");
+
+    let o = runnel(&["run", "w0-passthrough", "--set", "evnets=10"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("'evnets'") && err.contains("events"), "{err}");
+
+    let o = runnel(&["run", "w0-passthrough", "--set", "novalue"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("novalue"), "{}", stderr(&o));
+
+    let o = runnel(&["jobs"]);
+    assert!(o.status.success());
+    let list = String::from_utf8_lossy(&o.stdout);
+    for job in ["w0-passthrough", "w1-map-filter", "w2-tumbling", "word-count", "clickstream-sessions"] {
+        assert!(list.contains(job), "{list}");
+    }
+}
