@@ -5,8 +5,8 @@
 //!
 //! * [`generator`]: the deterministic Bid stream of the benchmarks ([`BidGenerator`]) and
 //!   clickstream sample data ([`page_views`]);
-//! * [`file`]: JSON-lines (and text) files, read one partition per file ([`FileSource`]) and
-//!   written atomically ([`FileSink`]);
+//! * [`file`](mod@file): JSON-lines (and text) files, read one partition per file
+//!   ([`FileSource`]) and written atomically ([`FileSink`]);
 //! * [`stdout`]: [`StdoutSink`], one record per line;
 //! * [`blackhole`]: [`BlackholeSink`], which only counts.
 

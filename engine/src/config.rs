@@ -140,7 +140,10 @@ mod tests {
 
         let cfg = JobConfig::from_pairs(["events=ten"]).unwrap();
         let err = cfg.get("events", 1u64).unwrap_err().to_string();
-        assert!(err.contains("events") && err.contains("'ten'") && err.contains("unsigned"), "{err}");
+        assert!(
+            err.contains("events") && err.contains("'ten'") && err.contains("unsigned"),
+            "{err}"
+        );
         assert!(JobConfig::from_pairs(["novalue"]).is_err());
     }
 }

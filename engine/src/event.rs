@@ -18,7 +18,9 @@ impl<T: Data + Hash + Eq + Ord> ExchangeKey for T {}
 /// Where a record came from: its source partition and its offset there. Every record carries its
 /// origin so that the engine can order records canonically (by event time, partition, offset) and
 /// sources can resume from offsets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Origin {
     /// The global index of the source partition (see [`crate::PartitionId`]).
     pub partition: u32,

@@ -23,15 +23,18 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
+use crate::event::DeadLetter;
 use crate::event::{key_hash, Data, Event, ExchangeKey};
 use crate::metrics::Metrics;
 use crate::runtime::Control;
 use crate::sink::{self, Sink};
 use crate::source::{self, Source, SourceOptions};
-use crate::event::DeadLetter;
 use crate::watermark::WmReport;
 
 pub(crate) type TStream<'s, D> = StreamVec<'s, u64, D>;
+
+/// A stateful operator's output and, if asked for, its late records.
+pub type WithLate<'s, O, I> = (Stream<'s, O>, Option<Stream<'s, I>>);
 
 /// What every operator of a flow shares: the run's context and the graph checks.
 pub(crate) struct Shared {
@@ -58,7 +61,12 @@ struct Node {
 
 impl Shared {
     /// Registers an operator named `name` (unique) created at `at`; returns its node id.
-    fn add_node(&self, name: String, at: &'static Location<'static>, produces: bool) -> Result<usize> {
+    fn add_node(
+        &self,
+        name: String,
+        at: &'static Location<'static>,
+        produces: bool,
+    ) -> Result<usize> {
         let mut g = self.graph.borrow_mut();
         if let Some(&other) = g.names.get(&name) {
             let first = g.nodes[other].at;
@@ -283,7 +291,11 @@ impl<'s, T: Data> Stream<'s, T> {
     }
 
     /// Internal: a stream with the same watermarks as `self` and other data.
-    pub(crate) fn derive_unchecked<U>(&self, data: TStream<'s, Event<U>>, node: usize) -> Stream<'s, U> {
+    pub(crate) fn derive_unchecked<U>(
+        &self,
+        data: TStream<'s, Event<U>>,
+        node: usize,
+    ) -> Stream<'s, U> {
         Stream {
             data,
             wm: self.wm.clone(),
@@ -322,22 +334,21 @@ impl<'s, T: Data> Stream<'s, T> {
         f: impl Fn(T) -> I + 'static,
     ) -> Stream<'s, U> {
         let at = Location::caller();
-        let data = self
-            .data
-            .clone()
-            .unary(Pipeline, "flat_map", move |_, _| {
-                move |input, output| {
-                    input.for_each(|cap, batch| {
-                        let mut session = output.session(&cap);
-                        for e in batch.drain(..) {
-                            let (ts, origin) = (e.ts, e.origin);
-                            session.give_iterator(
-                                f(e.data).into_iter().map(|d| Event { ts, origin, data: d }),
-                            );
-                        }
-                    });
-                }
-            });
+        let data = self.data.clone().unary(Pipeline, "flat_map", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, batch| {
+                    let mut session = output.session(&cap);
+                    for e in batch.drain(..) {
+                        let (ts, origin) = (e.ts, e.origin);
+                        session.give_iterator(f(e.data).into_iter().map(|d| Event {
+                            ts,
+                            origin,
+                            data: d,
+                        }));
+                    }
+                });
+            }
+        });
         self.derive(self.shared.auto_name("flat_map"), at, data)
             .expect("auto names are unique")
     }
@@ -346,7 +357,10 @@ impl<'s, T: Data> Stream<'s, T> {
     #[track_caller]
     pub fn inspect(&self, f: impl Fn(&T, i64) + 'static) -> Stream<'s, T> {
         let at = Location::caller();
-        let data = self.data.clone().inspect(move |e: &Event<T>| f(&e.data, e.ts));
+        let data = self
+            .data
+            .clone()
+            .inspect(move |e: &Event<T>| f(&e.data, e.ts));
         self.derive(self.shared.auto_name("inspect"), at, data)
             .expect("auto names are unique")
     }
@@ -411,20 +425,17 @@ impl<'s, T: Data> Stream<'s, T> {
     #[track_caller]
     pub fn exchange(&self, route: impl Fn(&T) -> u64 + 'static) -> Stream<'s, T> {
         let at = Location::caller();
-        let data = self
-            .data
-            .clone()
-            .unary(
-                Exchange::new(move |e: &Event<T>| route(&e.data)),
-                "exchange",
-                |_, _| {
-                    move |input, output| {
-                        input.for_each(|cap, batch| {
-                            output.session(&cap).give_container(batch);
-                        })
-                    }
-                },
-            );
+        let data = self.data.clone().unary(
+            Exchange::new(move |e: &Event<T>| route(&e.data)),
+            "exchange",
+            |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, batch| {
+                        output.session(&cap).give_container(batch);
+                    })
+                }
+            },
+        );
         self.derive(self.shared.auto_name("exchange"), at, data)
             .expect("auto names are unique")
     }
@@ -512,12 +523,20 @@ impl<'s, K: ExchangeKey, V: Data> KeyedStream<'s, K, V> {
     /// worker's records of one epoch, then the end of that epoch. Combiners (pre-aggregation
     /// before the exchange) are built with it.
     #[track_caller]
-    pub fn local<K2: ExchangeKey, O: Data, L>(&self, name: &str, logic: L) -> Result<KeyedStream<'s, K2, O>>
+    pub fn local<K2: ExchangeKey, O: Data, L>(
+        &self,
+        name: &str,
+        logic: L,
+    ) -> Result<KeyedStream<'s, K2, O>>
     where
         L: crate::stateful::LocalEpochLogic<(K, V), (K2, O)>,
     {
         let at = Location::caller();
-        let name = if name.is_empty() { self.inner.shared.auto_name("local") } else { name.to_string() };
+        let name = if name.is_empty() {
+            self.inner.shared.auto_name("local")
+        } else {
+            name.to_string()
+        };
         let data = crate::stateful::build_local(self.inner.data.clone(), &name, logic);
         Ok(KeyedStream {
             inner: self.inner.derive(name, at, data)?,
@@ -538,12 +557,16 @@ impl<'s, K: ExchangeKey, V: Data> KeyedStream<'s, K, V> {
         name: &str,
         late_output: bool,
         logic: L,
-    ) -> Result<(Stream<'s, O>, Option<Stream<'s, (K, V)>>)>
+    ) -> Result<WithLate<'s, O, (K, V)>>
     where
         L: crate::stateful::EpochLogic<(K, V), O>,
     {
         let at = Location::caller();
-        let name = if name.is_empty() { self.inner.shared.auto_name("stateful") } else { name.to_string() };
+        let name = if name.is_empty() {
+            self.inner.shared.auto_name("stateful")
+        } else {
+            name.to_string()
+        };
         let expected = self.inner.sources.len() * self.inner.data.scope().peers();
         let (main, late) = crate::stateful::build_keyed(
             &self.inner.shared,
@@ -557,7 +580,10 @@ impl<'s, K: ExchangeKey, V: Data> KeyedStream<'s, K, V> {
         );
         let main = self.inner.derive(name.clone(), at, main)?;
         let late = if late_output {
-            let node = self.inner.shared.add_node(format!("{name}.late"), at, true)?;
+            let node = self
+                .inner
+                .shared
+                .add_node(format!("{name}.late"), at, true)?;
             Some(self.inner.derive_unchecked(late, node))
         } else {
             None

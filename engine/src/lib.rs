@@ -49,7 +49,7 @@ pub mod watermark;
 pub use config::JobConfig;
 pub use error::{Error, Result};
 pub use event::{Data, DeadLetter, Either, Event, ExchangeKey, Origin};
-pub use flow::{Flow, KeyedStream, Stream};
+pub use flow::{Flow, KeyedStream, Stream, WithLate};
 pub use job::{Job, Registry};
 pub use metrics::{Metrics, RunSummary};
 pub use runtime::{run, RunOptions};
@@ -59,6 +59,6 @@ pub use source::{
     SourceOptions,
 };
 pub use state::KeyedState;
-pub use stateful::{EpochLogic, Emitter, LocalEpochLogic};
+pub use stateful::{Emitter, EpochLogic, LocalEpochLogic};
 pub use time::{Epoch, EventTime, Watermark};
 pub use watermark::WatermarkStrategy;

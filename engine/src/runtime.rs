@@ -213,7 +213,13 @@ fn progress_loop(metrics: &Metrics, done: &AtomicBool) {
         last = (now, n);
         let wm = metrics
             .watermark()
-            .map(|w| if w == i64::MAX { "end".to_string() } else { w.to_string() })
+            .map(|w| {
+                if w == i64::MAX {
+                    "end".to_string()
+                } else {
+                    w.to_string()
+                }
+            })
             .unwrap_or_else(|| "-".into());
         eprint!(
             "\r\x1b[2K{:>12.0} events/s  {:>12} in  watermark {:>14}  late {}",

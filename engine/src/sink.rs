@@ -20,6 +20,9 @@ use crate::event::Event;
 use crate::flow::{Shared, TStream};
 use crate::time::Epoch;
 
+/// Feeds every `(epoch, batch)` of an activation to the closure it is given.
+type Batches<'a, T> = dyn FnMut(&mut dyn FnMut(u64, &mut Vec<Event<T>>)) + 'a;
+
 /// Where a sink's records go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routing {
@@ -83,7 +86,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     let opname = name.clone();
     let mut state = SinkState::Unopened;
     let mut last_done: Option<u64> = None;
-    let mut logic = move |input: &mut dyn FnMut(&mut dyn FnMut(u64, &mut Vec<Event<T>>)), frontier: Option<u64>| {
+    let mut logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| {
         if state == SinkState::Closed {
             // Drain (and drop) anything that still arrives after a failure.
             input(&mut |_, _| {});
@@ -142,18 +145,22 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
         }
     };
     match routing {
-        Routing::Single => data.sink(Exchange::new(|_e: &Event<T>| 0), &opname, move |(input, frontier)| {
-            let f = frontier.frontier().iter().next().copied();
-            logic(
-                &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
-                    input.for_each(|cap, batch| {
-                        let t = *cap.least().expect("totally ordered");
-                        each(t, batch)
-                    })
-                },
-                f,
-            );
-        }),
+        Routing::Single => data.sink(
+            Exchange::new(|_e: &Event<T>| 0),
+            &opname,
+            move |(input, frontier)| {
+                let f = frontier.frontier().iter().next().copied();
+                logic(
+                    &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
+                        input.for_each(|cap, batch| {
+                            let t = *cap.least().expect("totally ordered");
+                            each(t, batch)
+                        })
+                    },
+                    f,
+                );
+            },
+        ),
         Routing::PerWorker => data.sink(Pipeline, &opname, move |(input, frontier)| {
             let f = frontier.frontier().iter().next().copied();
             logic(

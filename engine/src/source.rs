@@ -121,9 +121,18 @@ pub enum BadRecordPolicy {
     Skip,
 }
 
+type EventTimeFn<T> = Box<dyn Fn(&T) -> i64>;
+
+/// The outputs of a source operator: data, watermark reports, dead letters.
+pub(crate) type SourceStreams<'s, T> = (
+    TStream<'s, Event<T>>,
+    TStream<'s, WmReport>,
+    TStream<'s, Event<DeadLetter>>,
+);
+
 /// A job's settings for one source: event time, watermarks, idleness, bad records.
 pub struct SourceOptions<T> {
-    event_time: Option<Box<dyn Fn(&T) -> i64>>,
+    event_time: Option<EventTimeFn<T>>,
     watermark: WatermarkStrategy,
     idle_timeout: Option<Duration>,
     bad_records: BadRecordPolicy,
@@ -203,11 +212,7 @@ pub(crate) fn build<'s, S: Source>(
     source_id: u32,
     mut source: S,
     options: SourceOptions<S::Item>,
-) -> (
-    TStream<'s, Event<S::Item>>,
-    TStream<'s, WmReport>,
-    TStream<'s, Event<DeadLetter>>,
-) {
+) -> SourceStreams<'s, S::Item> {
     let mut builder = OperatorBuilder::new(name.to_string(), scope);
     let info = builder.operator_info();
     let (out_data, data) = builder.new_output();
@@ -307,7 +312,9 @@ pub(crate) fn build<'s, S: Source>(
                         Ok(s) => s,
                         Err(e) => {
                             control.fail(match e {
-                                Error::Source { .. } | Error::BadRecord { .. } | Error::Io { .. } => e,
+                                Error::Source { .. }
+                                | Error::BadRecord { .. }
+                                | Error::Io { .. } => e,
                                 other => Error::Source {
                                     source_name: name.clone(),
                                     reason: other.to_string(),
@@ -323,7 +330,11 @@ pub(crate) fn build<'s, S: Source>(
                         let n = reader.items.len() as u64;
                         let mut max_ts = p.max_ts;
                         let part = p.index;
-                        let ingest = if options.event_time.is_none() { now_ms() } else { 0 };
+                        let ingest = if options.event_time.is_none() {
+                            now_ms()
+                        } else {
+                            0
+                        };
                         for (ts, offset, item) in reader.items.drain(..) {
                             let ts = match (&options.event_time, ts) {
                                 (Some(f), _) => f(&item),

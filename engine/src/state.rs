@@ -82,12 +82,18 @@ impl<K: Hash + Eq, V> KeyedState<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Ord + Serialize + DeserializeOwned, V: Clone + Serialize + DeserializeOwned>
-    KeyedState<K, V>
+impl<
+        K: Hash + Eq + Clone + Ord + Serialize + DeserializeOwned,
+        V: Clone + Serialize + DeserializeOwned,
+    > KeyedState<K, V>
 {
     /// A snapshot of every entry, in key order (so that equal states give equal snapshots).
     pub fn snapshot(&self) -> Snapshot<K, V> {
-        let mut entries: Vec<(K, V)> = self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut entries: Vec<(K, V)> = self
+            .map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
             step_id: self.step_id.clone(),

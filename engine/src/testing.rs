@@ -86,10 +86,12 @@ impl<T: Data> PartitionReader<T> for TestReader<T> {
     }
 }
 
+type Shared<T> = Arc<Mutex<Vec<(Epoch, Event<T>)>>>;
+
 /// Collects every record a job writes to its sinks, across workers.
 #[derive(Debug)]
 pub struct Collector<T> {
-    inner: Arc<Mutex<Vec<(Epoch, Event<T>)>>>,
+    inner: Shared<T>,
 }
 
 impl<T> Clone for Collector<T> {
@@ -140,7 +142,7 @@ impl<T: Data> Collector<T> {
 
 /// The sink half of a [`Collector`].
 pub struct CollectSink<T> {
-    inner: Arc<Mutex<Vec<(Epoch, Event<T>)>>>,
+    inner: Shared<T>,
 }
 
 impl<T: Data> Sink<T> for CollectSink<T> {

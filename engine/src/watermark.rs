@@ -9,19 +9,14 @@ use serde::{Deserialize, Serialize};
 use crate::time::{millis, Watermark, WATERMARK_MIN};
 
 /// How a source derives a partition's watermark from the event times it has read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WatermarkStrategy {
     /// Event times never decrease within a partition: `W = max_ts`.
+    #[default]
     Monotonic,
     /// Records arrive at most `bound` behind the largest event time read so far in their
     /// partition: `W = max_ts - bound`.
     BoundedOutOfOrder(Duration),
-}
-
-impl Default for WatermarkStrategy {
-    fn default() -> Self {
-        WatermarkStrategy::Monotonic
-    }
 }
 
 impl WatermarkStrategy {

@@ -79,7 +79,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let registry = runnel_jobs::registry();
     match cli.command {
         Command::Jobs => {
-            let width = registry.jobs().iter().map(|j| j.name().len()).max().unwrap_or(0);
+            let width = registry
+                .jobs()
+                .iter()
+                .map(|j| j.name().len())
+                .max()
+                .unwrap_or(0);
             for job in registry.jobs() {
                 println!("{:width$}  {}", job.name(), job.about());
             }
@@ -101,7 +106,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 None => Vec::new(),
             };
             if args.processes > 1 && args.hosts.is_none() {
-                bail!("--processes {} needs --hosts FILE (one host:port per process)", args.processes);
+                bail!(
+                    "--processes {} needs --hosts FILE (one host:port per process)",
+                    args.processes
+                );
             }
             let stop = Arc::new(AtomicBool::new(false));
             {

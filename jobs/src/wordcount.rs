@@ -13,35 +13,47 @@ streams of words flow through the dataflow\n";
 
 /// Counts the words of a text file.
 pub fn word_count() -> Job {
-    Job::new("word-count", "counts the words of a text file (--set input=FILE)", |flow| {
-        let input = match flow.config().get_opt("input") {
-            Some(p) => p,
-            None => {
-                let dir = std::env::temp_dir();
-                let path = dir.join("runnel-word-count-sample.txt");
-                let mine = dir.join(format!(".runnel-word-count-{}-{}.tmp", std::process::id(), flow.worker_index()));
-                std::fs::write(&mine, SAMPLE).map_err(|e| Error::io(&mine, e))?;
-                std::fs::rename(&mine, &path).map_err(|e| Error::io(&path, e))?;
-                path.to_string_lossy().into_owned()
+    Job::new(
+        "word-count",
+        "counts the words of a text file (--set input=FILE)",
+        |flow| {
+            let input = match flow.config().get_opt("input") {
+                Some(p) => p,
+                None => {
+                    let dir = std::env::temp_dir();
+                    let path = dir.join("runnel-word-count-sample.txt");
+                    let mine = dir.join(format!(
+                        ".runnel-word-count-{}-{}.tmp",
+                        std::process::id(),
+                        flow.worker_index()
+                    ));
+                    std::fs::write(&mine, SAMPLE).map_err(|e| Error::io(&mine, e))?;
+                    std::fs::rename(&mine, &path).map_err(|e| Error::io(&path, e))?;
+                    path.to_string_lossy().into_owned()
+                }
+            };
+            let out = flow.config().get_opt("out");
+            let counts = flow
+                .source(
+                    "lines",
+                    FileSource::<String>::text(input),
+                    SourceOptions::new(),
+                )?
+                .flat_map(|line: String| {
+                    line.split(|c: char| !c.is_alphanumeric())
+                        .filter(|w| !w.is_empty())
+                        .map(str::to_lowercase)
+                        .collect::<Vec<_>>()
+                })
+                .key_by(|w: &String| w.clone())
+                .window(Global::window())
+                .named("counts")
+                .aggregate(Count)?
+                .map(|r| (r.key, r.value));
+            match out {
+                Some(path) => counts.sink("out", FileSink::json(path).sorted()),
+                None => counts.sink("stdout", StdoutSink::new()),
             }
-        };
-        let out = flow.config().get_opt("out");
-        let counts = flow
-            .source("lines", FileSource::<String>::text(input), SourceOptions::new())?
-            .flat_map(|line: String| {
-                line.split(|c: char| !c.is_alphanumeric())
-                    .filter(|w| !w.is_empty())
-                    .map(str::to_lowercase)
-                    .collect::<Vec<_>>()
-            })
-            .key_by(|w: &String| w.clone())
-            .window(Global::window())
-            .named("counts")
-            .aggregate(Count)?
-            .map(|r| (r.key, r.value));
-        match out {
-            Some(path) => counts.sink("out", FileSink::json(path).sorted()),
-            None => counts.sink("stdout", StdoutSink::new()),
-        }
-    })
+        },
+    )
 }

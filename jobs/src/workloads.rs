@@ -148,7 +148,11 @@ impl Sink<AuctionWindow> for W2Check {
     fn routing(&self) -> runnel_engine::Routing {
         runnel_engine::Routing::Single
     }
-    fn write(&mut self, _epoch: runnel_engine::Epoch, records: &mut Vec<Event<AuctionWindow>>) -> Result<()> {
+    fn write(
+        &mut self,
+        _epoch: runnel_engine::Epoch,
+        records: &mut Vec<Event<AuctionWindow>>,
+    ) -> Result<()> {
         for e in records.drain(..) {
             let r = e.data;
             if !self.seen.insert((r.auction, r.window_start)) && self.errors.len() < 10 {
@@ -156,7 +160,8 @@ impl Sink<AuctionWindow> for W2Check {
             }
             let want = w2_expected(self.events, r.auction, r.window_start);
             if want != Some((r.count, r.max_price)) && self.errors.len() < 10 {
-                self.errors.push(format!("row {r:?}: expected (count, max) {want:?}"));
+                self.errors
+                    .push(format!("row {r:?}: expected (count, max) {want:?}"));
             }
         }
         Ok(())
@@ -164,10 +169,16 @@ impl Sink<AuctionWindow> for W2Check {
     fn close(&mut self) -> Result<()> {
         let want = w2_expected_rows(self.events);
         if self.seen.len() as u64 != want {
-            self.errors.push(format!("{} window results, expected {want}", self.seen.len()));
+            self.errors.push(format!(
+                "{} window results, expected {want}",
+                self.seen.len()
+            ));
         }
         if self.errors.is_empty() {
-            eprintln!("w2 check: {} window results, each matches the closed form", self.seen.len());
+            eprintln!(
+                "w2 check: {} window results, each matches the closed form",
+                self.seen.len()
+            );
             Ok(())
         } else {
             Err(Error::Sink {
@@ -188,11 +199,17 @@ mod tests {
             let mut brute = std::collections::BTreeMap::<(u64, i64), (u64, u64)>::new();
             for seq in 0..events {
                 let b = Bid::at(seq);
-                let e = brute.entry((b.auction, (seq as i64 / W2_WINDOW_MS) * W2_WINDOW_MS)).or_default();
+                let e = brute
+                    .entry((b.auction, (seq as i64 / W2_WINDOW_MS) * W2_WINDOW_MS))
+                    .or_default();
                 e.0 += 1;
                 e.1 = e.1.max(b.price);
             }
-            assert_eq!(brute.len() as u64, w2_expected_rows(events), "events {events}");
+            assert_eq!(
+                brute.len() as u64,
+                w2_expected_rows(events),
+                "events {events}"
+            );
             for ((a, s), v) in &brute {
                 assert_eq!(w2_expected(events, *a, *s), Some(*v));
             }

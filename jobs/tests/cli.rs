@@ -99,8 +99,14 @@ fn w2_reference(events: u64) -> BTreeMap<(u64, i64), (u64, u64)> {
 fn w2_rows(path: &Path) -> BTreeMap<(u64, i64), (u64, u64)> {
     let mut m = BTreeMap::new();
     for v in read_lines(path) {
-        let key = (v["auction"].as_u64().unwrap(), v["window_start"].as_i64().unwrap());
-        let val = (v["count"].as_u64().unwrap(), v["max_price"].as_u64().unwrap());
+        let key = (
+            v["auction"].as_u64().unwrap(),
+            v["window_start"].as_i64().unwrap(),
+        );
+        let val = (
+            v["count"].as_u64().unwrap(),
+            v["max_price"].as_u64().unwrap(),
+        );
         assert!(m.insert(key, val).is_none(), "duplicate row {v}");
     }
     m
@@ -228,7 +234,10 @@ fn clickstream_sessions_match_brute_force_on_1_2_4_workers_and_2_processes() {
     let views = page_views(200, 5_000, 42);
     write_page_views(&input, &views).unwrap();
     let reference = sessions_reference(&views);
-    assert!(reference.len() > 200, "sample has several sessions per user");
+    assert!(
+        reference.len() > 200,
+        "sample has several sessions per user"
+    );
     for workers in [1usize, 2, 4] {
         let out = dir.path().join(format!("s-{workers}.jsonl"));
         let s = summary(&runnel(&[
@@ -344,7 +353,10 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
     let o = runnel(&["run", "no-such-job"]);
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("no-such-job") && err.contains("w2-tumbling"), "{err}");
+    assert!(
+        err.contains("no-such-job") && err.contains("w2-tumbling"),
+        "{err}"
+    );
 
     let o = runnel(&["run", "w0-passthrough", "--workers", "0"]);
     assert!(!o.status.success());
@@ -371,7 +383,13 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
     let o = runnel(&["jobs"]);
     assert!(o.status.success());
     let list = String::from_utf8_lossy(&o.stdout);
-    for job in ["w0-passthrough", "w1-map-filter", "w2-tumbling", "word-count", "clickstream-sessions"] {
+    for job in [
+        "w0-passthrough",
+        "w1-map-filter",
+        "w2-tumbling",
+        "word-count",
+        "clickstream-sessions",
+    ] {
         assert!(list.contains(job), "{list}");
     }
 }

@@ -240,7 +240,11 @@ impl<V, A: Aggregate<V>, B: Aggregate<V>, C: Aggregate<V>> Aggregate<V> for (A, 
         self.2.merge(&mut acc.2, &other.2);
     }
     fn result(&self, acc: &Self::Acc) -> Self::Out {
-        (self.0.result(&acc.0), self.1.result(&acc.1), self.2.result(&acc.2))
+        (
+            self.0.result(&acc.0),
+            self.1.result(&acc.1),
+            self.2.result(&acc.2),
+        )
     }
 }
 

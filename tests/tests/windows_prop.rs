@@ -187,6 +187,8 @@ fn reference(items: &[In], b: i64, spec: WindowSpec, l: i64) -> RefOut {
         WindowSpec::Tumbling { size } => aligned_reference(&eps, &wms, size, size, l),
         WindowSpec::Sliding { size, slide } => aligned_reference(&eps, &wms, size, slide, l),
         WindowSpec::Session { gap } => session_reference(&eps, &wms, gap, l),
+        #[allow(unreachable_patterns)]
+        other => unreachable!("no reference for {other:?}"),
     }
 }
 
@@ -313,6 +315,13 @@ where
         .collect();
     want_late.sort();
 
+    {
+        let mut keys = std::collections::HashMap::new();
+        for (_, k, s, e, _) in &want.emitted { *keys.entry((*k,*s,*e)).or_insert(0) += 1; }
+        let re = keys.values().filter(|c| **c > 1).count();
+        eprintln!("STATS spec={spec:?} l={l} b={b} mode={mode:?} recs={} cuts={} emitted={} reemitted={} late={} nowin={}",
+            items.iter().filter(|i| matches!(i, In::R(_))).count(), cuts(items), want.emitted.len(), re, want.late.len(), no_window);
+    }
     for workers in [1, 2] {
         let got = run_windows(
             vec![to_test_items(items)],
@@ -434,7 +443,7 @@ fn size_and_slide() -> impl Strategy<Value = (i64, i64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(cases(48)))]
 
     /// Tumbling windows: results (with their epochs), late count and late output.
     #[test]
@@ -549,7 +558,7 @@ fn plain<O: Ord>(r: RefOut, f: fn(&[u64]) -> O) -> Vec<(u8, i64, i64, O)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(cases(24)))]
 
     /// Partitions each in event-time order: nothing is ever late, whatever the epochs, so the
     /// results are those of one epoch holding everything, on 1, 2 and 4 workers.

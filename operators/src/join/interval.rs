@@ -146,7 +146,11 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), Joined<K, L
         }
     }
 
-    fn on_epoch_end(&mut self, wm: Watermark, _out: &mut Emitter<(K, Either<L, R>), Joined<K, L, R>>) {
+    fn on_epoch_end(
+        &mut self,
+        wm: Watermark,
+        _out: &mut Emitter<(K, Either<L, R>), Joined<K, L, R>>,
+    ) {
         let (lower, upper) = (self.lower, self.upper);
         self.state.retain(|_, (ls, rs)| {
             ls.retain(|(ts, _)| ts.saturating_add(upper) >= wm);
@@ -156,7 +160,13 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), Joined<K, L
     }
 }
 
-fn joined<K: Clone, L: Clone, R: Clone>(k: &K, a: &L, ats: i64, b: &R, bts: i64) -> Event<Joined<K, L, R>> {
+fn joined<K: Clone, L: Clone, R: Clone>(
+    k: &K,
+    a: &L,
+    ats: i64,
+    b: &R,
+    bts: i64,
+) -> Event<Joined<K, L, R>> {
     Event {
         ts: ats.max(bts),
         origin: Origin::default(),

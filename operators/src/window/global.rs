@@ -62,7 +62,12 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
     for GlobalLogic<K, A, V>
 {
     #[inline]
-    fn on_record(&mut self, r: Event<(K, V)>, _wm: Watermark, _out: &mut Emitter<(K, V), WindowResult<K, A::Out>>) {
+    fn on_record(
+        &mut self,
+        r: Event<(K, V)>,
+        _wm: Watermark,
+        _out: &mut Emitter<(K, V), WindowResult<K, A::Out>>,
+    ) {
         let (k, v) = r.data;
         match self.state.get_mut(&k) {
             Some(acc) => self.agg.add(acc, &v),

@@ -141,7 +141,10 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         self,
         agg: A,
         late_output: bool,
-    ) -> Result<(Stream<'s, WindowResult<K, A::Out>>, Option<Stream<'s, (K, V)>>)> {
+    ) -> Result<(
+        Stream<'s, WindowResult<K, A::Out>>,
+        Option<Stream<'s, (K, V)>>,
+    )> {
         let name = if self.name.is_empty() {
             String::new()
         } else {
@@ -171,7 +174,10 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         size: i64,
         slide: i64,
         late_output: bool,
-    ) -> Result<(Stream<'s, WindowResult<K, A::Out>>, Option<Stream<'s, (K, V)>>)> {
+    ) -> Result<(
+        Stream<'s, WindowResult<K, A::Out>>,
+        Option<Stream<'s, (K, V)>>,
+    )> {
         let panes = Panes::new(size, slide);
         let combiner_name = if name.is_empty() {
             String::new()
@@ -190,17 +196,18 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         } else {
             let agg2 = agg.clone();
             let keep_raw = late_output;
-            self.stream.map_values(move |v: V| {
-                let mut acc = agg2.create();
-                agg2.add(&mut acc, &v);
-                Partial {
-                    pane: i64::MIN,
-                    acc,
-                    n: 1,
-                    raw: keep_raw.then_some(v),
-                }
-            })
-            .local(&combiner_name, PaneStamp { panes })?
+            self.stream
+                .map_values(move |v: V| {
+                    let mut acc = agg2.create();
+                    agg2.add(&mut acc, &v);
+                    Partial {
+                        pane: i64::MIN,
+                        acc,
+                        n: 1,
+                        raw: keep_raw.then_some(v),
+                    }
+                })
+                .local(&combiner_name, PaneStamp { panes })?
         };
         let logic = PaneWindowLogic {
             agg,
@@ -211,7 +218,8 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
             dirty: BTreeSet::new(),
         };
         let (main, late) = partials.stateful(&name, late_output, logic)?;
-        let late = late.map(|s| s.map(|(k, p): (K, Partial<A::Acc, V>)| (k, p.raw.expect("raw kept"))));
+        let late =
+            late.map(|s| s.map(|(k, p): (K, Partial<A::Acc, V>)| (k, p.raw.expect("raw kept"))));
         Ok((main, late))
     }
 }
@@ -234,7 +242,10 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 impl Panes {
     fn new(size: i64, slide: i64) -> Self {
-        assert!(size > 0 && slide > 0, "window size and slide must be positive");
+        assert!(
+            size > 0 && slide > 0,
+            "window size and slide must be positive"
+        );
         Panes {
             size,
             slide,
@@ -389,7 +400,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         let size = self.panes.size;
         let lateness = self.lateness;
         // Late when even the last window holding this pane has expired.
-        if self.panes.last_window(p).saturating_add(size).saturating_add(lateness) <= wm {
+        if self
+            .panes
+            .last_window(p)
+            .saturating_add(size)
+            .saturating_add(lateness)
+            <= wm
+        {
             let n = r.data.1.n;
             out.late(r, n);
             return;
@@ -455,7 +472,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         // Drop panes whose every window has expired.
         let lateness = self.lateness;
         while let Some((&p, _)) = self.panes_state.first_key_value() {
-            if self.panes.last_window(p).saturating_add(size).saturating_add(lateness) <= wm {
+            if self
+                .panes
+                .last_window(p)
+                .saturating_add(size)
+                .saturating_add(lateness)
+                <= wm
+            {
                 self.panes_state.pop_first();
             } else {
                 break;

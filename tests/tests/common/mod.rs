@@ -55,6 +55,14 @@ pub fn watermarks(eps: &[Vec<Rec>], b: i64) -> Vec<i64> {
         .collect()
 }
 
+/// The number of proptest cases: `default`, or `RUNNEL_PROP_CASES` when set (for longer runs).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("RUNNEL_PROP_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Number of cuts in a partition.
 pub fn cuts(items: &[In]) -> usize {
     items.iter().filter(|i| matches!(i, In::Cut)).count()
