@@ -2,8 +2,8 @@
 //! that a checkpoint can snapshot it and a restore can rebuild it.
 //!
 //! A [`KeyedState`] belongs to one operator (its *step id*, the operator's stable name) and maps
-//! keys to values. Both must be serde types: a snapshot is the bincode-free, self-describing
-//! list of `(key, value)` pairs, written by the checkpoint store (see the exactly-once issue).
+//! keys to values. Both must be serde types: a [`Snapshot`] is the list of `(key, value)` pairs in key
+//! order, which the checkpoint store writes.
 
 use std::collections::hash_map::{Entry, Iter, IterMut};
 use std::collections::HashMap;
@@ -63,6 +63,10 @@ impl<K: Hash + Eq, V> KeyedState<K, V> {
     /// Keeps the entries for which `f` is true.
     pub fn retain(&mut self, f: impl FnMut(&K, &mut V) -> bool) {
         self.map.retain(f)
+    }
+    /// Removes and returns every entry.
+    pub fn drain(&mut self) -> std::collections::hash_map::Drain<'_, K, V> {
+        self.map.drain()
     }
     /// All entries.
     pub fn iter(&self) -> Iter<'_, K, V> {

@@ -25,16 +25,14 @@
 //! assert_eq!(out.sorted_data(), vec![95, 130]);
 //! ```
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, Origin, Result, Stream,
-    Watermark,
+    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, Origin, Result,
+    Stream, Watermark,
 };
 
 /// A pair joined by the interval join.
@@ -95,7 +93,7 @@ impl<'s, K: ExchangeKey, L: Data> IntervalJoinExt<'s, K, L> for KeyedStream<'s, 
         let logic = IntervalJoinLogic {
             lower: millis(lower),
             upper: millis(upper),
-            state: HashMap::default(),
+            state: KeyedState::new("interval-join"),
         };
         Ok(self.connect(right).stateful(name, false, logic)?.0)
     }
@@ -106,7 +104,7 @@ type Buffers<L, R> = (Vec<(i64, L)>, Vec<(i64, R)>);
 struct IntervalJoinLogic<K, L, R> {
     lower: i64,
     upper: i64,
-    state: HashMap<K, Buffers<L, R>, FxBuildHasher>,
+    state: KeyedState<K, Buffers<L, R>>,
 }
 
 impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), Joined<K, L, R>>

@@ -25,16 +25,16 @@
 //! assert_eq!(out.sorted_data(), vec![(0, 'x', 100)]);
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rustc_hash::FxBuildHasher;
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, Origin, Result, Stream,
-    Watermark,
+    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, Origin, Result,
+    Stream, Watermark,
 };
 
 /// A pair joined in a window.
@@ -92,7 +92,8 @@ impl<'s, K: ExchangeKey, L: Data> WindowJoinExt<'s, K, L> for KeyedStream<'s, K,
         assert!(size > 0, "join window size must be positive");
         let logic = WindowJoinLogic {
             size,
-            state: BTreeMap::new(),
+            state: KeyedState::new("window-join"),
+            fire: BTreeMap::new(),
         };
         Ok(self.connect(right).stateful(name, false, logic)?.0)
     }
@@ -100,9 +101,12 @@ impl<'s, K: ExchangeKey, L: Data> WindowJoinExt<'s, K, L> for KeyedStream<'s, K,
 
 type Sides<L, R> = (Vec<L>, Vec<R>);
 
+/// State: per key, the records of each open window ([`KeyedState`]); the timers (which keys
+/// have a window ending when) are derived from it.
 struct WindowJoinLogic<K, L, R> {
     size: i64,
-    state: BTreeMap<i64, HashMap<K, Sides<L, R>, FxBuildHasher>>,
+    state: KeyedState<K, BTreeMap<i64, Sides<L, R>>>,
+    fire: BTreeMap<i64, FxHashSet<K>>,
 }
 
 impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoined<K, L, R>>
@@ -115,12 +119,20 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoine
         out: &mut Emitter<(K, Either<L, R>), WindowJoined<K, L, R>>,
     ) {
         let start = r.ts.div_euclid(self.size) * self.size;
-        if start + self.size <= wm {
+        let end = start.saturating_add(self.size);
+        if end <= wm {
             out.late(r, 1);
             return;
         }
         let (k, side) = r.data;
-        let entry = self.state.entry(start).or_default().entry(k).or_default();
+        let windows = match self.state.get_mut(&k) {
+            Some(w) => w,
+            None => self.state.entry(k.clone()).or_default(),
+        };
+        let entry = windows.entry(start).or_insert_with(|| {
+            self.fire.entry(end).or_default().insert(k.clone());
+            (Vec::new(), Vec::new())
+        });
         match side {
             Either::Left(l) => entry.0.push(l),
             Either::Right(x) => entry.1.push(x),
@@ -132,26 +144,35 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoine
         wm: Watermark,
         out: &mut Emitter<(K, Either<L, R>), WindowJoined<K, L, R>>,
     ) {
-        while let Some((&start, _)) = self.state.first_key_value() {
-            if start.saturating_add(self.size) > wm {
+        while let Some(entry) = self.fire.first_entry() {
+            let end = *entry.key();
+            if end > wm {
                 break;
             }
-            let (_, keys) = self.state.pop_first().expect("present");
-            for (k, (ls, rs)) in keys {
-                for l in &ls {
-                    for x in &rs {
-                        out.emit(Event {
-                            ts: start + self.size - 1,
-                            origin: Origin::default(),
-                            data: WindowJoined {
-                                key: k.clone(),
-                                start,
-                                end: start + self.size,
-                                left: l.clone(),
-                                right: x.clone(),
-                            },
-                        });
+            let start = end - self.size;
+            for k in entry.remove() {
+                let Some(windows) = self.state.get_mut(&k) else {
+                    continue;
+                };
+                if let Some((ls, rs)) = windows.remove(&start) {
+                    for l in &ls {
+                        for x in &rs {
+                            out.emit(Event {
+                                ts: end - 1,
+                                origin: Origin::default(),
+                                data: WindowJoined {
+                                    key: k.clone(),
+                                    start,
+                                    end,
+                                    left: l.clone(),
+                                    right: x.clone(),
+                                },
+                            });
+                        }
                     }
+                }
+                if windows.is_empty() {
+                    self.state.remove(&k);
                 }
             }
         }

@@ -21,12 +21,8 @@
 //! assert_eq!(out.sorted_data(), vec![(1, 2), (2, 1)]);
 //! ```
 
-use std::collections::HashMap;
-
-use rustc_hash::FxBuildHasher;
-
 use runnel_engine::time::WATERMARK_MAX;
-use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, Origin, Watermark};
+use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, Origin, Watermark};
 
 use super::{WindowResult, WindowSpec};
 use crate::aggregate::Aggregate;
@@ -44,15 +40,15 @@ impl Global {
 
 pub(crate) struct GlobalLogic<K, A: Aggregate<V>, V> {
     agg: A,
-    state: HashMap<K, A::Acc, FxBuildHasher>,
+    state: KeyedState<K, A::Acc>,
     _v: std::marker::PhantomData<fn(V)>,
 }
 
-impl<K, A: Aggregate<V>, V> GlobalLogic<K, A, V> {
+impl<K: ExchangeKey, A: Aggregate<V>, V> GlobalLogic<K, A, V> {
     pub(crate) fn new(agg: A) -> Self {
         GlobalLogic {
             agg,
-            state: HashMap::default(),
+            state: KeyedState::new("global"),
             _v: std::marker::PhantomData,
         }
     }

@@ -26,13 +26,13 @@ pub mod tumbling;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Origin, Result,
-    Stream, Watermark,
+    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, LocalEpochLogic,
+    Origin, Result, Stream, Watermark,
 };
 
 use crate::aggregate::Aggregate;
@@ -209,14 +209,12 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
                 })
                 .local(&combiner_name, PaneStamp { panes })?
         };
-        let logic = PaneWindowLogic {
-            agg,
-            panes,
-            lateness: self.lateness,
-            panes_state: BTreeMap::new(),
-            fired_upto: i64::MIN,
-            dirty: BTreeSet::new(),
+        let state_name = if name.is_empty() {
+            "window"
+        } else {
+            name.as_str()
         };
+        let logic = PaneWindowLogic::new(state_name, agg, panes, self.lateness);
         let (main, late) = partials.stateful(&name, late_output, logic)?;
         let late =
             late.map(|s| s.map(|(k, p): (K, Partial<A::Acc, V>)| (k, p.raw.expect("raw kept"))));
@@ -343,47 +341,49 @@ impl<K: ExchangeKey, Acc: Data, V: Data> LocalEpochLogic<(K, Partial<Acc, V>), (
     fn on_epoch_end(&mut self, _out: &mut Vec<Event<(K, Partial<Acc, V>)>>) {}
 }
 
-/// The keyed half of tumbling and sliding windows: merges partials per pane, fires windows.
+/// The keyed half of tumbling and sliding windows: merges partials per key and pane, fires
+/// windows on timers.
+///
+/// State: per key, the accumulator of each pane ([`KeyedState`], what a checkpoint stores).
+/// The timers (which windows fire and which panes expire when) are derived from that state.
 struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     agg: A,
     panes: Panes,
     lateness: i64,
-    /// pane start -> key -> accumulator
-    panes_state: BTreeMap<i64, HashMap<K, A::Acc, FxBuildHasher>>,
-    /// Every window with `end <= fired_upto` has fired.
-    fired_upto: i64,
+    /// key -> pane start -> accumulator.
+    state: KeyedState<K, BTreeMap<i64, A::Acc>>,
+    /// window end -> keys with a window ending there that has not fired.
+    fire: BTreeMap<i64, FxHashSet<K>>,
+    /// expiry (last window end + lateness) -> keys with panes that expire then.
+    expire: BTreeMap<i64, FxHashSet<K>>,
     /// Fired windows that received records within their allowed lateness: (start, key).
     dirty: BTreeSet<(i64, K)>,
 }
 
 impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
-    fn window_result(&self, start: i64, key: Option<&K>, out: &mut Vec<(K, A::Acc)>) {
-        let mut merged: HashMap<K, A::Acc, FxBuildHasher> = HashMap::default();
-        for (_, keys) in self.panes_state.range(start..start + self.panes.size) {
-            match key {
-                Some(k) => {
-                    if let Some(acc) = keys.get(k) {
-                        match merged.get_mut(k) {
-                            Some(m) => self.agg.merge(m, acc),
-                            None => {
-                                merged.insert(k.clone(), acc.clone());
-                            }
-                        }
-                    }
-                }
-                None => {
-                    for (k, acc) in keys {
-                        match merged.get_mut(k) {
-                            Some(m) => self.agg.merge(m, acc),
-                            None => {
-                                merged.insert(k.clone(), acc.clone());
-                            }
-                        }
-                    }
-                }
+    fn new(name: &str, agg: A, panes: Panes, lateness: i64) -> Self {
+        PaneWindowLogic {
+            agg,
+            panes,
+            lateness,
+            state: KeyedState::new(name),
+            fire: BTreeMap::new(),
+            expire: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// The merged accumulator of `key`'s panes in the window starting at `start`.
+    fn window_acc(&self, key: &K, start: i64) -> Option<A::Acc> {
+        let panes = self.state.get(key)?;
+        let mut merged: Option<A::Acc> = None;
+        for (_, acc) in panes.range(start..start + self.panes.size) {
+            match merged.as_mut() {
+                Some(m) => self.agg.merge(m, acc),
+                None => merged = Some(acc.clone()),
             }
         }
-        out.extend(merged);
+        merged
     }
 }
 
@@ -399,32 +399,45 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         let p = r.data.1.pane;
         let size = self.panes.size;
         let lateness = self.lateness;
-        // Late when even the last window holding this pane has expired.
-        if self
+        let expiry = self
             .panes
             .last_window(p)
             .saturating_add(size)
-            .saturating_add(lateness)
-            <= wm
-        {
+            .saturating_add(lateness);
+        // Late when even the last window holding this pane has expired.
+        if expiry <= wm {
             let n = r.data.1.n;
             out.late(r, n);
             return;
         }
         let (k, part) = r.data;
+        let panes = match self.state.get_mut(&k) {
+            Some(panes) => panes,
+            None => self.state.entry(k.clone()).or_default(),
+        };
+        match panes.get_mut(&p) {
+            Some(acc) => {
+                self.agg.merge(acc, &part.acc);
+            }
+            None => {
+                panes.insert(p, part.acc);
+                // A new pane: its windows that are still to fire need timers, fired ones
+                // (within lateness) an update, and the pane an expiry.
+                for s in self.panes.windows(p) {
+                    let end = s + size;
+                    if end > wm {
+                        self.fire.entry(end).or_default().insert(k.clone());
+                    }
+                }
+                self.expire.entry(expiry).or_default().insert(k.clone());
+            }
+        }
         if lateness > 0 {
             for s in self.panes.windows(p) {
                 let end = s + size;
                 if end <= wm && end.saturating_add(lateness) > wm {
                     self.dirty.insert((s, k.clone()));
                 }
-            }
-        }
-        let keys = self.panes_state.entry(p).or_default();
-        match keys.get_mut(&k) {
-            Some(acc) => self.agg.merge(acc, &part.acc),
-            None => {
-                keys.insert(k, part.acc);
             }
         }
     }
@@ -435,53 +448,48 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         out: &mut Emitter<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>>,
     ) {
         let size = self.panes.size;
-        let mut results: Vec<(K, A::Acc)> = Vec::new();
         // Updated results for fired windows that received records within their lateness.
-        let dirty = std::mem::take(&mut self.dirty);
-        for (s, k) in dirty {
-            results.clear();
-            self.window_result(s, Some(&k), &mut results);
-            for (k, acc) in results.drain(..) {
+        for (s, k) in std::mem::take(&mut self.dirty) {
+            if let Some(acc) = self.window_acc(&k, s) {
                 out.emit(result_event(&self.agg, k, s, size, &acc));
             }
         }
-        if wm > self.fired_upto {
-            // Windows whose end is in (fired_upto, wm], that hold at least one pane.
-            let mut starts: BTreeSet<i64> = BTreeSet::new();
-            let lo_pane = self.fired_upto.saturating_sub(size);
-            for (&p, _) in self.panes_state.range(lo_pane..) {
-                if p >= wm {
-                    break;
-                }
-                for s in self.panes.windows(p) {
-                    let end = s + size;
-                    if end > self.fired_upto && end <= wm {
-                        starts.insert(s);
-                    }
-                }
-            }
-            for s in starts {
-                results.clear();
-                self.window_result(s, None, &mut results);
-                for (k, acc) in results.drain(..) {
-                    out.emit(result_event(&self.agg, k, s, size, &acc));
-                }
-            }
-            self.fired_upto = wm;
-        }
-        // Drop panes whose every window has expired.
-        let lateness = self.lateness;
-        while let Some((&p, _)) = self.panes_state.first_key_value() {
-            if self
-                .panes
-                .last_window(p)
-                .saturating_add(size)
-                .saturating_add(lateness)
-                <= wm
-            {
-                self.panes_state.pop_first();
-            } else {
+        // Windows that end at or before the watermark fire.
+        while let Some(entry) = self.fire.first_entry() {
+            let end = *entry.key();
+            if end > wm {
                 break;
+            }
+            for k in entry.remove() {
+                if let Some(acc) = self.window_acc(&k, end - size) {
+                    out.emit(result_event(&self.agg, k, end - size, size, &acc));
+                }
+            }
+        }
+        // Panes whose every window has expired are dropped.
+        while let Some(entry) = self.expire.first_entry() {
+            let expiry = *entry.key();
+            if expiry > wm {
+                break;
+            }
+            for k in entry.remove() {
+                let now_empty = match self.state.get_mut(&k) {
+                    Some(panes) => {
+                        let (panes_geo, lateness) = (self.panes, self.lateness);
+                        panes.retain(|&p, _| {
+                            panes_geo
+                                .last_window(p)
+                                .saturating_add(size)
+                                .saturating_add(lateness)
+                                > wm
+                        });
+                        panes.is_empty()
+                    }
+                    None => false,
+                };
+                if now_empty {
+                    self.state.remove(&k);
+                }
             }
         }
     }

@@ -30,14 +30,12 @@
 //! assert_eq!(out.sorted_data(), vec![(7, 0, 14, 2), (7, 30, 40, 1), (8, 2, 12, 1)]);
 //! ```
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
-use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, Origin, Watermark};
+use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, Origin, Watermark};
 
 use super::{WindowResult, WindowSpec};
 use crate::aggregate::Aggregate;
@@ -67,18 +65,18 @@ pub(crate) struct SessionLogic<K, A: Aggregate<V>, V> {
     gap: i64,
     lateness: i64,
     /// key -> sessions, sorted by start, disjoint and not touching.
-    state: HashMap<K, Vec<Sess<A::Acc>>, FxBuildHasher>,
+    state: KeyedState<K, Vec<Sess<A::Acc>>>,
     _v: std::marker::PhantomData<fn(V)>,
 }
 
-impl<K, A: Aggregate<V>, V> SessionLogic<K, A, V> {
+impl<K: ExchangeKey, A: Aggregate<V>, V> SessionLogic<K, A, V> {
     pub(crate) fn new(agg: A, gap: i64, lateness: i64) -> Self {
         assert!(gap > 0, "session gap must be positive");
         SessionLogic {
             agg,
             gap,
             lateness,
-            state: HashMap::default(),
+            state: KeyedState::new("session"),
             _v: std::marker::PhantomData,
         }
     }

@@ -109,13 +109,16 @@ pub fn timer_epochs(workers: usize) -> RunOptions {
 /// One partition of up to `max_len` records, keys `0..4`, with cuts at random places.
 ///
 /// Event times follow a clock that moves forward by 0..4 ms a record, from a start in
-/// `-50..50`, and each record lags the clock by up to `spread` ms (0..=70, per case), which
-/// makes out-of-order and late data; one case in five draws times uniformly from `-50..400`
-/// instead (wildly out of order).
+/// `-50..50`. Most records are near the clock (up to 4 ms behind); one in four (per case: one in
+/// two to one in ten) lags it by up to `spread` ms (0..=100, per case), which makes out-of-order,
+/// late and nearly-late data. One case in six draws times uniformly from `-50..400` instead
+/// (wildly out of order).
 pub fn partition(max_len: usize) -> impl Strategy<Value = Vec<In>> {
     let rec = (
         0i64..4,
-        0i64..=70,
+        0i64..=4,
+        0u32..100,
+        0i64..=100,
         -50i64..400,
         0u8..4,
         0u64..100,
@@ -123,20 +126,27 @@ pub fn partition(max_len: usize) -> impl Strategy<Value = Vec<In>> {
     );
     (
         -50i64..50,
-        0i64..=70,
-        prop::bool::weighted(0.2),
+        0i64..=100,
+        10u32..50,
+        prop::bool::weighted(0.17),
         prop::collection::vec(rec, 0..max_len),
         prop::bool::weighted(0.3),
     )
-        .prop_map(|(start, spread, uniform, recs, trailing_cut)| {
+        .prop_map(|(start, spread, lag_pct, uniform, recs, trailing_cut)| {
             let mut clock = start;
             let mut out = Vec::with_capacity(recs.len() + 8);
-            for (step, back, uni, k, v, cut) in recs {
+            for (step, jitter, dice, lag, uni, k, v, cut) in recs {
                 if cut {
                     out.push(In::Cut);
                 }
                 clock += step;
-                let ts = if uniform { uni } else { clock - back * spread / 70 };
+                let ts = if uniform {
+                    uni
+                } else if dice < lag_pct {
+                    clock - lag * spread / 100
+                } else {
+                    clock - jitter
+                };
                 out.push(In::R((ts, k, v)));
             }
             if trailing_cut {
@@ -144,6 +154,11 @@ pub fn partition(max_len: usize) -> impl Strategy<Value = Vec<In>> {
             }
             out
         })
+}
+
+/// A bound of out-of-orderness: `0..60`, small (`0..8`) half the time.
+pub fn bound() -> impl Strategy<Value = i64> {
+    prop_oneof![0i64..8, 0i64..60]
 }
 
 /// 1 to 4 partitions, each in event-time order (ts never decreases), with cuts.
