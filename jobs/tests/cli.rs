@@ -393,3 +393,35 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
         assert!(list.contains(job), "{list}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_a_run_cleanly_with_a_summary() {
+    let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "run",
+            "w0-passthrough",
+            "--set",
+            "events=1000000000000",
+            "--set",
+            "rate=200000",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let o = child.wait_with_output().expect("wait");
+    let s = summary(&o);
+    let n = s["events_in"].as_u64().unwrap();
+    assert!(n > 0 && n < 1_000_000_000_000, "stopped part-way: {n}");
+    assert_eq!(
+        s["events_in"], s["events_out"],
+        "everything read reached the sink"
+    );
+}

@@ -4,6 +4,23 @@
 //! [`Aggregate`] per key and window and emits one [`WindowResult`] per key and window when the
 //! watermark passes the window's end.
 //!
+//! Windows exist only on keyed streams; a window on a stream that was not keyed does not
+//! compile:
+//!
+//! ```compile_fail,E0599
+//! use std::time::Duration;
+//! use runnel_engine::testing::{Collector, TestItem, TestSource};
+//! use runnel_engine::{Job, SourceOptions};
+//! use runnel_operators::prelude::*;
+//!
+//! let job = Job::new("unkeyed", "", |flow| {
+//!     flow.source("n", TestSource::new(vec![vec![TestItem::At(1, 1u64)]]), SourceOptions::new())?
+//!         .window(Tumbling::of(Duration::from_secs(1))) // error: no method `window` on `Stream`
+//!         .aggregate(Count)?
+//!         .sink("out", Collector::new().sink())
+//! });
+//! ```
+//!
 //! ## Lateness
 //! A window `[start, end)` fires when the watermark `W` reaches `end`. It is kept for
 //! `allowed_lateness` after that: a record that arrives for a fired but kept window updates it and
