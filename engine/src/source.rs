@@ -77,33 +77,82 @@ pub trait PartitionReader<T>: 'static {
 
 /// The handle a [`PartitionReader`] pushes records into.
 pub struct Reader<T> {
-    items: Vec<(Option<i64>, u64, T)>,
+    events: Vec<Event<T>>,
     bad: Vec<(u64, String, String, String)>,
     budget: usize,
+    partition: u32,
+    event_time: Option<Rc<EventTimeFn<T>>>,
+    ingest: i64,
 }
 
 impl<T> Reader<T> {
-    fn new(budget: usize) -> Self {
+    fn new(budget: usize, event_time: Option<Rc<EventTimeFn<T>>>) -> Self {
         Reader {
-            items: Vec::with_capacity(budget),
+            events: Vec::with_capacity(budget),
             bad: Vec::new(),
             budget,
+            partition: 0,
+            event_time,
+            ingest: 0,
         }
     }
+
+    /// A reader for testing a [`PartitionReader`] on its own: records get the reader's time
+    /// (or 0 with [`Reader::push`]); see [`Reader::take`].
+    pub fn for_test(budget: usize) -> Self {
+        Self::new(budget, None)
+    }
+
+    /// What was pushed so far (records, and bad records as `(offset, location, reason, raw)`),
+    /// emptying the reader. For tests.
+    pub fn take(&mut self) -> (Vec<Event<T>>, Vec<(u64, String, String, String)>) {
+        (
+            std::mem::take(&mut self.events),
+            std::mem::take(&mut self.bad),
+        )
+    }
+
     /// How many records the reader may push in this call.
     pub fn budget(&self) -> usize {
         self.budget
     }
-    /// A record at `offset` in the partition; its event time comes from the job's extractor.
+
+    /// A record at `offset` in the partition; its event time comes from the job's extractor
+    /// (or is the time the call began, when the job has none).
     #[inline]
     pub fn push(&mut self, offset: u64, item: T) {
-        self.items.push((None, offset, item));
+        let ts = match &self.event_time {
+            Some(f) => f(&item),
+            None => self.ingest,
+        };
+        self.events.push(Event {
+            ts,
+            origin: Origin {
+                partition: self.partition,
+                offset,
+            },
+            data: item,
+        });
     }
-    /// A record at `offset` with its own event time (a Kafka timestamp, a generator's clock).
+
+    /// A record at `offset` with its own event time (a Kafka timestamp, a generator's clock);
+    /// the job's extractor, if it set one, takes precedence.
     #[inline]
     pub fn push_at(&mut self, ts: i64, offset: u64, item: T) {
-        self.items.push((Some(ts), offset, item));
+        let ts = match &self.event_time {
+            Some(f) => f(&item),
+            None => ts,
+        };
+        self.events.push(Event {
+            ts,
+            origin: Origin {
+                partition: self.partition,
+                offset,
+            },
+            data: item,
+        });
     }
+
     /// A record at `offset` that could not be decoded: `location` names where it is
     /// (`file:line`, `topic/partition@offset`), `reason` why, `raw` what it was.
     pub fn bad(&mut self, offset: u64, location: String, reason: String, raw: String) {
@@ -132,7 +181,7 @@ pub(crate) type SourceStreams<'s, T> = (
 
 /// A job's settings for one source: event time, watermarks, idleness, bad records.
 pub struct SourceOptions<T> {
-    event_time: Option<EventTimeFn<T>>,
+    event_time: Option<Rc<EventTimeFn<T>>>,
     watermark: WatermarkStrategy,
     idle_timeout: Option<Duration>,
     bad_records: BadRecordPolicy,
@@ -158,7 +207,7 @@ impl<T> SourceOptions<T> {
     }
     /// Takes each record's event time (milliseconds) from `f`.
     pub fn event_time(mut self, f: impl Fn(&T) -> i64 + 'static) -> Self {
-        self.event_time = Some(Box::new(f));
+        self.event_time = Some(Rc::new(Box::new(f)));
         self
     }
     /// The watermark strategy per partition.
@@ -245,8 +294,7 @@ pub(crate) fn build<'s, S: Source>(
         let mut epoch_deadline = Instant::now() + epoch_interval;
         let mut parts: Option<Vec<Part<S::Item>>> = None;
         let mut last_report: Option<WmValue> = None;
-        let mut reader = Reader::new(options.budget);
-        let mut batch: Vec<Event<S::Item>> = Vec::with_capacity(options.budget);
+        let mut reader = Reader::new(options.budget, options.event_time.clone());
 
         move |_frontiers| {
             let Some(c) = caps.as_mut() else { return };
@@ -308,6 +356,10 @@ pub(crate) fn build<'s, S: Source>(
                         }
                         p.pending_until = None;
                     }
+                    reader.partition = p.index;
+                    if options.event_time.is_none() {
+                        reader.ingest = now_ms();
+                    }
                     let status = match p.reader.read(&mut reader) {
                         Ok(s) => s,
                         Err(e) => {
@@ -324,38 +376,16 @@ pub(crate) fn build<'s, S: Source>(
                             return;
                         }
                     };
-                    if !reader.items.is_empty() {
+                    if !reader.events.is_empty() {
                         worked = true;
                         p.last_data = Instant::now();
-                        let n = reader.items.len() as u64;
-                        let mut max_ts = p.max_ts;
-                        let part = p.index;
-                        let ingest = if options.event_time.is_none() {
-                            now_ms()
-                        } else {
-                            0
-                        };
-                        for (ts, offset, item) in reader.items.drain(..) {
-                            let ts = match (&options.event_time, ts) {
-                                (Some(f), _) => f(&item),
-                                (None, Some(t)) => t,
-                                (None, None) => ingest,
-                            };
-                            if ts > max_ts {
-                                max_ts = ts;
-                            }
-                            batch.push(Event {
-                                ts,
-                                origin: Origin {
-                                    partition: part,
-                                    offset,
-                                },
-                                data: item,
-                            });
-                        }
-                        p.max_ts = max_ts;
-                        data_out.session(&c[0]).give_container(&mut batch);
-                        batch.clear();
+                        let n = reader.events.len() as u64;
+                        let max_ts = reader.events.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
+                        p.max_ts = p.max_ts.max(max_ts);
+                        data_out.session(&c[0]).give_container(&mut reader.events);
+                        // The batch went downstream with its buffer: size the next one at once.
+                        reader.events.clear();
+                        reader.events.reserve(options.budget);
                         metrics.records_in.add(n);
                         in_counter.add(n);
                     }
