@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::operators::{Concat, Inspect};
 use timely::dataflow::{Scope, StreamVec};
 
@@ -247,6 +246,41 @@ impl<'s> Flow<'s> {
     }
 }
 
+/// Maps whole batches: one exactly-sized allocation per batch and a tight loop, instead of
+/// pushing records one by one through a container builder.
+fn batch_map<'s, T: Data, U: Data>(
+    data: &TStream<'s, Event<T>>,
+    name: &str,
+    f: impl Fn(Event<T>) -> Event<U> + 'static,
+) -> TStream<'s, Event<U>> {
+    data.clone().unary(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, batch| {
+                let mut out: Vec<Event<U>> = batch.drain(..).map(&f).collect();
+                output.session(&cap).give_container(&mut out);
+            });
+        }
+    })
+}
+
+/// Filters whole batches in place and passes the same buffer on.
+fn batch_filter<'s, T: Data>(
+    data: &TStream<'s, Event<T>>,
+    name: &str,
+    f: impl Fn(&Event<T>) -> bool + 'static,
+) -> TStream<'s, Event<T>> {
+    data.clone().unary(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, batch| {
+                batch.retain(&f);
+                if !batch.is_empty() {
+                    output.session(&cap).give_container(batch);
+                }
+            });
+        }
+    })
+}
+
 /// A stream of records of type `T`, each with its event time and origin.
 ///
 /// Streams are handles: cloning one, or using it twice, branches it (every consumer sees every
@@ -309,7 +343,7 @@ impl<'s, T: Data> Stream<'s, T> {
     #[track_caller]
     pub fn map<U: Data>(&self, f: impl Fn(T) -> U + 'static) -> Stream<'s, U> {
         let at = Location::caller();
-        let data = self.data.clone().map(move |e: Event<T>| Event {
+        let data = batch_map(&self.data, "map", move |e: Event<T>| Event {
             ts: e.ts,
             origin: e.origin,
             data: f(e.data),
@@ -322,7 +356,7 @@ impl<'s, T: Data> Stream<'s, T> {
     #[track_caller]
     pub fn filter(&self, f: impl Fn(&T) -> bool + 'static) -> Stream<'s, T> {
         let at = Location::caller();
-        let data = self.data.clone().filter(move |e: &Event<T>| f(&e.data));
+        let data = batch_filter(&self.data, "filter", move |e: &Event<T>| f(&e.data));
         self.derive(self.shared.auto_name("filter"), at, data)
             .expect("auto names are unique")
     }
@@ -371,7 +405,7 @@ impl<'s, T: Data> Stream<'s, T> {
     #[track_caller]
     pub fn with_event_time(&self, f: impl Fn(&T) -> i64 + 'static) -> Stream<'s, T> {
         let at = Location::caller();
-        let data = self.data.clone().map(move |mut e: Event<T>| {
+        let data = batch_map(&self.data, "event_time", move |mut e: Event<T>| {
             e.ts = f(&e.data);
             e
         });
@@ -384,7 +418,7 @@ impl<'s, T: Data> Stream<'s, T> {
     #[track_caller]
     pub fn key_by<K: ExchangeKey>(&self, key: impl Fn(&T) -> K + 'static) -> KeyedStream<'s, K, T> {
         let at = Location::caller();
-        let data = self.data.clone().map(move |e: Event<T>| Event {
+        let data = batch_map(&self.data, "key_by", move |e: Event<T>| Event {
             ts: e.ts,
             origin: e.origin,
             data: (key(&e.data), e.data),

@@ -390,6 +390,33 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
         }
     }
 
+    /// Drops `key`'s panes whose every window has expired at watermark `wm`.
+    fn purge(&mut self, key: &K, wm: Watermark) {
+        let (geo, lateness) = (self.panes, self.lateness);
+        let now_empty = match self.state.get_mut(key) {
+            Some(panes) => {
+                // Panes are ordered by start, and so are their expiries.
+                while let Some((&p, _)) = panes.first_key_value() {
+                    if geo
+                        .last_window(p)
+                        .saturating_add(geo.size)
+                        .saturating_add(lateness)
+                        <= wm
+                    {
+                        panes.pop_first();
+                    } else {
+                        break;
+                    }
+                }
+                panes.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.state.remove(key);
+        }
+    }
+
     /// The merged accumulator of `key`'s panes in the window starting at `start`.
     fn window_acc(&self, key: &K, start: i64) -> Option<A::Acc> {
         let panes = self.state.get(key)?;
@@ -446,7 +473,11 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                         self.fire.entry(end).or_default().insert(k.clone());
                     }
                 }
-                self.expire.entry(expiry).or_default().insert(k.clone());
+                if lateness > 0 {
+                    // Without lateness a pane expires when its last window fires, and firing
+                    // purges it; with lateness it lingers and needs its own timer.
+                    self.expire.entry(expiry).or_default().insert(k.clone());
+                }
             }
         }
         if lateness > 0 {
@@ -477,8 +508,14 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
             if end > wm {
                 break;
             }
-            for k in entry.remove() {
+            let keys = entry.remove();
+            for k in keys {
                 if let Some(acc) = self.window_acc(&k, end - size) {
+                    if self.lateness == 0 {
+                        // Every window of a pane whose last window ends by `end` has fired
+                        // (timers fire in order of end); later panes stay for later windows.
+                        self.purge(&k, end);
+                    }
                     out.emit(result_event(&self.agg, k, end - size, size, &acc));
                 }
             }
@@ -490,23 +527,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                 break;
             }
             for k in entry.remove() {
-                let now_empty = match self.state.get_mut(&k) {
-                    Some(panes) => {
-                        let (panes_geo, lateness) = (self.panes, self.lateness);
-                        panes.retain(|&p, _| {
-                            panes_geo
-                                .last_window(p)
-                                .saturating_add(size)
-                                .saturating_add(lateness)
-                                > wm
-                        });
-                        panes.is_empty()
-                    }
-                    None => false,
-                };
-                if now_empty {
-                    self.state.remove(&k);
-                }
+                self.purge(&k, wm);
             }
         }
     }
