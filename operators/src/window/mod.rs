@@ -367,10 +367,11 @@ struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     agg: A,
     panes: Panes,
     lateness: i64,
-    /// key -> pane start -> accumulator.
-    state: KeyedState<K, BTreeMap<i64, A::Acc>>,
-    /// window end -> keys with a window ending there that has not fired.
-    fire: BTreeMap<i64, FxHashSet<K>>,
+    /// key -> (pane start, accumulator), sorted by pane start. A key holds few panes at a time
+    /// (its open windows' worth), so a sorted vector beats a tree.
+    state: KeyedState<K, Vec<(i64, A::Acc)>>,
+    /// window end -> keys with a window ending there that has not fired (each key once).
+    fire: BTreeMap<i64, Vec<K>>,
     /// expiry (last window end + lateness) -> keys with panes that expire then.
     expire: BTreeMap<i64, FxHashSet<K>>,
     /// Fired windows that received records within their allowed lateness: (start, key).
@@ -396,18 +397,16 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
         let now_empty = match self.state.get_mut(key) {
             Some(panes) => {
                 // Panes are ordered by start, and so are their expiries.
-                while let Some((&p, _)) = panes.first_key_value() {
-                    if geo
-                        .last_window(p)
-                        .saturating_add(geo.size)
-                        .saturating_add(lateness)
-                        <= wm
-                    {
-                        panes.pop_first();
-                    } else {
-                        break;
-                    }
-                }
+                let expired = panes
+                    .iter()
+                    .take_while(|(p, _)| {
+                        geo.last_window(*p)
+                            .saturating_add(geo.size)
+                            .saturating_add(lateness)
+                            <= wm
+                    })
+                    .count();
+                panes.drain(..expired);
                 panes.is_empty()
             }
             None => false,
@@ -421,7 +420,8 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
     fn window_acc(&self, key: &K, start: i64) -> Option<A::Acc> {
         let panes = self.state.get(key)?;
         let mut merged: Option<A::Acc> = None;
-        for (_, acc) in panes.range(start..start + self.panes.size) {
+        let end = start + self.panes.size;
+        for (_, acc) in panes.iter().filter(|(p, _)| *p >= start && *p < end) {
             match merged.as_mut() {
                 Some(m) => self.agg.merge(m, acc),
                 None => merged = Some(acc.clone()),
@@ -459,18 +459,19 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
             Some(panes) => panes,
             None => self.state.entry(k.clone()).or_default(),
         };
-        match panes.get_mut(&p) {
-            Some(acc) => {
-                self.agg.merge(acc, &part.acc);
-            }
-            None => {
-                panes.insert(p, part.acc);
-                // A new pane: its windows that are still to fire need timers, fired ones
-                // (within lateness) an update, and the pane an expiry.
+        // Records mostly land in the newest pane: search from the back.
+        let at = panes.iter().rposition(|(q, _)| *q <= p);
+        match at {
+            Some(i) if panes[i].0 == p => self.agg.merge(&mut panes[i].1, &part.acc),
+            _ => {
+                let i = at.map_or(0, |i| i + 1);
+                panes.insert(i, (p, part.acc));
+                // A new pane: each of its windows still to fire needs a timer, unless another
+                // pane of the key in that window already set it.
                 for s in self.panes.windows(p) {
                     let end = s + size;
-                    if end > wm {
-                        self.fire.entry(end).or_default().insert(k.clone());
+                    if end > wm && !panes.iter().any(|(q, _)| *q != p && *q >= s && *q < end) {
+                        self.fire.entry(end).or_default().push(k.clone());
                     }
                 }
                 if lateness > 0 {
