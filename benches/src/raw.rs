@@ -67,7 +67,7 @@ fn generate<'s>(scope: Scope<'s, u64>, events: u64, by_window: bool) -> StreamVe
                     break;
                 }
                 if by_window {
-                    let w = (next / 10_000) as u64;
+                    let w = next / 10_000;
                     if w > *c.time() {
                         c.downgrade(&w);
                     }
@@ -132,7 +132,7 @@ pub fn run(workload: Workload, workers: usize, events: u64) -> (u64, Duration) {
                 }
                 Workload::W1 => {
                     generate(scope, events, false)
-                        .filter(|b: &RawBid| b.auction % 10 == 0)
+                        .filter(|b: &RawBid| b.auction.is_multiple_of(10))
                         .map(|b: RawBid| (b.auction, b.price as f64 * 0.908))
                         .sink(Pipeline, "count", {
                             let counted = counted.clone();
