@@ -184,8 +184,8 @@ fn w2_is_the_same_on_1_2_4_workers_and_on_2_processes() {
     assert_eq!(w2_rows(&out), reference, "2 processes x 2 workers");
 }
 
-/// Sessions by brute force: per user, sort the view times and split where a view comes later
-/// than the previous view + gap (windows that exactly touch merge).
+/// Sessions by brute force: per user, sort the view times and split where a view comes a gap or
+/// more after the previous one.
 fn sessions_reference(views: &[PageView]) -> Vec<(u64, i64, i64, u64)> {
     let gap = 30 * 60 * 1000;
     let mut by_user: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
@@ -197,7 +197,7 @@ fn sessions_reference(views: &[PageView]) -> Vec<(u64, i64, i64, u64)> {
         ts.sort();
         let (mut start, mut last, mut n) = (ts[0], ts[0], 0u64);
         for t in ts {
-            if t > last + gap {
+            if t >= last + gap {
                 out.push((user, start, last + gap, n));
                 start = t;
                 n = 0;

@@ -448,8 +448,9 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
             .last_window(p)
             .saturating_add(size)
             .saturating_add(lateness);
-        // Late when even the last window holding this pane has expired.
-        if expiry <= wm {
+        // Late when even the last window holding this pane has expired, or when the pane is in
+        // no window at all (a slide longer than the size leaves gaps): nothing holds it.
+        if expiry <= wm || self.panes.windows(p).next().is_none() {
             let n = r.data.1.n;
             out.late(r, n);
             return;

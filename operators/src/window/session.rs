@@ -1,10 +1,16 @@
-//! Session windows: per key, records closer than `gap` to each other form one window
+//! Session windows: per key, records less than `gap` apart form one window
 //! `[first ts, last ts + gap)`; a record that bridges two sessions merges them.
 //!
-//! Two windows merge when they touch or overlap (`a.start <= b.end && b.start <= a.end`).
-//! A record is late when its own window `[ts, ts + gap)` has expired
-//! (`ts + gap + allowed_lateness <= W`), whatever sessions it might have joined; this keeps the
-//! result independent of the order of records within an epoch.
+//! Two windows merge when they overlap (`a.start < b.end && b.start < a.end`): a record exactly
+//! `gap` after the previous one starts a new session. So a session `[s, e)` can only grow by
+//! records with `ts < e`, which are behind the watermark once it fires (`e <= W`): results do not
+//! depend on where the epochs fall. A record is late when its own window `[ts, ts + gap)` has
+//! expired (`ts + gap + allowed_lateness <= W`), whatever sessions it might have joined; this
+//! keeps the result independent of the order of records within an epoch.
+//!
+//! A session fires once when `end <= W`. Within the allowed lateness a fired session that
+//! absorbs a record is emitted again (an updated result) at the end of the first epoch whose
+//! watermark has reached its (possibly grown) end.
 //!
 //! ```
 //! use std::time::Duration;
@@ -16,7 +22,8 @@
 //! let sink = out.clone();
 //! let job = Job::new("sessions", "views per session", move |flow| {
 //!     let views = vec![vec![
-//!         TestItem::At(0, 7u64), TestItem::At(4, 7), TestItem::At(30, 7), TestItem::At(2, 8),
+//!         TestItem::At(0, 7u64), TestItem::At(4, 7), TestItem::At(30, 7), TestItem::At(40, 7),
+//!         TestItem::At(2, 8),
 //!     ]];
 //!     flow.source("views", TestSource::new(views), SourceOptions::new()
 //!             .bounded_out_of_order(Duration::from_millis(5)))?
@@ -27,7 +34,8 @@
 //!         .sink("out", sink.sink())
 //! });
 //! run(&job, RunOptions::workers(2)).unwrap();
-//! assert_eq!(out.sorted_data(), vec![(7, 0, 14, 2), (7, 30, 40, 1), (8, 2, 12, 1)]);
+//! // 30 and 40 are exactly one gap apart: two sessions.
+//! assert_eq!(out.sorted_data(), vec![(7, 0, 14, 2), (7, 30, 40, 1), (7, 40, 50, 1), (8, 2, 12, 1)]);
 //! ```
 
 use std::time::Duration;
@@ -114,7 +122,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
         let mut i = 0;
         while i < sessions.len() {
             let s = &sessions[i];
-            if s.start <= merged.end && merged.start <= s.end {
+            if s.start < merged.end && merged.start < s.end {
                 let s = sessions.remove(i);
                 merged.start = merged.start.min(s.start);
                 merged.end = merged.end.max(s.end);
@@ -124,7 +132,8 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
                 i += 1;
             }
         }
-        // A fired session that grew is emitted again at the end of the epoch.
+        // A fired session that absorbed a record is emitted again once the watermark reaches
+        // its end.
         merged.dirty = merged.fired;
         let pos = sessions.partition_point(|s| s.start < merged.start);
         sessions.insert(pos, merged);
@@ -135,7 +144,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
         let agg = &self.agg;
         self.state.retain(|k, sessions| {
             for s in sessions.iter_mut() {
-                if (!s.fired && s.end <= wm) || (s.fired && s.dirty) {
+                if s.end <= wm && (!s.fired || s.dirty) {
                     out.emit(Event {
                         ts: s.end - 1,
                         origin: Origin::default(),

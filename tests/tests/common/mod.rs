@@ -79,12 +79,14 @@ pub fn to_test_items(items: &[In]) -> Vec<TestItem<(u8, u64)>> {
         .collect()
 }
 
-/// Source options with bounded out-of-orderness `b` ms (the default, monotonic, for 0).
+/// Source options with bounded out-of-orderness `b` ms (the default, monotonic, for 0), reading
+/// at most 3 records per call (many reads per partition; with timer epochs, many epochs).
 pub fn source_options<T>(b: i64) -> SourceOptions<T> {
+    let o = SourceOptions::new().batch_size(3);
     if b == 0 {
-        SourceOptions::new()
+        o
     } else {
-        SourceOptions::new().bounded_out_of_order(Duration::from_millis(b as u64))
+        o.bounded_out_of_order(Duration::from_millis(b as u64))
     }
 }
 
