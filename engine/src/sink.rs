@@ -12,7 +12,7 @@
 
 use std::rc::Rc;
 
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use crate::error::{Error, Result};
@@ -86,7 +86,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     let opname = name.clone();
     let mut state = SinkState::Unopened;
     let mut last_done: Option<u64> = None;
-    let mut logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| {
+    let logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| {
         if state == SinkState::Closed {
             // Drain (and drop) anything that still arrives after a failure.
             input(&mut |_, _| {});
@@ -145,35 +145,32 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
         }
     };
     match routing {
-        Routing::Single => data.sink(
-            Exchange::new(|_e: &Event<T>| 0),
-            &opname,
-            move |(input, frontier)| {
-                let f = frontier.frontier().iter().next().copied();
-                logic(
-                    &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
-                        input.for_each(|cap, batch| {
-                            let t = *cap.least().expect("totally ordered");
-                            each(t, batch)
-                        })
-                    },
-                    f,
-                );
-            },
-        ),
-        Routing::PerWorker => data.sink(Pipeline, &opname, move |(input, frontier)| {
-            let f = frontier.frontier().iter().next().copied();
-            logic(
-                &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
-                    input.for_each(|cap, batch| {
-                        let t = *cap.least().expect("totally ordered");
-                        each(t, batch)
-                    })
-                },
-                f,
-            );
-        }),
+        Routing::Single => attach(data, Exchange::new(|_e: &Event<T>| 0), &opname, logic),
+        Routing::PerWorker => attach(data, Pipeline, &opname, logic),
     }
+}
+
+/// Attaches the sink logic to `data` through `pact`.
+fn attach<'s, T: crate::Data, P>(
+    data: TStream<'s, Event<T>>,
+    pact: P,
+    name: &str,
+    mut logic: impl FnMut(&mut Batches<'_, T>, Option<u64>) + 'static,
+) where
+    P: ParallelizationContract<u64, Vec<Event<T>>>,
+{
+    data.sink(pact, name, move |(input, frontier)| {
+        let f = frontier.frontier().iter().next().copied();
+        logic(
+            &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
+                input.for_each(|cap, batch| {
+                    let t = *cap.least().expect("totally ordered");
+                    each(t, batch)
+                })
+            },
+            f,
+        );
+    });
 }
 
 #[derive(PartialEq, Eq)]
