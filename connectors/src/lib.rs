@@ -7,15 +7,18 @@
 //!   clickstream sample data ([`page_views`]);
 //! * [`file`](mod@file): JSON-lines (and text) files, read one partition per file
 //!   ([`FileSource`]) and written atomically ([`FileSink`]);
+//! * [`kafka`]: Kafka topics, read by [`KafkaSource`] and written by [`KafkaSink`];
 //! * [`stdout`]: [`StdoutSink`], one record per line;
 //! * [`blackhole`]: [`BlackholeSink`], which only counts.
 
 pub mod blackhole;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod stdout;
 
 pub use blackhole::{BlackholeHandle, BlackholeSink};
 pub use file::{write_json_lines, FileSink, FileSource, IntoPaths};
 pub use generator::{page_views, write_page_views, Bid, BidGenerator, PageView};
+pub use kafka::{KafkaConfig, KafkaSink, KafkaSource, StartAt};
 pub use stdout::StdoutSink;

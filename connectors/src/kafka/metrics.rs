@@ -1,0 +1,149 @@
+//! What the Kafka clients report while they run: librdkafka's log lines and client errors,
+//! logged as `tracing` events with key/value fields (`client`, `facility`, `error`) and kept so
+//! that the connectors' errors can say what the brokers last said; and the producer's failed
+//! deliveries, counted, with the first failure kept for the sink to return.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::ProducerContext;
+
+/// The context of every client the connectors create: logs librdkafka's warnings and errors
+/// and remembers the last one.
+#[derive(Debug)]
+pub(crate) struct ClientEvents {
+    /// Who this client is, for the logs (`source 'bids' worker 1`).
+    client: String,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientEvents {
+    pub(crate) fn new(client: String) -> Self {
+        ClientEvents {
+            client,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The last warning or error librdkafka reported, if any.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// `"; the client last reported: ..."`, or nothing.
+    pub(crate) fn last_error_suffix(&self) -> String {
+        match self.last_error() {
+            Some(e) => format!("; the client last reported: {e}"),
+            None => String::new(),
+        }
+    }
+
+    fn remember(&self, what: String) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(what);
+        }
+    }
+}
+
+impl ClientContext for ClientEvents {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(client = %self.client, facility = fac, "librdkafka: {log_message}");
+                self.remember(log_message.to_string());
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(client = %self.client, facility = fac, "librdkafka: {log_message}");
+                self.remember(log_message.to_string());
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(client = %self.client, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(client = %self.client, facility = fac, "librdkafka: {log_message}");
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(client = %self.client, error = %error, "librdkafka: {reason}");
+        self.remember(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for ClientEvents {}
+
+/// The producer's context: client events, and delivery reports.
+#[derive(Debug)]
+pub(crate) struct ProducerEvents {
+    pub(crate) client: ClientEvents,
+    failed: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl ProducerEvents {
+    pub(crate) fn new(client: String) -> Self {
+        ProducerEvents {
+            client: ClientEvents::new(client),
+            failed: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+        }
+    }
+
+    /// Records that librdkafka gave up on, and why the first one failed.
+    pub(crate) fn failures(&self) -> Option<(u64, String)> {
+        let n = self.failed.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let first = self
+            .first_failure
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_default();
+        Some((n, first))
+    }
+}
+
+impl ClientContext for ProducerEvents {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.client.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.client.error(error, reason);
+    }
+}
+
+impl ProducerContext for ProducerEvents {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        match result {
+            Ok(_) => {}
+            Err((e, msg)) => {
+                let n = self.failed.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    let what = format!(
+                        "a record to topic '{}' (partition {}) was not delivered: {e}",
+                        msg.topic(),
+                        msg.partition()
+                    );
+                    tracing::error!(client = %self.client.client, error = %e, "{what}");
+                    if let Ok(mut f) = self.first_failure.lock() {
+                        *f = Some(what);
+                    }
+                }
+            }
+        }
+    }
+}

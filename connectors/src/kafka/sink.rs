@@ -1,0 +1,370 @@
+//! [`KafkaSink`]: writes a stream's records to a Kafka topic, one librdkafka producer per
+//! worker, with the idempotent producer on by default.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
+use rdkafka::types::RDKafkaErrorCode;
+use runnel_engine::{Epoch, Error, Event, Result, Sink, SinkContext};
+use serde::Serialize;
+
+use super::config::{format_duration, KafkaConfig, KafkaSinkConfig};
+use super::metrics::ProducerEvents;
+
+/// Encodes a record's value into the buffer, or says why it cannot.
+type Encode<T> = fn(&T, &mut Vec<u8>) -> std::result::Result<(), String>;
+
+/// Writes a record's key into the buffer and says whether it has one.
+type KeyFn<T> = Arc<dyn Fn(&T, &mut Vec<u8>) -> bool + Send + Sync>;
+
+/// A sink writing each record to a Kafka topic.
+///
+/// * **Values.** [`KafkaSink::json`] writes each record as JSON; [`KafkaSink::strings`] and
+///   [`KafkaSink::bytes`] write `String`s and `Vec<u8>`s as they are. The Kafka timestamp of
+///   each record is its event time (when it is not negative).
+/// * **Keys and partitions.** Without a key ([`KafkaSink::key`]) records are spread at random;
+///   with one, the Java client's murmur2 partitioner sends equal keys to the same partition,
+///   as Kafka Streams and Flink do.
+/// * **Delivery.** Each worker has its own producer (idempotent by default, `acks=all`). A full
+///   producer queue makes the sink wait (the job slows down; nothing is dropped). A record that
+///   librdkafka could not deliver within [`KafkaSinkConfig::delivery_timeout`], after its own
+///   retries, fails the job: the error comes back from the next write, epoch end or close.
+///   [`Sink::close`] flushes and fails if anything is still undelivered.
+/// * **Startup.** [`Sink::open`] checks that the topic exists; an unreachable broker or a
+///   missing topic fails the job within [`KafkaConfig::request_timeout`] with an error naming
+///   the bootstrap address or the topic.
+///
+/// ```no_run
+/// use runnel_connectors::kafka::{KafkaConfig, KafkaSource, KafkaSink};
+/// use runnel_engine::{Job, SourceOptions};
+///
+/// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// struct Bid { auction: u64, price: u64 }
+///
+/// let kafka = KafkaConfig::new("127.0.0.1:9092");
+/// let job = Job::new("copy", "copies big bids", move |flow| {
+///     let bids = KafkaSource::json::<Bid>(kafka.clone(), ["bids"]);
+///     flow.source("bids", bids, SourceOptions::new())?
+///         .filter(|b| b.price > 100)
+///         .sink("big-bids", KafkaSink::json(kafka.clone(), "big-bids")
+///             .key(|b: &Bid| Some(b.auction.to_string())))
+/// });
+/// ```
+pub struct KafkaSink<T> {
+    config: KafkaSinkConfig,
+    encode: Encode<T>,
+    key: Option<KeyFn<T>>,
+    /// Open: the producer and the sink's name (for errors).
+    producer: Option<BaseProducer<ProducerEvents>>,
+    name: String,
+    value: Vec<u8>,
+    key_buf: Vec<u8>,
+}
+
+impl<T> std::fmt::Debug for KafkaSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("config", &self.config)
+            .field("keyed", &self.key.is_some())
+            .finish()
+    }
+}
+
+/// A clone has the same settings and no connection (each worker connects its own).
+impl<T> Clone for KafkaSink<T> {
+    fn clone(&self) -> Self {
+        KafkaSink {
+            config: self.config.clone(),
+            encode: self.encode,
+            key: self.key.clone(),
+            producer: None,
+            name: String::new(),
+            value: Vec::new(),
+            key_buf: Vec::new(),
+        }
+    }
+}
+
+fn encode_json<T: Serialize>(t: &T, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
+    serde_json::to_writer(buf, t).map_err(|e| e.to_string())
+}
+
+fn encode_string(t: &String, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
+    buf.extend_from_slice(t.as_bytes());
+    Ok(())
+}
+
+// `&Vec<u8>`: it is an `Encode<Vec<u8>>`, whose argument is `&T`.
+#[allow(clippy::ptr_arg)]
+fn encode_bytes(t: &Vec<u8>, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
+    buf.extend_from_slice(t);
+    Ok(())
+}
+
+impl<T: Serialize> KafkaSink<T> {
+    /// Writes each record as JSON to `topic` on `kafka`.
+    pub fn json(kafka: KafkaConfig, topic: impl Into<String>) -> Self {
+        Self::json_with(KafkaSinkConfig::new(kafka, topic))
+    }
+
+    /// Like [`KafkaSink::json`], with every setting from `config`.
+    pub fn json_with(config: KafkaSinkConfig) -> Self {
+        Self::with_encoder(config, encode_json::<T>)
+    }
+}
+
+impl KafkaSink<String> {
+    /// Writes each string as it is (UTF-8) to `topic` on `kafka`.
+    pub fn strings(kafka: KafkaConfig, topic: impl Into<String>) -> Self {
+        Self::strings_with(KafkaSinkConfig::new(kafka, topic))
+    }
+
+    /// Like [`KafkaSink::strings`], with every setting from `config`.
+    pub fn strings_with(config: KafkaSinkConfig) -> Self {
+        Self::with_encoder(config, encode_string)
+    }
+}
+
+impl KafkaSink<Vec<u8>> {
+    /// Writes each byte vector as it is to `topic` on `kafka`.
+    pub fn bytes(kafka: KafkaConfig, topic: impl Into<String>) -> Self {
+        Self::bytes_with(KafkaSinkConfig::new(kafka, topic))
+    }
+
+    /// Like [`KafkaSink::bytes`], with every setting from `config`.
+    pub fn bytes_with(config: KafkaSinkConfig) -> Self {
+        Self::with_encoder(config, encode_bytes)
+    }
+}
+
+impl<T> KafkaSink<T> {
+    fn with_encoder(config: KafkaSinkConfig, encode: Encode<T>) -> Self {
+        KafkaSink {
+            config,
+            encode,
+            key: None,
+            producer: None,
+            name: String::new(),
+            value: Vec::new(),
+            key_buf: Vec::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &KafkaSinkConfig {
+        &self.config
+    }
+
+    /// Gives each record the key `key(record)` (`None`: no key). Equal keys go to the same
+    /// partition.
+    pub fn key<K: AsRef<[u8]>>(
+        mut self,
+        key: impl Fn(&T) -> Option<K> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = Some(Arc::new(move |t: &T, buf: &mut Vec<u8>| match key(t) {
+            Some(k) => {
+                buf.extend_from_slice(k.as_ref());
+                true
+            }
+            None => false,
+        }));
+        self
+    }
+
+    /// Turns the idempotent producer on or off (default on).
+    pub fn idempotence(mut self, on: bool) -> Self {
+        self.config.idempotence = on;
+        self
+    }
+
+    /// How long the producer waits for more records before it sends a batch (default 5 ms).
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.config.linger = d;
+        self
+    }
+
+    /// How long librdkafka retries a record before the job fails (default 60 s).
+    pub fn delivery_timeout(mut self, d: Duration) -> Self {
+        self.config.delivery_timeout = d;
+        self
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Sink {
+            sink: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// The first delivery failure, as the error the job fails with.
+    fn check_deliveries(&self) -> Result<()> {
+        let Some(p) = &self.producer else {
+            return Ok(());
+        };
+        match p.context().failures() {
+            None => Ok(()),
+            Some((n, first)) => Err(self.error(format!(
+                "{n} record(s) could not be delivered to topic '{}' at {}; the first: {first}",
+                self.config.topic, self.config.kafka.bootstrap
+            ))),
+        }
+    }
+}
+
+impl<T: 'static> Sink<T> for KafkaSink<T> {
+    fn open(&mut self, ctx: &SinkContext) -> Result<()> {
+        self.name = ctx.name.clone();
+        self.config.validate().map_err(|r| self.error(r))?;
+        let kafka = &self.config.kafka;
+        let mut defaults = vec![
+            ("client.id", format!("runnel-{}-{}", ctx.name, ctx.worker)),
+            (
+                "socket.connection.setup.timeout.ms",
+                kafka.request_timeout.as_millis().to_string(),
+            ),
+        ];
+        defaults.extend(self.config.producer_defaults());
+        let events = ProducerEvents::new(format!("sink '{}' worker {}", ctx.name, ctx.worker));
+        let producer: BaseProducer<ProducerEvents> = kafka
+            .client_config(&defaults)
+            .create_with_context(events)
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot create a Kafka producer for {}: {e}",
+                    kafka.bootstrap
+                ))
+            })?;
+        // Fail now, clearly, if the brokers cannot be reached or the topic does not exist.
+        let topic = &self.config.topic;
+        let md = producer
+            .client()
+            .fetch_metadata(Some(topic), kafka.request_timeout)
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot reach the Kafka brokers at {} (no metadata for topic '{topic}' \
+                     within {}: {e}){}",
+                    kafka.bootstrap,
+                    format_duration(kafka.request_timeout),
+                    producer.context().client.last_error_suffix()
+                ))
+            })?;
+        let missing = match md.topics().iter().find(|t| t.name() == topic) {
+            None => true,
+            Some(t) => t.error().is_some() || t.partitions().is_empty(),
+        };
+        if missing {
+            return Err(self.error(format!(
+                "topic '{topic}' does not exist on the Kafka cluster at {}",
+                kafka.bootstrap
+            )));
+        }
+        self.producer = Some(producer);
+        Ok(())
+    }
+
+    fn write(&mut self, _epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
+        self.check_deliveries()?;
+        let KafkaSink {
+            config,
+            encode,
+            key,
+            producer,
+            name,
+            value,
+            key_buf,
+        } = self;
+        let Some(producer) = producer.as_ref() else {
+            return Err(Error::Sink {
+                sink: name.clone(),
+                reason: "the Kafka sink was written before open or after close".into(),
+            });
+        };
+        let topic = config.topic.as_str();
+        for e in records.drain(..) {
+            value.clear();
+            if let Err(reason) = encode(&e.data, value) {
+                return Err(Error::Sink {
+                    sink: name.clone(),
+                    reason: format!("cannot encode a record for topic '{topic}': {reason}"),
+                });
+            }
+            key_buf.clear();
+            let has_key = key.as_ref().is_some_and(|k| k(&e.data, key_buf));
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&value[..]);
+            if has_key {
+                record = record.key(&key_buf[..]);
+            }
+            if e.ts >= 0 {
+                record = record.timestamp(e.ts);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        // Backpressure: serve delivery reports until there is room. Records
+                        // that time out are reported as failures, which end the wait.
+                        record = r;
+                        producer.poll(Duration::from_millis(5));
+                        if let Some((n, first)) = producer.context().failures() {
+                            return Err(Error::Sink {
+                                sink: name.clone(),
+                                reason: format!(
+                                    "{n} record(s) could not be delivered to topic '{topic}' \
+                                     at {}; the first: {first}",
+                                    config.kafka.bootstrap
+                                ),
+                            });
+                        }
+                    }
+                    Err((err, _)) => {
+                        return Err(Error::Sink {
+                            sink: name.clone(),
+                            reason: format!("cannot send a record to topic '{topic}': {err}"),
+                        });
+                    }
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        self.check_deliveries()
+    }
+
+    fn epoch_done(&mut self, _epoch: Epoch) -> Result<()> {
+        if let Some(p) = &self.producer {
+            p.poll(Duration::ZERO);
+        }
+        self.check_deliveries()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(producer) = &self.producer else {
+            return Ok(());
+        };
+        // Long enough for librdkafka to deliver or give up on every queued record.
+        let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
+        let flushed = producer.flush(timeout);
+        self.check_deliveries()?;
+        if let Err(e) = flushed {
+            let left = producer.in_flight_count();
+            return Err(self.error(format!(
+                "{left} record(s) were still undelivered to topic '{}' at {} after {}: {e}{}",
+                self.config.topic,
+                self.config.kafka.bootstrap,
+                format_duration(timeout),
+                producer.context().client.last_error_suffix()
+            )));
+        }
+        self.producer = None;
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        // Send nothing more: drop what is queued (dropping the producer purges and waits a
+        // little for what is in flight).
+        if let Some(p) = self.producer.take() {
+            p.purge(PurgeConfig::default().queue());
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! [`KafkaSource`]: reads Kafka topics, one engine partition per Kafka partition, decoding each
+//! record as JSON, UTF-8 text, raw bytes or a whole [`KafkaRecord`].
+//!
+//! Each worker has one librdkafka consumer for all the partitions it reads. The job assigns
+//! partitions (the engine's deterministic spread over workers), so the consumer never joins a
+//! consumer group. Every partition is split into its own queue before it is assigned, so each
+//! [`PartitionReader`] polls only its partition and never blocks.
+
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use runnel_engine::{
+    Data, Error, PartitionId, PartitionReader, ReadStatus, Reader, Result, Source, SourceContext,
+};
+use serde::{Deserialize, Serialize};
+
+use super::config::{format_duration, EventTimeFrom, KafkaConfig, KafkaSourceConfig, StartAt};
+use super::metrics::ClientEvents;
+
+/// Turns a Kafka record into a job's record, or says why it cannot.
+type Decode<T> = fn(&BorrowedMessage<'_>) -> std::result::Result<T, String>;
+
+/// A Kafka record with everything Kafka knows about it, as [`KafkaSource::records`] yields it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaRecord {
+    /// The topic it was read from.
+    pub topic: String,
+    /// Its partition in the topic.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its timestamp (milliseconds since the Unix epoch), if it has one.
+    pub timestamp: Option<i64>,
+    /// Its key, if it has one.
+    pub key: Option<Vec<u8>>,
+    /// Its value (`None` for a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Its headers, in order: name and value (`None` for a null value).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A source reading Kafka topics: every partition of every topic is one partition of the
+/// source, spread over all workers of all processes by the engine (partition `i` of the sorted
+/// `topic/partition` list goes to worker `i % workers`).
+///
+/// * **Codecs.** [`KafkaSource::json`] decodes each record's value as a JSON `T`;
+///   [`KafkaSource::strings`] takes it as UTF-8 text, [`KafkaSource::bytes`] as it is, and
+///   [`KafkaSource::records`] yields the whole [`KafkaRecord`] (key, value, headers, topic,
+///   partition, offset, timestamp). A value that does not decode is a bad record at
+///   `topic/partition@offset` whose reason is the decoder's message; the job's
+///   [`runnel_engine::BadRecordPolicy`] fails the job on it or skips it to the dead-letter
+///   stream.
+/// * **Offsets and time.** Each record's offset (as the engine sees it) is its Kafka offset.
+///   Its event time is its Kafka timestamp, unless [`EventTimeFrom::Job`] is set or the job
+///   gives an extractor (`SourceOptions::event_time`), which always wins.
+/// * **Start.** [`StartAt`]: earliest (default), latest, a timestamp, or the group's committed
+///   offsets. The consumer group is only read, never joined nor committed to.
+/// * **End.** By default the source reads forever. With [`KafkaSource::stop_at_end`] each
+///   partition finishes once its reader has caught up with its end (librdkafka's
+///   end-of-partition report: every record below the high watermark of a fetch has been
+///   read), which for a topic that nobody writes to during the run is every record in it.
+/// * **Failures.** A broker that cannot be reached when the job starts, or a topic that does
+///   not exist, fails the job within [`KafkaConfig::request_timeout`] with an error that names
+///   the bootstrap address or the topic. While the job runs, librdkafka reconnects and
+///   retries; the job fails only when the brokers stay unreachable, with nothing read, for
+///   [`KafkaSourceConfig::max_unavailable`]. While the client reports errors and nothing is
+///   read, each worker asks the brokers for metadata every few seconds (waiting at most
+///   500 ms) to learn whether they are back, since an idle partition reads nothing either.
+///
+/// ```no_run
+/// use runnel_connectors::kafka::{KafkaConfig, KafkaSource, StartAt};
+/// use runnel_engine::{Job, SourceOptions};
+///
+/// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// struct Bid { auction: u64, price: u64 }
+///
+/// let job = Job::new("bids", "reads bids", |flow| {
+///     let bids = KafkaSource::json::<Bid>(KafkaConfig::new("127.0.0.1:9092"), ["bids"])
+///         .start(StartAt::Earliest);
+///     flow.source("bids", bids, SourceOptions::new())?
+///         .filter(|b| b.price > 100)
+///         .sink("out", runnel_connectors::StdoutSink::new())
+/// });
+/// ```
+pub struct KafkaSource<T> {
+    config: KafkaSourceConfig,
+    decode: Decode<T>,
+    /// This worker's consumer, created by [`Source::partitions`].
+    client: Option<Arc<WorkerClient>>,
+    /// The partition list, as [`Source::partitions`] returned it.
+    partitions: Vec<(String, i32)>,
+    _records: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for KafkaSource<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A clone has the same settings and no connection (each worker connects its own).
+impl<T> Clone for KafkaSource<T> {
+    fn clone(&self) -> Self {
+        KafkaSource {
+            config: self.config.clone(),
+            decode: self.decode,
+            client: None,
+            partitions: Vec::new(),
+            _records: PhantomData,
+        }
+    }
+}
+
+fn decode_json<T: Data>(m: &BorrowedMessage<'_>) -> std::result::Result<T, String> {
+    match m.payload() {
+        Some(p) => serde_json::from_slice(p).map_err(|e| e.to_string()),
+        None => Err("the record has no value (a tombstone)".to_string()),
+    }
+}
+
+fn decode_string(m: &BorrowedMessage<'_>) -> std::result::Result<String, String> {
+    match m.payload() {
+        Some(p) => match std::str::from_utf8(p) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(format!("the value is not valid UTF-8: {e}")),
+        },
+        None => Err("the record has no value (a tombstone)".to_string()),
+    }
+}
+
+fn decode_bytes(m: &BorrowedMessage<'_>) -> std::result::Result<Vec<u8>, String> {
+    Ok(m.payload().map(<[u8]>::to_vec).unwrap_or_default())
+}
+
+fn decode_record(m: &BorrowedMessage<'_>) -> std::result::Result<KafkaRecord, String> {
+    let headers = match m.headers() {
+        Some(hs) => hs
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(KafkaRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    })
+}
+
+/// The constructors. They sit on `KafkaSource<Vec<u8>>` only so that the record type can be
+/// named on the method, as in `KafkaSource::json::<Bid>(...)`; each returns the source of its
+/// own record type.
+impl KafkaSource<Vec<u8>> {
+    /// Reads `topics` from `kafka`, decoding each value as a JSON `T`.
+    pub fn json<T: Data>(
+        kafka: KafkaConfig,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> KafkaSource<T> {
+        Self::json_with(KafkaSourceConfig::new(kafka, topics))
+    }
+
+    /// Like [`KafkaSource::json`], with every setting from `config`.
+    pub fn json_with<T: Data>(config: KafkaSourceConfig) -> KafkaSource<T> {
+        KafkaSource::with_decoder(config, decode_json::<T>)
+    }
+
+    /// Reads `topics` from `kafka`, each value as UTF-8 text (a value that is not UTF-8 is a
+    /// bad record).
+    pub fn strings(
+        kafka: KafkaConfig,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> KafkaSource<String> {
+        Self::strings_with(KafkaSourceConfig::new(kafka, topics))
+    }
+
+    /// Like [`KafkaSource::strings`], with every setting from `config`.
+    pub fn strings_with(config: KafkaSourceConfig) -> KafkaSource<String> {
+        KafkaSource::with_decoder(config, decode_string)
+    }
+
+    /// Reads `topics` from `kafka`, each value as raw bytes (empty for a tombstone).
+    pub fn bytes(
+        kafka: KafkaConfig,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> KafkaSource<Vec<u8>> {
+        Self::bytes_with(KafkaSourceConfig::new(kafka, topics))
+    }
+
+    /// Like [`KafkaSource::bytes`], with every setting from `config`.
+    pub fn bytes_with(config: KafkaSourceConfig) -> KafkaSource<Vec<u8>> {
+        KafkaSource::with_decoder(config, decode_bytes)
+    }
+
+    /// Reads `topics` from `kafka`, each record whole: key, value, headers, topic, partition,
+    /// offset and timestamp.
+    pub fn records(
+        kafka: KafkaConfig,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> KafkaSource<KafkaRecord> {
+        Self::records_with(KafkaSourceConfig::new(kafka, topics))
+    }
+
+    /// Like [`KafkaSource::records`], with every setting from `config`.
+    pub fn records_with(config: KafkaSourceConfig) -> KafkaSource<KafkaRecord> {
+        KafkaSource::with_decoder(config, decode_record)
+    }
+}
+
+impl<T> KafkaSource<T> {
+    fn with_decoder(config: KafkaSourceConfig, decode: Decode<T>) -> Self {
+        KafkaSource {
+            config,
+            decode,
+            client: None,
+            partitions: Vec::new(),
+            _records: PhantomData,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &KafkaSourceConfig {
+        &self.config
+    }
+
+    /// Where to start reading each partition (default [`StartAt::Earliest`]).
+    pub fn start(mut self, start: StartAt) -> Self {
+        self.config.start = start;
+        self
+    }
+
+    /// The consumer group whose committed offsets [`StartAt::Committed`] reads (default
+    /// `"runnel"`).
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.config.group_id = group.into();
+        self
+    }
+
+    /// Where records get their event time (default [`EventTimeFrom::KafkaTimestamp`]).
+    pub fn event_time(mut self, from: EventTimeFrom) -> Self {
+        self.config.event_time = from;
+        self
+    }
+
+    /// Reads each partition until it has caught up with its end, then finishes (see
+    /// [`KafkaSourceConfig::stop_at_end`]).
+    pub fn stop_at_end(mut self) -> Self {
+        self.config.stop_at_end = true;
+        self
+    }
+
+    /// How long the brokers may stay unreachable before the job fails (default 60 s).
+    pub fn max_unavailable(mut self, d: Duration) -> Self {
+        self.config.max_unavailable = d;
+        self
+    }
+}
+
+impl<T: Data> Source for KafkaSource<T> {
+    type Item = T;
+
+    fn partitions(&mut self, ctx: &SourceContext) -> Result<Vec<String>> {
+        let fail = |reason: String| Error::Source {
+            source_name: ctx.name.clone(),
+            reason,
+        };
+        self.config.validate().map_err(fail)?;
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(WorkerClient::connect(&self.config, ctx)?);
+                self.client = Some(c.clone());
+                c
+            }
+        };
+        let topics: BTreeSet<&str> = self.config.topics.iter().map(|t| t.trim()).collect();
+        let mut parts = Vec::new();
+        for topic in topics {
+            for p in client.topic_partitions(topic)? {
+                parts.push((topic.to_string(), p));
+            }
+        }
+        parts.sort();
+        let names = parts.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        self.partitions = parts;
+        Ok(names)
+    }
+
+    fn open(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn PartitionReader<T>>> {
+        if self.client.is_none() {
+            self.partitions(ctx)?;
+        }
+        let client = self.client.clone().expect("connected by partitions()");
+        let Some((topic, p)) = self.partitions.get(partition.0 as usize).cloned() else {
+            return Err(client.error(format!(
+                "there are {} partitions, cannot open partition {}",
+                self.partitions.len(),
+                partition.0
+            )));
+        };
+        let reader = client.open(&self.config, &topic, p, self.decode)?;
+        Ok(Box::new(reader))
+    }
+}
+
+/// One worker's consumer, shared by the readers of the partitions this worker reads, and what
+/// it knows about the brokers' health.
+struct WorkerClient {
+    consumer: Arc<BaseConsumer<ClientEvents>>,
+    source: String,
+    bootstrap: String,
+    request_timeout: Duration,
+    max_unavailable: Duration,
+    /// A topic to ask for metadata when checking whether the brokers are back.
+    probe_topic: String,
+    health: Mutex<Health>,
+}
+
+/// Whether the brokers answer, as far as the readers can tell.
+#[derive(Default)]
+struct Health {
+    /// When the first error since the last record read was reported.
+    failing_since: Option<Instant>,
+    /// The last error reported.
+    last_error: Option<String>,
+    /// When the brokers were last asked whether they are back.
+    last_probe: Option<Instant>,
+}
+
+impl WorkerClient {
+    fn connect(config: &KafkaSourceConfig, ctx: &SourceContext) -> Result<Self> {
+        let kafka = &config.kafka;
+        let client_id = format!("runnel-{}-{}", ctx.name, ctx.worker);
+        let defaults = [
+            ("client.id", client_id.clone()),
+            // Needed by assign() and committed offsets; the consumer never joins the group.
+            ("group.id", config.group_id.clone()),
+            ("enable.auto.commit", "false".to_string()),
+            ("enable.auto.offset.store", "false".to_string()),
+            ("auto.offset.reset", "earliest".to_string()),
+            // With stop_at_end, the partition's queue says when the reader caught up.
+            ("enable.partition.eof", config.stop_at_end.to_string()),
+            // Throughput: fetch again as soon as the queue drains, and keep plenty queued.
+            ("fetch.queue.backoff.ms", "0".to_string()),
+            ("queued.min.messages", "1000000".to_string()),
+            (
+                "socket.connection.setup.timeout.ms",
+                kafka.request_timeout.as_millis().to_string(),
+            ),
+        ];
+        let events = ClientEvents::new(format!("source '{}' worker {}", ctx.name, ctx.worker));
+        let consumer: BaseConsumer<ClientEvents> = kafka
+            .client_config(&defaults)
+            .create_with_context(events)
+            .map_err(|e| Error::Source {
+                source_name: ctx.name.clone(),
+                reason: format!(
+                    "cannot create a Kafka consumer for {}: {e}",
+                    kafka.bootstrap
+                ),
+            })?;
+        Ok(WorkerClient {
+            consumer: Arc::new(consumer),
+            source: ctx.name.clone(),
+            bootstrap: kafka.bootstrap.clone(),
+            request_timeout: kafka.request_timeout,
+            max_unavailable: config.max_unavailable,
+            probe_topic: config.topics[0].trim().to_string(),
+            health: Mutex::new(Health::default()),
+        })
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Source {
+            source_name: self.source.clone(),
+            reason,
+        }
+    }
+
+    /// The partitions of `topic`, or an error naming it (or the brokers, if they do not
+    /// answer).
+    fn topic_partitions(&self, topic: &str) -> Result<Vec<i32>> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), self.request_timeout)
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot reach the Kafka brokers at {} (no metadata for topic '{topic}' \
+                     within {}: {e}){}",
+                    self.bootstrap,
+                    format_duration(self.request_timeout),
+                    self.consumer.context().last_error_suffix()
+                ))
+            })?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Err(self.error(format!(
+                "topic '{topic}' does not exist on the Kafka cluster at {}",
+                self.bootstrap
+            )));
+        };
+        if let Some(e) = t.error() {
+            let code = RDKafkaErrorCode::from(e);
+            return Err(self.error(match code {
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                    format!(
+                        "topic '{topic}' does not exist on the Kafka cluster at {}",
+                        self.bootstrap
+                    )
+                }
+                other => format!(
+                    "cannot read the metadata of topic '{topic}' at {}: {other}",
+                    self.bootstrap
+                ),
+            }));
+        }
+        if t.partitions().is_empty() {
+            return Err(self.error(format!(
+                "topic '{topic}' has no partitions on the Kafka cluster at {}",
+                self.bootstrap
+            )));
+        }
+        Ok(t.partitions().iter().map(|p| p.id()).collect())
+    }
+
+    /// Splits `topic/partition` into its own queue, assigns it at its start offset and
+    /// returns its reader.
+    fn open<T>(
+        self: &Arc<Self>,
+        config: &KafkaSourceConfig,
+        topic: &str,
+        partition: i32,
+        decode: Decode<T>,
+    ) -> Result<KafkaPartitionReader<T>> {
+        let at = |what: &str, e: KafkaError| {
+            self.error(format!(
+                "{topic}/{partition}: cannot {what} at {} within {}: {e}{}",
+                self.bootstrap,
+                format_duration(self.request_timeout),
+                self.consumer.context().last_error_suffix()
+            ))
+        };
+        // The offset to assign. Only explicit lookups are made here; librdkafka resolves
+        // the logical offsets (beginning, end, stored) itself.
+        let offset = match config.start {
+            StartAt::Earliest => Offset::Beginning,
+            StartAt::Latest => Offset::End,
+            StartAt::Timestamp(ts) => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(topic, partition, Offset::Offset(ts))
+                    .map_err(|e| at("look up the offset for a timestamp", e))?;
+                let found = self
+                    .consumer
+                    .offsets_for_times(tpl, self.request_timeout)
+                    .map_err(|e| at("look up the offset for a timestamp", e))?;
+                match found.find_partition(topic, partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Offset::Offset(o),
+                    // No record at or after the timestamp: start at the end.
+                    _ => Offset::End,
+                }
+            }
+            StartAt::Committed => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let found = self
+                    .consumer
+                    .committed_offsets(tpl, self.request_timeout)
+                    .map_err(|e| at("read the group's committed offset", e))?;
+                match found.find_partition(topic, partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Offset::Offset(o),
+                    // No committed offset: librdkafka applies `auto.offset.reset`.
+                    _ => Offset::Stored,
+                }
+            }
+        };
+        // Split the partition's queue before it is assigned, so that no record of it ever
+        // goes to the consumer's own queue.
+        let queue = self
+            .consumer
+            .split_partition_queue(topic, partition)
+            .ok_or_else(|| {
+                self.error(format!(
+                    "{topic}/{partition}: librdkafka has no queue for this partition"
+                ))
+            })?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, offset)
+            .map_err(|e| at("assign the partition", e))?;
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| at("assign the partition", e))?;
+        Ok(KafkaPartitionReader {
+            client: self.clone(),
+            queue,
+            topic: topic.to_string(),
+            partition,
+            decode,
+            kafka_time: config.event_time == EventTimeFrom::KafkaTimestamp,
+            stop_at_end: config.stop_at_end,
+            finished: false,
+        })
+    }
+
+    /// A record was read: the brokers are fine.
+    fn progress(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.failing_since = None;
+        }
+    }
+
+    /// The client reported `e` (about `what`).
+    fn failed(&self, what: &str, e: &KafkaError) {
+        let detail = self.consumer.context().last_error();
+        if let Ok(mut h) = self.health.lock() {
+            h.failing_since.get_or_insert_with(Instant::now);
+            h.last_error = Some(match detail {
+                Some(d) => format!("{what}: {e} ({d})"),
+                None => format!("{what}: {e}"),
+            });
+        }
+    }
+
+    /// Serves the consumer's own queue (client errors, and nothing else since every partition
+    /// has its own queue), and fails once the brokers have been unreachable for too long.
+    fn serve(&self) -> Result<()> {
+        for _ in 0..16 {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    return Err(self.error(format!(
+                        "fatal error from the Kafka client for {}: {e}{}",
+                        self.bootstrap,
+                        self.consumer.context().last_error_suffix()
+                    )));
+                }
+                Some(Err(e)) => self.failed("the consumer", &e),
+                Some(Ok(m)) => {
+                    // Broken invariant: every assigned partition has its own queue.
+                    return Err(self.error(format!(
+                        "a record of {}/{} arrived on the consumer's queue instead of its \
+                         partition's queue",
+                        m.topic(),
+                        m.partition()
+                    )));
+                }
+            }
+        }
+        let mut h = self.health.lock().expect("health lock");
+        let Some(since) = h.failing_since else {
+            return Ok(());
+        };
+        // Errors and nothing read: ask the brokers whether they are back, now and then (an
+        // idle partition reads nothing even when they are).
+        let probe_every = (self.max_unavailable / 4).min(Duration::from_secs(5));
+        if h.last_probe.is_none_or(|t| t.elapsed() >= probe_every) {
+            h.last_probe = Some(Instant::now());
+            let probe = self.consumer.fetch_metadata(
+                Some(&self.probe_topic),
+                self.request_timeout.min(Duration::from_millis(500)),
+            );
+            if probe.is_ok() {
+                h.failing_since = None;
+                return Ok(());
+            }
+        }
+        if since.elapsed() >= self.max_unavailable {
+            return Err(self.error(format!(
+                "the Kafka brokers at {} have been unreachable for {} (max_unavailable): {}",
+                self.bootstrap,
+                format_duration(self.max_unavailable),
+                h.last_error.as_deref().unwrap_or("no error detail")
+            )));
+        }
+        Ok(())
+    }
+
+    fn unassign(&self, topic: &str, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        // Best effort: the partition is done; a failure only costs fetching it.
+        let _ = self.consumer.incremental_unassign(&tpl);
+    }
+}
+
+/// Reads one partition from its own queue.
+struct KafkaPartitionReader<T> {
+    client: Arc<WorkerClient>,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<ClientEvents>,
+    topic: String,
+    partition: i32,
+    decode: Decode<T>,
+    /// Event time from the Kafka timestamp (else the job's extractor or ingestion time).
+    kafka_time: bool,
+    /// Finish at the end of the partition (the consumer reports it with `enable.partition.eof`).
+    stop_at_end: bool,
+    finished: bool,
+}
+
+impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
+    fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus> {
+        if self.finished {
+            return Ok(ReadStatus::Finished);
+        }
+        let budget = out.budget();
+        let mut n = 0;
+        let mut error = None;
+        while n < budget {
+            match self.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    let offset = m.offset();
+                    match (self.decode)(&m) {
+                        Ok(item) => {
+                            let ts = if self.kafka_time {
+                                m.timestamp().to_millis()
+                            } else {
+                                None
+                            };
+                            match ts {
+                                Some(ts) => out.push_at(ts, offset as u64, item),
+                                None => out.push(offset as u64, item),
+                            }
+                        }
+                        Err(reason) => out.bad(
+                            offset as u64,
+                            format!("{}/{}@{offset}", self.topic, self.partition),
+                            reason,
+                            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                        ),
+                    }
+                    n += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // Only reported with `stop_at_end`: every record up to the end the broker
+                    // reported has been read.
+                    if self.stop_at_end {
+                        self.finished = true;
+                    }
+                    break;
+                }
+                Some(Err(e)) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.client.progress();
+        }
+        if let Some(e) = error {
+            self.client
+                .failed(&format!("{}/{}", self.topic, self.partition), &e);
+        }
+        self.client.serve()?;
+        if self.finished {
+            self.client.unassign(&self.topic, self.partition);
+            return Ok(ReadStatus::Finished);
+        }
+        Ok(if n == budget {
+            ReadStatus::More
+        } else {
+            ReadStatus::Pending
+        })
+    }
+}
