@@ -40,7 +40,7 @@ pub mod session;
 pub mod sliding;
 pub mod tumbling;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use rustc_hash::{FxBuildHasher, FxHashSet};
@@ -369,7 +369,7 @@ struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     lateness: i64,
     /// key -> (pane start, accumulator), sorted by pane start. A key holds few panes at a time
     /// (its open windows' worth), so a sorted vector beats a tree.
-    state: KeyedState<K, Vec<(i64, A::Acc)>>,
+    state: KeyedState<K, VecDeque<(i64, A::Acc)>>,
     /// window end -> keys with a window ending there that has not fired (each key once).
     fire: BTreeMap<i64, Vec<K>>,
     /// expiry (last window end + lateness) -> keys with panes that expire then.
@@ -421,7 +421,8 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
         let panes = self.state.get(key)?;
         let mut merged: Option<A::Acc> = None;
         let end = start + self.panes.size;
-        for (_, acc) in panes.iter().filter(|(p, _)| *p >= start && *p < end) {
+        let first = panes.partition_point(|(p, _)| *p < start);
+        for (_, acc) in panes.range(first..).take_while(|(p, _)| *p < end) {
             match merged.as_mut() {
                 Some(m) => self.agg.merge(m, acc),
                 None => merged = Some(acc.clone()),
@@ -460,12 +461,10 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
             Some(panes) => panes,
             None => self.state.entry(k.clone()).or_default(),
         };
-        // Records mostly land in the newest pane: search from the back.
-        let at = panes.iter().rposition(|(q, _)| *q <= p);
-        match at {
-            Some(i) if panes[i].0 == p => self.agg.merge(&mut panes[i].1, &part.acc),
+        let i = panes.partition_point(|(q, _)| *q < p);
+        match panes.get_mut(i) {
+            Some((q, acc)) if *q == p => self.agg.merge(acc, &part.acc),
             _ => {
-                let i = at.map_or(0, |i| i + 1);
                 panes.insert(i, (p, part.acc));
                 // A new pane: each of its windows still to fire needs a timer, unless another
                 // pane of the key in that window already set it.
