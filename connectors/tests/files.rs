@@ -174,6 +174,7 @@ fn ctx() -> SinkContext {
         name: "file".into(),
         worker: 0,
         workers: 1,
+        metrics: Default::default(),
     }
 }
 

@@ -8,7 +8,7 @@
 //! one name are errors that name the operator and where in the job's code it was created.
 //! A window on an unkeyed stream does not compile: windows are methods of [`KeyedStream`] only.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::panic::Location;
 use std::rc::Rc;
@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) control: Arc<Control>,
     pub(crate) epoch_interval: Duration,
     graph: RefCell<Graph>,
+    /// Per sink instance on this worker: the epochs below it are finished (`u64::MAX` once
+    /// the sink has closed).
+    sinks_done: RefCell<Vec<Rc<Cell<u64>>>>,
 }
 
 #[derive(Default)]
@@ -102,6 +105,24 @@ impl Shared {
         self.graph.borrow_mut().nodes[node].consumed = true;
     }
 
+    /// A new sink's progress cell (see [`Shared::sinks_complete`]).
+    pub(crate) fn register_sink(&self) -> Rc<Cell<u64>> {
+        let cell = Rc::new(Cell::new(0));
+        self.sinks_done.borrow_mut().push(cell.clone());
+        cell
+    }
+
+    /// The epochs below the returned one are finished at every sink on this worker (and so,
+    /// since frontiers are global, have been handed to every sink of the job).
+    pub(crate) fn sinks_complete(&self) -> u64 {
+        self.sinks_done
+            .borrow()
+            .iter()
+            .map(|c| c.get())
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     fn next_source_id(&self) -> u32 {
         let mut g = self.graph.borrow_mut();
         g.next_source += 1;
@@ -134,6 +155,7 @@ impl<'s> Flow<'s> {
                 control,
                 epoch_interval,
                 graph: RefCell::new(Graph::default()),
+                sinks_done: RefCell::new(Vec::new()),
             }),
         }
     }

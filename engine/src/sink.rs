@@ -11,6 +11,7 @@
 //! `abort` where its medium allows it.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -18,6 +19,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::flow::{Shared, TStream};
+use crate::metrics::Metrics;
 use crate::time::Epoch;
 
 /// Feeds every `(epoch, batch)` of an activation to the closure it is given.
@@ -41,6 +43,8 @@ pub struct SinkContext {
     pub worker: usize,
     /// The number of workers over all processes.
     pub workers: usize,
+    /// The run's counters, for the connector's own (name them `"<sink name>.<what>"`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A connector that consumes records of type `T` (see the module's contract).
@@ -77,7 +81,9 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
         name: name.to_string(),
         worker: scope.index(),
         workers: scope.peers(),
+        metrics: shared.metrics.clone(),
     };
+    let done = shared.register_sink();
     let active = routing == Routing::PerWorker || ctx.worker == 0;
     let control = shared.control.clone();
     let metrics = shared.metrics.clone();
@@ -122,14 +128,17 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
         }
         match frontier {
             Some(f) => {
-                if f > 0 && last_done != Some(f - 1) && active {
-                    if let Err(e) = sink.epoch_done(Epoch(f - 1)) {
-                        control.fail(wrap(&name, e));
-                        sink.abort();
-                        state = SinkState::Closed;
-                        return;
+                if f > 0 && last_done != Some(f - 1) {
+                    if active {
+                        if let Err(e) = sink.epoch_done(Epoch(f - 1)) {
+                            control.fail(wrap(&name, e));
+                            sink.abort();
+                            state = SinkState::Closed;
+                            return;
+                        }
                     }
                     last_done = Some(f - 1);
+                    done.set(f);
                 }
             }
             None => {
@@ -139,6 +148,9 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                     } else if let Err(e) = sink.close() {
                         control.fail(wrap(&name, e));
                     }
+                }
+                if !control.aborted() {
+                    done.set(u64::MAX);
                 }
                 state = SinkState::Closed;
             }

@@ -13,8 +13,25 @@
 //! The engine promises a reader that it is called from one thread, that its records are stamped
 //! with event time (the source options' extractor, else the reader's time, else ingestion time),
 //! and that its partition's watermark follows the job's [`WatermarkStrategy`].
+//!
+//! # New partitions
+//! A source whose partitions can grow while the job runs (Kafka topics gain partitions, a
+//! pattern matches new topics) returns a [`Source::discovery_interval`]. Every worker then calls
+//! [`Source::partitions`] again at that interval; each name it has not seen before is read by
+//! worker [`Source::owner`]`(name)`, which must depend on the name alone, since workers
+//! discover at different moments and must agree without talking. A new partition holds the
+//! source's watermark where it is (never back) until it has read a record or gone idle. An
+//! instance of a discovering source never finishes on its own, even with no partitions.
+//!
+//! # Completion
+//! The engine keeps, per partition, the offset after the last record of each epoch. Once every
+//! sink of the job has finished an epoch, it calls [`PartitionReader::complete`] with that
+//! offset: every record before it has been written by every sink. Connectors use it to report
+//! progress (Kafka commits it to the consumer group); checkpoints build on it.
 
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use timely::container::CapacityContainerBuilder;
@@ -24,6 +41,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use crate::error::{Error, Result};
 use crate::event::{Data, DeadLetter, Event, Origin};
 use crate::flow::{Shared, TStream};
+use crate::metrics::Metrics;
 use crate::time::WATERMARK_MAX;
 use crate::watermark::{WatermarkStrategy, WmReport, WmValue};
 
@@ -40,6 +58,8 @@ pub struct SourceContext {
     pub worker: usize,
     /// The number of workers over all processes.
     pub workers: usize,
+    /// The run's counters, for the connector's own (name them `"<source name>.<what>"`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A connector that produces records of type [`Source::Item`] from a list of partitions.
@@ -48,12 +68,24 @@ pub trait Source: 'static {
     type Item: Data;
     /// The partitions, the same list on every worker (see the module's contract).
     fn partitions(&mut self, ctx: &SourceContext) -> Result<Vec<String>>;
-    /// Opens partition `partition` (an index into [`Source::partitions`]) for reading.
+    /// Opens partition `partition` (an index into the list the last call to
+    /// [`Source::partitions`] returned) for reading.
     fn open(
         &mut self,
         partition: PartitionId,
         ctx: &SourceContext,
     ) -> Result<Box<dyn PartitionReader<Self::Item>>>;
+    /// How often to look for new partitions; `None` (the default) for a fixed list.
+    fn discovery_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// The global worker that reads the partition `name`, at `index` in the list, out of
+    /// `workers`. The default spreads the list round-robin (`index % workers`); a source that
+    /// discovers partitions must answer from the name alone (see the module's docs).
+    fn owner(&self, name: &str, index: usize, workers: usize) -> usize {
+        let _ = name;
+        index % workers
+    }
 }
 
 /// What a reader says after a call to [`PartitionReader::read`].
@@ -73,6 +105,13 @@ pub enum ReadStatus {
 pub trait PartitionReader<T>: 'static {
     /// Pushes up to `out.budget()` records into `out` and says what comes next.
     fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus>;
+    /// Every record of this partition before offset `next` has been written by every sink of
+    /// the job (see the module's docs). Called in increasing order of `next`; the default
+    /// ignores it.
+    fn complete(&mut self, next: u64) -> Result<()> {
+        let _ = next;
+        Ok(())
+    }
 }
 
 /// The handle a [`PartitionReader`] pushes records into.
@@ -244,6 +283,70 @@ struct Part<T> {
     last_data: Instant,
     finished: bool,
     pending_until: Option<Instant>,
+    /// The offset after the last record (good or bad) read so far.
+    next: Option<u64>,
+    /// `(epoch, next offset at its end)` for epochs not yet complete at every sink.
+    positions: VecDeque<(u64, u64)>,
+    /// The last next offset put in `positions`.
+    recorded: Option<u64>,
+}
+
+impl<T: 'static> Part<T> {
+    fn new(index: u32, reader: Box<dyn PartitionReader<T>>) -> Self {
+        Part {
+            index,
+            reader,
+            max_ts: i64::MIN,
+            last_data: Instant::now(),
+            finished: false,
+            pending_until: None,
+            next: None,
+            positions: VecDeque::new(),
+            recorded: None,
+        }
+    }
+
+    /// Notes where the partition is at the end of `epoch`.
+    fn end_epoch(&mut self, epoch: u64) {
+        if self.next.is_some() && self.next != self.recorded {
+            self.recorded = self.next;
+            self.positions
+                .push_back((epoch, self.next.unwrap_or_default()));
+        }
+    }
+
+    /// Tells the reader about the epochs below `complete` that every sink has finished.
+    fn complete_below(&mut self, complete: u64) -> Result<()> {
+        let mut last = None;
+        while let Some(&(e, next)) = self.positions.front() {
+            if e >= complete {
+                break;
+            }
+            last = Some(next);
+            self.positions.pop_front();
+        }
+        match last {
+            Some(next) => self.reader.complete(next),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens the partitions of `names` that this worker owns and has not seen yet.
+fn open_new<S: Source>(
+    source: &mut S,
+    ctx: &SourceContext,
+    names: &[String],
+    known: &mut HashSet<String>,
+    parts: &mut Vec<Part<S::Item>>,
+) -> Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        if known.insert(name.clone()) && source.owner(name, i, ctx.workers) == ctx.worker {
+            let reader = source.open(PartitionId(i as u32), ctx)?;
+            parts.push(Part::new(i as u32, reader));
+        }
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -279,7 +382,9 @@ pub(crate) fn build<'s, S: Source>(
         name: name.to_string(),
         worker: scope.index(),
         workers: scope.peers(),
+        metrics: shared.metrics.clone(),
     };
+    let shared = shared.clone();
     let worker = scope.index() as u32;
     let control = shared.control.clone();
     let metrics = shared.metrics.clone();
@@ -288,55 +393,82 @@ pub(crate) fn build<'s, S: Source>(
     let epoch_interval = shared.epoch_interval;
     let name = name.to_string();
 
-    builder.build(move |caps| {
+    let discovery = source.discovery_interval();
+    builder.build_reschedule(move |caps| {
         let mut caps: Option<Vec<timely::dataflow::operators::Capability<u64>>> = Some(caps);
         let mut epoch: u64 = 0;
         let mut epoch_deadline = Instant::now() + epoch_interval;
         let mut parts: Option<Vec<Part<S::Item>>> = None;
+        let mut known: HashSet<String> = HashSet::new();
+        let mut next_discovery = Instant::now();
         let mut last_report: Option<WmValue> = None;
         let mut reader = Reader::new(options.budget, options.event_time.clone());
+        // After the last epoch: waiting for the sinks to finish it, to report completion.
+        let mut draining = false;
 
         move |_frontiers| {
-            let Some(c) = caps.as_mut() else { return };
             if control.aborted() {
                 caps = None;
-                return;
+                return false;
             }
-            if control.stopping() {
-                // Ctrl-C: stop reading, close what is open, do not advance the watermark.
-                caps = None;
-                return;
-            }
-            // Open this worker's partitions on the first activation.
-            if parts.is_none() {
-                let opened = (|| -> Result<Vec<Part<S::Item>>> {
-                    let all = source.partitions(&ctx)?;
-                    let mut mine = Vec::new();
-                    for i in 0..all.len() {
-                        if i % ctx.workers == ctx.worker {
-                            let r = source.open(PartitionId(i as u32), &ctx)?;
-                            mine.push(Part {
-                                index: i as u32,
-                                reader: r,
-                                max_ts: i64::MIN,
-                                last_data: Instant::now(),
-                                finished: false,
-                                pending_until: None,
-                            });
+            if draining {
+                // Every capability is gone; tell the readers what the sinks have finished,
+                // until they have finished everything.
+                let complete = shared.sinks_complete();
+                if let Some(ps) = parts.as_mut() {
+                    for p in ps.iter_mut() {
+                        if let Err(e) = p.complete_below(complete) {
+                            control.fail(e);
+                            return false;
                         }
                     }
-                    Ok(mine)
-                })();
-                match opened {
-                    Ok(p) => parts = Some(p),
-                    Err(e) => {
-                        control.fail(e);
-                        caps = None;
-                        return;
-                    }
+                }
+                if complete == u64::MAX {
+                    return false;
+                }
+                activator.activate_after(Duration::from_millis(1));
+                return true;
+            }
+            let Some(c) = caps.as_mut() else {
+                return false;
+            };
+            if control.stopping() {
+                // Ctrl-C: stop reading, close what is open, do not advance the watermark.
+                for p in parts.iter_mut().flatten() {
+                    p.end_epoch(epoch);
+                }
+                caps = None;
+                draining = true;
+                activator.activate();
+                return true;
+            }
+            // Open this worker's partitions on the first activation, and new ones as they
+            // are discovered.
+            let now = Instant::now();
+            if parts.is_none() || discovery.is_some_and(|_| now >= next_discovery) {
+                let ps = parts.get_or_insert_with(Vec::new);
+                let opened = source
+                    .partitions(&ctx)
+                    .and_then(|names| open_new(&mut source, &ctx, &names, &mut known, ps));
+                if let Err(e) = opened {
+                    control.fail(e);
+                    caps = None;
+                    return false;
+                }
+                if let Some(every) = discovery {
+                    next_discovery = now + every;
                 }
             }
             let ps = parts.as_mut().expect("opened");
+            // Epochs below the sinks' frontier are complete: tell the readers.
+            let complete = shared.sinks_complete();
+            for p in ps.iter_mut() {
+                if let Err(e) = p.complete_below(complete) {
+                    control.fail(e);
+                    caps = None;
+                    return false;
+                }
+            }
             let mut cut = false;
             let mut worked = false;
             let mut data_out = out_data.activate();
@@ -373,9 +505,16 @@ pub(crate) fn build<'s, S: Source>(
                                 },
                             });
                             caps = None;
-                            return;
+                            return false;
                         }
                     };
+                    if let Some(last) = reader.events.last() {
+                        let next = last.origin.offset + 1;
+                        p.next = Some(p.next.map_or(next, |n| n.max(next)));
+                    }
+                    if let Some(&(offset, ..)) = reader.bad.last() {
+                        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+                    }
                     if !reader.events.is_empty() {
                         worked = true;
                         p.last_data = Instant::now();
@@ -401,7 +540,7 @@ pub(crate) fn build<'s, S: Source>(
                                     reason,
                                 });
                                 caps = None;
-                                return;
+                                return false;
                             }
                             BadRecordPolicy::Skip => {
                                 let n = reader.bad.len() as u64;
@@ -450,10 +589,15 @@ pub(crate) fn build<'s, S: Source>(
             drop(data_out);
             drop(dead_out);
 
-            let all_finished = ps.iter().all(|p| p.finished);
+            // A discovering source may gain partitions: it never finishes on its own.
+            let all_finished = discovery.is_none() && ps.iter().all(|p| p.finished);
             let now = Instant::now();
             if cut || all_finished || now >= epoch_deadline {
-                // Close the epoch: report this instance's watermark for it, then move on.
+                // Close the epoch: note where each partition is, report this instance's
+                // watermark for it, then move on.
+                for p in ps.iter_mut() {
+                    p.end_epoch(epoch);
+                }
                 let value = if all_finished {
                     WmValue::At(WATERMARK_MAX)
                 } else {
@@ -486,7 +630,9 @@ pub(crate) fn build<'s, S: Source>(
                 }
                 if all_finished {
                     caps = None;
-                    return;
+                    draining = true;
+                    activator.activate();
+                    return true;
                 }
                 epoch += 1;
                 for cap in c.iter_mut() {
@@ -502,6 +648,7 @@ pub(crate) fn build<'s, S: Source>(
                     .min(Duration::from_millis(1));
                 activator.activate_after(wait);
             }
+            false
         }
     });
     (data, wm, dead)
