@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{DeliveryResult, Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use runnel_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, StartAt};
+use runnel_connectors::kafka::{dead_letter_headers, KafkaConfig, KafkaSink, KafkaSource, StartAt};
 use runnel_engine::testing::{Collector, TestItem, TestSource};
 use runnel_engine::{
     run, BadRecordPolicy, DeadLetter, Error, Job, RunOptions, RunSummary, SourceOptions,
@@ -278,6 +278,7 @@ struct ReadBack {
     key: Option<Vec<u8>>,
     value: Vec<u8>,
     ts: Option<i64>,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Reads every record of `topic` with a plain BaseConsumer, until every partition has
@@ -315,6 +316,14 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().unwrap_or_default().to_vec(),
                     ts: m.timestamp().to_millis(),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
@@ -670,6 +679,182 @@ fn bad_records_are_skipped_counted_and_sent_to_dead_letters() {
         missing.reason.contains("missing field `v`"),
         "{}",
         missing.reason
+    );
+}
+
+/// The skip policy with a dead-letter topic: each bad record lands there once, raw, with the
+/// reason, location and source in headers (the sink's header support, checked by a plain
+/// consumer).
+#[test]
+fn dead_letters_go_to_a_topic_with_the_reason_in_headers() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap.clone();
+    let (topic, bad, good) = topic_with_bad_records(&bootstrap);
+    let dlq = unique("dlq");
+    create_topic(&bootstrap, &dlq, 1);
+    let kafka = KafkaConfig::new(&bootstrap);
+    let out = Collector::<Rec>::new();
+    let sink = out.clone();
+    let dlq2 = dlq.clone();
+    let job = Job::new("bad-dlq", "skips bad records to a topic", move |flow| {
+        let source = KafkaSource::json::<Rec>(kafka.clone(), [topic.clone()]).stop_at_end();
+        let options = SourceOptions::new().on_bad_record(BadRecordPolicy::Skip);
+        let (data, dead) = flow.source_with_dead_letters("in", source, options)?;
+        data.sink("out", sink.sink())?;
+        dead.sink("dlq", KafkaSink::dead_letters(kafka.clone(), dlq2.clone()))
+    });
+    let summary = run_within(job, opts(2), Duration::from_secs(60)).expect("the job");
+    assert_eq!(summary.bad_records, bad.len() as u64);
+    assert_eq!(out.data().len() as u64, good);
+
+    let header = |r: &ReadBack, name: &str| -> String {
+        let v = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("header {name} missing: {:?}", r.headers));
+        String::from_utf8(v.1.clone()).unwrap()
+    };
+    let mut got: Vec<(String, Vec<u8>, String)> = read_all(&bootstrap, &dlq)
+        .iter()
+        .map(|r| {
+            assert_eq!(header(r, dead_letter_headers::SOURCE), "in");
+            (
+                header(r, dead_letter_headers::LOCATION),
+                r.value.clone(),
+                header(r, dead_letter_headers::REASON),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected = bad.clone();
+    expected.sort();
+    assert_eq!(got.len(), expected.len(), "one dead letter per bad record");
+    for ((location, raw, reason), (want_location, want_raw)) in got.iter().zip(&expected) {
+        assert_eq!(location, want_location);
+        assert_eq!(raw, &want_raw.clone().unwrap_or_default());
+        assert!(!reason.is_empty());
+    }
+    assert!(
+        got.iter().any(|(_, _, r)| r.contains("tombstone")),
+        "{got:?}"
+    );
+}
+
+/// The group's committed offsets for `parts`, read by a plain consumer.
+fn committed(bootstrap: &str, group: &str, parts: &[(String, i32)]) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in parts {
+        tpl.add_partition(t, *p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    parts
+        .iter()
+        .map(
+            |(t, p)| match got.find_partition(t, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// A job reading a topic pattern on 2 workers picks up a topic created while it runs (every
+/// record of both topics exactly once, the new one from its beginning), and commits to its
+/// group the offsets it has finished: at the end, the end of every partition.
+#[test]
+fn a_topic_pattern_picks_up_new_topics_and_offsets_are_committed() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap.clone();
+    let prefix = unique("pat");
+    let (t1, t2) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let rec = |i: u64| Rec {
+        k: (i % 10) as u32,
+        v: i,
+        ts: BASE_TS + i as i64,
+    };
+    let records = |range: std::ops::Range<u64>, partitions: u64| {
+        range.map(move |i| Produce {
+            value: Some(serde_json::to_vec(&rec(i)).unwrap()),
+            key: None,
+            partition: (i % partitions) as i32,
+            ts: BASE_TS + i as i64,
+        })
+    };
+    create_topic(&bootstrap, &t1, 2);
+    produce(&bootstrap, &t1, records(0..1000, 2));
+    // A topic that does not match, to be left alone.
+    let other = unique("other");
+    create_topic(&bootstrap, &other, 1);
+    produce(&bootstrap, &other, records(5000..5010, 1));
+
+    let group = unique("group");
+    let kafka = KafkaConfig::new(&bootstrap);
+    let out = Collector::<Rec>::new();
+    let (sink, pattern, group2) = (out.clone(), format!("{prefix}-.*"), group.clone());
+    let job = Job::new("pattern", "reads a topic pattern", move |flow| {
+        let source = KafkaSource::json::<Rec>(kafka.clone(), Vec::<String>::new())
+            .topic_pattern(pattern.clone())
+            .discovery_interval(Duration::from_millis(200))
+            .commit_offsets(true, Duration::from_millis(100))
+            .group_id(group2.clone());
+        flow.source("in", source, SourceOptions::new())?
+            .sink("out", sink.sink())
+    });
+    let options = opts(2);
+    let stop = options.stop.clone();
+    let handle = std::thread::spawn(move || run(&job, options));
+    let wait_for = |n: usize| {
+        let t = Instant::now();
+        while out.data().len() < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{} of {n} records after 60 s",
+                out.data().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(1000);
+    // Offsets committed while the job runs (every 100 ms), before it stops.
+    let t = Instant::now();
+    let parts1 = [(t1.clone(), 0), (t1.clone(), 1)];
+    while committed(&bootstrap, &group, &parts1) != [Some(500), Some(500)] {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "committed offsets of {t1}: {:?}",
+            committed(&bootstrap, &group, &parts1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    create_topic(&bootstrap, &t2, 3);
+    produce(&bootstrap, &t2, records(1000..1600, 3));
+    wait_for(1600);
+    // Anything extra (a duplicate, the other topic) would arrive now.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let summary = handle.join().unwrap().expect("the job");
+
+    let mut vs: Vec<u64> = out.data().into_iter().map(|r| r.v).collect();
+    vs.sort();
+    assert_eq!(vs, (0..1600).collect::<Vec<_>>(), "each record once");
+    assert_eq!(summary.events_in, 1600);
+    let all: Vec<(String, i32)> = [(t1.clone(), 0), (t1.clone(), 1)]
+        .into_iter()
+        .chain((0..3).map(|p| (t2.clone(), p)))
+        .collect();
+    assert_eq!(
+        committed(&bootstrap, &group, &all),
+        vec![Some(500), Some(500), Some(200), Some(200), Some(200)],
+        "committed offsets at the end"
     );
 }
 

@@ -51,7 +51,7 @@ pub use error::{Error, Result};
 pub use event::{Data, DeadLetter, Either, Event, ExchangeKey, Origin};
 pub use flow::{Flow, KeyedStream, Stream, WithLate};
 pub use job::{Job, Registry};
-pub use metrics::{Metrics, RunSummary};
+pub use metrics::{Counter, Metrics, RunSummary};
 pub use runtime::{run, RunOptions};
 pub use sink::{Routing, Sink, SinkContext};
 pub use source::{

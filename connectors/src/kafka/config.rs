@@ -149,14 +149,38 @@ pub enum EventTimeFrom {
 pub struct KafkaSourceConfig {
     /// The cluster.
     pub kafka: KafkaConfig,
-    /// The topics to read; every partition of each is read, spread over all workers.
+    /// The topics to read; every partition of each is read, spread over all workers. May be
+    /// empty when [`KafkaSourceConfig::topic_pattern`] is set.
+    #[serde(default)]
     pub topics: Vec<String>,
+    /// A regular expression (Rust `regex` syntax) for more topics to read: every topic whose
+    /// whole name matches, except internal ones (names starting with `__`). Topics that come
+    /// to match while the job runs are picked up at the next partition discovery. A pattern
+    /// that matches nothing yet is not an error (the source waits for topics); a listed topic
+    /// that does not exist is. Default: none.
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    /// How often each worker asks the cluster for new partitions of the topics it reads (and
+    /// new topics matching the pattern); a new partition is read from its beginning. `"0s"`
+    /// turns discovery off. Discovery is off with `stop_at_end`. Default `"30s"`.
+    #[serde(default = "default_discovery", with = "duration")]
+    pub discovery_interval: Duration,
+    /// Commit, to the consumer group, the offsets up to which every sink of the job has
+    /// written the records (so that lag shows in ordinary Kafka tools, and
+    /// [`StartAt::Committed`] resumes from there). The source never joins the group.
+    /// Default `true`.
+    #[serde(default = "default_true")]
+    pub commit_offsets: bool,
+    /// How often committed offsets are sent to the group (the last ones are also sent when the
+    /// source ends). Default `"5s"`.
+    #[serde(default = "default_commit_interval", with = "duration")]
+    pub commit_interval: Duration,
     /// Where to start in each partition. Default `"earliest"`.
     #[serde(default)]
     pub start: StartAt,
-    /// The consumer group whose committed offsets [`StartAt::Committed`] starts from. The source
-    /// never joins the group (partitions are assigned by the job, not by the group) and does
-    /// not commit to it. Default `"runnel"`.
+    /// The consumer group whose committed offsets [`StartAt::Committed`] starts from and that
+    /// [`KafkaSourceConfig::commit_offsets`] commits to. The source never joins the group
+    /// (partitions are assigned by the job, not by the group). Default `"runnel"`.
     #[serde(default = "default_group_id")]
     pub group_id: String,
     /// Where records get their event time. Default `"kafka_timestamp"`.
@@ -183,6 +207,14 @@ fn default_max_unavailable() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_discovery() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
 impl KafkaSourceConfig {
     /// Reads `topics` from the cluster `kafka`, with default settings.
     pub fn new<I, S>(kafka: KafkaConfig, topics: I) -> Self
@@ -198,14 +230,28 @@ impl KafkaSourceConfig {
             event_time: EventTimeFrom::default(),
             stop_at_end: false,
             max_unavailable: default_max_unavailable(),
+            topic_pattern: None,
+            discovery_interval: default_discovery(),
+            commit_offsets: true,
+            commit_interval: default_commit_interval(),
         }
     }
 
     /// What is wrong with the settings, if anything.
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
-        if self.topics.is_empty() {
-            return Err("no topics to read".into());
+        if self.topics.is_empty() && self.topic_pattern.is_none() {
+            return Err("no topics to read (set topics or topic_pattern)".into());
+        }
+        if let Some(p) = &self.topic_pattern {
+            if let Err(e) = regex::Regex::new(p) {
+                return Err(format!(
+                    "topic_pattern '{p}' is not a regular expression: {e}"
+                ));
+            }
+        }
+        if self.commit_offsets && self.commit_interval.is_zero() {
+            return Err("commit_interval must be more than 0".into());
         }
         if let Some(t) = self.topics.iter().find(|t| t.trim().is_empty()) {
             return Err(format!("topic name '{t}' is empty"));

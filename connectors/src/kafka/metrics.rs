@@ -79,7 +79,22 @@ impl ClientContext for ClientEvents {
     }
 }
 
-impl ConsumerContext for ClientEvents {}
+impl ConsumerContext for ClientEvents {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &rdkafka::TopicPartitionList,
+    ) {
+        // Commits are for monitoring and for `StartAt::Committed`; a failed one is retried
+        // with the next, so it is only worth a warning.
+        if let Err(e) = result {
+            tracing::warn!(
+                "{}: committing offsets to the consumer group failed: {e}",
+                self.client
+            );
+        }
+    }
+}
 
 /// The producer's context: client events, and delivery reports.
 #[derive(Debug)]

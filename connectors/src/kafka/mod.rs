@@ -37,5 +37,5 @@ pub use config::{
     format_duration, parse_duration, Acks, EventTimeFrom, KafkaConfig, KafkaSinkConfig,
     KafkaSourceConfig, StartAt,
 };
-pub use sink::KafkaSink;
+pub use sink::{dead_letter_headers, KafkaSink};
 pub use source::{KafkaRecord, KafkaSource};

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
-use runnel_engine::{Epoch, Error, Event, Result, Sink, SinkContext};
+use runnel_engine::{Counter, DeadLetter, Epoch, Error, Event, Result, Sink, SinkContext};
 use serde::Serialize;
 
 use super::config::{format_duration, KafkaConfig, KafkaSinkConfig};
@@ -19,11 +20,28 @@ type Encode<T> = fn(&T, &mut Vec<u8>) -> std::result::Result<(), String>;
 /// Writes a record's key into the buffer and says whether it has one.
 type KeyFn<T> = Arc<dyn Fn(&T, &mut Vec<u8>) -> bool + Send + Sync>;
 
+/// A record's headers: name and value, in order.
+type HeadersFn<T> = Arc<dyn Fn(&T) -> Vec<(String, Vec<u8>)> + Send + Sync>;
+
+/// The header names a dead-letter record carries (see [`KafkaSink::dead_letters`]).
+pub mod dead_letter_headers {
+    /// Why the record could not be decoded.
+    pub const REASON: &str = "runnel.error.reason";
+    /// Where it was (`topic/partition@offset`, `file:line`).
+    pub const LOCATION: &str = "runnel.error.location";
+    /// The source operator that read it.
+    pub const SOURCE: &str = "runnel.error.source";
+}
+
 /// A sink writing each record to a Kafka topic.
 ///
 /// * **Values.** [`KafkaSink::json`] writes each record as JSON; [`KafkaSink::strings`] and
 ///   [`KafkaSink::bytes`] write `String`s and `Vec<u8>`s as they are. The Kafka timestamp of
 ///   each record is its event time (when it is not negative).
+/// * **Headers.** [`KafkaSink::headers`] gives each record headers computed from it.
+/// * **Dead letters.** [`KafkaSink::dead_letters`] writes a source's undecodable records
+///   (its dead-letter stream) to a topic: the raw record as the value, and the reason, the
+///   location and the source in headers (see [`dead_letter_headers`]).
 /// * **Keys and partitions.** Without a key ([`KafkaSink::key`]) records are spread at random;
 ///   with one, the Java client's murmur2 partitioner sends equal keys to the same partition,
 ///   as Kafka Streams and Flink do.
@@ -56,8 +74,11 @@ pub struct KafkaSink<T> {
     config: KafkaSinkConfig,
     encode: Encode<T>,
     key: Option<KeyFn<T>>,
+    headers: Option<HeadersFn<T>>,
     /// Open: the producer and the sink's name (for errors).
     producer: Option<BaseProducer<ProducerEvents>>,
+    /// Bytes of values written, and waits on a full producer queue.
+    counters: Option<(Arc<Counter>, Arc<Counter>)>,
     name: String,
     value: Vec<u8>,
     key_buf: Vec<u8>,
@@ -79,7 +100,9 @@ impl<T> Clone for KafkaSink<T> {
             config: self.config.clone(),
             encode: self.encode,
             key: self.key.clone(),
+            headers: self.headers.clone(),
             producer: None,
+            counters: None,
             name: String::new(),
             value: Vec::new(),
             key_buf: Vec::new(),
@@ -139,13 +162,46 @@ impl KafkaSink<Vec<u8>> {
     }
 }
 
+/// The raw record, as it was read (lossily as UTF-8).
+fn encode_dead_letter(d: &DeadLetter, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
+    buf.extend_from_slice(d.raw.as_bytes());
+    Ok(())
+}
+
+impl KafkaSink<DeadLetter> {
+    /// Writes dead letters (from [`runnel_engine::Flow::source_with_dead_letters`]) to
+    /// `topic`: the raw record as the value, with the headers of [`dead_letter_headers`].
+    pub fn dead_letters(kafka: KafkaConfig, topic: impl Into<String>) -> Self {
+        Self::with_encoder(KafkaSinkConfig::new(kafka, topic), encode_dead_letter).headers(
+            |d: &DeadLetter| {
+                vec![
+                    (
+                        dead_letter_headers::REASON.to_string(),
+                        d.reason.clone().into_bytes(),
+                    ),
+                    (
+                        dead_letter_headers::LOCATION.to_string(),
+                        d.location.clone().into_bytes(),
+                    ),
+                    (
+                        dead_letter_headers::SOURCE.to_string(),
+                        d.source.clone().into_bytes(),
+                    ),
+                ]
+            },
+        )
+    }
+}
+
 impl<T> KafkaSink<T> {
     fn with_encoder(config: KafkaSinkConfig, encode: Encode<T>) -> Self {
         KafkaSink {
             config,
             encode,
             key: None,
+            headers: None,
             producer: None,
+            counters: None,
             name: String::new(),
             value: Vec::new(),
             key_buf: Vec::new(),
@@ -170,6 +226,15 @@ impl<T> KafkaSink<T> {
             }
             None => false,
         }));
+        self
+    }
+
+    /// Gives each record the headers `headers(record)`: name and value, in order.
+    pub fn headers(
+        mut self,
+        headers: impl Fn(&T) -> Vec<(String, Vec<u8>)> + Send + Sync + 'static,
+    ) -> Self {
+        self.headers = Some(Arc::new(headers));
         self
     }
 
@@ -261,6 +326,12 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             )));
         }
         self.producer = Some(producer);
+        self.counters = Some((
+            ctx.metrics
+                .counter(&format!("{}.kafka.bytes_out", ctx.name)),
+            ctx.metrics
+                .counter(&format!("{}.kafka.queue_full_waits", ctx.name)),
+        ));
         Ok(())
     }
 
@@ -270,11 +341,15 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             config,
             encode,
             key,
+            headers,
             producer,
+            counters,
             name,
             value,
             key_buf,
         } = self;
+        let mut bytes = 0u64;
+        let mut waits = 0u64;
         let Some(producer) = producer.as_ref() else {
             return Err(Error::Sink {
                 sink: name.clone(),
@@ -299,6 +374,17 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             if e.ts >= 0 {
                 record = record.timestamp(e.ts);
             }
+            if let Some(h) = headers {
+                let mut owned = OwnedHeaders::new();
+                for (k, v) in h(&e.data) {
+                    owned = owned.insert(Header {
+                        key: &k,
+                        value: Some(&v[..]),
+                    });
+                }
+                record = record.headers(owned);
+            }
+            bytes += value.len() as u64;
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -306,6 +392,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                         // Backpressure: serve delivery reports until there is room. Records
                         // that time out are reported as failures, which end the wait.
                         record = r;
+                        waits += 1;
                         producer.poll(Duration::from_millis(5));
                         if let Some((n, first)) = producer.context().failures() {
                             return Err(Error::Sink {
@@ -328,6 +415,10 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             }
         }
         producer.poll(Duration::ZERO);
+        if let Some((b, w)) = counters {
+            b.add(bytes);
+            w.add(waits);
+        }
         self.check_deliveries()
     }
 

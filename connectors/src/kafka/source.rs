@@ -6,18 +6,20 @@
 //! consumer group. Every partition is split into its own queue before it is assigned, so each
 //! [`PartitionReader`] polls only its partition and never blocks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use regex::Regex;
 use runnel_engine::{
-    Data, Error, PartitionId, PartitionReader, ReadStatus, Reader, Result, Source, SourceContext,
+    Counter, Data, Error, PartitionId, PartitionReader, ReadStatus, Reader, Result, Source,
+    SourceContext,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +49,14 @@ pub struct KafkaRecord {
 }
 
 /// A source reading Kafka topics: every partition of every topic is one partition of the
-/// source, spread over all workers of all processes by the engine (partition `i` of the sorted
-/// `topic/partition` list goes to worker `i % workers`).
+/// source, spread over all workers of all processes without a consumer group: each topic's
+/// partitions go round-robin from a worker chosen by the topic's name (Flink's assignment), so
+/// every worker places every partition the same way, including partitions found later.
+///
+/// * **Topics.** A list, and/or a regular expression ([`KafkaSource::topic_pattern`]) that
+///   whole topic names must match. Every [`KafkaSourceConfig::discovery_interval`] (30 s)
+///   each worker asks the cluster for new partitions of its topics and new matching topics,
+///   and reads those it owns from their beginning.
 ///
 /// * **Codecs.** [`KafkaSource::json`] decodes each record's value as a JSON `T`;
 ///   [`KafkaSource::strings`] takes it as UTF-8 text, [`KafkaSource::bytes`] as it is, and
@@ -61,7 +69,14 @@ pub struct KafkaRecord {
 ///   Its event time is its Kafka timestamp, unless [`EventTimeFrom::Job`] is set or the job
 ///   gives an extractor (`SourceOptions::event_time`), which always wins.
 /// * **Start.** [`StartAt`]: earliest (default), latest, a timestamp, or the group's committed
-///   offsets. The consumer group is only read, never joined nor committed to.
+///   offsets.
+/// * **Committed offsets.** Once every sink of the job has written the records of an epoch,
+///   their offsets are committed to the consumer group ([`KafkaSourceConfig::group_id`]) every
+///   [`KafkaSourceConfig::commit_interval`] and when the source ends, so lag shows in ordinary
+///   Kafka tools and [`StartAt::Committed`] resumes after them. "Written" is what the sink
+///   has accepted: a Kafka sink may still hold them in its producer queue, so after a crash
+///   a restart from committed offsets can miss what was in flight. Exactly-once restarts come
+///   from checkpoints, not from these commits.
 /// * **End.** By default the source reads forever. With [`KafkaSource::stop_at_end`] each
 ///   partition finishes once its reader has caught up with its end (librdkafka's
 ///   end-of-partition report: every record below the high watermark of a fetch has been
@@ -94,8 +109,12 @@ pub struct KafkaSource<T> {
     decode: Decode<T>,
     /// This worker's consumer, created by [`Source::partitions`].
     client: Option<Arc<WorkerClient>>,
-    /// The partition list, as [`Source::partitions`] returned it.
+    /// The partition list, as [`Source::partitions`] last returned it.
     partitions: Vec<(String, i32)>,
+    /// The partitions of the first list; partitions found later are read from their beginning.
+    initial: Option<HashSet<(String, i32)>>,
+    /// The compiled topic pattern.
+    pattern: Option<Regex>,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -115,6 +134,8 @@ impl<T> Clone for KafkaSource<T> {
             decode: self.decode,
             client: None,
             partitions: Vec::new(),
+            initial: None,
+            pattern: None,
             _records: PhantomData,
         }
     }
@@ -226,8 +247,31 @@ impl<T> KafkaSource<T> {
             decode,
             client: None,
             partitions: Vec::new(),
+            initial: None,
+            pattern: None,
             _records: PhantomData,
         }
+    }
+
+    /// Also reads every topic whose whole name matches the regular expression `pattern`,
+    /// including topics created while the job runs (see
+    /// [`KafkaSourceConfig::topic_pattern`]).
+    pub fn topic_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.config.topic_pattern = Some(pattern.into());
+        self
+    }
+
+    /// How often to look for new partitions and topics (default 30 s; zero turns it off).
+    pub fn discovery_interval(mut self, every: Duration) -> Self {
+        self.config.discovery_interval = every;
+        self
+    }
+
+    /// Whether to commit completed offsets to the consumer group (default on), and how often.
+    pub fn commit_offsets(mut self, on: bool, every: Duration) -> Self {
+        self.config.commit_offsets = on;
+        self.config.commit_interval = every;
+        self
     }
 
     /// The settings.
@@ -272,30 +316,45 @@ impl<T: Data> Source for KafkaSource<T> {
     type Item = T;
 
     fn partitions(&mut self, ctx: &SourceContext) -> Result<Vec<String>> {
-        let fail = |reason: String| Error::Source {
-            source_name: ctx.name.clone(),
-            reason,
-        };
-        self.config.validate().map_err(fail)?;
-        let client = match &self.client {
-            Some(c) => c.clone(),
-            None => {
-                let c = Arc::new(WorkerClient::connect(&self.config, ctx)?);
-                self.client = Some(c.clone());
-                c
+        let first = self.initial.is_none();
+        match self.list_partitions(ctx) {
+            Ok(parts) => {
+                if first {
+                    self.initial = Some(parts.iter().cloned().collect());
+                }
+                let names = parts.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                self.partitions = parts;
+                Ok(names)
             }
-        };
-        let topics: BTreeSet<&str> = self.config.topics.iter().map(|t| t.trim()).collect();
-        let mut parts = Vec::new();
-        for topic in topics {
-            for p in client.topic_partitions(topic)? {
-                parts.push((topic.to_string(), p));
+            Err(e) if first => Err(e),
+            Err(e) => {
+                // A later discovery that fails (brokers away, a topic deleted) changes nothing;
+                // the readers report unreachable brokers themselves.
+                tracing::warn!("source '{}': partition discovery failed: {e}", ctx.name);
+                Ok(self
+                    .partitions
+                    .iter()
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect())
             }
         }
-        parts.sort();
-        let names = parts.iter().map(|(t, p)| format!("{t}/{p}")).collect();
-        self.partitions = parts;
-        Ok(names)
+    }
+
+    fn discovery_interval(&self) -> Option<Duration> {
+        let every = self.config.discovery_interval;
+        (!self.config.stop_at_end && !every.is_zero()).then_some(every)
+    }
+
+    /// Flink's Kafka assignment: a topic's partitions go round-robin from a worker chosen by
+    /// the topic's name, so that every worker can place a partition from its name alone.
+    fn owner(&self, name: &str, _index: usize, workers: usize) -> usize {
+        match name.rsplit_once('/') {
+            Some((topic, p)) => {
+                let p: usize = p.parse().unwrap_or(0);
+                (topic_start(topic, workers) + p) % workers
+            }
+            None => 0,
+        }
     }
 
     fn open(
@@ -314,9 +373,73 @@ impl<T: Data> Source for KafkaSource<T> {
                 partition.0
             )));
         };
-        let reader = client.open(&self.config, &topic, p, self.decode)?;
+        let discovered = self
+            .initial
+            .as_ref()
+            .is_some_and(|first| !first.contains(&(topic.clone(), p)));
+        let reader = client.open(&self.config, &topic, p, discovered, self.decode)?;
         Ok(Box::new(reader))
     }
+}
+
+impl<T> KafkaSource<T> {
+    /// The sorted `(topic, partition)` list: the listed topics and those matching the pattern.
+    fn list_partitions(&mut self, ctx: &SourceContext) -> Result<Vec<(String, i32)>> {
+        let fail = |reason: String| Error::Source {
+            source_name: ctx.name.clone(),
+            reason,
+        };
+        self.config.validate().map_err(fail)?;
+        if self.pattern.is_none() {
+            if let Some(p) = &self.config.topic_pattern {
+                // Anchored: the whole name must match, as Kafka's Java clients do.
+                let re = Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| fail(format!("topic_pattern '{p}': {e}")))?;
+                self.pattern = Some(re);
+            }
+        }
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(WorkerClient::connect(&self.config, ctx)?);
+                self.client = Some(c.clone());
+                c
+            }
+        };
+        let mut topics: BTreeSet<String> = self
+            .config
+            .topics
+            .iter()
+            .map(|t| t.trim().to_string())
+            .collect();
+        if let Some(re) = &self.pattern {
+            for t in client.all_topics()? {
+                if !t.starts_with("__") && re.is_match(&t) {
+                    topics.insert(t);
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        for topic in topics {
+            for p in client.topic_partitions(&topic)? {
+                parts.push((topic.clone(), p));
+            }
+        }
+        parts.sort();
+        Ok(parts)
+    }
+}
+
+/// The first worker of `topic`'s partitions, as Flink's `KafkaTopicPartitionAssigner` has it:
+/// `((topic.hashCode() * 31) & 0x7FFFFFFF) % workers`.
+pub(super) fn topic_start(topic: &str, workers: usize) -> usize {
+    ((java_hash(topic).wrapping_mul(31) & 0x7FFF_FFFF) as usize) % workers
+}
+
+/// Java's `String.hashCode`: over UTF-16 code units, `h = 31 * h + unit`, wrapping.
+pub(super) fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
 }
 
 /// One worker's consumer, shared by the readers of the partitions this worker reads, and what
@@ -327,9 +450,24 @@ struct WorkerClient {
     bootstrap: String,
     request_timeout: Duration,
     max_unavailable: Duration,
-    /// A topic to ask for metadata when checking whether the brokers are back.
-    probe_topic: String,
+    /// A topic to ask for metadata when checking whether the brokers are back (`None`: ask
+    /// for all topics).
+    probe_topic: Option<String>,
     health: Mutex<Health>,
+    /// Offsets to commit to the group (`None`: commits are off).
+    commits: Option<Mutex<Commits>>,
+    /// Bytes of record values read.
+    bytes_in: Arc<Counter>,
+    /// Offset commits sent to the group.
+    commits_sent: Arc<Counter>,
+}
+
+/// Completed offsets waiting to be committed.
+struct Commits {
+    every: Duration,
+    last: Instant,
+    /// The next offset to commit, per partition (only those that moved since the last commit).
+    pending: BTreeMap<(String, i32), i64>,
 }
 
 /// Whether the brokers answer, as far as the readers can tell.
@@ -381,9 +519,69 @@ impl WorkerClient {
             bootstrap: kafka.bootstrap.clone(),
             request_timeout: kafka.request_timeout,
             max_unavailable: config.max_unavailable,
-            probe_topic: config.topics[0].trim().to_string(),
+            probe_topic: config.topics.first().map(|t| t.trim().to_string()),
             health: Mutex::new(Health::default()),
+            commits: config.commit_offsets.then(|| {
+                Mutex::new(Commits {
+                    every: config.commit_interval,
+                    last: Instant::now(),
+                    pending: BTreeMap::new(),
+                })
+            }),
+            bytes_in: ctx.metrics.counter(&format!("{}.kafka.bytes_in", ctx.name)),
+            commits_sent: ctx.metrics.counter(&format!("{}.kafka.commits", ctx.name)),
         })
+    }
+
+    /// Every topic in the cluster.
+    fn all_topics(&self) -> Result<Vec<String>> {
+        let md = self
+            .consumer
+            .fetch_metadata(None, self.request_timeout)
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot reach the Kafka brokers at {} (no topic list within {}: {e}){}",
+                    self.bootstrap,
+                    format_duration(self.request_timeout),
+                    self.consumer.context().last_error_suffix()
+                ))
+            })?;
+        Ok(md.topics().iter().map(|t| t.name().to_string()).collect())
+    }
+
+    /// Every record of `topic/partition` before `next` has been written by every sink.
+    fn completed(&self, topic: &str, partition: i32, next: u64) {
+        if let Some(c) = &self.commits {
+            if let Ok(mut c) = c.lock() {
+                c.pending
+                    .insert((topic.to_string(), partition), next as i64);
+            }
+        }
+    }
+
+    /// Commits the pending offsets if it is time (or `now`), without waiting for the answer
+    /// unless `wait`.
+    fn commit(&self, force: bool, mode: CommitMode) {
+        let Some(c) = &self.commits else { return };
+        let Ok(mut c) = c.lock() else { return };
+        if c.pending.is_empty() || (!force && c.last.elapsed() < c.every) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), next) in &c.pending {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*next));
+        }
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.commits_sent.add(1);
+                c.pending.clear();
+            }
+            Err(e) => tracing::warn!(
+                "source '{}': cannot commit offsets to the consumer group: {e}",
+                self.source
+            ),
+        }
+        c.last = Instant::now();
     }
 
     fn error(&self, reason: String) -> Error {
@@ -445,6 +643,7 @@ impl WorkerClient {
         config: &KafkaSourceConfig,
         topic: &str,
         partition: i32,
+        discovered: bool,
         decode: Decode<T>,
     ) -> Result<KafkaPartitionReader<T>> {
         let at = |what: &str, e: KafkaError| {
@@ -458,6 +657,8 @@ impl WorkerClient {
         // The offset to assign. Only explicit lookups are made here; librdkafka resolves
         // the logical offsets (beginning, end, stored) itself.
         let offset = match config.start {
+            // A partition that appeared while the job ran holds only new records.
+            _ if discovered => Offset::Beginning,
             StartAt::Earliest => Offset::Beginning,
             StartAt::Latest => Offset::End,
             StartAt::Timestamp(ts) => {
@@ -538,6 +739,7 @@ impl WorkerClient {
     /// Serves the consumer's own queue (client errors, and nothing else since every partition
     /// has its own queue), and fails once the brokers have been unreachable for too long.
     fn serve(&self) -> Result<()> {
+        self.commit(false, CommitMode::Async);
         for _ in 0..16 {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
@@ -570,7 +772,7 @@ impl WorkerClient {
         if h.last_probe.is_none_or(|t| t.elapsed() >= probe_every) {
             h.last_probe = Some(Instant::now());
             let probe = self.consumer.fetch_metadata(
-                Some(&self.probe_topic),
+                self.probe_topic.as_deref(),
                 self.request_timeout.min(Duration::from_millis(500)),
             );
             if probe.is_ok() {
@@ -617,6 +819,7 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
             return Ok(ReadStatus::Finished);
         }
         let budget = out.budget();
+        let mut bytes = 0u64;
         let mut n = 0;
         let mut error = None;
         while n < budget {
@@ -624,6 +827,7 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                 None => break,
                 Some(Ok(m)) => {
                     let offset = m.offset();
+                    bytes += m.payload_len() as u64;
                     match (self.decode)(&m) {
                         Ok(item) => {
                             let ts = if self.kafka_time {
@@ -661,6 +865,7 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
         }
         if n > 0 {
             self.client.progress();
+            self.client.bytes_in.add(bytes);
         }
         if let Some(e) = error {
             self.client
@@ -676,5 +881,25 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
         } else {
             ReadStatus::Pending
         })
+    }
+
+    fn complete(&mut self, next: u64) -> Result<()> {
+        self.client.completed(&self.topic, self.partition, next);
+        Ok(())
+    }
+}
+
+impl Drop for WorkerClient {
+    /// The last completed offsets go to the group before the consumer closes (unless the
+    /// brokers are away, when waiting would only delay the end).
+    fn drop(&mut self) {
+        let healthy = self
+            .health
+            .lock()
+            .map(|h| h.failing_since.is_none())
+            .unwrap_or(false);
+        if healthy {
+            self.commit(true, CommitMode::Sync);
+        }
     }
 }

@@ -190,3 +190,26 @@ fn connectors_can_be_built_once_and_cloned_into_a_jobs_build_function() {
     shareable::<KafkaSink<u64>>();
     shareable::<KafkaSourceConfig>();
 }
+
+/// Java's `String.hashCode`, from values worked out by hand (`"abc"`: 97·31² + 98·31 + 99) and
+/// its wrap-around on long names; and Flink's assignment built on it spreads a topic's
+/// partitions round-robin.
+#[test]
+fn partition_owners_follow_flinks_assignment() {
+    use super::source::{java_hash, topic_start};
+    assert_eq!(java_hash(""), 0);
+    assert_eq!(java_hash("abc"), 96_354);
+    // 31^6 overflows i32: compute the wrapped value with i64 arithmetic and truncate.
+    let long = "orders-2026";
+    let by_hand = long
+        .encode_utf16()
+        .fold(0i64, |h, u| (h * 31 + u as i64) & 0xFFFF_FFFF);
+    assert_eq!(java_hash(long), by_hand as u32 as i32);
+    // "abc": (96354 * 31) & 0x7FFFFFFF = 2_986_974; on 4 workers it starts at 2.
+    assert_eq!(topic_start("abc", 4), 2_986_974 % 4);
+    let source = KafkaSource::json::<u64>(KafkaConfig::new("127.0.0.1:9"), ["abc"]);
+    let owners: Vec<usize> = (0..6)
+        .map(|p| runnel_engine::Source::owner(&source, &format!("abc/{p}"), 0, 4))
+        .collect();
+    assert_eq!(owners, vec![2, 3, 0, 1, 2, 3]);
+}
