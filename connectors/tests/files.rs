@@ -170,12 +170,7 @@ fn sorted_output_is_the_same_for_every_worker_count() {
 }
 
 fn ctx() -> SinkContext {
-    SinkContext {
-        name: "file".into(),
-        worker: 0,
-        workers: 1,
-        metrics: Default::default(),
-    }
+    SinkContext::detached("file")
 }
 
 fn batch(values: &[u64]) -> Vec<Event<u64>> {
@@ -202,7 +197,7 @@ fn output_appears_only_at_close() {
         sink.write(Epoch(1), &mut batch(&[10])).unwrap();
         Sink::<u64>::epoch_done(&mut sink, Epoch(1)).unwrap();
 
-        let temp = format!(".out.jsonl.tmp-{}", std::process::id());
+        let temp = ".out.jsonl.partial".to_string();
         assert_eq!(
             entries(dir.path()),
             vec![temp.clone(), "out.jsonl".to_string()]

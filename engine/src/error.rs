@@ -70,6 +70,15 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// A checkpoint or the durable epoch log is missing, incomplete or corrupt, or cannot be
+    /// written as asked (`path` is the file or folder at fault).
+    #[error("checkpoint store: {path}: {reason}")]
+    Checkpoint {
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The runtime failed (worker panic, cluster connection, ...).
     #[error("runtime: {0}")]
     Runtime(String),

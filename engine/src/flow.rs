@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::event::DeadLetter;
 use crate::event::{key_hash, Data, Event, ExchangeKey};
 use crate::metrics::Metrics;
+use crate::recovery::{Recovery, SharedRecovery};
 use crate::runtime::Control;
 use crate::sink::{self, Sink};
 use crate::source::{self, Source, SourceOptions};
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     /// Per sink instance on this worker: the epochs below it are finished (`u64::MAX` once
     /// the sink has closed).
     sinks_done: RefCell<Vec<Rc<Cell<u64>>>>,
+    /// Checkpoints (none when they are off).
+    pub(crate) recovery: SharedRecovery,
 }
 
 #[derive(Default)]
@@ -145,6 +148,7 @@ impl<'s> Flow<'s> {
         metrics: Arc<Metrics>,
         control: Arc<Control>,
         epoch_interval: Duration,
+        recovery: Option<Recovery>,
     ) -> Self {
         Flow {
             scope,
@@ -156,6 +160,7 @@ impl<'s> Flow<'s> {
                 epoch_interval,
                 graph: RefCell::new(Graph::default()),
                 sinks_done: RefCell::new(Vec::new()),
+                recovery: recovery.map(RefCell::new),
             }),
         }
     }
@@ -263,6 +268,9 @@ impl<'s> Flow<'s> {
                 job: self.shared.job.clone(),
                 reason: "the job has no operators".to_string(),
             });
+        }
+        if let Some(r) = &self.shared.recovery {
+            r.borrow().report_unclaimed();
         }
         self.shared.config.check_unknown(&self.shared.job)
     }

@@ -31,12 +31,14 @@
 //! A watermark `W` means: every record with `ts < W` has been seen. A record is *late* for a window
 //! `[start, end)` when `end + allowed_lateness <= W` at the start of the record's epoch.
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod event;
 pub mod flow;
 pub mod job;
 pub mod metrics;
+pub mod recovery;
 pub mod runtime;
 pub mod sink;
 pub mod source;
@@ -46,12 +48,14 @@ pub mod testing;
 pub mod time;
 pub mod watermark;
 
+pub use checkpoint::{CheckpointInfo, CheckpointStore, DurableLog, LocalDirStore, PartInfo};
 pub use config::JobConfig;
 pub use error::{Error, Result};
 pub use event::{Data, DeadLetter, Either, Event, ExchangeKey, Origin};
 pub use flow::{Flow, KeyedStream, Stream, WithLate};
 pub use job::{Job, Registry};
 pub use metrics::{Counter, Metrics, RunSummary};
+pub use recovery::{CheckpointOptions, Restore};
 pub use runtime::{run, RunOptions};
 pub use sink::{Routing, Sink, SinkContext};
 pub use source::{

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::job::Job;
 use crate::metrics::{Metrics, RunSummary};
+use crate::recovery::{self, CheckpointOptions, Recovery};
 
 /// Shared run control: the first error, an abort flag, and the stop flag (Ctrl-C).
 #[derive(Debug, Default)]
@@ -70,6 +71,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Set to true to stop the run cleanly (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Checkpoints: where, how often, and which to start from (`None`: off).
+    pub checkpoint: Option<CheckpointOptions>,
 }
 
 impl Default for RunOptions {
@@ -83,6 +86,7 @@ impl Default for RunOptions {
             epoch_interval: Duration::from_millis(100),
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
+            checkpoint: None,
         }
     }
 }
@@ -154,11 +158,51 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         std::thread::spawn(move || progress_loop(&metrics, &done))
     });
 
+    // Checkpoints: which one to start from, decided once before the workers start.
+    let total_workers = opts.workers * opts.processes;
+    let start_from = match &opts.checkpoint {
+        Some(c) => recovery::choose(c, total_workers)?,
+        None => None,
+    };
+    if let Some(info) = &start_from {
+        tracing::info!(
+            "resuming from checkpoint {} (epoch {})",
+            info.id,
+            info.epoch
+        );
+    }
+    let restored_from = start_from.as_ref().map(|i| i.id);
+    let every_epochs = opts.checkpoint.as_ref().map_or(1, |c| {
+        (c.every.as_millis() / opts.epoch_interval.as_millis().max(1)).max(1) as u64
+    });
+
     let job2 = job.clone();
     let (metrics2, control2) = (metrics.clone(), control.clone());
     let epoch_interval = opts.epoch_interval;
+    let checkpoint = opts.checkpoint.clone();
     let guards = timely::execute(config, move |worker| {
         let name = job2.name().to_string();
+        let index = worker.index();
+        let peers = worker.peers();
+        let recovery = checkpoint.as_ref().and_then(|c| {
+            let part = match restored_from {
+                Some(id) => match c.store.read_part(id, &format!("w{index}")) {
+                    Ok(bytes) => Some((id, bytes)),
+                    Err(e) => {
+                        control2.fail(e);
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            match Recovery::new(c, every_epochs, &name, index, peers, part) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    control2.fail(e);
+                    None
+                }
+            }
+        });
         worker.dataflow::<u64, _, _>(|scope| {
             let mut flow = Flow::new(
                 scope,
@@ -167,6 +211,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 metrics2.clone(),
                 control2.clone(),
                 epoch_interval,
+                recovery,
             );
             if let Err(e) = job2.build_into(&mut flow) {
                 control2.fail(e);
@@ -187,6 +232,13 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     }
     if let Some(e) = control.take_error() {
         return Err(e);
+    }
+    // A job that ran to its end needs none of its checkpoints: the next run starts over (a
+    // stopped one keeps them, to resume).
+    if let Some(c) = &opts.checkpoint {
+        if !opts.stop.load(Ordering::SeqCst) && panic.is_none() && opts.process_id == 0 {
+            c.store.clear()?;
+        }
     }
     if let Some(p) = panic {
         return Err(Error::Runtime(format!("a worker panicked: {p}")));

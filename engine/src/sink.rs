@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::flow::{Shared, TStream};
 use crate::metrics::Metrics;
+use crate::recovery::FINAL;
 use crate::time::Epoch;
+use std::time::Duration;
 
 /// Feeds every `(epoch, batch)` of an activation to the closure it is given.
 type Batches<'a, T> = dyn FnMut(&mut dyn FnMut(u64, &mut Vec<Event<T>>)) + 'a;
@@ -45,6 +47,21 @@ pub struct SinkContext {
     pub workers: usize,
     /// The run's counters, for the connector's own (name them `"<sink name>.<what>"`).
     pub metrics: Arc<Metrics>,
+    /// Whether the run takes checkpoints (a sink that needs them can refuse to run without).
+    pub checkpoints: bool,
+}
+
+impl SinkContext {
+    /// A context for a sink used outside a job (tests, tools): worker 0 of 1, its own counters.
+    pub fn detached(name: &str) -> Self {
+        SinkContext {
+            name: name.to_string(),
+            worker: 0,
+            workers: 1,
+            metrics: Arc::default(),
+            checkpoints: false,
+        }
+    }
 }
 
 /// A connector that consumes records of type `T` (see the module's contract).
@@ -67,7 +84,29 @@ pub trait Sink<T>: 'static {
     fn close(&mut self) -> Result<()>;
     /// The job failed: drop what is not yet durable, leave no partial output.
     fn abort(&mut self) {}
+    /// The sink's state for a checkpoint: everything of epochs up to and including `through`
+    /// and nothing later (see [`crate::recovery`]). `None` (the default): the sink keeps no
+    /// state worth restoring.
+    fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
+        let _ = through;
+        Ok(None)
+    }
+    /// Takes back a state [`Sink::snapshot`] returned, before [`Sink::open`].
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+    /// Checkpoint `id` is complete: every state up to it is durable (a sink that writes only
+    /// what a complete checkpoint covers writes it now). Ids increase; the job's final
+    /// checkpoint ([`crate::recovery::FINAL`]) comes just before [`Sink::close`].
+    fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
 }
+
+/// The state type a sink without state records in a checkpoint.
+const STATELESS: &str = "runnel.sink.stateless";
 
 pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     shared: &Rc<Shared>,
@@ -82,8 +121,31 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
         worker: scope.index(),
         workers: scope.peers(),
         metrics: shared.metrics.clone(),
+        checkpoints: shared.recovery.is_some(),
     };
     let done = shared.register_sink();
+    let kind = std::any::type_name::<S>();
+    let mut last_checkpoint = 0;
+    let recovery = shared.clone();
+    if let Some(r) = &shared.recovery {
+        let mut r = r.borrow_mut();
+        r.register();
+        last_checkpoint = r.resumed_epoch();
+        // A sink that kept no state restores nothing, whatever it is now.
+        let restored = r
+            .restored_state(name, kind)
+            .or_else(|e| match r.restored_state(name, STATELESS) {
+                Ok(_) => Ok(None),
+                Err(_) => Err(e),
+            })
+            .and_then(|state| match state {
+                Some(bytes) => sink.restore(&bytes),
+                None => Ok(()),
+            });
+        if let Err(e) = restored {
+            shared.control.fail(wrap(name, e));
+        }
+    }
     let active = routing == Routing::PerWorker || ctx.worker == 0;
     let control = shared.control.clone();
     let metrics = shared.metrics.clone();
@@ -92,6 +154,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     let opname = name.clone();
     let mut state = SinkState::Unopened;
     let mut last_done: Option<u64> = None;
+    let mut last_notified = last_checkpoint;
     let logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| {
         if state == SinkState::Closed {
             // Drain (and drop) anything that still arrives after a failure.
@@ -126,6 +189,19 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
             state = SinkState::Closed;
             return;
         }
+        // Tell the sink about checkpoints that completed.
+        if let Some(r) = &recovery.recovery {
+            let committed = r.borrow_mut().committed();
+            if committed > last_notified && active && state == SinkState::Open {
+                if let Err(e) = sink.checkpoint_committed(committed) {
+                    control.fail(wrap(&name, e));
+                    sink.abort();
+                    state = SinkState::Closed;
+                    return;
+                }
+            }
+            last_notified = last_notified.max(committed);
+        }
         match frontier {
             Some(f) => {
                 if f > 0 && last_done != Some(f - 1) {
@@ -139,11 +215,66 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                     }
                     last_done = Some(f - 1);
                     done.set(f);
+                    // Checkpoints: the state with every record of the epochs before `f`.
+                    if let Some(r) = &recovery.recovery {
+                        let mut r = r.borrow_mut();
+                        let due = r.due(last_checkpoint, f - 1);
+                        for id in due {
+                            let snap = if active {
+                                sink.snapshot(Epoch(id))
+                            } else {
+                                Ok(None)
+                            };
+                            let handed = snap.and_then(|s| match s {
+                                Some(bytes) => r.contribute(id, &name, kind, bytes),
+                                None => r.contribute(id, &name, STATELESS, Vec::new()),
+                            });
+                            if let Err(e) = handed {
+                                control.fail(wrap(&name, e));
+                                sink.abort();
+                                state = SinkState::Closed;
+                                return;
+                            }
+                            last_checkpoint = id;
+                        }
+                    }
                 }
             }
             None => {
+                // A run stopped (Ctrl-C) with checkpoints on is suspended, not finished: it
+                // resumes from its last checkpoint, so the sink drops what came after it.
+                let suspended = control.stopping() && recovery.recovery.is_some();
+                // The input ended: the job's final checkpoint, then the last writes.
+                if let Some(r) = &recovery.recovery {
+                    if !control.aborted() && !suspended {
+                        let finished = (|| -> Result<()> {
+                            let mut r = r.borrow_mut();
+                            let snap = if active {
+                                sink.snapshot(Epoch(FINAL))?
+                            } else {
+                                None
+                            };
+                            match snap {
+                                Some(bytes) => r.contribute(FINAL, &name, kind, bytes)?,
+                                None => r.contribute(FINAL, &name, STATELESS, Vec::new())?,
+                            }
+                            r.wait_committed(FINAL, Duration::from_secs(120))?;
+                            if active && last_notified < FINAL {
+                                sink.checkpoint_committed(FINAL)?;
+                            }
+                            last_notified = FINAL;
+                            Ok(())
+                        })();
+                        if let Err(e) = finished {
+                            control.fail(wrap(&name, e));
+                            sink.abort();
+                            state = SinkState::Closed;
+                            return;
+                        }
+                    }
+                }
                 if active {
-                    if control.aborted() {
+                    if control.aborted() || suspended {
                         sink.abort();
                     } else if let Err(e) = sink.close() {
                         control.fail(wrap(&name, e));

@@ -42,8 +42,10 @@ use crate::error::{Error, Result};
 use crate::event::{Data, DeadLetter, Event, Origin};
 use crate::flow::{Shared, TStream};
 use crate::metrics::Metrics;
+use crate::recovery::{decode, encode, FINAL};
 use crate::time::WATERMARK_MAX;
 use crate::watermark::{WatermarkStrategy, WmReport, WmValue};
+use serde::{Deserialize, Serialize};
 
 /// The index of a partition in its source's partition list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +77,18 @@ pub trait Source: 'static {
         partition: PartitionId,
         ctx: &SourceContext,
     ) -> Result<Box<dyn PartitionReader<Self::Item>>>;
+    /// Opens `partition` to continue after a checkpoint: its first record is the one at offset
+    /// `next`. The default opens it from the start and skips the records below `next`; a
+    /// source that can seek (Kafka) does better.
+    fn resume(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+        next: u64,
+    ) -> Result<Box<dyn PartitionReader<Self::Item>>> {
+        let inner = self.open(partition, ctx)?;
+        Ok(Box::new(SkipBelow { inner, next }))
+    }
     /// How often to look for new partitions; `None` (the default) for a fixed list.
     fn discovery_interval(&self) -> Option<Duration> {
         None
@@ -113,6 +127,51 @@ pub trait PartitionReader<T>: 'static {
         Ok(())
     }
 }
+
+/// A reader that drops the records below an offset (resuming a source that cannot seek).
+struct SkipBelow<T> {
+    inner: Box<dyn PartitionReader<T>>,
+    next: u64,
+}
+
+impl<T: 'static> PartitionReader<T> for SkipBelow<T> {
+    fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus> {
+        let (events, bad) = (out.events.len(), out.bad.len());
+        let status = self.inner.read(out)?;
+        let next = self.next;
+        if out.events[events..].iter().any(|e| e.origin.offset < next) {
+            let mut i = 0;
+            out.events.retain(|e| {
+                i += 1;
+                i <= events || e.origin.offset >= next
+            });
+        }
+        let mut i = 0;
+        out.bad.retain(|b| {
+            i += 1;
+            i <= bad || b.0 >= next
+        });
+        Ok(status)
+    }
+
+    fn complete(&mut self, next: u64) -> Result<()> {
+        self.inner.complete(next)
+    }
+}
+
+/// A source instance's state in a checkpoint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SourceSnapshot {
+    /// Per partition this instance reads: name, the offset after its last record, and the
+    /// largest event time read.
+    partitions: Vec<(String, u64, i64)>,
+    /// The last watermark reported.
+    last_report: Option<WmValue>,
+    /// Every partition had ended (the job's final checkpoint).
+    finished: bool,
+}
+
+const SOURCE_STATE: &str = "runnel.source.v1";
 
 /// The handle a [`PartitionReader`] pushes records into.
 pub struct Reader<T> {
@@ -277,6 +336,7 @@ impl<T> SourceOptions<T> {
 }
 
 struct Part<T> {
+    name: String,
     index: u32,
     reader: Box<dyn PartitionReader<T>>,
     max_ts: i64,
@@ -292,8 +352,9 @@ struct Part<T> {
 }
 
 impl<T: 'static> Part<T> {
-    fn new(index: u32, reader: Box<dyn PartitionReader<T>>) -> Self {
+    fn new(name: String, index: u32, reader: Box<dyn PartitionReader<T>>) -> Self {
         Part {
+            name,
             index,
             reader,
             max_ts: i64::MIN,
@@ -333,17 +394,33 @@ impl<T: 'static> Part<T> {
 }
 
 /// Opens the partitions of `names` that this worker owns and has not seen yet.
+/// A partition restored from a checkpoint resumes after its offset, with its event-time
+/// progress.
 fn open_new<S: Source>(
     source: &mut S,
     ctx: &SourceContext,
     names: &[String],
     known: &mut HashSet<String>,
     parts: &mut Vec<Part<S::Item>>,
+    restored: &mut std::collections::HashMap<String, (u64, i64)>,
 ) -> Result<()> {
     for (i, name) in names.iter().enumerate() {
         if known.insert(name.clone()) && source.owner(name, i, ctx.workers) == ctx.worker {
-            let reader = source.open(PartitionId(i as u32), ctx)?;
-            parts.push(Part::new(i as u32, reader));
+            let id = PartitionId(i as u32);
+            match restored.remove(name) {
+                Some((next, max_ts)) => {
+                    let reader = source.resume(id, ctx, next)?;
+                    let mut p = Part::new(name.clone(), i as u32, reader);
+                    p.next = Some(next);
+                    p.recorded = Some(next);
+                    p.max_ts = max_ts;
+                    parts.push(p);
+                }
+                None => {
+                    let reader = source.open(id, ctx)?;
+                    parts.push(Part::new(name.clone(), i as u32, reader));
+                }
+            }
         }
     }
     Ok(())
@@ -394,6 +471,33 @@ pub(crate) fn build<'s, S: Source>(
     let name = name.to_string();
 
     let discovery = source.discovery_interval();
+    // A restored run: where each partition was, and the epoch to continue after.
+    let mut restored: std::collections::HashMap<String, (u64, i64)> = Default::default();
+    let mut restored_report = None;
+    let mut restored_finished = false;
+    let mut resumed_epoch = 0;
+    let mut restore_error = None;
+    if let Some(r) = &shared.recovery {
+        let mut r = r.borrow_mut();
+        r.register();
+        resumed_epoch = r.resumed_epoch();
+        match r
+            .restored_state(&name, SOURCE_STATE)
+            .and_then(|b| b.map(|b| decode::<SourceSnapshot>(&b)).transpose())
+        {
+            Ok(Some(snap)) => {
+                restored = snap
+                    .partitions
+                    .into_iter()
+                    .map(|(n, next, max_ts)| (n, (next, max_ts)))
+                    .collect();
+                restored_report = snap.last_report;
+                restored_finished = snap.finished;
+            }
+            Ok(None) => {}
+            Err(e) => restore_error = Some(e),
+        }
+    }
     builder.build_reschedule(move |caps| {
         let mut caps: Option<Vec<timely::dataflow::operators::Capability<u64>>> = Some(caps);
         let mut epoch: u64 = 0;
@@ -442,14 +546,38 @@ pub(crate) fn build<'s, S: Source>(
                 activator.activate();
                 return true;
             }
+            if let Some(e) = restore_error.take() {
+                control.fail(e);
+                caps = None;
+                return false;
+            }
+            if parts.is_none() && resumed_epoch > 0 {
+                // Restored: continue after the checkpoint's epoch.
+                epoch = resumed_epoch + 1;
+                for cap in c.iter_mut() {
+                    cap.downgrade(&epoch);
+                }
+                last_report = restored_report;
+            }
+            if let Some(r) = &shared.recovery {
+                if let Err(e) = r.borrow_mut().poll() {
+                    control.fail(e);
+                    caps = None;
+                    return false;
+                }
+            }
             // Open this worker's partitions on the first activation, and new ones as they
             // are discovered.
             let now = Instant::now();
+            if restored_finished && parts.is_none() {
+                // Restored from the final checkpoint: this source had ended.
+                parts = Some(Vec::new());
+            }
             if parts.is_none() || discovery.is_some_and(|_| now >= next_discovery) {
                 let ps = parts.get_or_insert_with(Vec::new);
-                let opened = source
-                    .partitions(&ctx)
-                    .and_then(|names| open_new(&mut source, &ctx, &names, &mut known, ps));
+                let opened = source.partitions(&ctx).and_then(|names| {
+                    open_new(&mut source, &ctx, &names, &mut known, ps, &mut restored)
+                });
                 if let Err(e) = opened {
                     control.fail(e);
                     caps = None;
@@ -590,7 +718,8 @@ pub(crate) fn build<'s, S: Source>(
             drop(dead_out);
 
             // A discovering source may gain partitions: it never finishes on its own.
-            let all_finished = discovery.is_none() && ps.iter().all(|p| p.finished);
+            let all_finished =
+                restored_finished || (discovery.is_none() && ps.iter().all(|p| p.finished));
             let now = Instant::now();
             if cut || all_finished || now >= epoch_deadline {
                 // Close the epoch: note where each partition is, report this instance's
@@ -627,6 +756,33 @@ pub(crate) fn build<'s, S: Source>(
                         value,
                     });
                     last_report = Some(value);
+                }
+                if let Some(r) = &shared.recovery {
+                    let mut r = r.borrow_mut();
+                    // The input's end is a checkpoint too (the final one).
+                    let id = if all_finished {
+                        Some(FINAL)
+                    } else {
+                        r.is_checkpoint(epoch).then_some(epoch)
+                    };
+                    if let Some(id) = id {
+                        let snap = SourceSnapshot {
+                            partitions: ps
+                                .iter()
+                                .filter_map(|p| p.next.map(|n| (p.name.clone(), n, p.max_ts)))
+                                .collect(),
+                            last_report,
+                            finished: all_finished,
+                        };
+                        if let Err(e) =
+                            encode(&snap).and_then(|b| r.contribute(id, &name, SOURCE_STATE, b))
+                        {
+                            drop(r);
+                            control.fail(e);
+                            caps = None;
+                            return false;
+                        }
+                    }
                 }
                 if all_finished {
                     caps = None;

@@ -114,6 +114,23 @@ impl<
     }
 }
 
+impl<K: Hash + Eq + Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>
+    KeyedState<K, V>
+{
+    /// Every entry, serialized for a checkpoint (in no particular order; nothing is cloned).
+    pub fn to_bytes(&self) -> crate::Result<Vec<u8>> {
+        let entries: Vec<(&K, &V)> = self.map.iter().collect();
+        crate::recovery::encode(&entries)
+    }
+
+    /// Replaces every entry with those [`KeyedState::to_bytes`] wrote.
+    pub fn restore_bytes(&mut self, bytes: &[u8]) -> crate::Result<()> {
+        let entries: Vec<(K, V)> = crate::recovery::decode(bytes)?;
+        self.map = entries.into_iter().collect();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,11 +26,13 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 
+use crate::error::Result;
 use crate::event::{Data, Event};
 use crate::flow::{Shared, TStream};
 use crate::metrics::{Counter, Metrics};
+use crate::recovery::{decode, encode, FINAL};
 use crate::time::Watermark;
-use crate::watermark::{WatermarkTracker, WmReport};
+use crate::watermark::{TrackerState, WatermarkTracker, WmReport};
 
 /// Where a stateful operator's logic puts its results and its late records.
 pub struct Emitter<I, O> {
@@ -86,6 +88,11 @@ pub trait EpochLogic<I, O>: 'static {
     fn on_record(&mut self, record: Event<I>, wm: Watermark, out: &mut Emitter<I, O>);
     /// The end of an epoch; `wm` is the watermark after it (it may equal the previous one).
     fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<I, O>);
+    /// The whole state, for a checkpoint (see [`crate::recovery`]); [`crate::recovery::encode`]
+    /// serializes any serde value.
+    fn snapshot(&self) -> Result<Vec<u8>>;
+    /// Replaces the state with one [`EpochLogic::snapshot`] wrote (restoring a checkpoint).
+    fn restore(&mut self, state: &[u8]) -> Result<()>;
 }
 
 /// The logic of a local per-epoch operator (a combiner): no exchange, no watermark.
@@ -124,6 +131,29 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         OutputBuilder::from(out_late);
     let metrics = shared.metrics.clone();
     let late_counter = metrics.counter(&format!("{name}.late"));
+    let kind = std::any::type_name::<L>();
+    let mut tracker = WatermarkTracker::new(expected_reporters);
+    // Checkpoints: this operator's state as of the end of each checkpoint epoch.
+    let mut last_checkpoint = 0;
+    let mut restore_error = None;
+    if let Some(r) = &shared.recovery {
+        let mut r = r.borrow_mut();
+        r.register();
+        last_checkpoint = r.resumed_epoch();
+        let restored = r.restored_state(name, kind).and_then(|state| match state {
+            None => Ok(()),
+            Some(bytes) => {
+                let (t, l): (TrackerState, Vec<u8>) = decode(&bytes)?;
+                tracker.restore(t);
+                logic.restore(&l)
+            }
+        });
+        if let Err(e) = restored {
+            restore_error = Some(e);
+        }
+    }
+    let shared = shared.clone();
+    let name = name.to_string();
 
     builder.build(move |initial| {
         drop(initial);
@@ -131,8 +161,41 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         let mut stash: BTreeMap<u64, Vec<Event<I>>> = BTreeMap::new();
         let mut wm_stash: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
         let mut caps: BTreeMap<u64, (Capability<u64>, Capability<u64>)> = BTreeMap::new();
-        let mut tracker = WatermarkTracker::new(expected_reporters);
         let mut em: Emitter<I, O> = Emitter::new(keep_late, late_counter, metrics.clone());
+        let control = shared.control.clone();
+        if let Some(e) = restore_error.take() {
+            control.fail(e);
+        }
+        // Hands in the state for every checkpoint epoch in `(last, through]`; the state must
+        // be exactly that after epoch `through`.
+        let checkpoint = move |through: u64,
+                               last: &mut u64,
+                               logic: &L,
+                               tracker: &WatermarkTracker|
+              -> Result<()> {
+            let Some(r) = &shared.recovery else {
+                return Ok(());
+            };
+            let mut r = r.borrow_mut();
+            let due = if through == FINAL {
+                if *last == FINAL {
+                    Vec::new()
+                } else {
+                    vec![FINAL]
+                }
+            } else {
+                r.due(*last, through)
+            };
+            if due.is_empty() {
+                return Ok(());
+            }
+            let bytes = encode(&(tracker.state(), logic.snapshot()?))?;
+            for id in due {
+                r.contribute(id, &name, kind, bytes.clone())?;
+                *last = id;
+            }
+            Ok(())
+        };
 
         move |frontiers| {
             let mut main = out_main.activate();
@@ -184,6 +247,14 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                 if e >= f {
                     break;
                 }
+                // Every epoch before `e` is done and nothing of `e` applied yet (records of
+                // `e` are applied on arrival only once the frontier reached `e`, after the
+                // checkpoints below it were taken at the end of an earlier activation).
+                if e > 0 {
+                    if let Err(err) = checkpoint(e - 1, &mut last_checkpoint, &logic, &tracker) {
+                        control.fail(err);
+                    }
+                }
                 let c = caps.remove(&e).expect("present");
                 if let Some(records) = stash.remove(&e) {
                     let w = tracker.current();
@@ -200,6 +271,18 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                 metrics.observe_watermark(w);
                 logic.on_epoch_end(w, &mut em);
                 flush(&mut em, &c, &mut main, &mut late);
+            }
+            // Every epoch before the frontier is done; an empty frontier: the input ended, and
+            // the state is final.
+            let through = if f == u64::MAX {
+                FINAL
+            } else {
+                f.saturating_sub(1)
+            };
+            if f > 0 {
+                if let Err(err) = checkpoint(through, &mut last_checkpoint, &logic, &tracker) {
+                    control.fail(err);
+                }
             }
             processed = f;
         }

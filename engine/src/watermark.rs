@@ -106,6 +106,30 @@ impl WatermarkTracker {
     pub fn current(&self) -> Watermark {
         self.current
     }
+
+    /// What a checkpoint keeps of the tracker.
+    pub fn state(&self) -> TrackerState {
+        let mut latest: Vec<_> = self.latest.iter().map(|(k, v)| (*k, *v)).collect();
+        latest.sort_by_key(|(k, _)| *k);
+        TrackerState {
+            latest,
+            current: self.current,
+        }
+    }
+
+    /// Takes back what [`Self::state`] kept.
+    pub fn restore(&mut self, state: TrackerState) {
+        self.latest = state.latest.into_iter().collect();
+        self.current = state.current;
+    }
+}
+
+/// A [`WatermarkTracker`]'s state in a checkpoint: the latest report of each instance and the
+/// combined watermark.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerState {
+    latest: Vec<((u32, u32), WmValue)>,
+    current: Watermark,
 }
 
 #[cfg(test)]

@@ -75,11 +75,6 @@ impl AtomicFile {
         Ok(())
     }
 
-    /// Drops what was written and removes the temporary file.
-    pub(crate) fn discard(mut self) {
-        self.remove();
-    }
-
     fn remove(&mut self) {
         if let Some(out) = self.out.take() {
             // Dropping a BufWriter flushes it; do not write what is about to be deleted.
@@ -124,7 +119,7 @@ fn temp_path(target: &Path, suffix: &str) -> Result<PathBuf> {
 
 /// Makes a rename durable by syncing its directory (best effort: some file systems refuse to
 /// sync directories, and the data itself is already synced).
-fn sync_dir(target: &Path) {
+pub(crate) fn sync_dir(target: &Path) {
     #[cfg(unix)]
     {
         let dir = match target.parent() {

@@ -1,33 +1,52 @@
-//! [`FileSink`]: writes a stream's records as JSON lines into one file, atomically at close;
-//! and [`write_json_lines`], the same for a slice outside a job.
+//! [`FileSink`]: writes a stream's records as JSON lines into one file, atomically at close,
+//! exactly once across restarts from checkpoints; and [`write_json_lines`], the same for a
+//! slice outside a job.
 
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use runnel_engine::recovery::{decode, encode};
 use runnel_engine::{Data, Epoch, Error, Event, Result, Routing, Sink, SinkContext};
 use serde::Serialize;
 
-use super::atomic::AtomicFile;
+use super::atomic::{sync_dir, AtomicFile};
 
 /// A sink that writes each record's data as one JSON line into the file at its path.
 ///
-/// Every record goes to worker 0 ([`Routing::Single`]), which writes into a temporary file next
-/// to the target (`.<name>.tmp-<pid>` in the same directory). [`Sink::close`] flushes, fsyncs and
-/// renames it onto the target, so the target appears whole or not at all; [`Sink::abort`] (and
-/// dropping an unclosed sink) removes the temporary file. Lines are in arrival order, which
-/// depends on the number of workers; [`FileSink::sorted`] makes the file the same for every run
-/// of the same records.
+/// Every record goes to worker 0 ([`Routing::Single`]). It keeps each epoch's lines until the
+/// epoch is complete, then appends them, epoch by epoch, to a partial file next to the target
+/// (`.<name>.partial`). [`Sink::close`] fsyncs the partial file and renames it onto the
+/// target, so the target appears whole or not at all. Lines are in epoch order, and within an
+/// epoch in arrival order, which depends on the number of workers; [`FileSink::sorted`] sorts
+/// them at close so the file is the same for every run of the same records.
+///
+/// **Checkpoints.** A checkpoint records the partial file's length after the checkpoint's
+/// epoch (fsynced first). A run restored from it truncates the partial file to that length
+/// and goes on, so after any number of crashes and restarts the target holds every line
+/// exactly once. Once a checkpoint has been taken, a failing or killed run leaves the partial
+/// file for the restart; otherwise [`Sink::abort`] (and dropping an unclosed sink) removes it.
 ///
 /// Errors are [`Error::Io`] naming the file: the target when it cannot be replaced or a record
-/// cannot be encoded, the temporary file when it cannot be written.
+/// cannot be encoded, the partial file when it cannot be written or is shorter than the
+/// checkpoint says.
 #[derive(Debug)]
 pub struct FileSink {
     path: PathBuf,
     sorted: bool,
-    file: Option<AtomicFile>,
-    /// Encoded lines: the current batch, or (sorted) everything so far.
-    buf: Vec<u8>,
-    /// Sorted mode: each line's range in `buf`.
-    lines: Vec<(usize, usize)>,
+    partial: Option<BufWriter<File>>,
+    /// Encoded lines of epochs not yet complete.
+    pending: BTreeMap<u64, Vec<u8>>,
+    /// The partial file's length after each complete epoch not yet checkpointed.
+    len_at: BTreeMap<u64, u64>,
+    /// The partial file's length now, and after the last checkpoint.
+    len: u64,
+    checkpointed_len: u64,
+    /// Restored from a checkpoint: the length to truncate the partial file to.
+    resume_len: Option<u64>,
+    /// A checkpoint refers to the partial file: keep it when the run fails.
+    keep_partial: bool,
     closed: bool,
 }
 
@@ -37,15 +56,19 @@ impl FileSink {
         FileSink {
             path: path.into(),
             sorted: false,
-            file: None,
-            buf: Vec::new(),
-            lines: Vec::new(),
+            partial: None,
+            pending: BTreeMap::new(),
+            len_at: BTreeMap::new(),
+            len: 0,
+            checkpointed_len: 0,
+            resume_len: None,
+            keep_partial: false,
             closed: false,
         }
     }
 
-    /// Buffers every line and writes them sorted by their JSON text at close, so that the file
-    /// does not depend on the number of workers or on scheduling.
+    /// Writes the lines sorted by their JSON text at close, so that the file does not depend
+    /// on the number of workers or on scheduling.
     pub fn sorted(mut self) -> Self {
         self.sorted = true;
         self
@@ -56,17 +79,51 @@ impl FileSink {
         &self.path
     }
 
-    fn encode<T: Serialize>(&mut self, data: &T) -> Result<()> {
-        let start = self.buf.len();
-        if let Err(e) = serde_json::to_writer(&mut self.buf, data) {
-            self.buf.truncate(start);
-            return Err(encode_error(&self.path, e));
-        }
-        self.buf.push(b'\n');
-        if self.sorted {
-            self.lines.push((start, self.buf.len()));
+    /// `.<name>.partial` next to the target.
+    fn partial_path(&self) -> Result<PathBuf> {
+        let Some(name) = self.path.file_name() else {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a file path (it has no file name)",
+                ),
+            ));
+        };
+        let mut partial = std::ffi::OsString::from(".");
+        partial.push(name);
+        partial.push(".partial");
+        Ok(self.path.with_file_name(partial))
+    }
+
+    /// Appends the lines of every pending epoch up to `through` to the partial file.
+    fn write_through(&mut self, through: u64) -> Result<()> {
+        let partial = self.partial_path()?;
+        let Some(out) = self.partial.as_mut() else {
+            return Err(Error::io(
+                &partial,
+                std::io::Error::other("file sink written before open or after close"),
+            ));
+        };
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > through {
+                break;
+            }
+            let (epoch, lines) = entry.remove_entry();
+            out.write_all(&lines).map_err(|e| Error::io(&partial, e))?;
+            self.len += lines.len() as u64;
+            self.len_at.insert(epoch, self.len);
         }
         Ok(())
+    }
+
+    fn remove_partial(&mut self) {
+        self.partial = None;
+        if !self.keep_partial {
+            if let Ok(p) = self.partial_path() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
     }
 }
 
@@ -86,65 +143,137 @@ impl<T: Data> Sink<T> for FileSink {
     }
 
     fn open(&mut self, _ctx: &SinkContext) -> Result<()> {
-        if self.file.is_none() && !self.closed {
-            self.file = Some(AtomicFile::create(&self.path)?);
+        if self.partial.is_some() || self.closed {
+            return Ok(());
         }
+        let path = self.partial_path()?;
+        let io = |e| Error::io(&path, e);
+        let file = match self.resume_len {
+            Some(len) => {
+                // Restored: keep what the checkpoint covers, drop what came after it.
+                let mut file = OpenOptions::new().write(true).open(&path).map_err(io)?;
+                let have = file.metadata().map_err(io)?.len();
+                if have < len {
+                    return Err(Error::io(
+                        &path,
+                        std::io::Error::other(format!(
+                            "the partial output holds {have} bytes, the checkpoint says {len}:                              it was changed or removed since"
+                        )),
+                    ));
+                }
+                file.set_len(len).map_err(io)?;
+                file.seek(SeekFrom::End(0)).map_err(io)?;
+                self.len = len;
+                self.checkpointed_len = len;
+                self.keep_partial = true;
+                file
+            }
+            None => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(io)?,
+        };
+        self.partial = Some(BufWriter::with_capacity(1 << 16, file));
         Ok(())
     }
 
-    fn write(&mut self, _epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
-        let Some(mut file) = self.file.take() else {
-            return Err(Error::io(
-                &self.path,
-                std::io::Error::other("file sink written before open or after close"),
-            ));
-        };
-        let mut result = Ok(());
-        for e in records.drain(..) {
-            if let Err(err) = self.encode(&e.data) {
-                result = Err(err);
+    fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
+        let buf = self.pending.entry(epoch.0).or_default();
+        let mut failed = None;
+        for e in records.iter() {
+            let start = buf.len();
+            if let Err(err) = serde_json::to_writer(&mut *buf, &e.data) {
+                buf.truncate(start);
+                failed = Some(err);
                 break;
             }
+            buf.push(b'\n');
         }
         records.clear();
-        if result.is_ok() && !self.sorted {
-            result = file.write_all(&self.buf);
-            self.buf.clear();
+        match failed {
+            Some(err) => Err(encode_error(&self.path, err)),
+            None => Ok(()),
         }
-        self.file = Some(file);
-        result
+    }
+
+    fn epoch_done(&mut self, epoch: Epoch) -> Result<()> {
+        self.write_through(epoch.0)
+    }
+
+    fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
+        // Every epoch up to `through` is complete (and written); make it durable.
+        self.write_through(through.0)?;
+        let partial = self.partial_path()?;
+        if let Some(out) = self.partial.as_mut() {
+            out.flush().map_err(|e| Error::io(&partial, e))?;
+            out.get_ref()
+                .sync_data()
+                .map_err(|e| Error::io(&partial, e))?;
+        }
+        if let Some((_, &len)) = self.len_at.range(..=through.0).next_back() {
+            self.checkpointed_len = len;
+        }
+        self.len_at.retain(|&e, _| e > through.0);
+        self.keep_partial = true;
+        Ok(Some(encode(&self.checkpointed_len)?))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        self.resume_len = Some(decode(state)?);
+        Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());
         }
-        let mut file = match self.file.take() {
-            Some(f) => f,
-            None => AtomicFile::create(&self.path)?,
-        };
-        self.closed = true;
-        if self.sorted {
-            let buf = std::mem::take(&mut self.buf);
-            let mut lines = std::mem::take(&mut self.lines);
-            // Compare without the newline each line ends with.
-            lines.sort_unstable_by(|a, b| buf[a.0..a.1 - 1].cmp(&buf[b.0..b.1 - 1]));
-            for (start, end) in lines {
-                file.write_all(&buf[start..end])?;
-            }
-        } else {
-            file.write_all(&self.buf)?;
-            self.buf.clear();
+        if self.partial.is_none() {
+            Sink::<T>::open(self, &SinkContext::detached("file"))?;
         }
-        file.commit()
+        self.write_through(u64::MAX)?;
+        self.closed = true;
+        let partial = self.partial_path()?;
+        let out = self.partial.take().expect("opened");
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&partial, e.into_error()))?;
+        if self.sorted {
+            drop(file);
+            let mut buf = Vec::new();
+            File::open(&partial)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(|e| Error::io(&partial, e))?;
+            let mut lines: Vec<&[u8]> = buf.split_inclusive(|&b| b == b'\n').collect();
+            // Compare without the newline each line ends with.
+            lines.sort_unstable_by(|a, b| a[..a.len() - 1].cmp(&b[..b.len() - 1]));
+            let mut target = AtomicFile::create(&self.path)?;
+            for line in lines {
+                target.write_all(line)?;
+            }
+            target.commit()?;
+            let _ = std::fs::remove_file(&partial);
+        } else {
+            file.sync_all().map_err(|e| Error::io(&partial, e))?;
+            drop(file);
+            std::fs::rename(&partial, &self.path).map_err(|e| Error::io(&self.path, e))?;
+            sync_dir(&self.path);
+        }
+        Ok(())
     }
 
     fn abort(&mut self) {
         self.closed = true;
-        self.buf = Vec::new();
-        self.lines = Vec::new();
-        if let Some(file) = self.file.take() {
-            file.discard();
+        self.pending.clear();
+        self.remove_partial();
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if !self.closed && self.partial.is_some() {
+            self.remove_partial();
         }
     }
 }

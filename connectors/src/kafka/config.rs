@@ -318,6 +318,13 @@ pub struct KafkaSinkConfig {
     /// fails the job (`message.timeout.ms`). Default `"60s"`.
     #[serde(default = "default_delivery_timeout", with = "duration")]
     pub delivery_timeout: Duration,
+    /// Write each result exactly once across crashes and restarts (needs checkpoints): results
+    /// are held until a checkpoint covering them is complete, then written with a header
+    /// naming them; a restarted run reads back what its instance wrote since the checkpoint
+    /// and skips it. Results appear one checkpoint interval later than at least once. No
+    /// Kafka transactions are used. Default `false` (at least once).
+    #[serde(default)]
+    pub exactly_once: bool,
 }
 
 fn default_true() -> bool {
@@ -352,6 +359,7 @@ impl KafkaSinkConfig {
             batch_records: default_batch_records(),
             batch_bytes: default_batch_bytes(),
             delivery_timeout: default_delivery_timeout(),
+            exactly_once: false,
         }
     }
 

@@ -102,6 +102,8 @@ pub(crate) struct ProducerEvents {
     pub(crate) client: ClientEvents,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    /// Per partition, the offset after the last record delivered.
+    delivered: Mutex<std::collections::BTreeMap<i32, i64>>,
 }
 
 impl ProducerEvents {
@@ -110,7 +112,13 @@ impl ProducerEvents {
             client: ClientEvents::new(client),
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
+            delivered: Mutex::new(Default::default()),
         }
+    }
+
+    /// Per partition, the offset after the last record delivered so far.
+    pub(crate) fn delivered(&self) -> std::collections::BTreeMap<i32, i64> {
+        self.delivered.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// Records that librdkafka gave up on, and why the first one failed.
@@ -144,7 +152,12 @@ impl ProducerContext for ProducerEvents {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
         match result {
-            Ok(_) => {}
+            Ok(m) => {
+                if let Ok(mut d) = self.delivered.lock() {
+                    let next = d.entry(m.partition()).or_insert(0);
+                    *next = (*next).max(m.offset() + 1);
+                }
+            }
             Err((e, msg)) => {
                 let n = self.failed.fetch_add(1, Ordering::Relaxed);
                 if n == 0 {

@@ -9,7 +9,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use runnel_engine::{Counter, DeadLetter, Epoch, Error, Event, Result, Sink, SinkContext};
-use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use runnel_engine::recovery::{decode, encode};
+use serde::{Deserialize, Serialize};
 
 use super::config::{format_duration, KafkaConfig, KafkaSinkConfig};
 use super::metrics::ProducerEvents;
@@ -79,6 +85,8 @@ pub struct KafkaSink<T> {
     producer: Option<BaseProducer<ProducerEvents>>,
     /// Bytes of values written, and waits on a full producer queue.
     counters: Option<(Arc<Counter>, Arc<Counter>)>,
+    /// Exactly-once mode: what is held back until checkpoints complete.
+    eo: Eo,
     name: String,
     value: Vec<u8>,
     key_buf: Vec<u8>,
@@ -103,6 +111,7 @@ impl<T> Clone for KafkaSink<T> {
             headers: self.headers.clone(),
             producer: None,
             counters: None,
+            eo: Eo::default(),
             name: String::new(),
             value: Vec::new(),
             key_buf: Vec::new(),
@@ -162,6 +171,43 @@ impl KafkaSink<Vec<u8>> {
     }
 }
 
+/// The header an exactly-once record carries: `<sink>/<worker>:<checkpoint>:<n>`.
+pub const EXACTLY_ONCE_HEADER: &str = "runnel.eo";
+
+/// A record held back in exactly-once mode.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct HeldRecord {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    ts: Option<i64>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Exactly-once mode's state (see [`KafkaSinkConfig::exactly_once`]).
+#[derive(Debug, Default)]
+struct Eo {
+    /// This instance's name in the header: `<sink>/<worker>`.
+    instance: String,
+    /// Records of epochs no checkpoint covers yet.
+    open: BTreeMap<u64, Vec<HeldRecord>>,
+    /// Records covered by a checkpoint, by its id, to write once it is complete.
+    sealed: BTreeMap<u64, Vec<HeldRecord>>,
+    /// Restored: where to start reading back what this instance already wrote.
+    restored_from: Option<BTreeMap<i32, i64>>,
+    /// Restored: the `(checkpoint, n)` already in the topic.
+    present: HashSet<(u64, u64)>,
+    /// Restored: where the previous runs' deliveries ended, per partition.
+    delivered_before: BTreeMap<i32, i64>,
+}
+
+/// What a checkpoint keeps of [`Eo`].
+#[derive(Serialize, Deserialize)]
+struct EoState {
+    sealed: BTreeMap<u64, Vec<HeldRecord>>,
+    /// Per partition, the offset after the last record this instance had delivered.
+    delivered: BTreeMap<i32, i64>,
+}
+
 /// The raw record, as it was read (lossily as UTF-8).
 fn encode_dead_letter(d: &DeadLetter, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
     buf.extend_from_slice(d.raw.as_bytes());
@@ -202,6 +248,7 @@ impl<T> KafkaSink<T> {
             headers: None,
             producer: None,
             counters: None,
+            eo: Eo::default(),
             name: String::new(),
             value: Vec::new(),
             key_buf: Vec::new(),
@@ -238,6 +285,13 @@ impl<T> KafkaSink<T> {
         self
     }
 
+    /// Writes each result exactly once across crashes and restarts (see
+    /// [`KafkaSinkConfig::exactly_once`]; the run must take checkpoints).
+    pub fn exactly_once(mut self) -> Self {
+        self.config.exactly_once = true;
+        self
+    }
+
     /// Turns the idempotent producer on or off (default on).
     pub fn idempotence(mut self, on: bool) -> Self {
         self.config.idempotence = on;
@@ -261,6 +315,171 @@ impl<T> KafkaSink<T> {
             sink: self.name.clone(),
             reason,
         }
+    }
+
+    /// Exactly-once mode: encodes `records` and holds them until a checkpoint covers them.
+    fn hold(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
+        let held = self.eo.open.entry(epoch.0).or_default();
+        for e in records.drain(..) {
+            let mut value = Vec::new();
+            if let Err(reason) = (self.encode)(&e.data, &mut value) {
+                return Err(Error::Sink {
+                    sink: self.name.clone(),
+                    reason: format!(
+                        "cannot encode a record for topic '{}': {reason}",
+                        self.config.topic
+                    ),
+                });
+            }
+            let mut key = Vec::new();
+            let has_key = self.key.as_ref().is_some_and(|k| k(&e.data, &mut key));
+            held.push(HeldRecord {
+                key: has_key.then_some(key),
+                value,
+                ts: (e.ts >= 0).then_some(e.ts),
+                headers: self
+                    .headers
+                    .as_ref()
+                    .map(|h| h(&e.data))
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the records of every sealed checkpoint up to `id`, skipping those a restored
+    /// run found already in the topic.
+    fn send_sealed(&mut self, id: u64) -> Result<()> {
+        let later = self.eo.sealed.split_off(&(id.saturating_add(1)));
+        let due = std::mem::replace(&mut self.eo.sealed, later);
+        let Some(producer) = self.producer.as_ref() else {
+            return Err(self.error("the Kafka sink was written before open".into()));
+        };
+        let topic = self.config.topic.as_str();
+        for (ckpt, records) in due {
+            for (n, r) in records.iter().enumerate() {
+                if self.eo.present.contains(&(ckpt, n as u64)) {
+                    continue;
+                }
+                let tag = format!("{}:{ckpt}:{n}", self.eo.instance);
+                let mut headers = OwnedHeaders::new();
+                for (k, v) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(&v[..]),
+                    });
+                }
+                headers = headers.insert(Header {
+                    key: EXACTLY_ONCE_HEADER,
+                    value: Some(tag.as_bytes()),
+                });
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(topic).payload(&r.value[..]).headers(headers);
+                if let Some(k) = &r.key {
+                    record = record.key(&k[..]);
+                }
+                if let Some(ts) = r.ts {
+                    record = record.timestamp(ts);
+                }
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            producer.poll(Duration::from_millis(5));
+                            if producer.context().failures().is_some() {
+                                break;
+                            }
+                        }
+                        Err((err, _)) => {
+                            return Err(Error::Sink {
+                                sink: self.name.clone(),
+                                reason: format!("cannot send a record to topic '{topic}': {err}"),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        self.check_deliveries()
+    }
+
+    /// Reads the topic from `from` (per partition; the beginning where it has none) to its end
+    /// and returns the `(checkpoint, n)` of this instance's records in it.
+    fn read_back(&self, from: &BTreeMap<i32, i64>) -> Result<HashSet<(u64, u64)>> {
+        let kafka = &self.config.kafka;
+        let topic = &self.config.topic;
+        let fail = |what: String| self.error(format!("reading back topic '{topic}': {what}"));
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &kafka.bootstrap)
+            .set("group.id", "runnel-exactly-once-readback")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.queue.backoff.ms", "0");
+        for (k, v) in &kafka.librdkafka_options {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer = cfg.create().map_err(|e| fail(e.to_string()))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), kafka.request_timeout)
+            .map_err(|e| fail(e.to_string()))?;
+        let parts: Vec<i32> = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        for &p in &parts {
+            let at = match from.get(&p) {
+                Some(&o) => Offset::Offset(o),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(topic, p, at)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
+        let prefix = format!("{}:", self.eo.instance);
+        let mut present = HashSet::new();
+        let mut ended = HashSet::new();
+        let mut last = std::time::Instant::now();
+        while ended.len() < parts.len() {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    last = std::time::Instant::now();
+                    ended.remove(&m.partition());
+                    let Some(hs) = m.headers() else { continue };
+                    for h in hs.iter() {
+                        if h.key != EXACTLY_ONCE_HEADER {
+                            continue;
+                        }
+                        let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+                            continue;
+                        };
+                        if let Some(rest) = v.strip_prefix(&prefix) {
+                            if let Some((c, n)) = rest.split_once(':') {
+                                if let (Ok(c), Ok(n)) = (c.parse(), n.parse()) {
+                                    present.insert((c, n));
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                Some(Err(e)) => tracing::warn!("reading back topic '{topic}': {e}"),
+                None => {}
+            }
+            if last.elapsed() > kafka.request_timeout.max(Duration::from_secs(30)) {
+                return Err(fail(format!(
+                    "no record and no end of partition for {} s",
+                    last.elapsed().as_secs()
+                )));
+            }
+        }
+        Ok(present)
     }
 
     /// The first delivery failure, as the error the job fails with.
@@ -325,7 +544,26 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 kafka.bootstrap
             )));
         }
+        if self.config.exactly_once {
+            if !ctx.checkpoints {
+                return Err(self.error(
+                    "exactly_once needs checkpoints: run the job with checkpoints on \
+                     (runnel run --checkpoint-every ...)"
+                        .to_string(),
+                ));
+            }
+            self.eo.instance = format!("{}/{}", ctx.name, ctx.worker);
+        }
         self.producer = Some(producer);
+        if let Some(from) = self.eo.restored_from.take() {
+            // Restored: what this instance already wrote of the checkpoints it holds is in
+            // the topic; find it, then write the rest.
+            self.eo.present = self.read_back(&from)?;
+            let ids: Vec<u64> = self.eo.sealed.keys().copied().collect();
+            if let Some(&last) = ids.last() {
+                self.send_sealed(last)?;
+            }
+        }
         self.counters = Some((
             ctx.metrics
                 .counter(&format!("{}.kafka.bytes_out", ctx.name)),
@@ -335,8 +573,11 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         Ok(())
     }
 
-    fn write(&mut self, _epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
+    fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
         self.check_deliveries()?;
+        if self.config.exactly_once {
+            return self.hold(epoch, records);
+        }
         let KafkaSink {
             config,
             encode,
@@ -347,6 +588,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             name,
             value,
             key_buf,
+            eo: _,
         } = self;
         let mut bytes = 0u64;
         let mut waits = 0u64;
@@ -429,7 +671,66 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.check_deliveries()
     }
 
+    fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
+        if !self.config.exactly_once {
+            return Ok(None);
+        }
+        // What was written before is delivered (so `delivered` is where a read-back starts).
+        if let Some(p) = &self.producer {
+            let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
+            p.flush(timeout)
+                .map_err(|e| self.error(format!("cannot flush before a checkpoint: {e}")))?;
+        }
+        self.check_deliveries()?;
+        let later = self.eo.open.split_off(&(through.0.saturating_add(1)));
+        let covered = std::mem::replace(&mut self.eo.open, later);
+        if !covered.is_empty() {
+            let sealed = self.eo.sealed.entry(through.0).or_default();
+            for (_, mut records) in covered {
+                sealed.append(&mut records);
+            }
+        }
+        let mut delivered = self.eo.delivered_before.clone();
+        if let Some(p) = &self.producer {
+            for (part, next) in p.context().delivered() {
+                let d = delivered.entry(part).or_insert(next);
+                *d = (*d).max(next);
+            }
+        }
+        let state = EoState {
+            sealed: self.eo.sealed.clone(),
+            delivered,
+        };
+        Ok(Some(encode(&state)?))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let state: EoState = decode(state)?;
+        self.eo.sealed = state.sealed;
+        self.eo.delivered_before = state.delivered.clone();
+        self.eo.restored_from = Some(state.delivered);
+        Ok(())
+    }
+
+    fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
+        if self.config.exactly_once {
+            self.send_sealed(id)?;
+        }
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<()> {
+        if self.config.exactly_once && !(self.eo.open.is_empty() && self.eo.sealed.is_empty()) {
+            return Err(self.error(format!(
+                "{} result(s) were never covered by a complete checkpoint (exactly_once)",
+                self.eo
+                    .open
+                    .values()
+                    .chain(self.eo.sealed.values())
+                    .map(Vec::len)
+                    .sum::<usize>()
+            )));
+        }
         let Some(producer) = &self.producer else {
             return Ok(());
         };

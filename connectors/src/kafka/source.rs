@@ -377,7 +377,35 @@ impl<T: Data> Source for KafkaSource<T> {
             .initial
             .as_ref()
             .is_some_and(|first| !first.contains(&(topic.clone(), p)));
-        let reader = client.open(&self.config, &topic, p, discovered, self.decode)?;
+        let start = if discovered {
+            Some(Offset::Beginning)
+        } else {
+            None
+        };
+        let reader = client.open(&self.config, &topic, p, start, self.decode)?;
+        Ok(Box::new(reader))
+    }
+
+    /// Seeks straight to `next` (restoring a checkpoint).
+    fn resume(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+        next: u64,
+    ) -> Result<Box<dyn PartitionReader<T>>> {
+        if self.client.is_none() {
+            self.partitions(ctx)?;
+        }
+        let client = self.client.clone().expect("connected by partitions()");
+        let Some((topic, p)) = self.partitions.get(partition.0 as usize).cloned() else {
+            return Err(client.error(format!(
+                "there are {} partitions, cannot resume partition {}",
+                self.partitions.len(),
+                partition.0
+            )));
+        };
+        let start = Some(Offset::Offset(next as i64));
+        let reader = client.open(&self.config, &topic, p, start, self.decode)?;
         Ok(Box::new(reader))
     }
 }
@@ -643,7 +671,7 @@ impl WorkerClient {
         config: &KafkaSourceConfig,
         topic: &str,
         partition: i32,
-        discovered: bool,
+        start: Option<Offset>,
         decode: Decode<T>,
     ) -> Result<KafkaPartitionReader<T>> {
         let at = |what: &str, e: KafkaError| {
@@ -657,8 +685,9 @@ impl WorkerClient {
         // The offset to assign. Only explicit lookups are made here; librdkafka resolves
         // the logical offsets (beginning, end, stored) itself.
         let offset = match config.start {
-            // A partition that appeared while the job ran holds only new records.
-            _ if discovered => Offset::Beginning,
+            // A checkpoint's offset, or the beginning of a partition that appeared while the
+            // job ran (it holds only new records).
+            _ if start.is_some() => start.expect("checked"),
             StartAt::Earliest => Offset::Beginning,
             StartAt::Latest => Offset::End,
             StartAt::Timestamp(ts) => {

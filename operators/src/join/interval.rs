@@ -144,6 +144,14 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), Joined<K, L
         }
     }
 
+    fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
+        self.state.to_bytes()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
+        self.state.restore_bytes(state)
+    }
+
     fn on_epoch_end(
         &mut self,
         wm: Watermark,

@@ -139,6 +139,17 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoine
         }
     }
 
+    fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
+        runnel_engine::recovery::encode(&(self.state.to_bytes()?, &self.fire))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
+        let (entries, fire): (Vec<u8>, _) = runnel_engine::recovery::decode(state)?;
+        self.state.restore_bytes(&entries)?;
+        self.fire = fire;
+        Ok(())
+    }
+
     fn on_epoch_end(
         &mut self,
         wm: Watermark,

@@ -75,6 +75,14 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
         }
     }
 
+    fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
+        self.state.to_bytes()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
+        self.state.restore_bytes(state)
+    }
+
     fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<(K, V), WindowResult<K, A::Out>>) {
         if wm == WATERMARK_MAX {
             for (k, acc) in self.state.drain() {

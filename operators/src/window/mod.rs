@@ -491,6 +491,23 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         }
     }
 
+    fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
+        runnel_engine::recovery::encode(&(
+            self.state.to_bytes()?,
+            &self.fire,
+            &self.expire,
+            &self.dirty,
+        ))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
+        let (entries, fire, expire, dirty): (Vec<u8>, _, _, _) =
+            runnel_engine::recovery::decode(state)?;
+        self.state.restore_bytes(&entries)?;
+        (self.fire, self.expire, self.dirty) = (fire, expire, dirty);
+        Ok(())
+    }
+
     fn on_epoch_end(
         &mut self,
         wm: Watermark,

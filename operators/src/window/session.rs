@@ -139,6 +139,14 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
         sessions.insert(pos, merged);
     }
 
+    fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
+        self.state.to_bytes()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
+        self.state.restore_bytes(state)
+    }
+
     fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<(K, V), WindowResult<K, A::Out>>) {
         let lateness = self.lateness;
         let agg = &self.agg;

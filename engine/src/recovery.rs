@@ -1,0 +1,369 @@
+//! Taking checkpoints while a job runs, and restoring a job from one.
+//!
+//! # The protocol
+//! Checkpoint epochs are the multiples of `every` epochs (the run's checkpoint interval divided
+//! by its epoch interval), so every worker knows them without talking. For checkpoint epoch `c`,
+//! every *participant* of a worker (each source instance, stateful operator instance and sink
+//! instance) hands in its state as of the end of epoch `c`:
+//! * a source when it cuts epoch `c`: for each partition it reads, the offset after the last
+//!   record of epoch `c` and its event-time progress;
+//! * a stateful operator once its input frontier has passed `c`, before it applies any record of
+//!   a later epoch;
+//! * a sink once its input frontier has passed `c` (only records of epochs `<= c`).
+//!
+//! Once every participant of a worker has handed in, the worker writes its part (`w<index>`) to
+//! the [`CheckpointStore`]. Global worker 0 commits checkpoint `c` (its manifest) once every
+//! worker's part is in the store, then keeps the newest `keep` checkpoints. So a checkpoint is
+//! complete only when all state of one epoch is durable, and a crash at any moment leaves the
+//! previous complete one usable.
+//!
+//! # Restore
+//! A restored worker reads its own part of the checkpoint. Each participant looks up its entry
+//! by operator name: a source resumes its partitions after their offsets, a stateful operator
+//! and a sink restore their state. An entry whose state type differs from the operator's (the
+//! job changed) is refused with an error naming the operator; an operator with no entry (new
+//! in the job) starts empty; entries of operators no longer in the job are ignored with a
+//! warning. Every source starts at epoch `c + 1`. The worker count must be the one the
+//! checkpoint was taken with (state is spread over workers by key).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointInfo, CheckpointStore};
+use crate::error::{Error, Result};
+
+/// Which checkpoint a run starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Restore {
+    /// The newest complete checkpoint, if there is one (the default).
+    #[default]
+    Latest,
+    /// None: start over (existing checkpoints are removed).
+    Fresh,
+    /// This checkpoint id (an error if it is missing or unusable).
+    Id(u64),
+}
+
+/// A run's checkpoint settings.
+#[derive(Clone, Debug)]
+pub struct CheckpointOptions {
+    /// Where checkpoints go.
+    pub store: Arc<dyn CheckpointStore>,
+    /// How often to take one (rounded to whole epochs; at least one epoch).
+    pub every: Duration,
+    /// How many complete checkpoints to keep.
+    pub keep: usize,
+    /// Which one to start from.
+    pub restore: Restore,
+}
+
+impl CheckpointOptions {
+    /// Checkpoints in `store` every `every`, keeping 3, resuming from the latest.
+    pub fn new(store: Arc<dyn CheckpointStore>, every: Duration) -> Self {
+        CheckpointOptions {
+            store,
+            every,
+            keep: 3,
+            restore: Restore::Latest,
+        }
+    }
+}
+
+/// The id of the checkpoint a job takes when its input has ended (every source finished):
+/// after it, only the sinks' last writes remain, so a crash while they happen resumes there.
+pub const FINAL: u64 = u64::MAX / 2;
+
+/// One operator's state in a worker's part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    /// The state's type (a Rust type name), checked on restore.
+    pub(crate) kind: String,
+    /// The state.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// A worker's part of a checkpoint: operator name -> state.
+type Part = BTreeMap<String, Entry>;
+
+/// What one worker knows about checkpoints (shared by its operators through the flow).
+pub(crate) struct Recovery {
+    store: Arc<dyn CheckpointStore>,
+    every_epochs: u64,
+    keep: usize,
+    job: String,
+    worker: usize,
+    workers: usize,
+    participants: usize,
+    /// Checkpoints being assembled on this worker.
+    pending: BTreeMap<u64, Part>,
+    /// Worker 0: checkpoints whose own part is written, waiting for the other workers'.
+    awaiting: BTreeSet<u64>,
+    /// The checkpoint this worker was restored from, and its part.
+    restored: Option<(u64, Part)>,
+    /// Operator names that looked up their state (the rest are reported as unused).
+    claimed: BTreeSet<String>,
+    /// The newest checkpoint known to be complete, and when the store was last asked.
+    committed: u64,
+    last_asked: Option<std::time::Instant>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Serializes a state (bincode).
+pub fn encode<T: Serialize>(t: &T) -> Result<Vec<u8>> {
+    bincode::serialize(t).map_err(|e| Error::Runtime(format!("cannot serialize state: {e}")))
+}
+
+/// Deserializes a state [`encode`] wrote.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::deserialize(bytes).map_err(|e| Error::Runtime(format!("cannot read state: {e}")))
+}
+
+impl Recovery {
+    /// The recovery of worker `worker` of `workers`, restored from `restored` (its id and this
+    /// worker's part), checkpointing every `every_epochs`.
+    pub(crate) fn new(
+        options: &CheckpointOptions,
+        every_epochs: u64,
+        job: &str,
+        worker: usize,
+        workers: usize,
+        restored: Option<(u64, Vec<u8>)>,
+    ) -> Result<Self> {
+        let restored = match restored {
+            Some((id, bytes)) => {
+                let part: Part = decode(&bytes).map_err(|e| {
+                    Error::Runtime(format!(
+                        "checkpoint {id}: the part of worker {worker} cannot be read: {e}"
+                    ))
+                })?;
+                Some((id, part))
+            }
+            None => None,
+        };
+        Ok(Recovery {
+            store: options.store.clone(),
+            every_epochs: every_epochs.max(1),
+            keep: options.keep.max(1),
+            job: job.to_string(),
+            worker,
+            workers,
+            participants: 0,
+            pending: BTreeMap::new(),
+            awaiting: BTreeSet::new(),
+            committed: restored.as_ref().map_or(0, |(id, _)| *id),
+            restored,
+            claimed: BTreeSet::new(),
+            last_asked: None,
+        })
+    }
+
+    /// The newest checkpoint known to be complete (asking the store at most every 20 ms).
+    pub(crate) fn committed(&mut self) -> u64 {
+        if self
+            .last_asked
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(20))
+        {
+            self.last_asked = Some(std::time::Instant::now());
+            if let Ok(Some(id)) = self.store.newest_complete_id() {
+                self.committed = self.committed.max(id);
+            }
+        }
+        self.committed
+    }
+
+    /// Waits until checkpoint `id` is complete (worker 0 commits it when every part is in),
+    /// up to `limit`.
+    pub(crate) fn wait_committed(&mut self, id: u64, limit: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            self.poll()?;
+            self.last_asked = None;
+            if self.committed() >= id {
+                return Ok(());
+            }
+            if start.elapsed() >= limit {
+                return Err(Error::Runtime(format!(
+                    "checkpoint {id} was not complete after {} s (a worker did not hand in                      its state)",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Registers a participant (at build time).
+    pub(crate) fn register(&mut self) {
+        self.participants += 1;
+    }
+
+    /// The epoch the run resumes after (0 for a fresh run).
+    pub(crate) fn resumed_epoch(&self) -> u64 {
+        self.restored.as_ref().map_or(0, |(id, _)| *id)
+    }
+
+    /// Whether `epoch` is a checkpoint epoch.
+    pub(crate) fn is_checkpoint(&self, epoch: u64) -> bool {
+        epoch > 0 && epoch.is_multiple_of(self.every_epochs)
+    }
+
+    /// The checkpoint epochs in `(after, through]`.
+    pub(crate) fn due(&self, after: u64, through: u64) -> Vec<u64> {
+        if through <= after || through >= u64::MAX - 1 {
+            return Vec::new();
+        }
+        let first = (after / self.every_epochs + 1) * self.every_epochs;
+        (first..=through)
+            .step_by(self.every_epochs as usize)
+            .collect()
+    }
+
+    /// The state operator `name` had in the restored checkpoint, if any, checked against `kind`.
+    pub(crate) fn restored_state(&mut self, name: &str, kind: &str) -> Result<Option<Vec<u8>>> {
+        let Some((id, part)) = &self.restored else {
+            return Ok(None);
+        };
+        self.claimed.insert(name.to_string());
+        match part.get(name) {
+            None => Ok(None),
+            Some(e) if e.kind == kind => Ok(Some(e.bytes.clone())),
+            Some(e) => Err(Error::InvalidJob {
+                job: self.job.clone(),
+                reason: format!(
+                    "operator '{name}' cannot start from checkpoint {id}: its state there is a \
+                     {}, the job's operator now keeps a {kind} (start with --fresh, or rename \
+                     the operator to start it empty)",
+                    e.kind
+                ),
+            }),
+        }
+    }
+
+    /// Warns about restored state no operator claimed (called once the flow is built).
+    pub(crate) fn report_unclaimed(&self) {
+        if let Some((id, part)) = &self.restored {
+            for name in part.keys() {
+                if !self.claimed.contains(name) {
+                    tracing::warn!(
+                        "checkpoint {id} has state for operator '{name}', which the job no \
+                         longer has; it is ignored"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Operator `name` hands in its state for checkpoint `id`. Writes the worker's part when
+    /// it is the last participant to do so.
+    pub(crate) fn contribute(
+        &mut self,
+        id: u64,
+        name: &str,
+        kind: &str,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        if id <= self.resumed_epoch() {
+            // Already complete: this run started from it (or from a later one).
+            return Ok(());
+        }
+        let part = self.pending.entry(id).or_default();
+        part.insert(
+            name.to_string(),
+            Entry {
+                kind: kind.to_string(),
+                bytes,
+            },
+        );
+        if part.len() < self.participants {
+            return Ok(());
+        }
+        let part = self.pending.remove(&id).expect("present");
+        // Older checkpoints this worker could not finish will never be: drop them.
+        self.pending.retain(|&k, _| k > id);
+        let bytes = encode(&part)?;
+        self.store
+            .write_part(id, &format!("w{}", self.worker), &bytes)?;
+        if self.worker == 0 {
+            self.awaiting.insert(id);
+        }
+        self.poll()
+    }
+
+    /// Worker 0: commits the checkpoints whose every part is written.
+    pub(crate) fn poll(&mut self) -> Result<()> {
+        if self.worker != 0 || self.awaiting.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<String> = (0..self.workers).map(|w| format!("w{w}")).collect();
+        let ready: Vec<u64> = self
+            .awaiting
+            .iter()
+            .copied()
+            .filter(|&id| parts.iter().all(|p| self.store.has_part(id, p)))
+            .collect();
+        let Some(&newest) = ready.last() else {
+            return Ok(());
+        };
+        let mut meta = BTreeMap::new();
+        meta.insert("job".to_string(), self.job.clone());
+        meta.insert("workers".to_string(), self.workers.to_string());
+        meta.insert("created_ms".to_string(), now_ms().to_string());
+        self.store.commit(newest, newest, &parts, meta)?;
+        self.committed = self.committed.max(newest);
+        self.awaiting.retain(|&id| id > newest);
+        self.store.retain(self.keep)?;
+        tracing::debug!("checkpoint {newest} complete");
+        Ok(())
+    }
+}
+
+/// Picks the checkpoint a run starts from, or none; `workers` is the run's total.
+pub(crate) fn choose(
+    options: &CheckpointOptions,
+    workers: usize,
+) -> Result<Option<CheckpointInfo>> {
+    let info = match options.restore {
+        Restore::Fresh => {
+            options.store.clear()?;
+            return Ok(None);
+        }
+        Restore::Latest => match options.store.latest()? {
+            Some(i) => i,
+            None => {
+                options.store.discard_after(None)?;
+                return Ok(None);
+            }
+        },
+        Restore::Id(id) => options.store.get(id)?,
+    };
+    let taken_with = info
+        .meta
+        .get("workers")
+        .and_then(|w| w.parse::<usize>().ok());
+    if let Some(w) = taken_with {
+        if w != workers {
+            return Err(Error::Runtime(format!(
+                "checkpoint {} was taken with {w} workers; this run has {workers}. Run with \
+                 {w} workers to resume from it, or start over with --fresh",
+                info.id
+            )));
+        }
+    }
+    // Checkpoint ids are epochs: what lies after this one belongs to the history about to be
+    // replayed.
+    options.store.discard_after(Some(info.id))?;
+    Ok(Some(info))
+}
+
+/// The flow's handle on recovery (none when checkpoints are off).
+pub(crate) type SharedRecovery = Option<RefCell<Recovery>>;

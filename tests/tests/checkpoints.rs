@@ -1,0 +1,163 @@
+//! Checkpoints in one process: a windowed job stopped midway resumes from its last complete
+//! checkpoint and ends with the output an uninterrupted run gives (each window once), which the
+//! test checks against the generator's formulas; a changed job keeps the state it can read and
+//! refuses, naming the operator, the state it cannot.
+//!
+//! (The crash tests, with real processes killed by SIGKILL, are in `jobs/tests/`.)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runnel_connectors::{Bid, BidGenerator, FileSink};
+use runnel_engine::checkpoint::{CheckpointStore, LocalDirStore};
+use runnel_engine::{run, CheckpointOptions, Error, Job, Restore, RunOptions, SourceOptions};
+use runnel_operators::prelude::*;
+
+const EVENTS: u64 = 120_000;
+const WINDOW_MS: u64 = 1_000;
+
+/// Per auction, bids and max price per 1 s window, to a sorted JSON-lines file. `variant`
+/// changes the window's aggregate (a different state type) for the incompatible-job test.
+fn job(out: &Path, rate: u64, variant: bool) -> Job {
+    let out = out.to_path_buf();
+    Job::new("ckpt", "windows with checkpoints", move |flow| {
+        let bids = flow.source(
+            "bids",
+            BidGenerator::new(EVENTS).partitions(4).rate(rate),
+            SourceOptions::new(),
+        )?;
+        let keyed = bids.key_by(|b: &Bid| b.auction);
+        let window = keyed
+            .window(Tumbling::of(Duration::from_millis(WINDOW_MS)))
+            .named("per-auction");
+        if variant {
+            window
+                .aggregate(Count)?
+                .map(|r| (r.key, r.start, r.value, 0u64))
+                .sink("out", FileSink::json(&out).sorted())
+        } else {
+            window
+                .aggregate((Count, Max::of(|b: &Bid| b.price)))?
+                .map(|r| (r.key, r.start, r.value.0, r.value.1))
+                .sink("out", FileSink::json(&out).sorted())
+        }
+    })
+}
+
+/// The expected lines, from the generator's formulas: `[auction, start, count, max]`.
+fn expected() -> Vec<(u64, i64, u64, u64)> {
+    let mut m: BTreeMap<(u64, i64), (u64, u64)> = BTreeMap::new();
+    for seq in 0..EVENTS {
+        let b = Bid::at(seq);
+        let start = b.event_time_ms - b.event_time_ms.rem_euclid(WINDOW_MS as i64);
+        let e = m.entry((b.auction, start)).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(b.price);
+    }
+    m.into_iter().map(|((a, s), (c, x))| (a, s, c, x)).collect()
+}
+
+fn read_lines(path: &Path) -> Vec<(u64, i64, u64, u64)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut v: Vec<(u64, i64, u64, u64)> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn options(store: &Arc<LocalDirStore>, restore: Restore) -> RunOptions {
+    RunOptions {
+        workers: 2,
+        epoch_interval: Duration::from_millis(10),
+        checkpoint: Some(CheckpointOptions {
+            store: store.clone(),
+            every: Duration::from_millis(50),
+            keep: 2,
+            restore,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs `job` until checkpoint `n` or later is complete, then stops it (Ctrl-C).
+fn run_until_checkpoint(job: &Job, opts: RunOptions, store: &Arc<LocalDirStore>, n: usize) {
+    let stop = opts.stop.clone();
+    let store2 = store.clone();
+    let watcher = std::thread::spawn(move || {
+        let t = Instant::now();
+        while store2.list().map(|l| l.len()).unwrap_or(0) < n {
+            assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    run(job, opts).expect("the first run");
+    watcher.join().unwrap();
+}
+
+#[test]
+fn a_stopped_job_resumes_from_its_checkpoint_with_each_result_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "ckpt").unwrap());
+    let out = dir.path().join("out.jsonl");
+    // 120k events at 100k/s: the first run is stopped well before the end.
+    let j = job(&out, 100_000, false);
+    run_until_checkpoint(&j, options(&store, Restore::Latest), &store, 2);
+    assert!(!out.exists(), "a suspended run writes no output file");
+    let resumed_from = store.latest().unwrap().expect("a checkpoint").epoch;
+    assert!(resumed_from > 0);
+
+    let summary = run(&j, options(&store, Restore::Latest)).expect("the resumed run");
+    assert!(
+        summary.events_in < EVENTS,
+        "the resumed run reads only what comes after the checkpoint ({} of {EVENTS})",
+        summary.events_in
+    );
+    assert_eq!(read_lines(&out), expected());
+}
+
+#[test]
+fn fresh_ignores_checkpoints_and_a_changed_state_type_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "ckpt").unwrap());
+    let out = dir.path().join("out.jsonl");
+    run_until_checkpoint(
+        &job(&out, 100_000, false),
+        options(&store, Restore::Latest),
+        &store,
+        1,
+    );
+
+    // The window's aggregate changed: its state cannot be read.
+    let err = run(&job(&out, 0, true), options(&store, Restore::Latest)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::InvalidJob { .. }), "{text}");
+    assert!(text.contains("'per-auction'"), "names the operator: {text}");
+
+    // --fresh: starts over and reads everything.
+    let summary = run(&job(&out, 0, true), options(&store, Restore::Fresh)).unwrap();
+    assert_eq!(summary.events_in, EVENTS);
+    let counts: Vec<(u64, i64, u64)> = expected()
+        .into_iter()
+        .map(|(a, s, c, _)| (a, s, c))
+        .collect();
+    let got: Vec<(u64, i64, u64)> = read_lines(&out)
+        .into_iter()
+        .map(|(a, s, c, _)| (a, s, c))
+        .collect();
+    assert_eq!(got, counts);
+}
+
+#[test]
+fn a_missing_checkpoint_id_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "ckpt").unwrap());
+    let out = dir.path().join("out.jsonl");
+    let err = run(&job(&out, 0, false), options(&store, Restore::Id(12345))).unwrap_err();
+    assert!(err.to_string().contains("12345"), "{err}");
+}
