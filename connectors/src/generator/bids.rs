@@ -120,6 +120,28 @@ impl Source for BidGenerator {
         partition: PartitionId,
         ctx: &SourceContext,
     ) -> Result<Box<dyn PartitionReader<Bid>>> {
+        self.reader(partition, ctx, None)
+    }
+
+    /// Resumes at sequence number `next` (no records to skip).
+    fn resume(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+        next: u64,
+    ) -> Result<Box<dyn PartitionReader<Bid>>> {
+        self.reader(partition, ctx, Some(next))
+    }
+}
+
+impl BidGenerator {
+    /// Partition `partition`'s reader from `next` on (its offsets are sequence numbers).
+    fn reader(
+        &self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+        next: Option<u64>,
+    ) -> Result<Box<dyn PartitionReader<Bid>>> {
         let k = self.partition_count(ctx.workers);
         let p = partition.0;
         if p >= k {
@@ -129,9 +151,13 @@ impl Source for BidGenerator {
             });
         }
         let (p, k) = (u64::from(p), u64::from(k));
-        // Records of partition p: p, p + k, ... < events.
-        let left = if p < self.events {
-            (self.events - p).div_ceil(k)
+        // Records of partition p: p, p + k, ... < events; from `next` on when resuming.
+        let first = match next {
+            Some(n) if n > p => p + (n - p).div_ceil(k) * k,
+            _ => p,
+        };
+        let left = if first < self.events {
+            (self.events - first).div_ceil(k)
         } else {
             0
         };
@@ -142,7 +168,7 @@ impl Source for BidGenerator {
             emitted: 0,
         });
         Ok(Box::new(BidReader {
-            next: p,
+            next: first,
             step: k,
             left,
             pace,
