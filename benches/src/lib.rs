@@ -9,5 +9,9 @@
 //! runnel's epochs; W2 uses the 10 s event-time window index as the timestamp, the classic timely
 //! way to window in-order data), batches of 1024, a local pre-aggregation before the exchange in
 //! W2, and counting sinks.
+//!
+//! [`kafka`] measures Kafka -> job -> Kafka against librdkafka alone consuming and producing the
+//! same records on the same broker (`runnel-bench kafka`).
 
+pub mod kafka;
 pub mod raw;

@@ -1,15 +1,19 @@
 //! `runnel-bench`: runs a workload through the job API and directly on timely, alternately, in
 //! one invocation, and prints events/s of each and their ratio (the cost of the job API).
+//! `runnel-bench kafka ...` measures Kafka -> job -> Kafka against librdkafka alone (see
+//! `runnel_benches::kafka`).
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use runnel_benches::kafka;
 use runnel_benches::raw::{self, Workload};
 use runnel_engine::{run, JobConfig, RunOptions};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: runnel-bench WORKLOAD [--workers W] [--events N] [--rounds R]\n  WORKLOAD: w0 | w1 | w2"
+        "usage: runnel-bench WORKLOAD [--workers W] [--events N] [--rounds R]\n  WORKLOAD: w0 | w1 | w2\n{}",
+        kafka::USAGE
     );
     std::process::exit(2)
 }
@@ -20,6 +24,18 @@ fn main() -> Result<()> {
         Some("w0") => Workload::W0,
         Some("w1") => Workload::W1,
         Some("w2") => Workload::W2,
+        Some("kafka") => {
+            // The connectors log through `tracing`: warnings by default, more with RUST_LOG.
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_timer(tracing_subscriber::fmt::time::uptime())
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .init();
+            return kafka::main(&kafka::Options::parse(args)?);
+        }
         _ => usage(),
     };
     let (mut workers, mut events, mut rounds) = (1usize, 0u64, 3usize);

@@ -182,26 +182,6 @@ impl Recovery {
         self.committed
     }
 
-    /// Waits until checkpoint `id` is complete (worker 0 commits it when every part is in),
-    /// up to `limit`.
-    pub(crate) fn wait_committed(&mut self, id: u64, limit: Duration) -> Result<()> {
-        let start = std::time::Instant::now();
-        loop {
-            self.poll()?;
-            self.last_asked = None;
-            if self.committed() >= id {
-                return Ok(());
-            }
-            if start.elapsed() >= limit {
-                return Err(Error::Runtime(format!(
-                    "checkpoint {id} was not complete after {} s (a worker did not hand in                      its state)",
-                    limit.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     /// Registers a participant (at build time).
     pub(crate) fn register(&mut self) {
         self.participants += 1;

@@ -14,7 +14,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
-use timely::dataflow::operators::generic::Operator;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -22,7 +21,9 @@ use crate::flow::{Shared, TStream};
 use crate::metrics::Metrics;
 use crate::recovery::FINAL;
 use crate::time::Epoch;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 /// Feeds every `(epoch, batch)` of an activation to the closure it is given.
 type Batches<'a, T> = dyn FnMut(&mut dyn FnMut(u64, &mut Vec<Event<T>>)) + 'a;
@@ -155,17 +156,20 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     let mut state = SinkState::Unopened;
     let mut last_done: Option<u64> = None;
     let mut last_notified = last_checkpoint;
-    let logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| {
+    // The final checkpoint: handed in, and since when the sink waits for it.
+    let mut final_handed = false;
+    let mut final_since: Option<Instant> = None;
+    let logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| -> bool {
         if state == SinkState::Closed {
             // Drain (and drop) anything that still arrives after a failure.
             input(&mut |_, _| {});
-            return;
+            return false;
         }
         if state == SinkState::Unopened && active {
             if let Err(e) = sink.open(&ctx) {
                 control.fail(wrap(&name, e));
                 state = SinkState::Closed;
-                return;
+                return false;
             }
             state = SinkState::Open;
         }
@@ -187,7 +191,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
             control.fail(wrap(&name, e));
             sink.abort();
             state = SinkState::Closed;
-            return;
+            return false;
         }
         // Tell the sink about checkpoints that completed.
         if let Some(r) = &recovery.recovery {
@@ -197,7 +201,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                     control.fail(wrap(&name, e));
                     sink.abort();
                     state = SinkState::Closed;
-                    return;
+                    return false;
                 }
             }
             last_notified = last_notified.max(committed);
@@ -210,7 +214,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                             control.fail(wrap(&name, e));
                             sink.abort();
                             state = SinkState::Closed;
-                            return;
+                            return false;
                         }
                     }
                     last_done = Some(f - 1);
@@ -233,7 +237,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                                 control.fail(wrap(&name, e));
                                 sink.abort();
                                 state = SinkState::Closed;
-                                return;
+                                return false;
                             }
                             last_checkpoint = id;
                         }
@@ -244,32 +248,51 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                 // A run stopped (Ctrl-C) with checkpoints on is suspended, not finished: it
                 // resumes from its last checkpoint, so the sink drops what came after it.
                 let suspended = control.stopping() && recovery.recovery.is_some();
-                // The input ended: the job's final checkpoint, then the last writes.
+                // The input ended: the job's final checkpoint, then the last writes. Waiting
+                // for it must not block the worker (its other sinks hand in their state too).
                 if let Some(r) = &recovery.recovery {
                     if !control.aborted() && !suspended {
-                        let finished = (|| -> Result<()> {
+                        let finished = (|| -> Result<bool> {
                             let mut r = r.borrow_mut();
-                            let snap = if active {
-                                sink.snapshot(Epoch(FINAL))?
-                            } else {
-                                None
-                            };
-                            match snap {
-                                Some(bytes) => r.contribute(FINAL, &name, kind, bytes)?,
-                                None => r.contribute(FINAL, &name, STATELESS, Vec::new())?,
+                            let started = *final_since.get_or_insert_with(Instant::now);
+                            if !final_handed {
+                                let snap = if active {
+                                    sink.snapshot(Epoch(FINAL))?
+                                } else {
+                                    None
+                                };
+                                match snap {
+                                    Some(bytes) => r.contribute(FINAL, &name, kind, bytes)?,
+                                    None => r.contribute(FINAL, &name, STATELESS, Vec::new())?,
+                                }
+                                final_handed = true;
                             }
-                            r.wait_committed(FINAL, Duration::from_secs(120))?;
+                            r.poll()?;
+                            if r.committed() < FINAL {
+                                if started.elapsed() > Duration::from_secs(120) {
+                                    return Err(Error::Runtime(
+                                        "the final checkpoint was not complete after 120 s (a \
+                                         worker did not hand in its state)"
+                                            .into(),
+                                    ));
+                                }
+                                return Ok(false);
+                            }
                             if active && last_notified < FINAL {
                                 sink.checkpoint_committed(FINAL)?;
                             }
                             last_notified = FINAL;
-                            Ok(())
+                            Ok(true)
                         })();
-                        if let Err(e) = finished {
-                            control.fail(wrap(&name, e));
-                            sink.abort();
-                            state = SinkState::Closed;
-                            return;
+                        match finished {
+                            Ok(true) => {}
+                            Ok(false) => return true,
+                            Err(e) => {
+                                control.fail(wrap(&name, e));
+                                sink.abort();
+                                state = SinkState::Closed;
+                                return false;
+                            }
                         }
                     }
                 }
@@ -286,6 +309,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                 state = SinkState::Closed;
             }
         }
+        false
     };
     match routing {
         Routing::Single => attach(data, Exchange::new(|_e: &Event<T>| 0), &opname, logic),
@@ -293,26 +317,38 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     }
 }
 
-/// Attaches the sink logic to `data` through `pact`.
+/// Attaches the sink logic to `data` through `pact`. The logic returns whether it must run
+/// again without new input (waiting for the final checkpoint): the operator then stays
+/// scheduled, and the dataflow alive, until it is done.
 fn attach<'s, T: crate::Data, P>(
     data: TStream<'s, Event<T>>,
     pact: P,
     name: &str,
-    mut logic: impl FnMut(&mut Batches<'_, T>, Option<u64>) + 'static,
+    mut logic: impl FnMut(&mut Batches<'_, T>, Option<u64>) -> bool + 'static,
 ) where
     P: ParallelizationContract<u64, Vec<Event<T>>>,
 {
-    data.sink(pact, name, move |(input, frontier)| {
-        let f = frontier.frontier().iter().next().copied();
-        logic(
-            &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
-                input.for_each(|cap, batch| {
-                    let t = *cap.least().expect("totally ordered");
-                    each(t, batch)
-                })
-            },
-            f,
-        );
+    let scope = data.scope();
+    let mut builder = OperatorBuilder::new(name.to_string(), scope);
+    let mut input = builder.new_input(data, pact);
+    let activator = scope.activator_for(builder.operator_info().address.clone());
+    builder.build_reschedule(move |_caps| {
+        move |frontiers| {
+            let f = frontiers[0].frontier().iter().next().copied();
+            let again = logic(
+                &mut |each: &mut dyn FnMut(u64, &mut Vec<Event<T>>)| {
+                    input.for_each(|cap, batch| {
+                        let t = *cap.least().expect("totally ordered");
+                        each(t, batch)
+                    })
+                },
+                f,
+            );
+            if again {
+                activator.activate_after(Duration::from_millis(2));
+            }
+            again
+        }
     });
 }
 

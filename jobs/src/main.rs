@@ -1,5 +1,7 @@
-//! The `runnel` binary: list jobs, run one locally or as one process of a cluster.
+//! The `runnel` binary: list jobs, run one locally or as one process of a cluster, and fill or
+//! print a Kafka topic (`produce`, `consume`; the clients are in `runnel_jobs::kafka_tools`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +11,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+mod state_args;
+
+use runnel_connectors::kafka::parse_duration;
 use runnel_engine::{run, JobConfig, RunOptions};
+use runnel_jobs::kafka_tools::{
+    consume, produce, Compression, ConsumeOptions, Generator, ProduceOptions, Record, StartFrom,
+};
+use state_args::{backoff, list_checkpoints, show, CheckpointsArgs, StateArgs};
 
 /// runnel: a stream-processing dataflow engine.
 #[derive(Parser, Debug)]
@@ -25,6 +34,12 @@ enum Command {
     Jobs,
     /// Run a job locally (or as one process of a cluster with --processes).
     Run(RunArgs),
+    /// Fill a Kafka topic from a generator (JSON values, keyed; event time as the timestamp).
+    Produce(ProduceArgs),
+    /// Print a Kafka topic's records, one per line, until its end.
+    Consume(ConsumeArgs),
+    /// List a job's checkpoints: id, epoch, time, size, and whether each can be used.
+    Checkpoints(CheckpointsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -55,6 +70,83 @@ struct RunArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     quiet: bool,
+    /// When the job fails, restart it in this process from its last checkpoint, up to N
+    /// times, waiting 1, 2, 4, ... (at most 30) seconds first.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    restart: u32,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Args, Debug)]
+struct ProduceArgs {
+    /// The brokers, host:port[,host:port...].
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: String,
+    /// The topic to write to.
+    #[arg(long)]
+    topic: String,
+    /// How many records.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Records per second in total (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Create the topic with this many partitions (replication factor 1) if it does not
+    /// exist; an existing topic is used as it is.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: Option<i32>,
+    /// What to write: bids (key: auction) or page-views (key: user).
+    #[arg(long, value_enum, default_value_t = Generator::Bids)]
+    generator: Generator,
+    /// How to compress the producer's batches.
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    compression: Compression,
+    /// How long the brokers may take to answer (and to connect), like 5s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ConsumeArgs {
+    /// The brokers, host:port[,host:port...].
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: String,
+    /// The topic to read (every partition).
+    #[arg(long)]
+    topic: String,
+    /// Where to start in each partition.
+    #[arg(long, value_enum, default_value_t = StartFrom::Earliest)]
+    from: StartFrom,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Keep waiting for new records at the end of the topic (until --max or Ctrl-C).
+    #[arg(long)]
+    follow: bool,
+    /// Print only each record's value (default: partition offset key value, with - for a
+    /// missing key or value).
+    #[arg(long)]
+    values_only: bool,
+    /// How long the brokers may take to answer; without --follow, also how long to wait for
+    /// a record or the end of the topic before giving up.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    timeout: Duration,
+}
+
+/// A key or value as text: UTF-8 (invalid bytes replaced), or `-` when there is none.
+fn text(b: Option<&[u8]>) -> std::borrow::Cow<'_, str> {
+    match b {
+        Some(b) => String::from_utf8_lossy(b),
+        None => "-".into(),
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,9 +168,9 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let registry = runnel_jobs::registry();
     match cli.command {
         Command::Jobs => {
+            let registry = runnel_jobs::registry();
             let width = registry
                 .jobs()
                 .iter()
@@ -90,56 +182,196 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => {
-            let job = registry.get(&args.job)?;
-            let config = JobConfig::from_pairs(&args.set).context("bad --set")?;
-            let hosts = match &args.hosts {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("--hosts {}", path.display()))?;
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from)
-                        .collect()
-                }
-                None => Vec::new(),
-            };
-            if args.processes > 1 && args.hosts.is_none() {
-                bail!(
-                    "--processes {} needs --hosts FILE (one host:port per process)",
-                    args.processes
+        Command::Run(args) => run_job(args),
+        Command::Produce(args) => produce_topic(args),
+        Command::Consume(args) => consume_topic(args),
+        Command::Checkpoints(args) => list_checkpoints(&args),
+    }
+}
+
+/// Sets the returned flag on Ctrl-C; a second Ctrl-C exits at once.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn run_job(args: RunArgs) -> anyhow::Result<()> {
+    let registry = runnel_jobs::registry();
+    let job = registry.get(&args.job)?;
+    let config = JobConfig::from_pairs(&args.set).context("bad --set")?;
+    runnel_jobs::check_processes(job, &config, args.processes as usize)?;
+    let hosts = match &args.hosts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--hosts {}", path.display()))?;
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    if args.processes > 1 && args.hosts.is_none() {
+        bail!(
+            "--processes {} needs --hosts FILE (one host:port per process)",
+            args.processes
+        );
+    }
+    let checkpoint = if runnel_jobs::can_resume(job, &config) {
+        args.state.options(job.name())?
+    } else {
+        None
+    };
+    let mut opts = RunOptions {
+        workers: args.workers as usize,
+        processes: args.processes as usize,
+        process_id: args.process_id as usize,
+        hosts,
+        config,
+        epoch_interval: Duration::from_millis(args.epoch_ms),
+        progress: !args.quiet && !args.json,
+        stop: stop_on_ctrl_c()?,
+        checkpoint,
+    };
+    let mut restarts = 0;
+    let summary = loop {
+        match run(job, opts.clone()) {
+            Ok(summary) => break summary,
+            Err(e) if restarts < args.restart && !opts.stop.load(Ordering::SeqCst) => {
+                let wait = backoff(restarts);
+                restarts += 1;
+                let from = if opts.checkpoint.is_some() {
+                    "its last checkpoint"
+                } else {
+                    "the start (checkpoints are off)"
+                };
+                eprintln!(
+                    "error: {e}\nrestarting from {from} in {} ({restarts} of {})",
+                    show(wait),
+                    args.restart
                 );
+                std::thread::sleep(wait);
+                // Every restart resumes where the failed run left its checkpoints.
+                if let Some(c) = opts.checkpoint.as_mut() {
+                    c.restore = runnel_engine::Restore::Latest;
+                }
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            {
-                let stop = stop.clone();
-                ctrlc::set_handler(move || {
-                    if stop.swap(true, Ordering::SeqCst) {
-                        eprintln!("\nstopping now");
-                        std::process::exit(130);
-                    }
-                    eprintln!("\nstopping (Ctrl-C again to quit at once)");
-                })
-                .context("cannot install the Ctrl-C handler")?;
-            }
-            let opts = RunOptions {
-                workers: args.workers as usize,
-                processes: args.processes as usize,
-                process_id: args.process_id as usize,
-                hosts,
-                config,
-                epoch_interval: Duration::from_millis(args.epoch_ms),
-                progress: !args.quiet && !args.json,
-                stop,
-            };
-            let summary = run(job, opts)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                eprintln!("{summary}");
-            }
-            Ok(())
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+fn produce_topic(args: ProduceArgs) -> anyhow::Result<()> {
+    let opts = ProduceOptions {
+        bootstrap: args.bootstrap,
+        topic: args.topic,
+        generator: args.generator,
+        events: args.events,
+        rate: args.rate,
+        compression: args.compression,
+        create_partitions: args.partitions,
+        timeout: args.timeout,
+    };
+    let what = match opts.generator {
+        Generator::Bids => "bids",
+        Generator::PageViews => "page views",
+    };
+    let mut last = 0;
+    let started = std::time::Instant::now();
+    let done = produce(&opts, |acked| {
+        let secs = started.elapsed().as_secs();
+        if secs >= last + 5 {
+            last = secs;
+            eprintln!("produced {acked} {what} so far");
+        }
+    })?;
+    if let (Some(wanted), false) = (opts.create_partitions, done.topic.created) {
+        if wanted as usize != done.topic.partitions {
+            eprintln!(
+                "note: topic '{}' already existed with {} partitions (not {wanted}); left as it is",
+                opts.topic, done.topic.partitions
+            );
         }
     }
+    let secs = done.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "produced {} {what} to topic '{}' at {} ({} partitions{}): {:.1} MB in {secs:.2} s, \
+         {:.0} records/s",
+        done.records,
+        opts.topic,
+        opts.bootstrap,
+        done.topic.partitions,
+        if done.topic.created { ", created" } else { "" },
+        done.bytes as f64 / 1e6,
+        done.records as f64 / secs
+    );
+    Ok(())
+}
+
+fn consume_topic(args: ConsumeArgs) -> anyhow::Result<()> {
+    let opts = ConsumeOptions {
+        bootstrap: args.bootstrap,
+        topic: args.topic,
+        from: args.from,
+        max: args.max,
+        follow: args.follow,
+        timeout: args.timeout,
+        stop: stop_on_ctrl_c()?,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_error = None;
+    let done = consume(&opts, |r: Record<'_>| {
+        let written = if args.values_only {
+            writeln!(out, "{}", text(r.value))
+        } else {
+            writeln!(
+                out,
+                "{} {} {} {}",
+                r.partition,
+                r.offset,
+                text(r.key),
+                text(r.value)
+            )
+        };
+        let written = written.and_then(|()| if opts.follow { out.flush() } else { Ok(()) });
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
+    })?;
+    let flushed = out.flush();
+    match write_error.map_or(flushed, Err) {
+        // The reader went away (`| head`): not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => return Err(e).context("cannot write to stdout"),
+        Ok(()) => {}
+    }
+    eprintln!(
+        "consumed {} records from topic '{}' at {} ({} partitions) in {:.2} s",
+        done.records,
+        opts.topic,
+        opts.bootstrap,
+        done.partitions,
+        done.elapsed.as_secs_f64()
+    );
+    Ok(())
 }

@@ -67,6 +67,23 @@ pub struct AuctionWindow {
     pub max_price: u64,
 }
 
+/// The W2 computation: per auction, the bids and the highest price in 10 s tumbling event-time
+/// windows (the operator is named `per-auction`). Shared by `w2-tumbling` and `kafka-w2`.
+pub fn w2_windows<'s>(bids: &Stream<'s, Bid>) -> Result<Stream<'s, AuctionWindow>> {
+    Ok(bids
+        .key_by(|b| b.auction)
+        .window(Tumbling::of(Duration::from_millis(W2_WINDOW_MS as u64)))
+        .named("per-auction")
+        .aggregate((Count, Max::of(|b: &Bid| b.price)))?
+        .map(|r| AuctionWindow {
+            auction: r.key,
+            window_start: r.start,
+            window_end: r.end,
+            count: r.value.0,
+            max_price: r.value.1,
+        }))
+}
+
 /// W2: per auction, count and max price in 10 s tumbling windows.
 pub fn w2_tumbling() -> Job {
     Job::new(
@@ -76,18 +93,7 @@ pub fn w2_tumbling() -> Job {
             let events: u64 = flow.config().get("events", 10_000_000)?;
             let check: bool = flow.config().get("check", true)?;
             let out = flow.config().get_opt("out");
-            let results = bids(flow)?
-                .key_by(|b| b.auction)
-                .window(Tumbling::of(Duration::from_millis(W2_WINDOW_MS as u64)))
-                .named("per-auction")
-                .aggregate((Count, Max::of(|b: &Bid| b.price)))?
-                .map(|r| AuctionWindow {
-                    auction: r.key,
-                    window_start: r.start,
-                    window_end: r.end,
-                    count: r.value.0,
-                    max_price: r.value.1,
-                });
+            let results = w2_windows(&bids(flow)?)?;
             if check {
                 results.sink("check", W2Check::new(events))?;
             }
@@ -125,8 +131,9 @@ pub fn w2_expected_rows(events: u64) -> u64 {
     full * 1000 + rest.min(1000)
 }
 
-/// A sink that checks every W2 row against [`w2_expected`] and, at the end, that every expected
-/// row arrived exactly once. Runs on one worker ([`runnel_engine::Routing::Single`]).
+/// Checks W2 rows against [`w2_expected`]: each row as it comes ([`W2Check::add`]), then, at
+/// the end, that every expected row arrived exactly once ([`W2Check::finish`]). As a sink it
+/// runs on one worker ([`runnel_engine::Routing::Single`]) and fails the job on a mismatch.
 pub struct W2Check {
     events: u64,
     seen: HashSet<(u64, i64)>,
@@ -142,6 +149,41 @@ impl W2Check {
             errors: Vec::new(),
         }
     }
+
+    /// Checks one row (a duplicate, or a count or maximum that is not the closed form's).
+    pub fn add(&mut self, r: &AuctionWindow) {
+        if !self.seen.insert((r.auction, r.window_start)) {
+            self.problem(format!("duplicate row {r:?}"));
+        }
+        let want = w2_expected(self.events, r.auction, r.window_start);
+        if want != Some((r.count, r.max_price)) {
+            self.problem(format!("row {r:?}: expected (count, max) {want:?}"));
+        }
+    }
+
+    /// Records a problem found outside [`W2Check::add`] (the first ten are kept).
+    pub fn problem(&mut self, what: String) {
+        if self.errors.len() < 10 {
+            self.errors.push(what);
+        }
+    }
+
+    /// After the last row: the number of rows when every expected row arrived once and all
+    /// matched, else what was wrong.
+    pub fn finish(&mut self) -> std::result::Result<usize, String> {
+        let want = w2_expected_rows(self.events);
+        if self.seen.len() as u64 != want {
+            self.errors.push(format!(
+                "{} window results, expected {want}",
+                self.seen.len()
+            ));
+        }
+        if self.errors.is_empty() {
+            Ok(self.seen.len())
+        } else {
+            Err(self.errors.join("; "))
+        }
+    }
 }
 
 impl Sink<AuctionWindow> for W2Check {
@@ -154,38 +196,17 @@ impl Sink<AuctionWindow> for W2Check {
         records: &mut Vec<Event<AuctionWindow>>,
     ) -> Result<()> {
         for e in records.drain(..) {
-            let r = e.data;
-            if !self.seen.insert((r.auction, r.window_start)) && self.errors.len() < 10 {
-                self.errors.push(format!("duplicate row {r:?}"));
-            }
-            let want = w2_expected(self.events, r.auction, r.window_start);
-            if want != Some((r.count, r.max_price)) && self.errors.len() < 10 {
-                self.errors
-                    .push(format!("row {r:?}: expected (count, max) {want:?}"));
-            }
+            self.add(&e.data);
         }
         Ok(())
     }
     fn close(&mut self) -> Result<()> {
-        let want = w2_expected_rows(self.events);
-        if self.seen.len() as u64 != want {
-            self.errors.push(format!(
-                "{} window results, expected {want}",
-                self.seen.len()
-            ));
-        }
-        if self.errors.is_empty() {
-            eprintln!(
-                "w2 check: {} window results, each matches the closed form",
-                self.seen.len()
-            );
-            Ok(())
-        } else {
-            Err(Error::Sink {
-                sink: "check".into(),
-                reason: self.errors.join("; "),
-            })
-        }
+        let n = self.finish().map_err(|reason| Error::Sink {
+            sink: "check".into(),
+            reason,
+        })?;
+        eprintln!("w2 check: {n} window results, each matches the closed form");
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 fn runnel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env("RUNNEL_STATE_DIR", fresh_state_dir())
         .args(args)
         .output()
         .expect("runnel runs")
@@ -46,9 +47,11 @@ fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> V
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
     std::fs::write(&hosts, lines.join("\n")).expect("hosts file");
+    let state = fresh_state_dir();
     let children: Vec<_> = (0..processes)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_runnel"))
+                .env("RUNNEL_STATE_DIR", &state)
                 .args(args)
                 .args([
                     "--workers",
@@ -397,6 +400,7 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
 #[test]
 fn ctrl_c_stops_a_run_cleanly_with_a_summary() {
     let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env("RUNNEL_STATE_DIR", fresh_state_dir())
         .args([
             "run",
             "w0-passthrough",
@@ -424,4 +428,12 @@ fn ctrl_c_stops_a_run_cleanly_with_a_summary() {
         s["events_in"], s["events_out"],
         "everything read reached the sink"
     );
+}
+
+/// A checkpoint folder of its own for each run (checkpoints are on by default, and runs of
+/// one job in parallel tests must not resume from each other's).
+fn fresh_state_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("runnel-test-state-{}-{n}", std::process::id()))
 }

@@ -149,6 +149,12 @@ impl<T: Data> Sink<T> for FileSink {
         let path = self.partial_path()?;
         let io = |e| Error::io(&path, e);
         let file = match self.resume_len {
+            Some(_) if !path.exists() && self.path.exists() => {
+                // Restored from the job's final checkpoint after the rename at close: the
+                // target is whole already.
+                self.closed = true;
+                return Ok(());
+            }
             Some(len) => {
                 // Restored: keep what the checkpoint covers, drop what came after it.
                 let mut file = OpenOptions::new().write(true).open(&path).map_err(io)?;
@@ -180,6 +186,10 @@ impl<T: Data> Sink<T> for FileSink {
     }
 
     fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
+        if self.closed {
+            records.clear();
+            return Ok(());
+        }
         let buf = self.pending.entry(epoch.0).or_default();
         let mut failed = None;
         for e in records.iter() {
@@ -199,10 +209,16 @@ impl<T: Data> Sink<T> for FileSink {
     }
 
     fn epoch_done(&mut self, epoch: Epoch) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         self.write_through(epoch.0)
     }
 
     fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
+        if self.closed {
+            return Ok(Some(encode(&self.checkpointed_len)?));
+        }
         // Every epoch up to `through` is complete (and written); make it durable.
         self.write_through(through.0)?;
         let partial = self.partial_path()?;

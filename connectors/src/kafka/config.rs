@@ -400,6 +400,8 @@ impl KafkaSinkConfig {
             // The Java client's partitioner: a key goes where Kafka Streams and Flink put it;
             // records without a key are spread at random.
             ("partitioner", "murmur2_random".to_string()),
+            // A missing topic is an error, never created by the metadata check.
+            ("allow.auto.create.topics", "false".to_string()),
         ]
     }
 }

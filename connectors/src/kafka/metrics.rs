@@ -74,6 +74,11 @@ impl ClientContext for ClientEvents {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is news (stop_at_end reads it from the partition's queue),
+        // not an error.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         tracing::warn!(client = %self.client, error = %error, "librdkafka: {reason}");
         self.remember(format!("{error}: {reason}"));
     }
