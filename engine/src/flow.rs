@@ -170,6 +170,11 @@ impl<'s> Flow<'s> {
         &self.shared.config
     }
 
+    /// Whether the run takes checkpoints (so exactly-once sinks can work).
+    pub fn checkpointing(&self) -> bool {
+        self.shared.recovery.is_some()
+    }
+
     /// The run's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics

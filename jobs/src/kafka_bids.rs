@@ -78,6 +78,8 @@ pub fn kafka_w2() -> Job {
             let output: String = cfg.get("output", "bid-counts".to_string())?;
             let stop_at_end: bool = cfg.get("stop_at_end", true)?;
             let out_of_order_ms: u64 = cfg.get("out_of_order_ms", 0)?;
+            // Exactly once whenever the run takes checkpoints (they are what it rests on).
+            let exactly_once: bool = cfg.get("exactly_once", flow.checkpointing())?;
             let (kafka, sink_kafka, embedded) = match cfg.get_opt(BOOTSTRAP) {
                 Some(bootstrap) => {
                     if cfg.contains("events") || cfg.contains("partitions") {
@@ -111,8 +113,11 @@ pub fn kafka_w2() -> Job {
                 options = options.bounded_out_of_order(Duration::from_millis(out_of_order_ms));
             }
             let results = w2_windows(&flow.source("bids", source, options)?)?;
-            let sink = KafkaSink::json(sink_kafka, output)
+            let mut sink = KafkaSink::json(sink_kafka, output)
                 .key(|w: &AuctionWindow| Some(w.auction.to_string()));
+            if exactly_once {
+                sink = sink.exactly_once();
+            }
             match embedded {
                 None => results.sink("out", sink),
                 Some(run) => results.sink("out", CheckAfterFlush { inner: sink, run }),
@@ -344,6 +349,18 @@ impl Sink<AuctionWindow> for CheckAfterFlush {
 
     fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<AuctionWindow>>) -> Result<()> {
         self.inner.write(epoch, records)
+    }
+
+    fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
+        self.inner.snapshot(through)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        self.inner.restore(state)
+    }
+
+    fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
+        self.inner.checkpoint_committed(id)
     }
 
     fn epoch_done(&mut self, epoch: Epoch) -> Result<()> {

@@ -5,7 +5,7 @@
 //! `check` (default true: every window result is checked against the closed form and the run
 //! fails on a mismatch or a missing window) and `out` (a JSON-lines file for the results).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -133,11 +133,15 @@ pub fn w2_expected_rows(events: u64) -> u64 {
 
 /// Checks W2 rows against [`w2_expected`]: each row as it comes ([`W2Check::add`]), then, at
 /// the end, that every expected row arrived exactly once ([`W2Check::finish`]). As a sink it
-/// runs on one worker ([`runnel_engine::Routing::Single`]) and fails the job on a mismatch.
+/// runs on one worker ([`runnel_engine::Routing::Single`]) and fails the job on a mismatch;
+/// its checkpointed state is the rows (and problems) of the epochs a checkpoint covers, so a
+/// resumed run checks the whole output.
 pub struct W2Check {
     events: u64,
-    seen: HashSet<(u64, i64)>,
-    errors: Vec<String>,
+    /// Each row seen, with the epoch it came in.
+    seen: HashMap<(u64, i64), u64>,
+    errors: Vec<(u64, String)>,
+    epoch: u64,
 }
 
 impl W2Check {
@@ -145,14 +149,19 @@ impl W2Check {
     pub fn new(events: u64) -> Self {
         W2Check {
             events,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             errors: Vec::new(),
+            epoch: 0,
         }
     }
 
     /// Checks one row (a duplicate, or a count or maximum that is not the closed form's).
     pub fn add(&mut self, r: &AuctionWindow) {
-        if !self.seen.insert((r.auction, r.window_start)) {
+        if self
+            .seen
+            .insert((r.auction, r.window_start), self.epoch)
+            .is_some()
+        {
             self.problem(format!("duplicate row {r:?}"));
         }
         let want = w2_expected(self.events, r.auction, r.window_start);
@@ -164,7 +173,7 @@ impl W2Check {
     /// Records a problem found outside [`W2Check::add`] (the first ten are kept).
     pub fn problem(&mut self, what: String) {
         if self.errors.len() < 10 {
-            self.errors.push(what);
+            self.errors.push((self.epoch, what));
         }
     }
 
@@ -173,15 +182,14 @@ impl W2Check {
     pub fn finish(&mut self) -> std::result::Result<usize, String> {
         let want = w2_expected_rows(self.events);
         if self.seen.len() as u64 != want {
-            self.errors.push(format!(
-                "{} window results, expected {want}",
-                self.seen.len()
-            ));
+            let what = format!("{} window results, expected {want}", self.seen.len());
+            self.errors.push((self.epoch, what));
         }
         if self.errors.is_empty() {
             Ok(self.seen.len())
         } else {
-            Err(self.errors.join("; "))
+            let all: Vec<&str> = self.errors.iter().map(|(_, e)| e.as_str()).collect();
+            Err(all.join("; "))
         }
     }
 }
@@ -192,14 +200,34 @@ impl Sink<AuctionWindow> for W2Check {
     }
     fn write(
         &mut self,
-        _epoch: runnel_engine::Epoch,
+        epoch: runnel_engine::Epoch,
         records: &mut Vec<Event<AuctionWindow>>,
     ) -> Result<()> {
+        self.epoch = epoch.0;
         for e in records.drain(..) {
             self.add(&e.data);
         }
         Ok(())
     }
+    fn snapshot(&mut self, through: runnel_engine::Epoch) -> Result<Option<Vec<u8>>> {
+        let seen: Vec<(&(u64, i64), &u64)> =
+            self.seen.iter().filter(|(_, &e)| e <= through.0).collect();
+        let errors: Vec<&(u64, String)> = self
+            .errors
+            .iter()
+            .filter(|(e, _)| *e <= through.0)
+            .collect();
+        Ok(Some(runnel_engine::recovery::encode(&(seen, errors))?))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let (seen, errors): (Vec<((u64, i64), u64)>, Vec<(u64, String)>) =
+            runnel_engine::recovery::decode(state)?;
+        self.seen = seen.into_iter().collect();
+        self.errors = errors;
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<()> {
         let n = self.finish().map_err(|reason| Error::Sink {
             sink: "check".into(),

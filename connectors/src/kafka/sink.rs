@@ -356,12 +356,14 @@ impl<T> KafkaSink<T> {
             return Err(self.error("the Kafka sink was written before open".into()));
         };
         let topic = self.config.topic.as_str();
+        let mut bytes = 0u64;
         for (ckpt, records) in due {
             for (n, r) in records.iter().enumerate() {
                 if self.eo.present.contains(&(ckpt, n as u64)) {
                     continue;
                 }
                 let tag = format!("{}:{ckpt}:{n}", self.eo.instance);
+                bytes += r.value.len() as u64;
                 let mut headers = OwnedHeaders::new();
                 for (k, v) in &r.headers {
                     headers = headers.insert(Header {
@@ -402,6 +404,9 @@ impl<T> KafkaSink<T> {
             }
         }
         producer.poll(Duration::ZERO);
+        if let Some((b, _)) = &self.counters {
+            b.add(bytes);
+        }
         self.check_deliveries()
     }
 

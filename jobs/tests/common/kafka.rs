@@ -1,0 +1,478 @@
+// Shared by the tests of `runnel` against a real Kafka-API broker (`kafka_cli.rs`,
+// `crash.rs`): pasted into each with `include!`, so it sees their `use` lines and they see its
+// private items.
+
+// ---------------------------------------------------------------------------------------------
+// The broker (as in connectors/tests/kafka_e2e.rs)
+
+/// A tansu process started by the tests; killed when dropped.
+struct Tansu {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker the tests use: `RUNNEL_KAFKA_BOOTSTRAP`, or a tansu of their own.
+struct Broker {
+    bootstrap: String,
+    _tansu: Option<Tansu>,
+}
+
+/// The shared broker: tests that run at the same time share one tansu, which stops when the
+/// last of them is done.
+fn broker() -> Arc<Broker> {
+    static SHARED: Mutex<Weak<Broker>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = slot.upgrade() {
+        return b;
+    }
+    let b = Arc::new(start_broker());
+    *slot = Arc::downgrade(&b);
+    b
+}
+
+fn find_tansu() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(cargo) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(cargo).join("bin"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn start_broker() -> Broker {
+    if let Ok(b) = std::env::var("RUNNEL_KAFKA_BOOTSTRAP") {
+        if !b.trim().is_empty() {
+            return Broker {
+                bootstrap: b.trim().to_string(),
+                _tansu: None,
+            };
+        }
+    }
+    let Some(tansu) = find_tansu() else {
+        panic!(
+            "the Kafka tests need a broker: tansu is not installed (not on PATH nor in \
+             ~/.cargo/bin). Install it with `scripts/dev-broker install` (that is: cargo install \
+             tansu --version =0.6.0 --locked --features dynostore,libsql), or set \
+             RUNNEL_KAFKA_BOOTSTRAP=host:port to use a running Kafka broker."
+        );
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let log_path = dir.path().join("tansu.log");
+    let log = std::fs::File::create(&log_path).expect("tansu log");
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
+    let mut guard = Tansu { child, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("tansu exited ({status}) before accepting connections; its log:\n{log}");
+        }
+        if Instant::now() > deadline {
+            panic!("tansu did not accept connections on 127.0.0.1:{port} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Broker {
+        bootstrap: format!("127.0.0.1:{port}"),
+        _tansu: Some(guard),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain rdkafka helpers (the independent side of every check)
+
+/// Runs a future to completion on this thread (the admin client's futures need no runtime).
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park_timeout(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A topic name no other test (or earlier run against the same broker) uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &opts,
+    ))
+    .expect("create_topics");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("cannot create topic {t}: {e}");
+        }
+    }
+}
+
+/// Counts failed deliveries of the test's own producer.
+#[derive(Default)]
+struct CountFailures(AtomicU64);
+
+impl ClientContext for CountFailures {}
+
+impl ProducerContext for CountFailures {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            if self.0.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("test producer: delivery failed: {e}");
+            }
+        }
+    }
+}
+
+/// One bid as the test writes it: the generator's formulas, written out again here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+struct TestBid {
+    seq: u64,
+    auction: u64,
+    bidder: u64,
+    price: u64,
+    event_time_ms: i64,
+}
+
+fn test_bid(seq: u64) -> TestBid {
+    TestBid {
+        seq,
+        auction: (seq * 7919) % 1000,
+        bidder: (seq * 31) % 100_000,
+        price: 100 + (seq * 17) % 10_000,
+        event_time_ms: seq as i64,
+    }
+}
+
+fn bid_json(b: &TestBid) -> String {
+    format!(
+        r#"{{"seq":{},"auction":{},"bidder":{},"price":{},"event_time_ms":{}}}"#,
+        b.seq, b.auction, b.bidder, b.price, b.event_time_ms
+    )
+}
+
+/// Writes bids `0..n` to `topic` with a plain BaseProducer, bid `seq` to partition
+/// `seq % partitions`, keyed by auction, with its event time as the Kafka timestamp (librdkafka
+/// stamps bid 0, whose time is 0, with the current time: the job must take event time from the
+/// bid), and waits until all are acknowledged.
+fn produce_bids(bootstrap: &str, topic: &str, n: u64, partitions: u64) {
+    let producer: BaseProducer<CountFailures> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create_with_context(CountFailures::default())
+        .expect("test producer");
+    for seq in 0..n {
+        let b = test_bid(seq);
+        let (value, key) = (bid_json(&b), b.auction.to_string());
+        let mut rec = BaseRecord::to(topic)
+            .partition((seq % partitions) as i32)
+            .timestamp(b.event_time_ms)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("test producer: cannot send: {e}"),
+            }
+        }
+        if seq % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("test producer flush");
+    assert_eq!(
+        producer.context().0.load(Ordering::Relaxed),
+        0,
+        "test producer failures"
+    );
+}
+
+/// A record read back by the test's plain consumer.
+struct ReadBack {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+/// Reads every record of `topic` with a plain BaseConsumer, until every partition has
+/// reported its end.
+fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "runnel-test-readback")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.queue.backoff.ms", "0")
+        .create()
+        .expect("test consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    assert!(!parts.is_empty(), "topic {topic} has partitions");
+    let mut tpl = TopicPartitionList::new();
+    for &p in &parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while at_end.len() < parts.len() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                at_end.remove(&m.partition());
+                out.push(ReadBack {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => eprintln!("test consumer: {e}"),
+            None => {}
+        }
+        assert!(
+            last.elapsed() < Duration::from_secs(30),
+            "read {} records of {topic}, then nothing for 30 s",
+            out.len()
+        );
+    }
+    out
+}
+
+/// Kafka's (Java client's) murmur2, written from its reference.
+fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let chunks = data.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+fn java_partition(key: &[u8], partitions: usize) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) as usize % partitions) as i32
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `runnel` binary
+
+fn runnel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env("RUNNEL_STATE_DIR", fresh_state_dir())
+        .args(args)
+        .output()
+        .expect("runnel runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn summary(o: &Output) -> Value {
+    assert!(o.status.success(), "runnel failed: {}", stderr(o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().last().expect("a summary line");
+    serde_json::from_str(line).expect("summary is JSON")
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// Runs `args` as a cluster of `processes` processes on 127.0.0.1 with `workers` each.
+fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> Vec<Output> {
+    let hosts = dir.join(format!("hosts-{processes}"));
+    let lines: Vec<String> = free_ports(processes)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    std::fs::write(&hosts, lines.join("\n")).expect("hosts file");
+    let state = fresh_state_dir();
+    let children: Vec<_> = (0..processes)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_runnel"))
+                .env("RUNNEL_STATE_DIR", &state)
+                .args(args)
+                .args([
+                    "--workers",
+                    &workers.to_string(),
+                    "--processes",
+                    &processes.to_string(),
+                    "--process-id",
+                    &i.to_string(),
+                    "--hosts",
+                    hosts.to_str().expect("utf-8 path"),
+                    "--json",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// kafka-w2 on a real broker
+
+/// A window result as the job writes it.
+#[derive(Debug, Deserialize)]
+struct Row {
+    auction: u64,
+    window_start: i64,
+    window_end: i64,
+    count: u64,
+    max_price: u64,
+}
+
+/// (auction, window start, count, max price) per window, by brute force over bids `0..n`.
+fn reference(n: u64) -> Vec<(u64, i64, u64, u64)> {
+    let mut m: HashMap<(u64, i64), (u64, u64)> = HashMap::new();
+    for seq in 0..n {
+        let b = test_bid(seq);
+        let e = m
+            .entry((b.auction, b.event_time_ms / 10_000 * 10_000))
+            .or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(b.price);
+    }
+    let mut v: Vec<_> = m.into_iter().map(|((a, s), (c, x))| (a, s, c, x)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// The output topic's rows, sorted (a multiset), after checking each record's key (the
+/// auction), partition (murmur2 of the key, as the Java client puts it) and window end.
+fn output_rows(bootstrap: &str, topic: &str, partitions: usize) -> Vec<(u64, i64, u64, u64)> {
+    let mut rows = Vec::new();
+    for r in read_all(bootstrap, topic) {
+        let row: Row = serde_json::from_slice(&r.value).expect("a JSON window result");
+        let key = r.key.expect("every result has a key");
+        assert_eq!(key, row.auction.to_string().into_bytes(), "key of {row:?}");
+        assert_eq!(r.partition, java_partition(&key, partitions), "{row:?}");
+        assert_eq!(row.window_end, row.window_start + 10_000, "{row:?}");
+        rows.push((row.auction, row.window_start, row.count, row.max_price));
+    }
+    rows.sort_unstable();
+    rows
+}
+
+fn bids_count() -> u64 {
+    std::env::var("RUNNEL_KAFKA_W2_BIDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// A checkpoint folder of its own for each run (checkpoints are on by default, and runs of
+/// one job in parallel tests must not resume from each other's).
+fn fresh_state_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("runnel-test-state-{}-{n}", std::process::id()))
+}

@@ -1,0 +1,265 @@
+//! Crash tests: `runnel run` killed with SIGKILL at random moments (before, during and after
+//! checkpoints), restarted each time, and finally run to its end. The output must then equal,
+//! record for record (as a multiset), the output of a run that never failed, and the
+//! brute-force reference.
+//!
+//! * Kafka: `kafka-w2` reads a million bids (written by the test's own rdkafka producer) from
+//!   tansu and writes its windows to a topic in exactly-once mode, on 2 workers and on 2
+//!   processes x 2 workers; the test reads the output topic with a plain consumer.
+//! * Files: `w2-tumbling` (rate-limited so that the kills land mid-run) writes its windows to a
+//!   file.
+//!
+//! The kill delays come from a seed, printed by each test; `RUNNEL_CRASH_SEED=N` replays them.
+
+#![allow(dead_code)] // the shared Kafka helpers (common/kafka.rs) hold more than these tests use
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Wake};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde_json::Value;
+
+include!("common/kafka.rs");
+
+/// The kill delays: `n` of them, from `seed`, between 150 ms and 2.5 s (the first is short, so
+/// one kill lands before the first checkpoint).
+fn delays(seed: u64, n: usize) -> Vec<Duration> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = if i == 0 { 150 } else { 300 + x % 2200 };
+            Duration::from_millis(ms)
+        })
+        .collect()
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("RUNNEL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash test seed: {seed} (RUNNEL_CRASH_SEED={seed} replays the kill delays)");
+    seed
+}
+
+/// Starts `args` as `processes` processes of 2 workers each (one process: no cluster flags).
+fn spawn(args: &[String], processes: usize, hosts: &Path, state: &Path) -> Vec<Child> {
+    (0..processes)
+        .map(|i| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
+            cmd.args(args)
+                .args(["--workers", "2", "--json", "--quiet"])
+                .env("RUNNEL_STATE_DIR", state)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if processes > 1 {
+                cmd.args([
+                    "--processes",
+                    &processes.to_string(),
+                    "--process-id",
+                    &i.to_string(),
+                    "--hosts",
+                    hosts.to_str().expect("utf-8 path"),
+                ]);
+            }
+            cmd.spawn().expect("spawn runnel")
+        })
+        .collect()
+}
+
+/// Runs `args` (a `runnel run ...` command line) with SIGKILLs after each of `kills`, then to
+/// its end; returns the last run's JSON summaries (one per process). Every process is killed
+/// at once, as when a machine dies.
+fn run_with_kills(
+    args: &[String],
+    processes: usize,
+    kills: &[Duration],
+    state: &Path,
+) -> Vec<Value> {
+    std::fs::create_dir_all(state).unwrap();
+    let hosts = state.join("hosts");
+    let mut killed_early = 0;
+    for (i, delay) in kills.iter().enumerate() {
+        // Fresh ports each time: a killed process's ports may linger.
+        let lines: Vec<String> = free_ports(processes)
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        std::fs::write(&hosts, lines.join("\n")).unwrap();
+        let mut children = spawn(args, processes, &hosts, state);
+        std::thread::sleep(*delay);
+        let mut finished = 0;
+        for c in &mut children {
+            if c.try_wait().expect("try_wait").is_some() {
+                finished += 1;
+            }
+            // SIGKILL (std's kill on Unix); a process that already ended is left alone.
+            let _ = c.kill();
+        }
+        for c in children {
+            let o = c.wait_with_output().expect("wait");
+            if o.status.success() {
+                killed_early += 1;
+            } else if o.status.code().is_some() {
+                // It failed on its own rather than being killed: that is a bug.
+                panic!(
+                    "run {i} failed before the kill: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        eprintln!("kill {i} after {delay:?} ({finished} process(es) had already ended)");
+    }
+    assert!(
+        kills.is_empty() || killed_early < kills.len() * processes,
+        "every run ended before its kill: the kills tested nothing"
+    );
+    let lines: Vec<String> = free_ports(processes)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    std::fs::write(&hosts, lines.join("\n")).unwrap();
+    spawn(args, processes, &hosts, state)
+        .into_iter()
+        .map(|c| summary(&c.wait_with_output().expect("wait")))
+        .collect()
+}
+
+fn kafka_crash_test(processes: usize) {
+    let n = bids_count();
+    let broker = broker();
+    let bootstrap = broker.bootstrap.clone();
+    let input = unique("crash-in");
+    create_topic(&bootstrap, &input, 4);
+    produce_bids(&bootstrap, &input, n, 4);
+    let expected = reference(n);
+
+    // A run that never fails.
+    let clean = unique("crash-clean");
+    create_topic(&bootstrap, &clean, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let args = |output: &str| -> Vec<String> {
+        [
+            "run",
+            "kafka-w2",
+            "--set",
+            &format!("kafka.bootstrap={bootstrap}"),
+            "--set",
+            &format!("input={input}"),
+            "--set",
+            &format!("output={output}"),
+            "--checkpoint-every",
+            "300ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    run_with_kills(&args(&clean), processes, &[], &dir.path().join("clean"));
+    let clean_rows = output_rows(&bootstrap, &clean, 3);
+    assert_eq!(clean_rows, expected, "the run that never failed");
+
+    // The same, killed several times.
+    let out = unique("crash-out");
+    create_topic(&bootstrap, &out, 3);
+    let kills = delays(seed(), 4);
+    let summaries = run_with_kills(&args(&out), processes, &kills, &dir.path().join("killed"));
+    let read: u64 = summaries
+        .iter()
+        .map(|s| s["events_in"].as_u64().unwrap())
+        .sum();
+    eprintln!("the last run read {read} of {n} bids");
+    let rows = output_rows(&bootstrap, &out, 3);
+    assert_eq!(
+        rows.len(),
+        clean_rows.len(),
+        "as many results as the run that never failed"
+    );
+    assert!(
+        rows == clean_rows,
+        "the output differs from the run that never failed"
+    );
+}
+
+#[test]
+fn kafka_output_is_exactly_once_after_sigkills_on_2_workers() {
+    kafka_crash_test(1);
+}
+
+#[test]
+fn kafka_output_is_exactly_once_after_sigkills_on_2_processes() {
+    kafka_crash_test(2);
+}
+
+/// `w2-tumbling`'s output file rows: (auction, window start, count, max price).
+fn file_rows(path: &Path) -> Vec<(u64, i64, u64, u64)> {
+    let text = std::fs::read_to_string(path).expect("the output file");
+    let mut rows: Vec<(u64, i64, u64, u64)> = text
+        .lines()
+        .map(|l| {
+            let r: Row = serde_json::from_str(l).expect("a JSON row");
+            (r.auction, r.window_start, r.count, r.max_price)
+        })
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+#[test]
+fn file_output_is_exactly_once_after_sigkills() {
+    let n: u64 = 3_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w2.jsonl");
+    let args: Vec<String> = [
+        "run",
+        "w2-tumbling",
+        "--set",
+        &format!("events={n}"),
+        "--set",
+        "rate=1500000",
+        "--set",
+        &format!("out={}", out.display()),
+        "--checkpoint-every",
+        "300ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let kills = delays(seed(), 4);
+    let summaries = run_with_kills(&args, 1, &kills, &dir.path().join("state"));
+    eprintln!(
+        "the last run read {} of {n} bids",
+        summaries[0]["events_in"].as_u64().unwrap()
+    );
+    assert_eq!(file_rows(&out), reference(n));
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+}
