@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointInfo, CheckpointStore};
 use crate::error::{Error, Result};
+use crate::metrics::{Counter, Metrics};
 
 /// Which checkpoint a run starts from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +111,11 @@ pub(crate) struct Recovery {
     /// The newest checkpoint known to be complete, and when the store was last asked.
     committed: u64,
     last_asked: Option<std::time::Instant>,
+    /// When this worker handed in the first state of each pending checkpoint.
+    started: BTreeMap<u64, std::time::Instant>,
+    /// Checkpoints committed, their bytes, and the milliseconds from the first state handed in
+    /// to the commit (worker 0; in the run's counters).
+    counters: Option<(Arc<Counter>, Arc<Counter>, Arc<Counter>)>,
 }
 
 fn now_ms() -> i64 {
@@ -165,6 +171,8 @@ impl Recovery {
             restored,
             claimed: BTreeSet::new(),
             last_asked: None,
+            started: BTreeMap::new(),
+            counters: None,
         })
     }
 
@@ -180,6 +188,16 @@ impl Recovery {
             }
         }
         self.committed
+    }
+
+    /// Counts this worker's commits in `metrics` (`checkpoints`, `checkpoint_bytes`,
+    /// `checkpoint_ms`).
+    pub(crate) fn count_in(&mut self, metrics: &Metrics) {
+        self.counters = Some((
+            metrics.counter("checkpoints"),
+            metrics.counter("checkpoint_bytes"),
+            metrics.counter("checkpoint_ms"),
+        ));
     }
 
     /// Registers a participant (at build time).
@@ -256,6 +274,9 @@ impl Recovery {
             // Already complete: this run started from it (or from a later one).
             return Ok(());
         }
+        self.started
+            .entry(id)
+            .or_insert_with(std::time::Instant::now);
         let part = self.pending.entry(id).or_default();
         part.insert(
             name.to_string(),
@@ -298,8 +319,21 @@ impl Recovery {
         meta.insert("job".to_string(), self.job.clone());
         meta.insert("workers".to_string(), self.workers.to_string());
         meta.insert("created_ms".to_string(), now_ms().to_string());
-        self.store.commit(newest, newest, &parts, meta)?;
+        let info = self.store.commit(newest, newest, &parts, meta)?;
         self.committed = self.committed.max(newest);
+        if let Some((n, bytes, ms)) = &self.counters {
+            n.add(1);
+            bytes.add(info.size());
+            if let Some(t) = self.started.get(&newest) {
+                ms.add(t.elapsed().as_millis() as u64);
+            }
+        }
+        let took = self
+            .started
+            .get(&newest)
+            .map_or(0, |t| t.elapsed().as_millis());
+        self.started.retain(|&id, _| id > newest);
+        tracing::info!("checkpoint {newest} complete: {} bytes, {took} ms", info.size());
         self.awaiting.retain(|&id| id > newest);
         self.store.retain(self.keep)?;
         tracing::debug!("checkpoint {newest} complete");

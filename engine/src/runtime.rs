@@ -196,7 +196,10 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 None => None,
             };
             match Recovery::new(c, every_epochs, &name, index, peers, part) {
-                Ok(r) => Some(r),
+                Ok(mut r) => {
+                    r.count_in(&metrics2);
+                    Some(r)
+                }
                 Err(e) => {
                     control2.fail(e);
                     None
