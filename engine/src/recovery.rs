@@ -333,10 +333,12 @@ impl Recovery {
             .get(&newest)
             .map_or(0, |t| t.elapsed().as_millis());
         self.started.retain(|&id, _| id > newest);
-        tracing::info!("checkpoint {newest} complete: {} bytes, {took} ms", info.size());
+        tracing::info!(
+            "checkpoint {newest} complete: {} bytes, {took} ms",
+            info.size()
+        );
         self.awaiting.retain(|&id| id > newest);
         self.store.retain(self.keep)?;
-        tracing::debug!("checkpoint {newest} complete");
         Ok(())
     }
 }

@@ -93,6 +93,13 @@ pub trait EpochLogic<I, O>: 'static {
     fn snapshot(&self) -> Result<Vec<u8>>;
     /// Replaces the state with one [`EpochLogic::snapshot`] wrote (restoring a checkpoint).
     fn restore(&mut self, state: &[u8]) -> Result<()>;
+    /// The state's type, checked when a checkpoint is restored: a logic whose snapshot another
+    /// can read must return the same name. Name the types that are serialized (keys,
+    /// accumulators), never a closure's type, which changes whenever the job's code moves.
+    /// The default, the logic's own type name, is safe but strict.
+    fn state_kind(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
 }
 
 /// The logic of a local per-epoch operator (a combiner): no exchange, no watermark.
@@ -131,7 +138,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         OutputBuilder::from(out_late);
     let metrics = shared.metrics.clone();
     let late_counter = metrics.counter(&format!("{name}.late"));
-    let kind = std::any::type_name::<L>();
+    let kind = logic.state_kind();
     let mut tracker = WatermarkTracker::new(expected_reporters);
     // Checkpoints: this operator's state as of the end of each checkpoint epoch.
     let mut last_checkpoint = 0;
@@ -140,7 +147,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         let mut r = r.borrow_mut();
         r.register();
         last_checkpoint = r.resumed_epoch();
-        let restored = r.restored_state(name, kind).and_then(|state| match state {
+        let restored = r.restored_state(name, &kind).and_then(|state| match state {
             None => Ok(()),
             Some(bytes) => {
                 let (t, l): (TrackerState, Vec<u8>) = decode(&bytes)?;
@@ -191,7 +198,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             }
             let bytes = encode(&(tracker.state(), logic.snapshot()?))?;
             for id in due {
-                r.contribute(id, &name, kind, bytes.clone())?;
+                r.contribute(id, &name, &kind, bytes.clone())?;
                 *last = id;
             }
             Ok(())

@@ -437,3 +437,43 @@ fn fresh_state_dir() -> PathBuf {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!("runnel-test-state-{}-{n}", std::process::id()))
 }
+
+/// `--restart N`: a job that fails every time (a bad line under the fail policy) is restarted
+/// N times, with the error and the wait each time, and then fails with its error.
+#[test]
+fn restart_retries_a_failing_job_n_times_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("views.jsonl");
+    std::fs::write(
+        &input,
+        "{\"user\":1,\"page\":\"/\",\"ts_ms\":0}\nnot json\n",
+    )
+    .unwrap();
+    let set = format!("input={}", input.display());
+    let o = runnel(&[
+        "run",
+        "clickstream-sessions",
+        "--set",
+        &set,
+        "--restart",
+        "2",
+        "--quiet",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("(1 of 2)") && err.contains("(2 of 2)"),
+        "{err}"
+    );
+    assert!(!err.contains("(3 of 2)"), "{err}");
+    assert!(
+        err.contains("restarting from its last checkpoint in 1s")
+            && err.contains("restarting from its last checkpoint in 2s"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches(&format!("{}:2", input.display())).count(),
+        3,
+        "the error of each of the 3 runs: {err}"
+    );
+}

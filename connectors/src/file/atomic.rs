@@ -16,19 +16,25 @@ pub(crate) struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Creates (truncating) the temporary file `.<name>.tmp-<pid>` for `target`: one writer
-    /// per target and process.
-    pub(crate) fn create(target: &Path) -> Result<Self> {
-        Self::create_at(target, temp_path(target, "")?)
-    }
-
-    /// Like [`Self::create`], with a temporary name of its own
+    /// A temporary file with a name of its own
     /// (`.<name>.tmp-<pid>-<n>`), so that several threads may write the same target at once
     /// (each rename replaces the target whole).
     pub(crate) fn create_unique(target: &Path) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Self::create_at(target, temp_path(target, &format!("-{n}"))?)
+    }
+
+    /// A temporary file with the same name in every process
+    /// (`.<name>.writing`): a run that resumes after a crash replaces what the crashed one
+    /// left instead of leaving it behind.
+    pub(crate) fn create_resumable(target: &Path) -> Result<Self> {
+        let temp = temp_path(target, "")?;
+        let name = target.file_name().expect("checked by temp_path");
+        let mut fixed = std::ffi::OsString::from(".");
+        fixed.push(name);
+        fixed.push(".writing");
+        Self::create_at(target, temp.with_file_name(fixed))
     }
 
     fn create_at(target: &Path, temp: PathBuf) -> Result<Self> {

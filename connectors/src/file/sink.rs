@@ -264,7 +264,7 @@ impl<T: Data> Sink<T> for FileSink {
             let mut lines: Vec<&[u8]> = buf.split_inclusive(|&b| b == b'\n').collect();
             // Compare without the newline each line ends with.
             lines.sort_unstable_by(|a, b| a[..a.len() - 1].cmp(&b[..b.len() - 1]));
-            let mut target = AtomicFile::create(&self.path)?;
+            let mut target = AtomicFile::create_resumable(&self.path)?;
             for line in lines {
                 target.write_all(line)?;
             }

@@ -743,6 +743,11 @@ impl WorkerClient {
             kafka_time: config.event_time == EventTimeFrom::KafkaTimestamp,
             stop_at_end: config.stop_at_end,
             finished: false,
+            expect: match offset {
+                Offset::Offset(o) if start.is_some() => Some(o),
+                _ => None,
+            },
+            rewind: 10_000,
         })
     }
 
@@ -840,6 +845,11 @@ struct KafkaPartitionReader<T> {
     /// Finish at the end of the partition (the consumer reports it with `enable.partition.eof`).
     stop_at_end: bool,
     finished: bool,
+    /// Started at an explicit offset (a checkpoint's): the first record must be this one. A
+    /// broker that answers a fetch from inside a batch with a later batch (tansu 0.6 does)
+    /// would skip records; the reader then seeks back by `rewind` and drops what is below.
+    expect: Option<i64>,
+    rewind: i64,
 }
 
 impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
@@ -856,6 +866,35 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                 None => break,
                 Some(Ok(m)) => {
                     let offset = m.offset();
+                    if let Some(want) = self.expect {
+                        if offset < want {
+                            continue;
+                        }
+                        if offset > want {
+                            // Records want..offset were skipped by the broker: go back.
+                            let back = (want - self.rewind).max(0);
+                            tracing::warn!(
+                                "{}/{}: asked for offset {want}, the broker answered from {offset}; \
+                                 reading again from {back}",
+                                self.topic,
+                                self.partition
+                            );
+                            self.rewind = self.rewind.saturating_mul(4);
+                            if let Err(e) = self.client.consumer.seek(
+                                &self.topic,
+                                self.partition,
+                                Offset::Offset(back),
+                                self.client.request_timeout,
+                            ) {
+                                return Err(self.client.error(format!(
+                                    "{}/{}: cannot seek back to offset {back}: {e}",
+                                    self.topic, self.partition
+                                )));
+                            }
+                            break;
+                        }
+                        self.expect = None;
+                    }
                     bytes += m.payload_len() as u64;
                     match (self.decode)(&m) {
                         Ok(item) => {

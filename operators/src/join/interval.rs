@@ -152,6 +152,13 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), Joined<K, L
         self.state.restore_bytes(state)
     }
 
+    fn state_kind(&self) -> String {
+        format!(
+            "runnel.join.interval/{}",
+            std::any::type_name::<(K, L, R)>()
+        )
+    }
+
     fn on_epoch_end(
         &mut self,
         wm: Watermark,

@@ -150,6 +150,10 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoine
         Ok(())
     }
 
+    fn state_kind(&self) -> String {
+        format!("runnel.join.window/{}", std::any::type_name::<(K, L, R)>())
+    }
+
     fn on_epoch_end(
         &mut self,
         wm: Watermark,

@@ -83,6 +83,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
         self.state.restore_bytes(state)
     }
 
+    fn state_kind(&self) -> String {
+        format!(
+            "runnel.window.global/{}",
+            std::any::type_name::<(K, A::Acc)>()
+        )
+    }
+
     fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<(K, V), WindowResult<K, A::Out>>) {
         if wm == WATERMARK_MAX {
             for (k, acc) in self.state.drain() {

@@ -508,6 +508,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         Ok(())
     }
 
+    fn state_kind(&self) -> String {
+        format!(
+            "runnel.window.panes/{}",
+            std::any::type_name::<(K, A::Acc)>()
+        )
+    }
+
     fn on_epoch_end(
         &mut self,
         wm: Watermark,
