@@ -748,6 +748,7 @@ impl WorkerClient {
                 _ => None,
             },
             rewind: 10_000,
+            last: None,
         })
     }
 
@@ -850,6 +851,9 @@ struct KafkaPartitionReader<T> {
     /// would skip records; the reader then seeks back by `rewind` and drops what is below.
     expect: Option<i64>,
     rewind: i64,
+    /// The offset of the last record pushed: a partition's offsets only grow, so a record at
+    /// or below it (a fetch from before a seek, still queued) is dropped.
+    last: Option<i64>,
 }
 
 impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
@@ -866,6 +870,9 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                 None => break,
                 Some(Ok(m)) => {
                     let offset = m.offset();
+                    if self.last.is_some_and(|last| offset <= last) {
+                        continue;
+                    }
                     if let Some(want) = self.expect {
                         if offset < want {
                             continue;
@@ -895,6 +902,7 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                         }
                         self.expect = None;
                     }
+                    self.last = Some(offset);
                     bytes += m.payload_len() as u64;
                     match (self.decode)(&m) {
                         Ok(item) => {
