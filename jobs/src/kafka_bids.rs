@@ -80,6 +80,9 @@ pub fn kafka_w2() -> Job {
             let out_of_order_ms: u64 = cfg.get("out_of_order_ms", 0)?;
             // Exactly once whenever the run takes checkpoints (they are what it rests on).
             let exactly_once: bool = cfg.get("exactly_once", flow.checkpointing())?;
+            // Kafka transactions, for clusters that have them (not tansu): the prefix of
+            // each sink instance's transactional.id.
+            let transactional_id = cfg.get_opt("kafka.transactional_id");
             let (kafka, sink_kafka, embedded) = match cfg.get_opt(BOOTSTRAP) {
                 Some(bootstrap) => {
                     if cfg.contains("events") || cfg.contains("partitions") {
@@ -117,6 +120,9 @@ pub fn kafka_w2() -> Job {
                 .key(|w: &AuctionWindow| Some(w.auction.to_string()));
             if exactly_once {
                 sink = sink.exactly_once();
+            }
+            if let Some(prefix) = transactional_id {
+                sink = sink.transactional(prefix);
             }
             match embedded {
                 None => results.sink("out", sink),

@@ -85,6 +85,8 @@ pub struct KafkaSink<T> {
     producer: Option<BaseProducer<ProducerEvents>>,
     /// Bytes of values written, and waits on a full producer queue.
     counters: Option<(Arc<Counter>, Arc<Counter>)>,
+    /// Transactions committed (transactional mode).
+    transactions: Option<Arc<Counter>>,
     /// Exactly-once mode: what is held back until checkpoints complete.
     eo: Eo,
     name: String,
@@ -111,6 +113,7 @@ impl<T> Clone for KafkaSink<T> {
             headers: self.headers.clone(),
             producer: None,
             counters: None,
+            transactions: None,
             eo: Eo::default(),
             name: String::new(),
             value: Vec::new(),
@@ -248,6 +251,7 @@ impl<T> KafkaSink<T> {
             headers: None,
             producer: None,
             counters: None,
+            transactions: None,
             eo: Eo::default(),
             name: String::new(),
             value: Vec::new(),
@@ -289,6 +293,14 @@ impl<T> KafkaSink<T> {
     /// [`KafkaSinkConfig::exactly_once`]; the run must take checkpoints).
     pub fn exactly_once(mut self) -> Self {
         self.config.exactly_once = true;
+        self
+    }
+
+    /// Writes each checkpoint's results in one Kafka transaction, with the `transactional.id`
+    /// `<prefix>-<sink>-<worker>` (see [`KafkaSinkConfig::transactional_id`]); implies
+    /// [`KafkaSink::exactly_once`]. For clusters that implement transactions (tansu does not).
+    pub fn transactional(mut self, prefix: impl Into<String>) -> Self {
+        self.config.transactional_id = Some(prefix.into());
         self
     }
 
@@ -356,6 +368,17 @@ impl<T> KafkaSink<T> {
             return Err(self.error("the Kafka sink was written before open".into()));
         };
         let topic = self.config.topic.as_str();
+        let transactional = self.config.transactional_id.is_some();
+        let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
+        let txn_error = |what: &str, e: KafkaError| Error::Sink {
+            sink: self.name.clone(),
+            reason: format!(
+                "cannot {what} a Kafka transaction for topic '{topic}' at {}: {e}",
+                self.config.kafka.bootstrap
+            ),
+        };
+        // A transaction begins with the first record still to write.
+        let mut begun = false;
         let mut bytes = 0u64;
         for (ckpt, records) in due {
             for (n, r) in records.iter().enumerate() {
@@ -383,6 +406,12 @@ impl<T> KafkaSink<T> {
                 if let Some(ts) = r.ts {
                     record = record.timestamp(ts);
                 }
+                if transactional && !begun {
+                    producer
+                        .begin_transaction()
+                        .map_err(|e| txn_error("begin", e))?;
+                    begun = true;
+                }
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,
@@ -394,13 +423,27 @@ impl<T> KafkaSink<T> {
                             }
                         }
                         Err((err, _)) => {
+                            if begun {
+                                let _ = producer.abort_transaction(timeout);
+                            }
                             return Err(Error::Sink {
                                 sink: self.name.clone(),
                                 reason: format!("cannot send a record to topic '{topic}': {err}"),
-                            })
+                            });
                         }
                     }
                 }
+            }
+        }
+        if begun {
+            // Commit flushes first: every record of the transaction is delivered or the
+            // commit fails (and the job with it; a restart writes the checkpoint again).
+            if let Err(e) = producer.commit_transaction(timeout) {
+                let _ = producer.abort_transaction(timeout);
+                return Err(txn_error("commit", e));
+            }
+            if let Some(t) = &self.transactions {
+                t.add(1);
             }
         }
         producer.poll(Duration::ZERO);
@@ -422,6 +465,10 @@ impl<T> KafkaSink<T> {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.queue.backoff.ms", "0");
+        if self.config.transactional_id.is_some() {
+            // Only committed transactions count as written; an aborted one is written again.
+            cfg.set("isolation.level", "read_committed");
+        }
         for (k, v) in &kafka.librdkafka_options {
             cfg.set(k, v);
         }
@@ -515,6 +562,12 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             ),
         ];
         defaults.extend(self.config.producer_defaults());
+        if let Some(prefix) = &self.config.transactional_id {
+            defaults.push((
+                "transactional.id",
+                format!("{prefix}-{}-{}", ctx.name, ctx.worker),
+            ));
+        }
         let events = ProducerEvents::new(format!("sink '{}' worker {}", ctx.name, ctx.worker));
         let producer: BaseProducer<ProducerEvents> = kafka
             .client_config(&defaults)
@@ -549,7 +602,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 kafka.bootstrap
             )));
         }
-        if self.config.exactly_once {
+        if self.config.writes_exactly_once() {
             if !ctx.checkpoints {
                 return Err(self.error(
                     "exactly_once needs checkpoints: run the job with checkpoints on \
@@ -558,6 +611,22 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 ));
             }
             self.eo.instance = format!("{}/{}", ctx.name, ctx.worker);
+        }
+        if self.config.transactional_id.is_some() {
+            // Fences off an older instance with this transactional.id and aborts whatever
+            // transaction it left open.
+            let timeout = kafka.request_timeout.max(Duration::from_secs(10));
+            producer.init_transactions(timeout).map_err(|e| {
+                self.error(format!(
+                    "cannot start Kafka transactions at {} (does the cluster support them? \
+                     tansu does not): {e}",
+                    kafka.bootstrap
+                ))
+            })?;
+            self.transactions = Some(
+                ctx.metrics
+                    .counter(&format!("{}.kafka.transactions", ctx.name)),
+            );
         }
         self.producer = Some(producer);
         if let Some(from) = self.eo.restored_from.take() {
@@ -580,7 +649,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
 
     fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
         self.check_deliveries()?;
-        if self.config.exactly_once {
+        if self.config.writes_exactly_once() {
             return self.hold(epoch, records);
         }
         let KafkaSink {
@@ -594,6 +663,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             value,
             key_buf,
             eo: _,
+            transactions: _,
         } = self;
         let mut bytes = 0u64;
         let mut waits = 0u64;
@@ -677,7 +747,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
-        if !self.config.exactly_once {
+        if !self.config.writes_exactly_once() {
             return Ok(None);
         }
         // What was written before is delivered (so `delivered` is where a read-back starts).
@@ -718,14 +788,14 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
-        if self.config.exactly_once {
+        if self.config.writes_exactly_once() {
             self.send_sealed(id)?;
         }
         Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
-        if self.config.exactly_once && !(self.eo.open.is_empty() && self.eo.sealed.is_empty()) {
+        if self.config.writes_exactly_once() && !(self.eo.open.is_empty() && self.eo.sealed.is_empty()) {
             return Err(self.error(format!(
                 "{} result(s) were never covered by a complete checkpoint (exactly_once)",
                 self.eo
