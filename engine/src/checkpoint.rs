@@ -166,7 +166,7 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     fn has_part(&self, id: u64, part: &str) -> bool;
 
     /// Makes checkpoint `id` complete: verifies each named part exists (and records its size and
-    /// CRC-32 as read back from storage), and writes the manifest atomically (temp, fsync, rename,
+    /// CRC-32: from what this handle wrote, or as read back from storage), and writes the manifest atomically (temp, fsync, rename,
     /// fsync dir). Only now does it count. Fails if a part is missing, a name repeats, or the
     /// checkpoint is already complete.
     fn commit(
@@ -421,12 +421,18 @@ enum Unusable {
 /// [`retain`](CheckpointStore::retain) skips the checksums of the checkpoints this handle
 /// committed or already checked in full, so that calling it after every commit costs a few
 /// `stat`s: a part damaged after that is found by the next start, which falls back past it.
+/// [`commit`](CheckpointStore::commit) takes the checksums of the parts this handle wrote from
+/// what it wrote (when the file has that size) and reads back only the others (parts written
+/// by other processes).
 #[derive(Debug)]
 pub struct LocalDirStore {
     dir: PathBuf,
     /// The checkpoints (id, manifest checksum) whose parts this handle has checksummed, when it
     /// committed them or verified them in full; only [`CheckpointStore::retain`] trusts it.
     verified: Mutex<BTreeSet<(u64, u32)>>,
+    /// The size and CRC-32 of the parts this handle wrote and that are not committed yet, so
+    /// [`CheckpointStore::commit`] reads back only parts other processes wrote.
+    written: Mutex<BTreeMap<(u64, String), (u64, u32)>>,
 }
 
 impl LocalDirStore {
@@ -440,6 +446,7 @@ impl LocalDirStore {
         Ok(LocalDirStore {
             dir,
             verified: Mutex::default(),
+            written: Mutex::default(),
         })
     }
 
@@ -711,11 +718,16 @@ impl CheckpointStore for LocalDirStore {
         let dir = self.checkpoint_dir(id);
         create_dir_durable(&dir)?;
         write_atomic(&dir, &format!("part-{part}.bin"), bytes)?;
-        Ok(PartInfo {
+        let info = PartInfo {
             name: part.to_string(),
             size: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
-        })
+        };
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the parts of checkpoints still in progress are remembered.
+        written.retain(|(other, _), _| *other + 16 > id);
+        written.insert((id, part.to_string()), (info.size, info.crc32));
+        Ok(info)
     }
 
     fn has_part(&self, id: u64, part: &str) -> bool {
@@ -744,7 +756,23 @@ impl CheckpointStore for LocalDirStore {
             if !seen.insert(name.as_str()) {
                 return Err(ck_err(dir, format!("commit names part '{name}' twice")));
             }
-            let (size, crc32) = file_size_crc(&path).map_err(|e| {
+            let remembered = self
+                .written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(id, name.clone()));
+            // A part this handle wrote is checksummed from what it wrote (its file was fsynced
+            // and renamed into place), if the file still has that size; others are read back.
+            let known = remembered.filter(|&(size, _)| {
+                fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size)
+            });
+            let read = || {
+                if let Some(k) = known {
+                    return Ok(k);
+                }
+                file_size_crc(&path)
+            };
+            let (size, crc32) = read().map_err(|e| {
                 if e.kind() == io::ErrorKind::NotFound {
                     ck_err(
                         &path,
