@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// Per sink instance on this worker: the epochs below it are finished (`u64::MAX` once
     /// the sink has closed).
     sinks_done: RefCell<Vec<Rc<Cell<u64>>>>,
+    /// The operators that turn streams into tables (whose state checkpoints do not cover).
+    tables: RefCell<Vec<String>>,
     /// Checkpoints (none when they are off).
     pub(crate) recovery: SharedRecovery,
 }
@@ -66,7 +68,7 @@ struct Node {
 
 impl Shared {
     /// Registers an operator named `name` (unique) created at `at`; returns its node id.
-    fn add_node(
+    pub(crate) fn add_node(
         &self,
         name: String,
         at: &'static Location<'static>,
@@ -92,7 +94,7 @@ impl Shared {
         Ok(id)
     }
 
-    fn auto_name(&self, kind: &str) -> String {
+    pub(crate) fn auto_name(&self, kind: &str) -> String {
         let g = self.graph.borrow();
         let mut n = g.nodes.len();
         loop {
@@ -104,8 +106,13 @@ impl Shared {
         }
     }
 
-    fn consume(&self, node: usize) {
+    pub(crate) fn consume(&self, node: usize) {
         self.graph.borrow_mut().nodes[node].consumed = true;
+    }
+
+    /// Notes that the flow has a table (see [`crate::table`]), made by operator `name`.
+    pub(crate) fn note_table(&self, name: &str) {
+        self.tables.borrow_mut().push(name.to_string());
     }
 
     /// A new sink's progress cell (see [`Shared::sinks_complete`]).
@@ -160,6 +167,7 @@ impl<'s> Flow<'s> {
                 epoch_interval,
                 graph: RefCell::new(Graph::default()),
                 sinks_done: RefCell::new(Vec::new()),
+                tables: RefCell::new(Vec::new()),
                 recovery: recovery.map(RefCell::new),
             }),
         }
@@ -273,6 +281,17 @@ impl<'s> Flow<'s> {
                 job: self.shared.job.clone(),
                 reason: "the job has no operators".to_string(),
             });
+        }
+        if self.shared.recovery.is_some() {
+            if let Some(table) = self.shared.tables.borrow().first() {
+                return Err(Error::InvalidJob {
+                    job: self.shared.job.clone(),
+                    reason: format!(
+                        "operator '{table}' makes an updating table, whose state checkpoints do \
+                         not cover yet; run the job with checkpoints off (--checkpoint-every 0s)"
+                    ),
+                });
+            }
         }
         if let Some(r) = &self.shared.recovery {
             r.borrow().report_unclaimed();

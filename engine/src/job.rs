@@ -16,6 +16,7 @@ pub struct Job {
     name: String,
     about: String,
     build: Arc<BuildFn>,
+    no_checkpoints: Option<String>,
 }
 
 impl std::fmt::Debug for Job {
@@ -34,7 +35,19 @@ impl Job {
             name: name.to_string(),
             about: about.to_string(),
             build: Arc::new(build),
+            no_checkpoints: None,
         }
+    }
+    /// Marks the job as one that cannot take checkpoints, saying why (for example, it keeps
+    /// updating tables, see [`crate::table`]): the CLI runs it with checkpoints off unless told
+    /// otherwise, and refuses, with `reason`, when asked for them.
+    pub fn without_checkpoints(mut self, reason: &str) -> Self {
+        self.no_checkpoints = Some(reason.to_string());
+        self
+    }
+    /// Why the job cannot take checkpoints, if it cannot.
+    pub fn checkpoints_unsupported(&self) -> Option<&str> {
+        self.no_checkpoints.as_deref()
     }
     /// The job's name.
     pub fn name(&self) -> &str {

@@ -44,6 +44,7 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod stateful;
+pub mod table;
 pub mod testing;
 pub mod time;
 pub mod watermark;
@@ -64,5 +65,6 @@ pub use source::{
 };
 pub use state::KeyedState;
 pub use stateful::{Emitter, EpochLogic, LocalEpochLogic};
+pub use table::{Change, KeyedTable, Row, Table};
 pub use time::{Epoch, EventTime, Watermark};
 pub use watermark::WatermarkStrategy;
