@@ -1288,6 +1288,7 @@ mod tests {
         let store = LocalDirStore {
             dir: PathBuf::from("/s/job"),
             verified: Mutex::default(),
+            written: Mutex::default(),
         };
         assert_eq!(
             store.checkpoint_dir(7),
