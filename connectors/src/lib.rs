@@ -8,6 +8,9 @@
 //! * [`file`](mod@file): JSON-lines (and text) files, read one partition per file
 //!   ([`FileSource`]) and written atomically ([`FileSink`]);
 //! * [`kafka`]: Kafka topics, read by [`KafkaSource`] and written by [`KafkaSink`];
+//! * [`nexmark`]: the Nexmark benchmark's people, auctions and bids
+//!   ([`nexmark::NexmarkGenerator`]; its types stay in the module, since its `Bid` is not
+//!   [`Bid`]);
 //! * [`stdout`]: [`StdoutSink`], one record per line;
 //! * [`blackhole`]: [`BlackholeSink`], which only counts.
 
@@ -15,6 +18,7 @@ pub mod blackhole;
 pub mod file;
 pub mod generator;
 pub mod kafka;
+pub mod nexmark;
 pub mod stdout;
 
 pub use blackhole::{BlackholeHandle, BlackholeSink};

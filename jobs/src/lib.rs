@@ -12,12 +12,14 @@
 //! | `w1-map-filter` | benchmark W1: a filter and a map |
 //! | `w2-tumbling` | benchmark W2: count and max price per auction per 10 s window |
 //! | `clickstream-sessions` | page views per user session (30 min gap) from a JSON-lines file |
+//! | `nexmark-q0` .. `nexmark-q8` | the Nexmark queries (see [`nexmark`]) |
 //!
 //! [`kafka_tools`] holds the plain Kafka clients behind `runnel produce` and `runnel consume`.
 
 pub mod clickstream;
 pub mod kafka_bids;
 pub mod kafka_tools;
+pub mod nexmark;
 pub mod wordcount;
 pub mod workloads;
 
@@ -25,20 +27,26 @@ use runnel_engine::{Error, Job, JobConfig, Registry, Result};
 
 /// Every reference job.
 pub fn registry() -> Registry {
-    Registry::new()
+    let mut registry = Registry::new()
         .with(kafka_bids::kafka_w2())
         .with(workloads::w2_tumbling())
         .with(workloads::w0_passthrough())
         .with(workloads::w1_map_filter())
         .with(wordcount::word_count())
-        .with(clickstream::clickstream_sessions())
+        .with(clickstream::clickstream_sessions());
+    for job in nexmark::jobs() {
+        registry = registry.with(job);
+    }
+    registry
 }
 
-/// Whether a run of `job` with `config` can resume from checkpoints: not `kafka-w2` on its
-/// embedded cluster, which starts empty in every run (its input is refilled, its output is
-/// not), so a resumed run could never pass its check.
+/// Whether a run of `job` with `config` can resume from checkpoints: not a job that says it
+/// cannot take them ([`Job::without_checkpoints`]), and not `kafka-w2` on its embedded cluster,
+/// which starts empty in every run (its input is refilled, its output is not), so a resumed run
+/// could never pass its check.
 pub fn can_resume(job: &Job, config: &JobConfig) -> bool {
-    job.name() != kafka_bids::NAME || config.contains(kafka_bids::BOOTSTRAP)
+    job.checkpoints_unsupported().is_none()
+        && (job.name() != kafka_bids::NAME || config.contains(kafka_bids::BOOTSTRAP))
 }
 
 /// Checks what a job's build function cannot see: whether `job` with `config` can run as

@@ -227,6 +227,15 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
             args.processes
         );
     }
+    if let (Some(why), Some(every)) = (job.checkpoints_unsupported(), args.state.checkpoint_every)
+    {
+        if !every.is_zero() {
+            bail!(
+                "{} cannot take checkpoints ({why}); run it without --checkpoint-every",
+                job.name()
+            );
+        }
+    }
     let checkpoint = if runnel_jobs::can_resume(job, &config) {
         args.state.options(job.name())?
     } else {

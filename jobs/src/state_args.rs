@@ -13,16 +13,19 @@ use runnel_engine::checkpoint::{
 };
 use runnel_engine::{CheckpointOptions, Restore};
 
+/// How often a run takes a checkpoint unless told otherwise.
+pub const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
 /// Where a job's checkpoints go and which one a run starts from.
 #[derive(Args, Debug, Clone)]
 pub struct StateArgs {
     /// The folder for checkpoints (one sub-folder per job).
     #[arg(long, env = "RUNNEL_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
-    /// How often to take a checkpoint ("10s", "500ms"); "0s" turns checkpoints off (and with
-    /// them resuming and exactly-once sinks).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub checkpoint_every: Duration,
+    /// How often to take a checkpoint ("10s", "500ms"; default 10s); "0s" turns checkpoints off
+    /// (and with them resuming and exactly-once sinks).
+    #[arg(long, value_parser = parse_duration)]
+    pub checkpoint_every: Option<Duration>,
     /// How many complete checkpoints to keep.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_checkpoints: u32,
@@ -37,7 +40,8 @@ pub struct StateArgs {
 impl StateArgs {
     /// The run's checkpoint options for `job` (`None`: off).
     pub fn options(&self, job: &str) -> anyhow::Result<Option<CheckpointOptions>> {
-        if self.checkpoint_every.is_zero() {
+        let every = self.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT_EVERY);
+        if every.is_zero() {
             if self.fresh || self.from_checkpoint.is_some() {
                 bail!("--fresh and --from-checkpoint need checkpoints (--checkpoint-every is 0)");
             }
@@ -47,7 +51,7 @@ impl StateArgs {
             .with_context(|| format!("--state-dir {}", self.state_dir.display()))?;
         Ok(Some(CheckpointOptions {
             store: Arc::new(store),
-            every: self.checkpoint_every,
+            every,
             keep: self.keep_checkpoints as usize,
             restore: match (self.fresh, self.from_checkpoint) {
                 (true, _) => Restore::Fresh,

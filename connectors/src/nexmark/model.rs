@@ -1,0 +1,122 @@
+//! The Nexmark records: [`Person`], [`Auction`], [`Bid`], and [`Event`], one of the three.
+//!
+//! The JSON form of an [`Event`] is one object tagged by its kind, with the fields in snake
+//! case and times in epoch milliseconds:
+//!
+//! ```
+//! use runnel_connectors::nexmark::{Bid, Event};
+//!
+//! let bid = Event::Bid(Bid {
+//!     auction: 1000,
+//!     bidder: 1001,
+//!     price: 4231,
+//!     channel: "Google".into(),
+//!     url: "https://www.nexmark.com/ab/cd/ef/item.htm?query=1".into(),
+//!     date_time: 1_436_918_400_000,
+//!     extra: "xyz".into(),
+//! });
+//! assert_eq!(
+//!     bid.to_json(),
+//!     r#"{"bid":{"auction":1000,"bidder":1001,"price":4231,"channel":"Google","#.to_owned()
+//!         + r#""url":"https://www.nexmark.com/ab/cd/ef/item.htm?query=1","#
+//!         + r#""date_time":1436918400000,"extra":"xyz"}}"#
+//! );
+//! assert_eq!(serde_json::from_str::<Event>(&bid.to_json()).unwrap(), bid);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// A new person: someone who can sell and bid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Person {
+    /// The person's id, from 1000 on, in the order people join.
+    pub id: u64,
+    /// A first and a last name, for example `"Kate Noris"`.
+    pub name: String,
+    /// A made-up address, for example `"hxk@abcd.com"`.
+    pub email_address: String,
+    /// Four groups of four digits separated by spaces.
+    pub credit_card: String,
+    /// One of ten cities of the US north-west.
+    pub city: String,
+    /// One of six US states (`AZ`, `CA`, `ID`, `OR`, `WA`, `WY`).
+    pub state: String,
+    /// When the person joined, epoch milliseconds.
+    pub date_time: i64,
+    /// Padding (lowercase letters) that brings the record to its average size.
+    pub extra: String,
+}
+
+/// A new auction of one item.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Auction {
+    /// The auction's id, from 1000 on, in the order auctions open.
+    pub id: u64,
+    /// The item's name (lowercase words).
+    pub item_name: String,
+    /// The item's description (lowercase words).
+    pub description: String,
+    /// The opening price, in cents.
+    pub initial_bid: u64,
+    /// The lowest price the seller accepts, in cents; at least `initial_bid`.
+    pub reserve: u64,
+    /// When the auction opened, epoch milliseconds.
+    pub date_time: i64,
+    /// When the auction closes, epoch milliseconds; after `date_time`.
+    pub expires: i64,
+    /// The person selling ([`Person::id`]).
+    pub seller: u64,
+    /// The item's category, `10..=14`.
+    pub category: u64,
+    /// Padding (lowercase letters) that brings the record to its average size.
+    pub extra: String,
+}
+
+/// A bid on an auction.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Bid {
+    /// The auction bid on ([`Auction::id`]).
+    pub auction: u64,
+    /// The person bidding ([`Person::id`]).
+    pub bidder: u64,
+    /// The price offered, in cents.
+    pub price: u64,
+    /// Where the bid came from: `"Google"`, `"Facebook"`, `"Baidu"`, `"Apple"`, or
+    /// `"channel-<n>"` with `n` in `0..10000`.
+    pub channel: String,
+    /// The page the bid was made on (one per channel).
+    pub url: String,
+    /// When the bid was made, epoch milliseconds.
+    pub date_time: i64,
+    /// Padding (lowercase letters) that brings the record to its average size.
+    pub extra: String,
+}
+
+/// One Nexmark event; in JSON `{"person": {...}}`, `{"auction": {...}}` or `{"bid": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A person joined.
+    Person(Person),
+    /// An auction opened.
+    Auction(Auction),
+    /// A bid was made.
+    Bid(Bid),
+}
+
+impl Event {
+    /// When the event happened, epoch milliseconds (its record's `date_time`).
+    pub fn date_time(&self) -> i64 {
+        match self {
+            Event::Person(p) => p.date_time,
+            Event::Auction(a) => a.date_time,
+            Event::Bid(b) => b.date_time,
+        }
+    }
+
+    /// The event as one line of JSON (without the newline), tagged by its kind.
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of integers and strings cannot fail.
+        serde_json::to_string(self).expect("a Nexmark event serializes to JSON")
+    }
+}

@@ -1,0 +1,224 @@
+//! [`NexmarkGenerator`], the [`Source`] of Nexmark events over interleaved partitions,
+//! optionally kept to a wall-clock rate.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use runnel_engine::{
+    Error, PartitionId, PartitionReader, ReadStatus, Reader, Result, Source, SourceContext,
+};
+
+use super::config::NexmarkConfig;
+use super::model::Event;
+
+/// A source of the events `0..events` of a [`NexmarkConfig`].
+///
+/// Partition `p` of `K` produces event numbers `p, p + K, p + 2K, ...`, so the union over the
+/// partitions is the same events whatever `K` is, and all partitions' event times advance
+/// together. Each event is pushed with its own `date_time` as its event time and its event
+/// number as its offset; [`Source::resume`] seeks straight to an offset.
+///
+/// With a [`NexmarkConfig::rate`], event `n` is due `n / rate` seconds after the first read
+/// (after a resume, counted from the first event read), or, with
+/// [`NexmarkConfig::base_time_now`], after the base time; a partition with nothing due reports
+/// [`ReadStatus::Pending`].
+///
+/// ```
+/// use runnel_connectors::nexmark::{NexmarkConfig, NexmarkGenerator};
+/// use runnel_engine::{Job, SourceOptions};
+///
+/// let source = NexmarkGenerator::new(NexmarkConfig::new(1_000_000).partitions(8));
+/// let job = Job::new("nexmark", "counts events", move |flow| {
+///     flow.source("events", source.clone(), SourceOptions::new())?
+///         .sink("hole", runnel_connectors::BlackholeSink::new())
+/// });
+/// # let _ = job;
+/// ```
+#[derive(Clone, Debug)]
+pub struct NexmarkGenerator {
+    config: NexmarkConfig,
+    /// The bids' urls, built once at the first open and shared by the clones' readers (they
+    /// are the same function of the seed as in [`NexmarkConfig::event`], built ahead).
+    urls: Arc<OnceLock<Arc<[String]>>>,
+}
+
+impl NexmarkGenerator {
+    /// A source of `config`'s events.
+    pub fn new(config: NexmarkConfig) -> Self {
+        NexmarkGenerator {
+            config,
+            urls: Arc::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NexmarkConfig {
+        &self.config
+    }
+
+    /// Partition `partition`'s reader, from the first of its event numbers at or after `next`.
+    fn reader(
+        &self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+        next: u64,
+    ) -> Result<Box<dyn PartitionReader<Event>>> {
+        let k = self.config.partition_count(ctx.workers);
+        let p = partition.0;
+        if p >= k {
+            return Err(Error::Source {
+                source_name: ctx.name.clone(),
+                reason: format!("nexmark generator has {k} partitions, cannot open partition {p}"),
+            });
+        }
+        let (p, k) = (u64::from(p), u64::from(k));
+        let first = if next > p {
+            p.saturating_add((next - p).div_ceil(k).saturating_mul(k))
+        } else {
+            p
+        };
+        let events = self.config.events();
+        let left = if first < events {
+            (events - first).div_ceil(k)
+        } else {
+            0
+        };
+        let pace = self.config.wall_rate().map(|rate| Pace {
+            rate,
+            clock: if self.config.is_wall_clock() {
+                Clock::Wall {
+                    base_ms: self.config.base_time(),
+                }
+            } else {
+                Clock::FirstRead {
+                    start: None,
+                    origin: first,
+                }
+            },
+        });
+        let urls = self
+            .urls
+            .get_or_init(|| self.config.urls().into())
+            .clone();
+        Ok(Box::new(NexmarkReader {
+            config: self.config,
+            urls,
+            next: first,
+            step: k,
+            left,
+            pace,
+        }))
+    }
+}
+
+impl From<NexmarkConfig> for NexmarkGenerator {
+    fn from(config: NexmarkConfig) -> Self {
+        NexmarkGenerator::new(config)
+    }
+}
+
+impl Source for NexmarkGenerator {
+    type Item = Event;
+
+    fn partitions(&mut self, ctx: &SourceContext) -> Result<Vec<String>> {
+        let k = self.config.partition_count(ctx.workers);
+        Ok((0..k).map(|p| format!("nexmark-{p}-of-{k}")).collect())
+    }
+
+    fn open(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn PartitionReader<Event>>> {
+        self.reader(partition, ctx, 0)
+    }
+
+    /// Seeks to event number `next`: nothing is generated to be skipped.
+    fn resume(
+        &mut self,
+        partition: PartitionId,
+        ctx: &SourceContext,
+        next: u64,
+    ) -> Result<Box<dyn PartitionReader<Event>>> {
+        self.reader(partition, ctx, next)
+    }
+}
+
+/// What a paced partition's schedule counts from.
+enum Clock {
+    /// Event `origin` is due at the first read.
+    FirstRead { start: Option<Instant>, origin: u64 },
+    /// Event 0 is due at `base_ms` on the wall clock.
+    Wall { base_ms: i64 },
+}
+
+/// Keeps a partition to the total rate: event `n` is due `n / rate` seconds after its clock's
+/// origin, whichever partition it is in.
+struct Pace {
+    /// Total events per second over all partitions.
+    rate: u64,
+    clock: Clock,
+}
+
+impl Pace {
+    /// The highest event number due now, if any.
+    fn due(&mut self) -> Option<u64> {
+        let (origin, elapsed_ns) = match &mut self.clock {
+            Clock::FirstRead { start, origin } => {
+                let start = *start.get_or_insert_with(Instant::now);
+                (*origin, start.elapsed().as_nanos())
+            }
+            Clock::Wall { base_ms } => {
+                let now_ns = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128);
+                let elapsed = now_ns - i128::from(*base_ms) * 1_000_000;
+                (0, u128::try_from(elapsed).ok()?)
+            }
+        };
+        let ahead = elapsed_ns * u128::from(self.rate) / 1_000_000_000;
+        Some(origin.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX)))
+    }
+}
+
+struct NexmarkReader {
+    config: NexmarkConfig,
+    urls: Arc<[String]>,
+    /// The next event number.
+    next: u64,
+    /// The number of partitions (the distance between this partition's event numbers).
+    step: u64,
+    /// Events left in this partition.
+    left: u64,
+    pace: Option<Pace>,
+}
+
+impl PartitionReader<Event> for NexmarkReader {
+    fn read(&mut self, out: &mut Reader<Event>) -> Result<ReadStatus> {
+        if self.left == 0 {
+            return Ok(ReadStatus::Finished);
+        }
+        let mut count = (out.budget() as u64).min(self.left);
+        if let Some(pace) = self.pace.as_mut() {
+            match pace.due() {
+                Some(due) if due >= self.next => {
+                    count = count.min((due - self.next) / self.step + 1);
+                }
+                _ => return Ok(ReadStatus::Pending),
+            }
+        }
+        let mut n = self.next;
+        for _ in 0..count {
+            let event = self.config.event_with(n, Some(&self.urls));
+            out.push_at(event.date_time(), n, event);
+            n = n.wrapping_add(self.step);
+        }
+        self.next = n;
+        self.left -= count;
+        Ok(if self.left == 0 {
+            ReadStatus::Finished
+        } else {
+            ReadStatus::More
+        })
+    }
+}

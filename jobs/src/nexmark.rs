@@ -1,0 +1,571 @@
+//! The Nexmark queries q0 to q8 as jobs `nexmark-q0` .. `nexmark-q8`.
+//!
+//! Each job reads Nexmark events (see [`runnel_connectors::nexmark`]) from the generator, a
+//! JSON-lines file or a Kafka topic, runs one query, and writes its results. The query logic is
+//! in plain functions ([`q0`] .. [`q8`]) over a stream of events, so tests and other jobs can
+//! reuse it. The definitions follow the Nexmark suite for Flink (`nexmark/nexmark`,
+//! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
+//! says how.
+//!
+//! Queries whose answer changes as input arrives (q3, q4, q6) are built on updating tables
+//! ([`runnel_engine::table`], differential dataflow) and write a changelog: each row is
+//! `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run with
+//! checkpoints off (table state is not checkpointed yet).
+//!
+//! Settings (`--set`):
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `events` | 10,000,000 | generator: events in total |
+//! | `rate` | 0 (unpaced) | generator: events per second of wall time; event times then follow the wall clock (for latency) |
+//! | `seed` | the generator's | generator: seed |
+//! | `partitions` | one per worker | generator: partitions |
+//! | `file` | none | read events from this JSON-lines file (or comma-separated files) instead |
+//! | `kafka.bootstrap`, `topic` | none, `nexmark` | read events from this Kafka topic instead (to its end) |
+//! | `out_of_order_ms` | 0 | watermark bound for file and Kafka input |
+//! | `sink` | `blackhole` | `blackhole`, `stdout`, `file:PATH` (JSON lines) or `kafka:TOPIC` (JSON, on `kafka.bootstrap`) |
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use runnel_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, StartAt};
+use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
+use runnel_connectors::{BlackholeSink, FileSink, FileSource, StdoutSink};
+use runnel_engine::{Data, Error, Flow, Job, Result, SourceOptions, Stream, Table};
+use runnel_operators::prelude::*;
+use runnel_operators::WindowResult;
+
+/// The job names, in order.
+pub const QUERIES: [&str; 9] = [
+    "nexmark-q0",
+    "nexmark-q1",
+    "nexmark-q2",
+    "nexmark-q3",
+    "nexmark-q4",
+    "nexmark-q5",
+    "nexmark-q6",
+    "nexmark-q7",
+    "nexmark-q8",
+];
+
+/// Why the table queries run without checkpoints.
+const NO_CHECKPOINTS: &str = "its updating tables live in differential arrangements, which \
+                              checkpoints do not cover yet";
+
+/// Every Nexmark job.
+pub fn jobs() -> Vec<Job> {
+    vec![
+        stream_job(0, "q0 passthrough: every bid", |e| Ok(q0(e))),
+        stream_job(1, "q1 currency: bid prices in euro cents", |e| Ok(q1(e))),
+        stream_job(2, "q2 selection: bids on auctions whose id is a multiple of 123", |e| {
+            Ok(q2(e))
+        }),
+        table_job(
+            3,
+            "q3 local item suggestion: sellers in OR, ID or CA of category-10 auctions (updating join)",
+            |e| Ok(q3(e)),
+        ),
+        table_job(
+            4,
+            "q4 average winning bid per category (updating)",
+            q4,
+        ),
+        stream_job(
+            5,
+            "q5 hot items: the auctions with the most bids per 10 s window sliding by 2 s",
+            q5,
+        ),
+        table_job(
+            6,
+            "q6 average winning bid of each seller's last 10 auctions (updating)",
+            q6,
+        ),
+        stream_job(7, "q7 highest bid per 10 s window", q7),
+        stream_job(
+            8,
+            "q8 new users: people who opened an auction in the 10 s window they joined in",
+            q8,
+        ),
+    ]
+}
+
+fn stream_job<O: Data>(
+    n: usize,
+    about: &str,
+    query: for<'s> fn(&Stream<'s, Event>) -> Result<Stream<'s, O>>,
+) -> Job {
+    Job::new(QUERIES[n], about, move |flow| {
+        let events = events(flow)?;
+        let out = query(&events)?;
+        sink(flow, &out)
+    })
+}
+
+fn table_job<O: runnel_engine::Row>(
+    n: usize,
+    about: &str,
+    query: for<'s> fn(&Stream<'s, Event>) -> Result<Table<'s, O>>,
+) -> Job {
+    Job::new(QUERIES[n], about, move |flow| {
+        let events = events(flow)?;
+        let out = query(&events)?.changelog();
+        sink(flow, &out)
+    })
+    .without_checkpoints(NO_CHECKPOINTS)
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidJob {
+        job: "nexmark".to_string(),
+        reason,
+    }
+}
+
+/// The events of the run: the generator, a file or a topic (see the module docs).
+pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
+    let cfg = flow.config();
+    let out_of_order_ms: u64 = cfg.get("out_of_order_ms", 0)?;
+    let file = cfg.get_opt("file");
+    let bootstrap = cfg.get_opt("kafka.bootstrap");
+    let topic: String = cfg.get("topic", "nexmark".to_string())?;
+    let options = || {
+        let o = SourceOptions::new().event_time(|e: &Event| e.date_time());
+        if out_of_order_ms > 0 {
+            o.bounded_out_of_order(Duration::from_millis(out_of_order_ms))
+        } else {
+            o
+        }
+    };
+    let generator_keys = ["events", "rate", "seed", "partitions"];
+    if file.is_some() || bootstrap.is_some() {
+        if let Some(k) = generator_keys.iter().find(|k| cfg.contains(k)) {
+            return Err(invalid(format!(
+                "'{k}' sets up the generator; it has no meaning with file or kafka.bootstrap"
+            )));
+        }
+    }
+    match (file, bootstrap) {
+        (Some(_), Some(_)) => Err(invalid(
+            "give either file or kafka.bootstrap, not both".to_string(),
+        )),
+        (Some(files), None) => {
+            let paths: Vec<String> = files.split(',').map(|s| s.trim().to_string()).collect();
+            flow.source("events", FileSource::<Event>::json(paths), options())
+        }
+        (None, Some(bootstrap)) => {
+            let source = KafkaSource::json::<Event>(KafkaConfig::new(bootstrap), [topic])
+                .start(StartAt::Earliest)
+                .stop_at_end();
+            flow.source("events", source, options())
+        }
+        (None, None) => {
+            let events: u64 = cfg.get("events", 10_000_000)?;
+            let rate: u64 = cfg.get("rate", 0)?;
+            let partitions: u32 = cfg.get("partitions", 0)?;
+            let mut config = NexmarkConfig::new(events).partitions(partitions);
+            if let Some(seed) = cfg.get_opt("seed") {
+                let seed: u64 = seed
+                    .parse()
+                    .map_err(|_| invalid(format!("seed: '{seed}' is not a number")))?;
+                config = config.seed(seed);
+            }
+            if rate > 0 {
+                // Paced: event time follows the wall clock, so latency can be measured from it.
+                config = config.rate(rate).event_rate(rate).base_time_now();
+            }
+            flow.source("events", NexmarkGenerator::new(config), SourceOptions::new())
+        }
+    }
+}
+
+/// Writes a query's results where `sink` says (see the module docs).
+pub fn sink<T: Data>(flow: &Flow<'_>, out: &Stream<'_, T>) -> Result<()> {
+    let cfg = flow.config();
+    let spec: String = cfg.get("sink", "blackhole".to_string())?;
+    match spec.split_once(':') {
+        None if spec == "blackhole" => out.sink("out", BlackholeSink::new()),
+        None if spec == "stdout" => out.sink("out", StdoutSink::new()),
+        Some(("file", path)) => out.sink("out", FileSink::json(path)),
+        Some(("kafka", topic)) => {
+            let Some(bootstrap) = cfg.get_opt("kafka.bootstrap") else {
+                return Err(invalid(
+                    "sink kafka:TOPIC needs kafka.bootstrap=HOST:PORT".to_string(),
+                ));
+            };
+            out.sink(
+                "out",
+                KafkaSink::json(KafkaConfig::new(bootstrap), topic.to_string()),
+            )
+        }
+        _ => Err(invalid(format!(
+            "sink '{spec}': expected blackhole, stdout, file:PATH or kafka:TOPIC"
+        ))),
+    }
+}
+
+fn bids<'s>(events: &Stream<'s, Event>) -> Stream<'s, Bid> {
+    events.flat_map(|e| match e {
+        Event::Bid(b) => Some(b),
+        _ => None,
+    })
+}
+
+fn auctions<'s>(events: &Stream<'s, Event>) -> Stream<'s, Auction> {
+    events.flat_map(|e| match e {
+        Event::Auction(a) => Some(a),
+        _ => None,
+    })
+}
+
+fn persons<'s>(events: &Stream<'s, Event>) -> Stream<'s, Person> {
+    events.flat_map(|e| match e {
+        Event::Person(p) => Some(p),
+        _ => None,
+    })
+}
+
+/// q0, passthrough: every bid as it is.
+pub fn q0<'s>(events: &Stream<'s, Event>) -> Stream<'s, Bid> {
+    bids(events)
+}
+
+/// One q1 result: a bid with its price in euros.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q1 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price in euro cents: `price * 908 / 1000`, rounded down (Flink's q1 multiplies by
+    /// the decimal 0.908).
+    pub price: u64,
+    /// The bid's time.
+    pub date_time: i64,
+    /// The bid's padding.
+    pub extra: String,
+}
+
+/// q1, currency conversion: every bid with its price in euros.
+pub fn q1<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q1> {
+    bids(events).map(|b| Q1 {
+        auction: b.auction,
+        bidder: b.bidder,
+        price: b.price * 908 / 1000,
+        date_time: b.date_time,
+        extra: b.extra,
+    })
+}
+
+/// One q2 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q2 {
+    /// The auction.
+    pub auction: u64,
+    /// The bid's price.
+    pub price: u64,
+}
+
+/// q2, selection: the bids on auctions whose id is a multiple of 123.
+pub fn q2<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q2> {
+    bids(events)
+        .filter(|b| b.auction % 123 == 0)
+        .map(|b| Q2 {
+            auction: b.auction,
+            price: b.price,
+        })
+}
+
+/// One q3 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q3 {
+    /// The seller's name.
+    pub name: String,
+    /// The seller's city.
+    pub city: String,
+    /// The seller's state.
+    pub state: String,
+    /// The auction.
+    pub id: u64,
+}
+
+/// q3, local item suggestion: for every auction in category 10 whose seller lives in Oregon,
+/// Idaho or California, the seller's name, city and state and the auction's id. An unwindowed
+/// join: an auction and its seller meet whichever arrives first, and both are kept.
+pub fn q3<'s>(events: &Stream<'s, Event>) -> Table<'s, Q3> {
+    let sellers = persons(events)
+        .filter(|p| matches!(p.state.as_str(), "OR" | "ID" | "CA"))
+        .map(|p| (p.id, p.name, p.city, p.state))
+        .to_table()
+        .key_by(|p| p.0);
+    let items = auctions(events)
+        .filter(|a| a.category == 10)
+        .map(|a| (a.seller, a.id))
+        .to_table()
+        .key_by(|a| a.0);
+    sellers
+        .join(&items)
+        .map(|(_, (_, name, city, state), (_, id))| Q3 {
+            name,
+            city,
+            state,
+            id,
+        })
+}
+
+/// The winning bid of every auction that has one: `(auction, seller, category, expires,
+/// price)`, where the price is the highest of the bids made while the auction was open
+/// (`date_time <= bid time <= expires`, as Flink's q4 and q6). Updating: a higher bid replaces
+/// the winner. Unlike Nexmark's `WinningBids` in Beam, the reserve is not checked (Flink's
+/// queries do not either) and an auction counts before it closes.
+fn winning_bids<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, (u64, u64, u64, i64, u64)>> {
+    let auctions = auctions(events)
+        .map(|a| (a.id, a.seller, a.category, a.date_time, a.expires))
+        .to_table()
+        .key_by(|a| a.0);
+    let bids = bids(events)
+        .map(|b| (b.auction, b.price, b.date_time))
+        .to_table()
+        .key_by(|b| b.0);
+    Ok(auctions
+        .join(&bids)
+        .filter(|(_, (_, _, _, opened, expires), (_, _, at))| opened <= at && at <= expires)
+        .map(|(id, (_, seller, category, _, expires), (_, price, _))| {
+            ((id, seller, category, expires), price)
+        })
+        .key_by(|r| r.0)
+        .reduce_to("winning-bids", |_, rows| {
+            rows.iter().map(|((_, price), _)| *price).max()
+        })?
+        .into_table()
+        .map(|((id, seller, category, expires), price)| (id, seller, category, expires, price)))
+}
+
+/// One q4 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q4 {
+    /// The category.
+    pub category: u64,
+    /// The average winning price of its auctions, rounded down (Flink's `AVG` of a `BIGINT`).
+    pub avg_price: u64,
+}
+
+/// q4, average price for a category: the average of the winning bids (see the note on
+/// `winning_bids` in the source) of the auctions of each category. Updating.
+pub fn q4<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q4>> {
+    Ok(winning_bids(events)?
+        .key_by(|w| w.2)
+        .reduce_to("avg-per-category", |_, rows| {
+            let (mut sum, mut n) = (0u128, 0u128);
+            for ((_, _, _, _, price), r) in rows {
+                sum += *price as u128 * *r as u128;
+                n += *r as u128;
+            }
+            (n > 0).then(|| (sum / n) as u64)
+        })?
+        .into_table()
+        .map(|(category, avg_price)| Q4 {
+            category,
+            avg_price,
+        }))
+}
+
+/// One q5 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q5 {
+    /// A hottest auction of the window.
+    pub auction: u64,
+    /// Its number of bids in the window.
+    pub num: u64,
+    /// The window's start.
+    pub start: i64,
+    /// The window's end (exclusive).
+    pub end: i64,
+}
+
+/// The keys with the largest count: `(count, keys)`.
+#[derive(Clone, Copy, Debug)]
+struct ArgMaxCount;
+
+impl Aggregate<WindowResult<u64, u64>> for ArgMaxCount {
+    type Acc = (u64, Vec<u64>);
+    type Out = (u64, Vec<u64>);
+    fn create(&self) -> Self::Acc {
+        (0, Vec::new())
+    }
+    fn add(&self, acc: &mut Self::Acc, w: &WindowResult<u64, u64>) {
+        if w.value > acc.0 {
+            *acc = (w.value, vec![w.key]);
+        } else if w.value == acc.0 {
+            acc.1.push(w.key);
+        }
+    }
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+        if other.0 > acc.0 {
+            *acc = other.clone();
+        } else if other.0 == acc.0 {
+            acc.1.extend_from_slice(&other.1);
+        }
+    }
+    fn result(&self, acc: &Self::Acc) -> Self::Out {
+        let mut keys = acc.1.clone();
+        keys.sort_unstable();
+        (acc.0, keys)
+    }
+}
+
+/// q5, hot items: per window of 10 s sliding every 2 s, the auctions with the most bids (all of
+/// them on a tie).
+pub fn q5<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q5>> {
+    let counts = bids(events)
+        .key_by(|b| b.auction)
+        .window(Sliding::of(Duration::from_secs(10), Duration::from_secs(2)))
+        .named("bids-per-auction")
+        .aggregate(Count)?;
+    // Each window's counts carry its end - 1 as event time; grouped by the window's start,
+    // they all fall in one 2 s tumbling window, which fires right after.
+    let hottest = counts
+        .key_by(|w| (w.start, w.end))
+        .window(Tumbling::of(Duration::from_secs(2)))
+        .named("hottest")
+        .aggregate(ArgMaxCount)?;
+    Ok(hottest.flat_map(|w| {
+        let ((start, end), (num, auctions)) = (w.key, w.value);
+        auctions.into_iter().map(move |auction| Q5 {
+            auction,
+            num,
+            start,
+            end,
+        })
+    }))
+}
+
+/// One q6 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q6 {
+    /// The seller.
+    pub seller: u64,
+    /// The average winning price of the seller's last 10 auctions (by closing time, then id)
+    /// that have a winning bid, rounded down.
+    pub avg_price: u64,
+}
+
+/// q6, average selling price by seller: per seller, the average winning price of their last
+/// ten auctions (by closing time). Updating: Nexmark's q6 averages the last ten *closed*
+/// auctions; here an auction counts as soon as it has a bid, with its current winning price,
+/// so the answer at the end of the input is the same and in between it runs ahead.
+pub fn q6<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q6>> {
+    Ok(winning_bids(events)?
+        .map(|(id, seller, _, expires, price)| (seller, (expires, id, price)))
+        .key_by(|r| r.0)
+        .reduce_to("last-10-per-seller", |_, rows| {
+            // Rows come sorted by value: (seller, (expires, id, price)), so the last ten are
+            // the latest auctions; each auction has one winning row.
+            let last: Vec<u64> = rows
+                .iter()
+                .rev()
+                .take(10)
+                .map(|((_, (_, _, price)), _)| *price)
+                .collect();
+            (!last.is_empty()).then(|| last.iter().sum::<u64>() / last.len() as u64)
+        })?
+        .into_table()
+        .map(|(seller, avg_price)| Q6 { seller, avg_price }))
+}
+
+/// One q7 result: a bid with the highest price of its window.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q7 {
+    /// The auction.
+    pub auction: u64,
+    /// The price, the highest of the window.
+    pub price: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The bid's time.
+    pub date_time: i64,
+    /// The bid's padding.
+    pub extra: String,
+}
+
+/// The bids with the highest price: `(price, bids)`.
+#[derive(Clone, Copy, Debug)]
+struct MaxBids;
+
+impl Aggregate<Bid> for MaxBids {
+    type Acc = (u64, Vec<Bid>);
+    type Out = Vec<Bid>;
+    fn create(&self) -> Self::Acc {
+        (0, Vec::new())
+    }
+    fn add(&self, acc: &mut Self::Acc, b: &Bid) {
+        if b.price > acc.0 || acc.1.is_empty() {
+            acc.0 = b.price;
+            acc.1.clear();
+            acc.1.push(b.clone());
+        } else if b.price == acc.0 {
+            acc.1.push(b.clone());
+        }
+    }
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+        if other.1.is_empty() {
+            return;
+        }
+        if other.0 > acc.0 || acc.1.is_empty() {
+            *acc = other.clone();
+        } else if other.0 == acc.0 {
+            acc.1.extend_from_slice(&other.1);
+        }
+    }
+    fn result(&self, acc: &Self::Acc) -> Vec<Bid> {
+        acc.1.clone()
+    }
+}
+
+/// q7, highest bid: per 10 s tumbling window, the bids with the highest price (all of them on
+/// a tie). Every worker pre-aggregates its bids per window before the exchange.
+pub fn q7<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q7>> {
+    let max = bids(events)
+        .key_by(|b| b.date_time.div_euclid(10_000))
+        .window(Tumbling::of(Duration::from_secs(10)))
+        .named("highest-bid")
+        .aggregate(MaxBids)?;
+    Ok(max.flat_map(|w| {
+        w.value.into_iter().map(|b| Q7 {
+            auction: b.auction,
+            price: b.price,
+            bidder: b.bidder,
+            date_time: b.date_time,
+            extra: b.extra,
+        })
+    }))
+}
+
+/// One q8 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q8 {
+    /// The person.
+    pub id: u64,
+    /// Their name.
+    pub name: String,
+    /// The start of the 10 s window in which they joined and opened an auction.
+    pub start: i64,
+}
+
+/// q8, monitor new users: the people who opened an auction in the same 10 s tumbling window
+/// in which they joined, once per person and window.
+pub fn q8<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q8>> {
+    let people = persons(events).map(|p| (p.id, p.name)).key_by(|p| p.0);
+    let sellers = auctions(events).map(|a| a.seller).key_by(|s| *s);
+    let pairs = people.window_join_named("new-sellers", &sellers, Duration::from_secs(10))?;
+    // One row per person and window, however many auctions they opened in it.
+    let once = pairs
+        .key_by(|j| (j.key, j.left.1.clone(), j.start))
+        .window(Tumbling::of(Duration::from_secs(10)))
+        .named("once-per-window")
+        .aggregate(Count)?;
+    Ok(once.map(|w| {
+        let (id, name, start) = w.key;
+        Q8 { id, name, start }
+    }))
+}

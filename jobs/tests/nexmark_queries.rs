@@ -1,0 +1,327 @@
+//! The Nexmark queries q0 to q8 on a small generated event set, each checked against a
+//! brute-force computation written here, separately, over a plain `Vec` of the same events.
+//!
+//! The queries run on 2 workers over 5 generator partitions (so the split is uneven). Updating
+//! queries (q3, q4, q6) are checked by applying their changelog in order (no row may go below
+//! zero) and comparing the final table.
+
+use std::collections::{BTreeMap, HashMap};
+
+use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
+use runnel_engine::testing::Collector;
+use runnel_engine::{run, Change, Data, Job, RunOptions, SourceOptions, Stream, Table};
+use runnel_jobs::nexmark::{self, Q1, Q2, Q3, Q4, Q5, Q6, Q7, Q8};
+
+/// 60,000 events at 1,000 per second of event time: a minute, six 10 s windows.
+fn config() -> NexmarkConfig {
+    NexmarkConfig::new(60_000).event_rate(1000).partitions(5).seed(7)
+}
+
+fn all_events() -> Vec<Event> {
+    config().iter().collect()
+}
+
+fn bids(events: &[Event]) -> Vec<Bid> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Bid(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn auctions(events: &[Event]) -> Vec<Auction> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Auction(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persons(events: &[Event]) -> Vec<Person> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Person(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs a stream query on the generator and returns its results, sorted.
+fn run_stream<O: Data + Ord>(
+    query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, O>>,
+) -> Vec<O> {
+    let out = Collector::<O>::new();
+    let sink = out.clone();
+    let job = Job::new("q", "a query", move |flow| {
+        let events = flow.source(
+            "events",
+            NexmarkGenerator::new(config()),
+            SourceOptions::new(),
+        )?;
+        query(&events)?.sink("out", sink.sink())
+    });
+    let summary = run(&job, RunOptions::workers(2)).expect("the query runs");
+    assert_eq!(summary.late, 0, "in-order input has no late records");
+    out.sorted_data()
+}
+
+/// Runs a table query on the generator and returns its final rows (the changelog applied).
+fn run_table<O: Data + Ord>(
+    query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Table<'s, O>>,
+) -> Vec<O> {
+    let out = Collector::<Change<O>>::new();
+    let sink = out.clone();
+    let job = Job::new("q", "a query", move |flow| {
+        let events = flow.source(
+            "events",
+            NexmarkGenerator::new(config()),
+            SourceOptions::new(),
+        )?;
+        query(&events)?.sink("out", sink.sink())
+    });
+    run(&job, RunOptions::workers(2)).expect("the query runs");
+    let mut rows: BTreeMap<O, i64> = BTreeMap::new();
+    for (_, e) in out.events() {
+        let (row, d) = match e.data {
+            Change::Insert(r) => (r, 1),
+            Change::Retract(r) => (r, -1),
+        };
+        let n = rows.entry(row.clone()).or_default();
+        *n += d;
+        assert!(*n >= 0, "{row:?} retracted before it was inserted");
+    }
+    let mut out = Vec::new();
+    for (row, n) in rows {
+        for _ in 0..n {
+            out.push(row.clone());
+        }
+    }
+    out
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+#[test]
+fn the_generated_set_is_big_enough_to_mean_something() {
+    let events = all_events();
+    assert_eq!(events.len(), 60_000);
+    let span = events.last().unwrap().date_time() - events[0].date_time();
+    assert!(span >= 59_000, "{span} ms of event time");
+}
+
+#[test]
+fn q0_passes_every_bid() {
+    let want = sorted(bids(&all_events()));
+    assert_eq!(want.len(), 60_000 / 50 * 46);
+    assert_eq!(run_stream(|e| Ok(nexmark::q0(e))), want);
+}
+
+#[test]
+fn q1_converts_prices() {
+    let want = sorted(
+        bids(&all_events())
+            .into_iter()
+            .map(|b| Q1 {
+                auction: b.auction,
+                bidder: b.bidder,
+                price: (b.price as u128 * 908 / 1000) as u64,
+                date_time: b.date_time,
+                extra: b.extra,
+            })
+            .collect(),
+    );
+    assert_eq!(run_stream(|e| Ok(nexmark::q1(e))), want);
+}
+
+#[test]
+fn q2_selects_auctions_divisible_by_123() {
+    let want = sorted(
+        bids(&all_events())
+            .into_iter()
+            .filter(|b| b.auction % 123 == 0)
+            .map(|b| Q2 {
+                auction: b.auction,
+                price: b.price,
+            })
+            .collect(),
+    );
+    assert!(!want.is_empty());
+    assert_eq!(run_stream(|e| Ok(nexmark::q2(e))), want);
+}
+
+#[test]
+fn q3_joins_local_sellers_with_category_10_auctions() {
+    let events = all_events();
+    let mut want = Vec::new();
+    for p in persons(&events) {
+        if !["OR", "ID", "CA"].contains(&p.state.as_str()) {
+            continue;
+        }
+        for a in auctions(&events) {
+            if a.category == 10 && a.seller == p.id {
+                want.push(Q3 {
+                    name: p.name.clone(),
+                    city: p.city.clone(),
+                    state: p.state.clone(),
+                    id: a.id,
+                });
+            }
+        }
+    }
+    let want = sorted(want);
+    assert!(want.len() > 10, "{} rows", want.len());
+    assert_eq!(run_table(|e| Ok(nexmark::q3(e))), want);
+}
+
+/// Per auction with at least one bid while it was open: (auction, its highest such price).
+fn winners(events: &[Event]) -> Vec<(Auction, u64)> {
+    let bids = bids(events);
+    let mut out = Vec::new();
+    for a in auctions(events) {
+        let best = bids
+            .iter()
+            .filter(|b| b.auction == a.id && a.date_time <= b.date_time && b.date_time <= a.expires)
+            .map(|b| b.price)
+            .max();
+        if let Some(p) = best {
+            out.push((a, p));
+        }
+    }
+    out
+}
+
+#[test]
+fn q4_averages_winning_bids_per_category() {
+    let mut per_cat: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (a, p) in winners(&all_events()) {
+        per_cat.entry(a.category).or_default().push(p);
+    }
+    let want: Vec<Q4> = per_cat
+        .into_iter()
+        .map(|(category, ps)| Q4 {
+            category,
+            avg_price: (ps.iter().map(|&p| p as u128).sum::<u128>() / ps.len() as u128) as u64,
+        })
+        .collect();
+    assert_eq!(want.len(), 5);
+    assert_eq!(run_table(nexmark::q4), want);
+}
+
+#[test]
+fn q5_finds_the_hottest_auctions_per_sliding_window() {
+    let bids = bids(&all_events());
+    let (lo, hi) = (
+        bids.iter().map(|b| b.date_time).min().unwrap(),
+        bids.iter().map(|b| b.date_time).max().unwrap(),
+    );
+    let mut want = Vec::new();
+    // Windows [s, s + 10000) for every s that is a multiple of 2000 and holds a bid.
+    let mut s = (lo - 9_999).div_euclid(2000) * 2000;
+    while s <= hi {
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for b in &bids {
+            if s <= b.date_time && b.date_time < s + 10_000 {
+                *counts.entry(b.auction).or_default() += 1;
+            }
+        }
+        if let Some(&max) = counts.values().max() {
+            for (&auction, &n) in &counts {
+                if n == max {
+                    want.push(Q5 {
+                        auction,
+                        num: n,
+                        start: s,
+                        end: s + 10_000,
+                    });
+                }
+            }
+        }
+        s += 2000;
+    }
+    let want = sorted(want);
+    assert!(want.len() >= 30, "{} rows", want.len());
+    assert_eq!(run_stream(nexmark::q5), want);
+}
+
+#[test]
+fn q6_averages_each_sellers_last_ten_auctions() {
+    let mut per_seller: BTreeMap<u64, Vec<(i64, u64, u64)>> = BTreeMap::new();
+    for (a, p) in winners(&all_events()) {
+        per_seller
+            .entry(a.seller)
+            .or_default()
+            .push((a.expires, a.id, p));
+    }
+    let want: Vec<Q6> = per_seller
+        .into_iter()
+        .map(|(seller, mut v)| {
+            v.sort();
+            let last: Vec<u64> = v.iter().rev().take(10).map(|x| x.2).collect();
+            Q6 {
+                seller,
+                avg_price: last.iter().sum::<u64>() / last.len() as u64,
+            }
+        })
+        .collect();
+    assert!(want.len() > 10);
+    assert_eq!(run_table(nexmark::q6), want);
+}
+
+#[test]
+fn q7_finds_the_highest_bids_per_window() {
+    let bids = bids(&all_events());
+    let mut per_window: BTreeMap<i64, Vec<&Bid>> = BTreeMap::new();
+    for b in &bids {
+        per_window
+            .entry(b.date_time.div_euclid(10_000))
+            .or_default()
+            .push(b);
+    }
+    let mut want = Vec::new();
+    for (_, bs) in per_window {
+        let max = bs.iter().map(|b| b.price).max().unwrap();
+        for b in bs.into_iter().filter(|b| b.price == max) {
+            want.push(Q7 {
+                auction: b.auction,
+                price: b.price,
+                bidder: b.bidder,
+                date_time: b.date_time,
+                extra: b.extra.clone(),
+            });
+        }
+    }
+    let want = sorted(want);
+    assert!(want.len() >= 6);
+    assert_eq!(run_stream(nexmark::q7), want);
+}
+
+#[test]
+fn q8_finds_people_who_sold_in_the_window_they_joined() {
+    let events = all_events();
+    let auctions = auctions(&events);
+    let mut want = Vec::new();
+    for p in persons(&events) {
+        let w = p.date_time.div_euclid(10_000);
+        if auctions
+            .iter()
+            .any(|a| a.seller == p.id && a.date_time.div_euclid(10_000) == w)
+        {
+            want.push(Q8 {
+                id: p.id,
+                name: p.name.clone(),
+                start: w * 10_000,
+            });
+        }
+    }
+    let want = sorted(want);
+    assert!(want.len() > 10, "{} rows", want.len());
+    assert_eq!(run_stream(nexmark::q8), want);
+}
