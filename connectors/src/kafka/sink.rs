@@ -795,7 +795,9 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn close(&mut self) -> Result<()> {
-        if self.config.writes_exactly_once() && !(self.eo.open.is_empty() && self.eo.sealed.is_empty()) {
+        if self.config.writes_exactly_once()
+            && !(self.eo.open.is_empty() && self.eo.sealed.is_empty())
+        {
             return Err(self.error(format!(
                 "{} result(s) were never covered by a complete checkpoint (exactly_once)",
                 self.eo
