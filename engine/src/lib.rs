@@ -55,7 +55,7 @@ pub use error::{Error, Result};
 pub use event::{Data, DeadLetter, Either, Event, ExchangeKey, Origin};
 pub use flow::{Flow, KeyedStream, Stream, WithLate};
 pub use job::{Job, Registry};
-pub use metrics::{Counter, Metrics, RunSummary};
+pub use metrics::{Counter, Latency, Metrics, RunSummary};
 pub use recovery::{CheckpointOptions, Restore};
 pub use runtime::{run, RunOptions};
 pub use sink::{Routing, Sink, SinkContext};

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::time::WATERMARK_MIN;
@@ -45,6 +46,10 @@ pub struct Metrics {
     /// The lowest watermark seen by any stateful operator, updated per epoch.
     watermark: AtomicI64,
     per_operator: Mutex<BTreeMap<String, Arc<Counter>>>,
+    /// Latency from a result's event time to its sink write, in ms, when measured.
+    latency: Mutex<Option<Histogram<u64>>>,
+    /// Wall-clock time the run started, epoch milliseconds.
+    started_ms: i64,
 }
 
 impl Default for Metrics {
@@ -56,11 +61,86 @@ impl Default for Metrics {
             bad_records: Counter::default(),
             watermark: AtomicI64::new(WATERMARK_MIN),
             per_operator: Mutex::new(BTreeMap::new()),
+            latency: Mutex::new(None),
+            started_ms: now_ms(),
         }
     }
 }
 
+/// An empty latency histogram: 1 ms to 1000 hours, 3 significant digits (larger values are
+/// recorded as the largest).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// The wall clock in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Latency percentiles in milliseconds, from an hdrhistogram.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Latency {
+    /// Results measured.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Results whose event time was ahead of the wall clock (not in the histogram).
+    pub ahead: u64,
+}
+
 impl Metrics {
+    /// Counters that also measure latency at the sinks (see [`Metrics::latency`]).
+    pub fn with_latency() -> Self {
+        let m = Metrics::default();
+        *m.latency.lock().expect("metrics lock") =
+            Some(crate::metrics::latency_histogram());
+        m
+    }
+
+    /// Whether sinks measure latency.
+    pub fn measures_latency(&self) -> bool {
+        self.latency.lock().expect("metrics lock").is_some()
+    }
+
+    /// Adds a sink's latency measurements (ms).
+    pub fn add_latency(&self, h: &Histogram<u64>) {
+        if let Some(all) = self.latency.lock().expect("metrics lock").as_mut() {
+            all.add(h).expect("histograms of the same range add");
+        }
+    }
+
+    /// Latency from each result's event time to the moment its sink was handed it, over every
+    /// sink of this process; `None` unless the run measured it. Meaningful when event times
+    /// are wall-clock times (a paced generator, Kafka timestamps).
+    pub fn latency(&self) -> Option<Latency> {
+        let all = self.latency.lock().expect("metrics lock");
+        let h = all.as_ref()?;
+        let ahead = self.counter("runnel.latency.ahead").get();
+        Some(Latency {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            ahead,
+        })
+    }
+
+    /// When the run started (wall clock, epoch milliseconds), the same for every worker of
+    /// the process.
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
+    }
+
     /// The counter `name` (for example `"per-auction.late"`), created on first use.
     pub fn counter(&self, name: &str) -> Arc<Counter> {
         let mut map = self.per_operator.lock().expect("metrics lock");
@@ -109,6 +189,12 @@ pub struct RunSummary {
     pub events_per_sec: f64,
     /// Every named counter (`operator.counter`).
     pub counters: BTreeMap<String, u64>,
+    /// Latency percentiles, when the run measured them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// `(seconds since the start, records read)`, sampled when the run was asked to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<(f64, u64)>,
 }
 
 impl RunSummary {
@@ -133,6 +219,8 @@ impl RunSummary {
             wall_secs: wall.as_secs_f64(),
             events_per_sec: events_in as f64 / secs,
             counters: metrics.counters(),
+            latency: metrics.latency(),
+            samples: Vec::new(),
         }
     }
 }

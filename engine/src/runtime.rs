@@ -73,6 +73,11 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Checkpoints: where, how often, and which to start from (`None`: off).
     pub checkpoint: Option<CheckpointOptions>,
+    /// Measure latency at the sinks (see [`Metrics::latency`]); for benchmarks.
+    pub measure_latency: bool,
+    /// Sample the records read so far this often, into [`RunSummary::samples`]; for
+    /// benchmarks (steady-state throughput).
+    pub sample_every: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -87,6 +92,8 @@ impl Default for RunOptions {
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
             checkpoint: None,
+            measure_latency: false,
+            sample_every: None,
         }
     }
 }
@@ -146,7 +153,11 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         worker: timely::WorkerConfig::default(),
     };
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(if opts.measure_latency {
+        Metrics::with_latency()
+    } else {
+        Metrics::default()
+    });
     let control = Arc::new(Control::with_stop(opts.stop.clone()));
     let job_config = Arc::new(opts.config.clone());
     let started = Instant::now();
@@ -156,6 +167,18 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         let metrics = metrics.clone();
         let done = done.clone();
         std::thread::spawn(move || progress_loop(&metrics, &done))
+    });
+    let sampler = opts.sample_every.map(|every| {
+        let metrics = metrics.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut samples = vec![(0.0, 0)];
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(every);
+                samples.push((started.elapsed().as_secs_f64(), metrics.records_in.get()));
+            }
+            samples
+        })
     });
 
     // Checkpoints: which one to start from, decided once before the workers start.
@@ -233,6 +256,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     if let Some(h) = reporter {
         let _ = h.join();
     }
+    let samples = sampler.and_then(|h| h.join().ok()).unwrap_or_default();
     if let Some(e) = control.take_error() {
         return Err(e);
     }
@@ -246,13 +270,15 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     if let Some(p) = panic {
         return Err(Error::Runtime(format!("a worker panicked: {p}")));
     }
-    Ok(RunSummary::from_metrics(
+    let mut summary = RunSummary::from_metrics(
         job.name(),
         opts.workers,
         opts.processes,
         &metrics,
         started.elapsed(),
-    ))
+    );
+    summary.samples = samples;
+    Ok(summary)
 }
 
 fn progress_loop(metrics: &Metrics, done: &AtomicBool) {

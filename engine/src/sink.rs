@@ -159,6 +159,12 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     // The final checkpoint: handed in, and since when the sink waits for it.
     let mut final_handed = false;
     let mut final_since: Option<Instant> = None;
+    // Benchmarks: latency from each record's event time to its write, merged into the run's
+    // metrics at every epoch end.
+    let mut latency = metrics
+        .measures_latency()
+        .then(|| crate::metrics::latency_histogram());
+    let ahead = metrics.counter("runnel.latency.ahead");
     let logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| -> bool {
         if state == SinkState::Closed {
             // Drain (and drop) anything that still arrives after a failure.
@@ -180,6 +186,17 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                 return;
             }
             let n = batch.len() as u64;
+            if let Some(h) = latency.as_mut() {
+                let now = crate::metrics::now_ms();
+                let mut early = 0;
+                for e in batch.iter() {
+                    match u64::try_from(now - e.ts) {
+                        Ok(d) => h.saturating_record(d),
+                        Err(_) => early += 1,
+                    }
+                }
+                ahead.add(early);
+            }
             if let Err(e) = sink.write(Epoch(t), batch) {
                 failed = Some(e);
             } else {
@@ -219,6 +236,10 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                     }
                     last_done = Some(f - 1);
                     done.set(f);
+                    if let Some(h) = latency.as_mut() {
+                        metrics.add_latency(h);
+                        h.reset();
+                    }
                     // Checkpoints: the state with every record of the epochs before `f`.
                     if let Some(r) = &recovery.recovery {
                         let mut r = r.borrow_mut();
@@ -245,6 +266,10 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                 }
             }
             None => {
+                if let Some(h) = latency.as_mut() {
+                    metrics.add_latency(h);
+                    h.reset();
+                }
                 // A run stopped (Ctrl-C) with checkpoints on is suspended, not finished: it
                 // resumes from its last checkpoint, so the sink drops what came after it.
                 let suspended = control.stopping() && recovery.recovery.is_some();

@@ -345,6 +345,10 @@ pub enum Generator {
     /// Clickstream page views (`page_views(1000 users, events, seed 7)`, in time order,
     /// generated in memory first), keyed by user.
     PageViews,
+    /// Nexmark events (`runnel_connectors::nexmark`, default seed, 10,000 events per second
+    /// of event time), keyed by the auction of a bid or an auction, the id of a person; event
+    /// time as the timestamp.
+    Nexmark,
 }
 
 /// How [`produce`] compresses its batches.
@@ -418,6 +422,7 @@ struct GenRecord {
 enum Records {
     Bids,
     PageViews(Vec<runnel_connectors::PageView>),
+    Nexmark(runnel_connectors::nexmark::NexmarkConfig),
 }
 
 impl Records {
@@ -426,6 +431,9 @@ impl Records {
             Generator::Bids => Records::Bids,
             Generator::PageViews => {
                 Records::PageViews(page_views(PAGE_VIEW_USERS, events, PAGE_VIEW_SEED))
+            }
+            Generator::Nexmark => {
+                Records::Nexmark(runnel_connectors::nexmark::NexmarkConfig::new(events))
             }
         }
     }
@@ -446,6 +454,20 @@ impl Records {
                     key: v.user.to_string(),
                     value: serde_json::to_vec(v).expect("a PageView serialises"),
                     ts: v.ts_ms,
+                }
+            }
+            Records::Nexmark(config) => {
+                use runnel_connectors::nexmark::Event;
+                let e = config.event(i);
+                let key = match &e {
+                    Event::Person(p) => p.id,
+                    Event::Auction(a) => a.id,
+                    Event::Bid(b) => b.auction,
+                };
+                GenRecord {
+                    key: key.to_string(),
+                    value: e.to_json().into_bytes(),
+                    ts: e.date_time(),
                 }
             }
         }
@@ -490,7 +512,7 @@ pub fn produce(opts: &ProduceOptions, mut progress: impl FnMut(u64)) -> ToolResu
     };
     let records = Records::new(opts.generator, opts.events);
     let count = match &records {
-        Records::Bids => opts.events,
+        Records::Bids | Records::Nexmark(_) => opts.events,
         Records::PageViews(v) => v.len() as u64,
     };
     let start = Instant::now();

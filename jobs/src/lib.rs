@@ -16,6 +16,7 @@
 //!
 //! [`kafka_tools`] holds the plain Kafka clients behind `runnel produce` and `runnel consume`.
 
+pub mod bench;
 pub mod clickstream;
 pub mod kafka_bids;
 pub mod kafka_tools;

@@ -14,7 +14,8 @@ use clap::{Args, Parser, Subcommand};
 mod state_args;
 
 use runnel_connectors::kafka::parse_duration;
-use runnel_engine::{run, JobConfig, RunOptions};
+use runnel_engine::{run, CheckpointOptions, JobConfig, LocalDirStore, Restore, RunOptions};
+use runnel_jobs::bench::BenchReport;
 use runnel_jobs::kafka_tools::{
     consume, produce, Compression, ConsumeOptions, Generator, ProduceOptions, Record, StartFrom,
 };
@@ -40,6 +41,37 @@ enum Command {
     Consume(ConsumeArgs),
     /// List a job's checkpoints: id, epoch, time, size, and whether each can be used.
     Checkpoints(CheckpointsArgs),
+    /// Run a job as a benchmark: events/s (whole run and steady state, per core), latency
+    /// percentiles, peak memory, and a last line of JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// The job to run (see `runnel jobs`).
+    job: String,
+    /// Worker threads.
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+    /// Events for the generator (the same as --set events=N).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events per second for the generator (the same as --set rate=N); paces the run, and gives
+    /// the Nexmark generator wall-clock event times, so latency can be measured.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// A job setting, key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// How often sources close an epoch, in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    epoch_ms: u64,
+    /// Take checkpoints this often (default: off, "0s"), into a temporary folder.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    checkpoint_every: Duration,
+    /// Print only the JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -96,7 +128,8 @@ struct ProduceArgs {
     /// exist; an existing topic is used as it is.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     partitions: Option<i32>,
-    /// What to write: bids (key: auction) or page-views (key: user).
+    /// What to write: bids (key: auction), page-views (key: user) or nexmark (key: auction,
+    /// or person id).
     #[arg(long, value_enum, default_value_t = Generator::Bids)]
     generator: Generator,
     /// How to compress the producer's batches.
@@ -186,7 +219,54 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce_topic(args),
         Command::Consume(args) => consume_topic(args),
         Command::Checkpoints(args) => list_checkpoints(&args),
+        Command::Bench(args) => bench_job(args),
     }
+}
+
+fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
+    let registry = runnel_jobs::registry();
+    let job = registry.get(&args.job)?;
+    let mut pairs = args.set.clone();
+    if let Some(n) = args.events {
+        pairs.push(format!("events={n}"));
+    }
+    if let Some(r) = args.rate {
+        pairs.push(format!("rate={r}"));
+    }
+    let config = JobConfig::from_pairs(&pairs).context("bad --set")?;
+    // Checkpoints only when asked for, into a folder of this run's own.
+    let state = tempfile::tempdir().context("a temporary folder for checkpoints")?;
+    let checkpoint = if args.checkpoint_every.is_zero() {
+        None
+    } else {
+        if let Some(why) = job.checkpoints_unsupported() {
+            bail!("{} cannot take checkpoints ({why})", job.name());
+        }
+        Some(CheckpointOptions {
+            store: Arc::new(LocalDirStore::new(state.path(), job.name())?),
+            every: args.checkpoint_every,
+            keep: 3,
+            restore: Restore::Fresh,
+        })
+    };
+    let opts = RunOptions {
+        workers: args.workers as usize,
+        config,
+        epoch_interval: Duration::from_millis(args.epoch_ms),
+        progress: !args.json,
+        stop: stop_on_ctrl_c()?,
+        checkpoint,
+        measure_latency: true,
+        sample_every: Some(Duration::from_millis(50)),
+        ..RunOptions::default()
+    };
+    let summary = run(job, opts)?;
+    let report = BenchReport::new(&summary);
+    if !args.json {
+        eprintln!("{report}");
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// Sets the returned flag on Ctrl-C; a second Ctrl-C exits at once.
@@ -227,8 +307,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
             args.processes
         );
     }
-    if let (Some(why), Some(every)) = (job.checkpoints_unsupported(), args.state.checkpoint_every)
-    {
+    if let (Some(why), Some(every)) = (job.checkpoints_unsupported(), args.state.checkpoint_every) {
         if !every.is_zero() {
             bail!(
                 "{} cannot take checkpoints ({why}); run it without --checkpoint-every",
@@ -251,6 +330,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet && !args.json,
         stop: stop_on_ctrl_c()?,
         checkpoint,
+        ..RunOptions::default()
     };
     let mut restarts = 0;
     let summary = loop {
@@ -300,6 +380,7 @@ fn produce_topic(args: ProduceArgs) -> anyhow::Result<()> {
     let what = match opts.generator {
         Generator::Bids => "bids",
         Generator::PageViews => "page views",
+        Generator::Nexmark => "Nexmark events",
     };
     let mut last = 0;
     let started = std::time::Instant::now();

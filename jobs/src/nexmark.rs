@@ -174,7 +174,11 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
                 // Paced: event time follows the wall clock, so latency can be measured from it.
                 config = config.rate(rate).event_rate(rate).base_time_now();
             }
-            flow.source("events", NexmarkGenerator::new(config), SourceOptions::new())
+            flow.source(
+                "events",
+                NexmarkGenerator::new(config),
+                SourceOptions::new(),
+            )
         }
     }
 }
@@ -268,12 +272,10 @@ pub struct Q2 {
 
 /// q2, selection: the bids on auctions whose id is a multiple of 123.
 pub fn q2<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q2> {
-    bids(events)
-        .filter(|b| b.auction % 123 == 0)
-        .map(|b| Q2 {
-            auction: b.auction,
-            price: b.price,
-        })
+    bids(events).filter(|b| b.auction % 123 == 0).map(|b| Q2 {
+        auction: b.auction,
+        price: b.price,
+    })
 }
 
 /// One q3 result.

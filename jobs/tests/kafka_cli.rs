@@ -381,3 +381,146 @@ fn produce_and_consume_name_an_unreachable_broker_and_a_missing_topic() {
         );
     }
 }
+
+/// The lines of a JSON-lines output file, sorted (a multiset).
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// A changelog file (`{"op":"insert"|"retract","row":...}` per line) applied in order: the
+/// rows left, sorted. Fails on a row retracted more often than inserted.
+fn applied_changelog(path: &Path) -> Vec<String> {
+    let mut rows: BTreeMap<String, i64> = BTreeMap::new();
+    for line in sorted_lines_unsorted(path) {
+        let v: Value = serde_json::from_str(&line).expect("a JSON change");
+        let row = v["row"].to_string();
+        let n = rows.entry(row.clone()).or_default();
+        match v["op"].as_str() {
+            Some("insert") => *n += 1,
+            Some("retract") => *n -= 1,
+            other => panic!("op {other:?} in {line}"),
+        }
+        assert!(*n >= 0, "{row} retracted before it was inserted");
+    }
+    let mut out = Vec::new();
+    for (row, n) in rows {
+        out.extend(std::iter::repeat_n(row, n as usize));
+    }
+    out
+}
+
+fn sorted_lines_unsorted(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines().map(String::from).collect()
+}
+
+/// Nexmark q5 (windows), q3 and q4 (updating tables) give the same answers whether they read
+/// the generator, a JSON-lines file of the same events, or a topic those events were produced
+/// to (`runnel produce --generator nexmark`, 3 partitions). The generator's answers are checked
+/// against brute force in `nexmark_queries.rs`.
+#[test]
+fn nexmark_queries_answer_the_same_from_the_generator_a_file_and_a_topic() {
+    let n: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let events_file = dir.path().join("events.jsonl");
+    let f = std::io::BufWriter::new(std::fs::File::create(&events_file).unwrap());
+    let written = runnel_connectors::nexmark::write_json_lines(
+        &runnel_connectors::nexmark::NexmarkConfig::new(n),
+        f,
+    )
+    .unwrap();
+    assert_eq!(written, n);
+    let broker = broker();
+    let bootstrap = broker.bootstrap.clone();
+    let topic = unique("nexmark");
+    let o = runnel(&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        &topic,
+        "--partitions",
+        "3",
+        "--generator",
+        "nexmark",
+        "--events",
+        &n.to_string(),
+    ]);
+    assert!(o.status.success(), "produce: {}", stderr(&o));
+
+    for q in ["nexmark-q5", "nexmark-q3", "nexmark-q4"] {
+        let mut outs = Vec::new();
+        let inputs = [
+            ("generator", format!("events={n}")),
+            ("file", format!("file={}", events_file.display())),
+            ("kafka", format!("kafka.bootstrap={bootstrap}")),
+        ];
+        for (what, input) in &inputs {
+            let out = dir.path().join(format!("{q}-{what}.jsonl"));
+            let mut args = vec![
+                "run".to_string(),
+                q.to_string(),
+                "--workers".into(),
+                "2".into(),
+                "--json".into(),
+                "--set".into(),
+                input.clone(),
+                "--set".into(),
+                format!("sink=file:{}", out.display()),
+            ];
+            if *what == "kafka" {
+                args.extend(["--set".to_string(), format!("topic={topic}")]);
+            }
+            let o = runnel(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let s = summary(&o);
+            assert_eq!(s["events_in"], n, "{q} on {what}");
+            assert_eq!(s["late"], 0, "{q} on {what}");
+            // A table's changelog depends on where epochs fell; its final rows do not.
+            let rows = if q == "nexmark-q5" {
+                sorted_lines(&out)
+            } else {
+                applied_changelog(&out)
+            };
+            outs.push((what, rows));
+        }
+        let (_, want) = &outs[0];
+        assert!(want.len() >= 5, "{q}: {} results", want.len());
+        for (what, got) in &outs[1..] {
+            assert_eq!(got.len(), want.len(), "{q} on {what}: number of results");
+            assert!(got == want, "{q} on {what}: results differ from the generator's");
+        }
+        eprintln!("{q}: {} results, the same on all three inputs", want.len());
+    }
+}
+
+/// `runnel bench` prints its figures and a JSON line with them; a paced Nexmark run has
+/// latency figures, an unpaced one says there are none.
+#[test]
+fn runnel_bench_prints_throughput_latency_and_a_json_line() {
+    let o = runnel(&["bench", "nexmark-q7", "--workers", "2", "--events", "300000"]);
+    let report = summary(&o);
+    assert_eq!(report["job"], "nexmark-q7");
+    assert_eq!(report["events"], 300_000);
+    assert!(report["events_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["latency_ms"].is_null(), "{report}");
+    assert!(stderr(&o).contains("latency: n/a"), "{}", stderr(&o));
+    // 20,000 events per second: 60,000 take 3 s of wall time, and event time is wall time.
+    let t = Instant::now();
+    let o = runnel(&[
+        "bench", "nexmark-q0", "--workers", "2", "--events", "60000", "--rate", "20000",
+    ]);
+    let took = t.elapsed();
+    let report = summary(&o);
+    assert!(took >= Duration::from_millis(2500), "paced: {took:?}");
+    let lat = &report["latency_ms"];
+    // Every bid is a result (46 in 50 events); each leaves the source when its time comes and
+    // reaches the sink within an epoch or so, never seconds later.
+    assert_eq!(lat["count"].as_u64().unwrap(), 60_000 / 50 * 46, "{report}");
+    assert!(lat["p50"].as_u64().unwrap() < 1_000, "{report}");
+    assert!(report["peak_rss_mb"].as_f64().unwrap() > 1.0);
+}

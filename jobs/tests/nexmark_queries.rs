@@ -14,7 +14,10 @@ use runnel_jobs::nexmark::{self, Q1, Q2, Q3, Q4, Q5, Q6, Q7, Q8};
 
 /// 60,000 events at 1,000 per second of event time: a minute, six 10 s windows.
 fn config() -> NexmarkConfig {
-    NexmarkConfig::new(60_000).event_rate(1000).partitions(5).seed(7)
+    NexmarkConfig::new(60_000)
+        .event_rate(1000)
+        .partitions(5)
+        .seed(7)
 }
 
 fn all_events() -> Vec<Event> {

@@ -1,0 +1,186 @@
+//! `runnel bench JOB`: the figures of one benchmark run (see BENCHMARKS.md).
+//!
+//! * **Throughput**, events read per second of wall time, over the whole run and over its
+//!   steady state: from the moment 10% of the events had been read to the moment 90% had
+//!   (sampled every 50 ms), which leaves out start-up and the drain at the end.
+//! * **Per core**: throughput divided by the cores the run could use (worker threads, at most
+//!   the machine's cores).
+//! * **Latency**, from an hdrhistogram of every result: the wall-clock time at which a sink was
+//!   handed the result, minus the result's event time. For a paced generator run (`rate`),
+//!   event times are the wall-clock times at which events were created, and a result's event
+//!   time is that of the newest input it can include (a window's end, a table change's newest
+//!   input), so this is the time from the creation of the last event a result includes to
+//!   the result's emission. With Kafka input and event time from the record timestamps it is
+//!   the time from append to emission. An unpaced generator run has made-up event times, so
+//!   no latency is shown for it (nor for any run whose median is over an hour, or with more
+//!   than 1% of results ahead of the clock).
+//! * **Peak RSS** of the process (`VmHWM`).
+
+use serde::Serialize;
+
+use runnel_engine::{Latency, RunSummary};
+
+/// The figures of a benchmark run; printed as one JSON line.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// The job.
+    pub job: String,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Processes.
+    pub processes: usize,
+    /// Cores of the machine.
+    pub cores: usize,
+    /// Events read.
+    pub events: u64,
+    /// Results written.
+    pub results: u64,
+    /// Wall time, seconds.
+    pub wall_secs: f64,
+    /// Events per second over the whole run.
+    pub events_per_sec: f64,
+    /// Events per second between 10% and 90% of the input (`None` for runs too short to
+    /// sample).
+    pub steady_events_per_sec: Option<f64>,
+    /// `events_per_sec` per core used.
+    pub events_per_sec_per_core: f64,
+    /// Latency in ms (`None` when event times are not wall-clock times).
+    pub latency_ms: Option<Latency>,
+    /// Peak resident memory of the process, MB.
+    pub peak_rss_mb: Option<f64>,
+    /// Late records.
+    pub late: u64,
+}
+
+/// Events per second between the samples where 10% and 90% of `total` had been read.
+pub fn steady_rate(samples: &[(f64, u64)], total: u64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let lo = total / 10;
+    let hi = total - total / 10;
+    let first = samples.iter().find(|s| s.1 >= lo)?;
+    let last = samples.iter().rev().find(|s| s.1 <= hi)?;
+    let dt = last.0 - first.0;
+    if dt < 0.2 || last.1 <= first.1 {
+        return None;
+    }
+    Some((last.1 - first.1) as f64 / dt)
+}
+
+/// The process's peak resident set, in MB, from `/proc/self/status` (Linux).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl BenchReport {
+    /// The report of `summary`. Latency is left out when event times were evidently not
+    /// wall-clock times: a median over an hour, or more than 1% of results ahead of the clock.
+    pub fn new(summary: &RunSummary) -> Self {
+        let latency_valid = summary
+            .latency
+            .as_ref()
+            .is_some_and(|l| l.count > 0 && l.p50 < 3_600_000 && l.ahead * 100 <= l.count);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let used = summary.workers.min(cores).max(1);
+        BenchReport {
+            job: summary.job.clone(),
+            workers: summary.workers,
+            processes: summary.processes,
+            cores,
+            events: summary.events_in,
+            results: summary.events_out,
+            wall_secs: summary.wall_secs,
+            events_per_sec: summary.events_per_sec,
+            steady_events_per_sec: steady_rate(&summary.samples, summary.events_in),
+            events_per_sec_per_core: summary.events_per_sec / used as f64,
+            latency_ms: if latency_valid {
+                summary.latency.clone()
+            } else {
+                None
+            },
+            peak_rss_mb: peak_rss_mb(),
+            late: summary.late,
+        }
+    }
+}
+
+fn m(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else {
+        format!("{:.0}K", x / 1e3)
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: {} events in {:.2} s on {} worker(s) x {} process(es), {} core(s): {} events/s \
+             (steady state {}), {} events/s per core; {} results, {} late",
+            self.job,
+            self.events,
+            self.wall_secs,
+            self.workers,
+            self.processes,
+            self.cores,
+            m(self.events_per_sec),
+            self.steady_events_per_sec
+                .map_or("n/a: run too short".to_string(), m),
+            m(self.events_per_sec_per_core),
+            self.results,
+            self.late
+        )?;
+        match &self.latency_ms {
+            Some(l) => writeln!(
+                f,
+                "latency (event time to result), ms: p50 {} p99 {} p99.9 {} max {} ({} results{})",
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max,
+                l.count,
+                if l.ahead > 0 {
+                    format!(", {} ahead of the clock", l.ahead)
+                } else {
+                    String::new()
+                }
+            )?,
+            None => writeln!(
+                f,
+                "latency: n/a (event times are not wall-clock times; pace the generator with \
+                 --rate, or read Kafka)"
+            )?,
+        }
+        match self.peak_rss_mb {
+            Some(r) => write!(f, "peak RSS {r:.0} MB"),
+            None => write!(f, "peak RSS n/a"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_rate_leaves_out_the_ramp_and_the_tail() {
+        // 0..1 s: slow start (100 events), then 1000 events/s for 8 s, then a slow tail.
+        let mut samples = vec![(0.0, 0)];
+        samples.push((1.0, 100));
+        for i in 1..=8 {
+            samples.push((1.0 + i as f64, 100 + 1000 * i));
+        }
+        samples.push((12.0, 8200));
+        let total = 8200;
+        // 10% = 820 is first reached at t=2 (1100); 90% = 7380 is last not passed at t=8
+        // (7100): (7100 - 1100) / 6 = 1000.
+        assert_eq!(steady_rate(&samples, total), Some(1000.0));
+        assert_eq!(steady_rate(&samples[..2], total), None);
+        assert_eq!(steady_rate(&[], 0), None);
+    }
+}
