@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use runnel_connectors::nexmark::{
     write_json_lines, Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person,
 };
+use runnel_connectors::BlackholeSink;
 use runnel_engine::testing::Collector;
 use runnel_engine::{
     run, Event as Record, Job, Metrics, PartitionId, PartitionReader, ReadStatus, Reader,
@@ -101,6 +102,9 @@ fn the_same_config_gives_the_same_events_and_another_seed_others() {
     let a = NexmarkConfig::new(20_000).seed(1);
     let events: Vec<Event> = a.iter().collect();
     assert_eq!(events, a.iter().collect::<Vec<_>>());
+    for (n, e) in events.iter().enumerate() {
+        assert_eq!(e, &a.event(n as u64), "iter() and event(n) agree");
+    }
     let from_source: Vec<Event> = read_all(a, 1)
         .into_iter()
         .flat_map(|(_, r)| r)
@@ -637,6 +641,27 @@ fn with_a_wall_clock_base_events_leave_once_the_clock_reaches_their_time() {
         config.base_time() + 199,
         "2000 events per second of event time"
     );
+
+    // A base 150 ms in the past: the first 300 events are due at once, the rest on the clock.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let config = NexmarkConfig::new(400)
+        .rate(2_000)
+        .wall_clock_base_ms(now - 150);
+    let mut reader = NexmarkGenerator::new(config)
+        .open(PartitionId(0), &ctx(1))
+        .unwrap();
+    assert_eq!(reader.read(&mut out).unwrap(), ReadStatus::More);
+    let first = out.take().0.len();
+    assert!((300..340).contains(&first), "{first} events due at once");
+    let started = Instant::now();
+    drain(reader);
+    assert!(
+        started.elapsed() >= Duration::from_millis(40),
+        "the rest on the clock"
+    );
 }
 
 proptest! {
@@ -695,12 +720,12 @@ fn generation_rate_on_one_thread() {
 
     let started = Instant::now();
     let mut bytes = 0usize;
-    for n in 0..N {
-        bytes += reference_size(&std::hint::black_box(config.event(n)));
+    for e in config.iter() {
+        bytes += reference_size(&std::hint::black_box(e));
     }
     let took = started.elapsed().as_secs_f64();
     println!(
-        "config.event(n): {:.2} M events/s ({:.0} reference bytes/event)",
+        "config.iter(): {:.2} M events/s ({:.0} reference bytes/event)",
         N as f64 / took / 1e6,
         bytes as f64 / N as f64
     );
@@ -721,6 +746,27 @@ fn generation_rate_on_one_thread() {
         "partition reader, 1024 per read: {:.2} M events/s",
         N as f64 / took / 1e6
     );
+
+    for workers in [1, 2] {
+        let hole = BlackholeSink::new();
+        let sink = hole.clone();
+        let job = Job::new("nexmark", "nexmark into a blackhole", move |flow| {
+            flow.source(
+                "events",
+                NexmarkGenerator::new(config),
+                SourceOptions::new(),
+            )?
+            .sink("hole", sink.clone())
+        });
+        let started = Instant::now();
+        run(&job, RunOptions::workers(workers)).unwrap();
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(hole.count(), N);
+        println!(
+            "job into a blackhole, {workers} workers: {:.2} M events/s",
+            N as f64 / took / 1e6
+        );
+    }
 
     let json = NexmarkConfig::new(1_000_000);
     let started = Instant::now();

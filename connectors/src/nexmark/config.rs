@@ -154,26 +154,33 @@ impl NexmarkConfig {
         self
     }
 
-    /// Event 0 happens at `ms` (epoch milliseconds).
+    /// Event 0 happens at `ms` (epoch milliseconds); a paced run counts from its first read.
     pub fn base_time_ms(mut self, ms: i64) -> Self {
         self.base_time_ms = ms;
         self.wall_clock = false;
         self
     }
 
-    /// Event 0 happens now (the wall clock when this is called), for latency runs. With a
-    /// [`NexmarkConfig::rate`] (and no other [`NexmarkConfig::event_rate`]), each event leaves
-    /// the source when the wall clock reaches its `date_time`: events due before the job
-    /// started come out at once, then the source keeps to the clock.
+    /// Event 0 happens now (the wall clock when this is called), for latency runs: see
+    /// [`NexmarkConfig::wall_clock_base_ms`].
     ///
     /// The time is read once, here, so every partition of one configuration agrees; processes
-    /// that each build their own configuration must pass the same time to
-    /// [`NexmarkConfig::base_time_ms`] instead.
-    pub fn base_time_now(mut self) -> Self {
+    /// that each build their own configuration must agree on a time and pass it to
+    /// [`NexmarkConfig::wall_clock_base_ms`] instead.
+    pub fn base_time_now(self) -> Self {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        self.base_time_ms = now;
+        self.wall_clock_base_ms(now)
+    }
+
+    /// Event 0 happens at `ms` (epoch milliseconds) on the wall clock, for latency runs. With a
+    /// [`NexmarkConfig::rate`] (and no other [`NexmarkConfig::event_rate`]), each event leaves
+    /// the source when the wall clock reaches its `date_time` (rather than counting from the
+    /// first read, as with [`NexmarkConfig::base_time_ms`]): events due before the job started
+    /// come out at once, then the source keeps to the clock.
+    pub fn wall_clock_base_ms(mut self, ms: i64) -> Self {
+        self.base_time_ms = ms;
         self.wall_clock = true;
         self
     }
@@ -209,7 +216,8 @@ impl NexmarkConfig {
         self.base_time_ms
     }
 
-    /// Whether the base time was read from the wall clock ([`NexmarkConfig::base_time_now`]).
+    /// Whether the base time is on the wall clock ([`NexmarkConfig::wall_clock_base_ms`],
+    /// [`NexmarkConfig::base_time_now`]).
     pub fn is_wall_clock(&self) -> bool {
         self.wall_clock
     }

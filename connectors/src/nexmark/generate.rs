@@ -179,7 +179,14 @@ fn push_u64(s: &mut Vec<u8>, mut v: u64) {
 /// event `n` creates, if it is a person, else the last one created before it.
 #[inline]
 fn last_base0_person(n: u64) -> u64 {
-    n / TOTAL_PROPORTION * PERSON_PROPORTION + (n % TOTAL_PROPORTION).min(PERSON_PROPORTION - 1)
+    let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
+    // With the default proportions (one person per cycle) the offset is always 0.
+    epoch * PERSON_PROPORTION
+        + if offset < PERSON_PROPORTION {
+            offset
+        } else {
+            PERSON_PROPORTION - 1
+        }
 }
 
 /// The last auction id (base 0) at event `n`, the reference's `lastBase0AuctionId`; 0 before

@@ -19,9 +19,9 @@ use super::model::Event;
 /// number as its offset; [`Source::resume`] seeks straight to an offset.
 ///
 /// With a [`NexmarkConfig::rate`], event `n` is due `n / rate` seconds after the first read
-/// (after a resume, counted from the first event read), or, with
-/// [`NexmarkConfig::base_time_now`], after the base time; a partition with nothing due reports
-/// [`ReadStatus::Pending`].
+/// (after a resume, counted from the first event read), or, with a wall-clock base
+/// ([`NexmarkConfig::wall_clock_base_ms`], [`NexmarkConfig::base_time_now`]), after the base
+/// time; a partition with nothing due reports [`ReadStatus::Pending`].
 ///
 /// ```
 /// use runnel_connectors::nexmark::{NexmarkConfig, NexmarkGenerator};
@@ -34,7 +34,7 @@ use super::model::Event;
 /// });
 /// # let _ = job;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NexmarkGenerator {
     config: NexmarkConfig,
     /// The bids' urls, built once at the first open and shared by the clones' readers (they
@@ -96,10 +96,7 @@ impl NexmarkGenerator {
                 }
             },
         });
-        let urls = self
-            .urls
-            .get_or_init(|| self.config.urls().into())
-            .clone();
+        let urls = self.urls.get_or_init(|| self.config.urls().into()).clone();
         Ok(Box::new(NexmarkReader {
             config: self.config,
             urls,
@@ -108,6 +105,14 @@ impl NexmarkGenerator {
             left,
             pace,
         }))
+    }
+}
+
+impl std::fmt::Debug for NexmarkGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NexmarkGenerator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
