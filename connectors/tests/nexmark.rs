@@ -380,7 +380,7 @@ fn records_use_the_reference_lists_and_formats() {
             Event::Person(p) => {
                 let (f, l) = p.name.split_once(' ').unwrap();
                 assert!(first.contains(&f) && last.contains(&l), "{}", p.name);
-                assert!(cities.contains(&p.city.as_str()) && states.contains(&p.state.as_str()));
+                assert!(cities.contains(&p.city.as_ref()) && states.contains(&p.state.as_ref()));
                 seen_cities.insert(p.city.clone());
                 let (user, host) = p.email_address.split_once('@').unwrap();
                 let host = host.strip_suffix(".com").unwrap();
@@ -398,7 +398,7 @@ fn records_use_the_reference_lists_and_formats() {
                 assert!(lowercase(&a.extra));
             }
             Event::Bid(b) => {
-                let hot = ["Google", "Facebook", "Baidu", "Apple"].contains(&b.channel.as_str());
+                let hot = ["Google", "Facebook", "Baidu", "Apple"].contains(&b.channel.as_ref());
                 if !hot {
                     let c: u64 = b.channel.strip_prefix("channel-").unwrap().parse().unwrap();
                     assert!(c < 10_000);
@@ -406,7 +406,7 @@ fn records_use_the_reference_lists_and_formats() {
                 channels.insert(b.channel.clone());
                 assert!(b.url.starts_with("https://www.nexmark.com/"), "{}", b.url);
                 assert!(b.url.contains("/item.htm?query=1"), "{}", b.url);
-                let previous = urls.insert(b.channel.clone(), b.url.clone());
+                let previous = urls.insert(b.channel.to_string(), b.url.to_string());
                 assert!(previous.is_none_or(|u| u == b.url), "one url per channel");
                 assert!(lowercase(&b.extra));
             }

@@ -30,7 +30,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use runnel_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, StartAt};
-use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
+use runnel_connectors::nexmark::{
+    Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person, Text,
+};
 use runnel_connectors::{BlackholeSink, FileSink, FileSource, StdoutSink};
 use runnel_engine::{Data, Error, Flow, Job, Result, SourceOptions, Stream, Table};
 use runnel_operators::prelude::*;
@@ -172,7 +174,11 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
             }
             if rate > 0 {
                 // Paced: event time follows the wall clock, so latency can be measured from it.
-                config = config.rate(rate).event_rate(rate).base_time_now();
+                // Every worker of the process starts from the same base: the run's start.
+                config = config
+                    .rate(rate)
+                    .event_rate(rate)
+                    .wall_clock_base_ms(flow.metrics().started_ms());
             }
             flow.source(
                 "events",
@@ -247,7 +253,7 @@ pub struct Q1 {
     /// The bid's time.
     pub date_time: i64,
     /// The bid's padding.
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// q1, currency conversion: every bid with its price in euros.
@@ -282,11 +288,11 @@ pub fn q2<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q2> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Q3 {
     /// The seller's name.
-    pub name: String,
+    pub name: Text,
     /// The seller's city.
-    pub city: String,
+    pub city: Text,
     /// The seller's state.
-    pub state: String,
+    pub state: Text,
     /// The auction.
     pub id: u64,
 }
@@ -296,7 +302,7 @@ pub struct Q3 {
 /// join: an auction and its seller meet whichever arrives first, and both are kept.
 pub fn q3<'s>(events: &Stream<'s, Event>) -> Table<'s, Q3> {
     let sellers = persons(events)
-        .filter(|p| matches!(p.state.as_str(), "OR" | "ID" | "CA"))
+        .filter(|p| matches!(p.state.as_ref(), "OR" | "ID" | "CA"))
         .map(|p| (p.id, p.name, p.city, p.state))
         .to_table()
         .key_by(|p| p.0);
@@ -487,7 +493,7 @@ pub struct Q7 {
     /// The bid's time.
     pub date_time: i64,
     /// The bid's padding.
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// The bids with the highest price: `(price, bids)`.
@@ -549,7 +555,7 @@ pub struct Q8 {
     /// The person.
     pub id: u64,
     /// Their name.
-    pub name: String,
+    pub name: Text,
     /// The start of the 10 s window in which they joined and opened an auction.
     pub start: i64,
 }

@@ -165,7 +165,7 @@ fn q3_joins_local_sellers_with_category_10_auctions() {
     let events = all_events();
     let mut want = Vec::new();
     for p in persons(&events) {
-        if !["OR", "ID", "CA"].contains(&p.state.as_str()) {
+        if !["OR", "ID", "CA"].contains(&p.state.as_ref()) {
             continue;
         }
         for a in auctions(&events) {

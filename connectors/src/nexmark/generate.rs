@@ -3,8 +3,12 @@
 //! `BidGenerator`, `PriceGenerator` and `StringsGenerator` (see the module docs of
 //! [`nexmark`](super) for where it differs).
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use super::config::*;
-use super::model::{Auction, Bid, Event, Person};
+use super::model::{Auction, Bid, Event, Person, Text};
 
 const US_STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
 const US_CITIES: [&str; 10] = [
@@ -140,11 +144,28 @@ fn ascii(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("generated strings are ASCII")
 }
 
+/// Random lowercase letters that every event's padding is a slice of (64 KiB plus the longest
+/// padding), generated once from a fixed seed.
+fn letters() -> &'static str {
+    static LETTERS: OnceLock<String> = OnceLock::new();
+    LETTERS.get_or_init(|| {
+        let mut rng = Rng::new(0x6c65_7474_6572_7300, 0); // "letters"
+        let mut s = vec![0; LETTER_POOL + AVG_AUCTION_BYTE_SIZE * 2];
+        fill_letters(&mut rng, &mut s);
+        ascii(s)
+    })
+}
+
+/// The size of the pool of padding start positions.
+const LETTER_POOL: usize = 1 << 16;
+
 /// The reference's `StringsGenerator.nextExtra`: padding such that `current + len` is on average
-/// `average`, its length uniform within 20% of `average - current`.
-fn extra(rng: &mut Rng, current: usize, average: usize) -> String {
+/// `average`, its length uniform within 20% of `average - current`. The letters are a slice of
+/// a pool of random letters at a random position (the reference draws each letter; padding is
+/// only there to give records their size), so padding costs no allocation.
+fn extra(rng: &mut Rng, current: usize, average: usize) -> Text {
     if current > average {
-        return String::new();
+        return Cow::Borrowed("");
     }
     let wanted = average - current;
     // Java's Math.round(wanted * 0.2): wanted / 5 never ends in .5, so this is exact.
@@ -155,9 +176,30 @@ fn extra(rng: &mut Rng, current: usize, average: usize) -> String {
         } else {
             rng.below(2 * delta as u64) as usize
         };
-    let mut s = vec![0; len];
-    fill_letters(rng, &mut s);
-    ascii(s)
+    let at = rng.below(LETTER_POOL as u64) as usize;
+    Cow::Borrowed(&letters()[at..at + len])
+}
+
+/// Every "first last" name, at `first * LAST_NAMES.len() + last`.
+fn names() -> &'static [String] {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        FIRST_NAMES
+            .iter()
+            .flat_map(|f| LAST_NAMES.iter().map(move |l| format!("{f} {l}")))
+            .collect()
+    })
+}
+
+/// Every channel name: `channel-<c>` at `c`, hot channel `i` at `NUM_CHANNELS + i`.
+fn channels() -> &'static [String] {
+    static CHANNELS: OnceLock<Vec<String>> = OnceLock::new();
+    CHANNELS.get_or_init(|| {
+        (0..NUM_CHANNELS)
+            .map(|c| format!("channel-{c}"))
+            .chain(HOT_CHANNELS.iter().map(|h| h.to_string()))
+            .collect()
+    })
 }
 
 /// Appends `v` in decimal.
@@ -246,13 +288,8 @@ impl NexmarkConfig {
     /// assert!(matches!(config.event(4), Event::Bid(_)));
     /// assert_eq!(config.event(53), config.event(53));
     /// ```
-    pub fn event(&self, n: u64) -> Event {
-        self.event_with(n, None)
-    }
-
-    /// Event `n`, taking bid urls from `urls` (as [`NexmarkConfig::urls`] builds them) if given.
     #[inline]
-    pub(crate) fn event_with(&self, n: u64, urls: Option<&[String]>) -> Event {
+    pub fn event(&self, n: u64) -> Event {
         let mut rng = Rng::new(self.seed_value(), n);
         let ts = self.timestamp(n);
         let offset = n % TOTAL_PROPORTION;
@@ -261,32 +298,54 @@ impl NexmarkConfig {
         } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
             Event::Auction(self.auction(&mut rng, n, ts))
         } else {
-            Event::Bid(self.bid(&mut rng, n, ts, urls))
+            Event::Bid(self.bid(&mut rng, n, ts))
         }
     }
 
     /// Events `0..events` in order.
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
-        // Building the urls once pays off after a few thousand bids.
-        let urls = (self.events() > NUM_CHANNELS).then(|| self.urls());
-        (0..self.events()).map(move |n| self.event_with(n, urls.as_deref()))
+        (0..self.events()).map(move |n| self.event(n))
     }
 
-    /// Every bid url: `channel-<c>`'s at `c`, hot channel `i`'s at `NUM_CHANNELS + i`.
-    pub(crate) fn urls(&self) -> Vec<String> {
-        (0..NUM_CHANNELS + HOT_CHANNELS.len() as u64)
-            .map(|c| self.url(c))
-            .collect()
+    /// Every bid url of this configuration's seed: `channel-<c>`'s at `c`, hot channel `i`'s
+    /// at `NUM_CHANNELS + i`. Built once per seed and process (10,004 urls, about 1 MB), and
+    /// kept for the life of the process, so bids borrow them.
+    #[inline]
+    pub(crate) fn urls(&self) -> &'static [String] {
+        thread_local! {
+            /// The last seed's urls on this thread (most threads only ever see one seed).
+            static LAST: std::cell::Cell<Option<(u64, &'static [String])>> =
+                const { std::cell::Cell::new(None) };
+        }
+        let seed = self.seed_value();
+        if let Some((s, urls)) = LAST.with(|l| l.get()) {
+            if s == seed {
+                return urls;
+            }
+        }
+        let urls = self.urls_locked();
+        LAST.with(|l| l.set(Some((seed, urls))));
+        urls
+    }
+
+    fn urls_locked(&self) -> &'static [String] {
+        static URLS: Mutex<Option<HashMap<u64, &'static [String]>>> = Mutex::new(None);
+        let mut all = URLS.lock().unwrap_or_else(|p| p.into_inner());
+        let all = all.get_or_insert_with(HashMap::new);
+        all.entry(self.seed_value()).or_insert_with(|| {
+            let urls: Vec<String> = (0..NUM_CHANNELS + HOT_CHANNELS.len() as u64)
+                .map(|c| self.url(c))
+                .collect();
+            Box::leak(urls.into_boxed_slice())
+        })
     }
 
     /// The reference's `PersonGenerator.nextPerson`.
     fn person(&self, rng: &mut Rng, n: u64, ts: i64) -> Person {
         let id = last_base0_person(n) + FIRST_PERSON_ID;
-        let (first, last) = (rng.pick(&FIRST_NAMES), rng.pick(&LAST_NAMES));
-        let mut name = String::with_capacity(first.len() + 1 + last.len());
-        name.push_str(first);
-        name.push(' ');
-        name.push_str(last);
+        let first = rng.below(FIRST_NAMES.len() as u64) as usize;
+        let last = rng.below(LAST_NAMES.len() as u64) as usize;
+        let name = names()[first * LAST_NAMES.len() + last].as_str();
         let mut email = Vec::with_capacity(6 + 1 + 4 + 4);
         push_string(rng, &mut email, 7, b' ');
         email.push(b'@');
@@ -308,11 +367,11 @@ impl NexmarkConfig {
             8 + name.len() + email_address.len() + credit_card.len() + city.len() + state.len();
         Person {
             id,
-            name,
+            name: Cow::Borrowed(name),
             email_address,
             credit_card,
-            city: city.to_owned(),
-            state: state.to_owned(),
+            city: Cow::Borrowed(city),
+            state: Cow::Borrowed(state),
             date_time: ts,
             extra: extra(rng, size, AVG_PERSON_BYTE_SIZE),
         }
@@ -362,7 +421,7 @@ impl NexmarkConfig {
     }
 
     /// The reference's `BidGenerator.nextBid` (without its `extendedBidMode`).
-    fn bid(&self, rng: &mut Rng, n: u64, ts: i64, urls: Option<&[String]>) -> Bid {
+    fn bid(&self, rng: &mut Rng, n: u64, ts: i64) -> Bid {
         let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
             last_base0_auction(n) / HOT_AUCTION_GROUP * HOT_AUCTION_GROUP
         } else {
@@ -375,26 +434,17 @@ impl NexmarkConfig {
             random_base0_person(rng, n)
         } + FIRST_PERSON_ID;
         let price = price(rng);
-        let (channel, index) = if rng.below(HOT_CHANNELS_RATIO) > 0 {
-            let i = rng.below(HOT_CHANNELS.len() as u64);
-            (HOT_CHANNELS[i as usize].to_owned(), NUM_CHANNELS + i)
+        let index = if rng.below(HOT_CHANNELS_RATIO) > 0 {
+            NUM_CHANNELS + rng.below(HOT_CHANNELS.len() as u64)
         } else {
-            let c = rng.below(NUM_CHANNELS);
-            let mut channel = Vec::with_capacity(13);
-            channel.extend_from_slice(b"channel-");
-            push_u64(&mut channel, c);
-            (ascii(channel), c)
-        };
-        let url = match urls {
-            Some(urls) => urls[index as usize].clone(),
-            None => self.url(index),
-        };
+            rng.below(NUM_CHANNELS)
+        } as usize;
         Bid {
             auction,
             bidder,
             price,
-            channel,
-            url,
+            channel: Cow::Borrowed(channels()[index].as_str()),
+            url: Cow::Borrowed(self.urls()[index].as_str()),
             date_time: ts,
             extra: extra(rng, 8 * 4, AVG_BID_BYTE_SIZE),
         }

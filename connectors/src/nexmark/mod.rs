@@ -61,6 +61,11 @@
 //!   an unseeded generator once per run. Padding is lowercase letters only (the reference's
 //!   `nextExactString` can emit a few other characters from negative integers).
 //! * Times are computed in integers (`n * 1000 / rate`), not doubles of microseconds.
+//! * Speed: no string of a bid is allocated. Channels, urls and names come from tables built
+//!   once per process (urls once per seed), and the padding (`extra`) of every event is a slice,
+//!   at a random position, of one pool of 64 KiB of random letters: its length follows the
+//!   reference, its letters are not drawn anew for each event. The string fields are
+//!   [`Text`] (`Cow<'static, str>`), borrowed from those tables, owned when read from JSON.
 //!
 //! Like the reference, a non-hot seller or bidder may be up to [`PERSON_ID_LEAD`] ids past the
 //! last person created, and a non-hot auction up to [`AUCTION_ID_LEAD`] ids past the last
@@ -83,5 +88,5 @@ pub use config::{
     PERSON_ID_LEAD, PERSON_PROPORTION, TOTAL_PROPORTION,
 };
 pub use json::write_json_lines;
-pub use model::{Auction, Bid, Event, Person};
+pub use model::{Auction, Bid, Event, Person, Text};
 pub use source::NexmarkGenerator;

@@ -24,7 +24,14 @@
 //! assert_eq!(serde_json::from_str::<Event>(&bid.to_json()).unwrap(), bid);
 //! ```
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+
+/// A string field: borrowed from tables the generator builds once (channels, urls, names,
+/// padding), so generating a bid allocates nothing, or owned (read from JSON). It serializes as a
+/// plain JSON string; compare and print it like a `&str` (`.as_ref()`, `==`).
+pub type Text = Cow<'static, str>;
 
 /// A new person: someone who can sell and bid.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,19 +39,19 @@ pub struct Person {
     /// The person's id, from 1000 on, in the order people join.
     pub id: u64,
     /// A first and a last name, for example `"Kate Noris"`.
-    pub name: String,
+    pub name: Text,
     /// A made-up address, for example `"hxk@abcd.com"`.
     pub email_address: String,
     /// Four groups of four digits separated by spaces.
     pub credit_card: String,
     /// One of ten cities of the US north-west.
-    pub city: String,
+    pub city: Text,
     /// One of six US states (`AZ`, `CA`, `ID`, `OR`, `WA`, `WY`).
-    pub state: String,
+    pub state: Text,
     /// When the person joined, epoch milliseconds.
     pub date_time: i64,
     /// Padding (lowercase letters) that brings the record to its average size.
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// A new auction of one item.
@@ -69,7 +76,7 @@ pub struct Auction {
     /// The item's category, `10..=14`.
     pub category: u64,
     /// Padding (lowercase letters) that brings the record to its average size.
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// A bid on an auction.
@@ -83,13 +90,13 @@ pub struct Bid {
     pub price: u64,
     /// Where the bid came from: `"Google"`, `"Facebook"`, `"Baidu"`, `"Apple"`, or
     /// `"channel-<n>"` with `n` in `0..10000`.
-    pub channel: String,
+    pub channel: Text,
     /// The page the bid was made on (one per channel).
-    pub url: String,
+    pub url: Text,
     /// When the bid was made, epoch milliseconds.
     pub date_time: i64,
     /// Padding (lowercase letters) that brings the record to its average size.
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// One Nexmark event; in JSON `{"person": {...}}`, `{"auction": {...}}` or `{"bid": {...}}`.

@@ -1,7 +1,6 @@
 //! [`NexmarkGenerator`], the [`Source`] of Nexmark events over interleaved partitions,
 //! optionally kept to a wall-clock rate.
 
-use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use runnel_engine::{
@@ -37,18 +36,12 @@ use super::model::Event;
 #[derive(Clone)]
 pub struct NexmarkGenerator {
     config: NexmarkConfig,
-    /// The bids' urls, built once at the first open and shared by the clones' readers (they
-    /// are the same function of the seed as in [`NexmarkConfig::event`], built ahead).
-    urls: Arc<OnceLock<Arc<[String]>>>,
 }
 
 impl NexmarkGenerator {
     /// A source of `config`'s events.
     pub fn new(config: NexmarkConfig) -> Self {
-        NexmarkGenerator {
-            config,
-            urls: Arc::default(),
-        }
+        NexmarkGenerator { config }
     }
 
     /// The configuration.
@@ -96,10 +89,10 @@ impl NexmarkGenerator {
                 }
             },
         });
-        let urls = self.urls.get_or_init(|| self.config.urls().into()).clone();
+        // Build the bids' urls now rather than in the first read.
+        let _ = self.config.urls();
         Ok(Box::new(NexmarkReader {
             config: self.config,
-            urls,
             next: first,
             step: k,
             left,
@@ -188,7 +181,6 @@ impl Pace {
 
 struct NexmarkReader {
     config: NexmarkConfig,
-    urls: Arc<[String]>,
     /// The next event number.
     next: u64,
     /// The number of partitions (the distance between this partition's event numbers).
@@ -214,7 +206,7 @@ impl PartitionReader<Event> for NexmarkReader {
         }
         let mut n = self.next;
         for _ in 0..count {
-            let event = self.config.event_with(n, Some(&self.urls));
+            let event = self.config.event(n);
             out.push_at(event.date_time(), n, event);
             n = n.wrapping_add(self.step);
         }
