@@ -101,8 +101,7 @@ impl Metrics {
     /// Counters that also measure latency at the sinks (see [`Metrics::latency`]).
     pub fn with_latency() -> Self {
         let m = Metrics::default();
-        *m.latency.lock().expect("metrics lock") =
-            Some(crate::metrics::latency_histogram());
+        *m.latency.lock().expect("metrics lock") = Some(crate::metrics::latency_histogram());
         m
     }
 

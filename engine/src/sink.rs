@@ -163,7 +163,7 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
     // metrics at every epoch end.
     let mut latency = metrics
         .measures_latency()
-        .then(|| crate::metrics::latency_histogram());
+        .then(crate::metrics::latency_histogram);
     let ahead = metrics.counter("runnel.latency.ahead");
     let logic = move |input: &mut Batches<'_, T>, frontier: Option<u64>| -> bool {
         if state == SinkState::Closed {

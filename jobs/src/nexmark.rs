@@ -1,4 +1,4 @@
-//! The Nexmark queries q0 to q8 as jobs `nexmark-q0` .. `nexmark-q8`.
+//! The Nexmark queries q0 to q9, q11, q14, q17, q21 and q22 as jobs `nexmark-q<N>`.
 //!
 //! Each job reads Nexmark events (see [`runnel_connectors::nexmark`]) from the generator, a
 //! JSON-lines file or a Kafka topic, runs one query, and writes its results. The query logic is
@@ -7,7 +7,12 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Queries whose answer changes as input arrives (q3, q4, q6) are built on updating tables
+//! Not implemented: q10 (a file sink partitioned by time), q12 (processing-time windows), q13
+//! (a bounded side input), q15, q16 (distinct counts per day), q18, q19 (latest and top-10 bids
+//! per key, which on updating tables would keep every bid) and q20 (an unwindowed bid-auction
+//! join, likewise).
+//!
+//! Queries whose answer changes as input arrives (q3, q4, q6, q9) are built on updating tables
 //! ([`runnel_engine::table`], differential dataflow) and write a changelog: each row is
 //! `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run with
 //! checkpoints off (table state is not checkpointed yet).
@@ -38,18 +43,8 @@ use runnel_engine::{Data, Error, Flow, Job, Result, SourceOptions, Stream, Table
 use runnel_operators::prelude::*;
 use runnel_operators::WindowResult;
 
-/// The job names, in order.
-pub const QUERIES: [&str; 9] = [
-    "nexmark-q0",
-    "nexmark-q1",
-    "nexmark-q2",
-    "nexmark-q3",
-    "nexmark-q4",
-    "nexmark-q5",
-    "nexmark-q6",
-    "nexmark-q7",
-    "nexmark-q8",
-];
+/// The queries implemented, in order (each is the job `nexmark-q<N>`).
+pub const QUERIES: [usize; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 17, 21, 22];
 
 /// Why the table queries run without checkpoints.
 const NO_CHECKPOINTS: &str = "its updating tables live in differential arrangements, which \
@@ -89,6 +84,20 @@ pub fn jobs() -> Vec<Job> {
             "q8 new users: people who opened an auction in the 10 s window they joined in",
             q8,
         ),
+        table_job(9, "q9 winning bids: every auction with its winning bid (updating)", q9),
+        stream_job(11, "q11 user sessions: bids per bidder per session (10 s gap)", q11),
+        stream_job(
+            14,
+            "q14 calculation: bids in a price band, with the part of the day and a char count",
+            |e| Ok(q14(e)),
+        ),
+        stream_job(17, "q17 auction statistics per day: counts by price rank, min, max, avg, sum", q17),
+        stream_job(21, "q21 channel ids: bids from a known channel, with its id", |e| {
+            Ok(q21(e))
+        }),
+        stream_job(22, "q22 url directories: every bid with its url's first three directories", |e| {
+            Ok(q22(e))
+        }),
     ]
 }
 
@@ -97,7 +106,7 @@ fn stream_job<O: Data>(
     about: &str,
     query: for<'s> fn(&Stream<'s, Event>) -> Result<Stream<'s, O>>,
 ) -> Job {
-    Job::new(QUERIES[n], about, move |flow| {
+    Job::new(&format!("nexmark-q{n}"), about, move |flow| {
         let events = events(flow)?;
         let out = query(&events)?;
         sink(flow, &out)
@@ -109,7 +118,7 @@ fn table_job<O: runnel_engine::Row>(
     about: &str,
     query: for<'s> fn(&Stream<'s, Event>) -> Result<Table<'s, O>>,
 ) -> Job {
-    Job::new(QUERIES[n], about, move |flow| {
+    Job::new(&format!("nexmark-q{n}"), about, move |flow| {
         let events = events(flow)?;
         let out = query(&events)?.changelog();
         sink(flow, &out)
@@ -576,4 +585,323 @@ pub fn q8<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q8>> {
         let (id, name, start) = w.key;
         Q8 { id, name, start }
     }))
+}
+
+/// One q9 result: an auction and its winning bid.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q9 {
+    /// The auction.
+    pub id: u64,
+    /// Its seller.
+    pub seller: u64,
+    /// Its category.
+    pub category: u64,
+    /// Its reserve price.
+    pub reserve: u64,
+    /// When it closes.
+    pub expires: i64,
+    /// The winning bidder.
+    pub bidder: u64,
+    /// The winning price.
+    pub price: u64,
+    /// When the winning bid was made.
+    pub bid_time: i64,
+}
+
+/// q9, winning bids: every auction with its winning bid, the highest made while it was open,
+/// the earliest of those on a tie (Flink's `ROW_NUMBER() ... ORDER BY price DESC, dateTime`).
+/// Updating.
+pub fn q9<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q9>> {
+    let auctions = auctions(events)
+        .map(|a| {
+            (
+                a.id,
+                a.seller,
+                a.category,
+                a.reserve,
+                a.date_time,
+                a.expires,
+            )
+        })
+        .to_table()
+        .key_by(|a| a.0);
+    let bids = bids(events)
+        .map(|b| (b.auction, b.bidder, b.price, b.date_time))
+        .to_table()
+        .key_by(|b| b.0);
+    Ok(auctions
+        .join(&bids)
+        .filter(|(_, (_, _, _, _, opened, expires), (_, _, _, at))| opened <= at && at <= expires)
+        .map(
+            |(id, (_, seller, category, reserve, _, expires), (_, bidder, price, at))| Q9 {
+                id,
+                seller,
+                category,
+                reserve,
+                expires,
+                bidder,
+                price,
+                bid_time: at,
+            },
+        )
+        .key_by(|q| q.id)
+        .reduce_to("winning-bid", |_, rows| {
+            rows.iter()
+                .map(|(q, _)| *q)
+                .max_by(|a, b| a.price.cmp(&b.price).then(b.bid_time.cmp(&a.bid_time)))
+                .cloned()
+        })?
+        .into_table()
+        .map(|(_, q)| q))
+}
+
+/// One q11 result: a bidder's session.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q11 {
+    /// The bidder.
+    pub bidder: u64,
+    /// Bids in the session.
+    pub bid_count: u64,
+    /// The session's first bid.
+    pub start: i64,
+    /// Its last bid plus the 10 s gap.
+    pub end: i64,
+}
+
+/// q11, user sessions: bids per bidder per session, sessions closing after 10 s without a bid.
+pub fn q11<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q11>> {
+    Ok(bids(events)
+        .key_by(|b| b.bidder)
+        .window(Session::with_gap(Duration::from_secs(10)))
+        .named("sessions")
+        .aggregate(Count)?
+        .map(|w| Q11 {
+            bidder: w.key,
+            bid_count: w.value,
+            start: w.start,
+            end: w.end,
+        }))
+}
+
+/// One q14 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q14 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price in euro cents (`price * 908 / 1000`).
+    pub price: u64,
+    /// `dayTime` (08:00 to 18:59 UTC), `nightTime` (up to 06:59 and from 20:00) or `otherTime`.
+    pub bid_time_type: Text,
+    /// The bid's time.
+    pub date_time: i64,
+    /// How many `c`s the padding has (Flink's `count_char` UDF).
+    pub c_counts: u64,
+}
+
+/// q14, calculation: bids priced between 1,000,000 and 50,000,000 euro cents (exclusive), with
+/// the part of the day they were made in and a count of `c`s in their padding.
+pub fn q14<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q14> {
+    bids(events).flat_map(|b| {
+        let price = b.price * 908 / 1000;
+        if !(1_000_000 < price && price < 50_000_000) {
+            return None;
+        }
+        let hour = b.date_time.rem_euclid(86_400_000) / 3_600_000;
+        let kind = if (8..=18).contains(&hour) {
+            "dayTime"
+        } else if hour <= 6 || hour >= 20 {
+            "nightTime"
+        } else {
+            "otherTime"
+        };
+        Some(Q14 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price,
+            bid_time_type: Text::Borrowed(kind),
+            date_time: b.date_time,
+            c_counts: b.extra.bytes().filter(|&c| c == b'c').count() as u64,
+        })
+    })
+}
+
+/// One q17 result: an auction's bids of one day.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q17 {
+    /// The auction.
+    pub auction: u64,
+    /// The day (UTC), as the epoch milliseconds of its start.
+    pub day: i64,
+    /// Bids.
+    pub total_bids: u64,
+    /// Bids below 10,000.
+    pub rank1_bids: u64,
+    /// Bids from 10,000 below 1,000,000.
+    pub rank2_bids: u64,
+    /// Bids from 1,000,000.
+    pub rank3_bids: u64,
+    /// The lowest price.
+    pub min_price: u64,
+    /// The highest price.
+    pub max_price: u64,
+    /// The average price, rounded down.
+    pub avg_price: u64,
+    /// The sum of the prices.
+    pub sum_price: u64,
+}
+
+/// The statistics of q17: counts per price rank, min, max, sum.
+#[derive(Clone, Copy, Debug)]
+struct DayStats;
+
+impl Aggregate<Bid> for DayStats {
+    /// `[total, rank1, rank2, rank3, min, max, sum]`.
+    type Acc = [u64; 7];
+    type Out = [u64; 7];
+    fn create(&self) -> Self::Acc {
+        [0, 0, 0, 0, u64::MAX, 0, 0]
+    }
+    fn add(&self, acc: &mut Self::Acc, b: &Bid) {
+        acc[0] += 1;
+        acc[if b.price < 10_000 {
+            1
+        } else if b.price < 1_000_000 {
+            2
+        } else {
+            3
+        }] += 1;
+        acc[4] = acc[4].min(b.price);
+        acc[5] = acc[5].max(b.price);
+        acc[6] += b.price;
+    }
+    fn merge(&self, acc: &mut Self::Acc, o: &Self::Acc) {
+        for i in [0, 1, 2, 3, 6] {
+            acc[i] += o[i];
+        }
+        acc[4] = acc[4].min(o[4]);
+        acc[5] = acc[5].max(o[5]);
+    }
+    fn result(&self, acc: &Self::Acc) -> Self::Out {
+        *acc
+    }
+}
+
+/// q17, auction statistics: per auction and day, the number of bids in three price ranks and
+/// the minimum, maximum, average and sum of the prices. Flink groups by the formatted day
+/// without a window and updates its rows; here a day's row comes once, when the day is over.
+pub fn q17<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q17>> {
+    Ok(bids(events)
+        .key_by(|b| b.auction)
+        .window(Tumbling::of(Duration::from_secs(86_400)))
+        .named("per-auction-day")
+        .aggregate(DayStats)?
+        .map(|w| {
+            let [total, r1, r2, r3, min, max, sum] = w.value;
+            Q17 {
+                auction: w.key,
+                day: w.start,
+                total_bids: total,
+                rank1_bids: r1,
+                rank2_bids: r2,
+                rank3_bids: r3,
+                min_price: min,
+                max_price: max,
+                avg_price: sum / total,
+                sum_price: sum,
+            }
+        }))
+}
+
+/// One q21 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q21 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price.
+    pub price: u64,
+    /// The channel.
+    pub channel: Text,
+    /// `0` to `3` for Apple, Google, Facebook and Baidu, else the url's `channel_id` parameter.
+    pub channel_id: Text,
+}
+
+/// The value of the url's `channel_id` parameter (Flink's `REGEXP_EXTRACT(url,
+/// '(&|^)channel_id=([^&]*)', 2)`), if it has one.
+fn channel_id(url: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(i) = url[from..].find("channel_id=") {
+        let at = from + i;
+        if at == 0 || url.as_bytes()[at - 1] == b'&' {
+            let rest = &url[at + "channel_id=".len()..];
+            return Some(rest.split('&').next().unwrap_or(""));
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// q21, add a channel id: bids from a known channel, or whose url names one, with that id.
+pub fn q21<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q21> {
+    bids(events).flat_map(|b| {
+        let known = match b.channel.to_ascii_lowercase().as_str() {
+            "apple" => Some("0"),
+            "google" => Some("1"),
+            "facebook" => Some("2"),
+            "baidu" => Some("3"),
+            _ => None,
+        };
+        let id: Text = match (known, channel_id(&b.url)) {
+            (Some(k), _) => Text::Borrowed(k),
+            (None, Some(id)) => Text::Owned(id.to_string()),
+            (None, None) => return None,
+        };
+        Some(Q21 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            channel: b.channel,
+            channel_id: id,
+        })
+    })
+}
+
+/// One q22 result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q22 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price.
+    pub price: u64,
+    /// The channel.
+    pub channel: Text,
+    /// The url's first directory (Flink's `SPLIT_INDEX(url, '/', 3)`), empty if none.
+    pub dir1: String,
+    /// The second (`SPLIT_INDEX(url, '/', 4)`).
+    pub dir2: String,
+    /// The third (`SPLIT_INDEX(url, '/', 5)`).
+    pub dir3: String,
+}
+
+/// q22, get URL directories: every bid with the first three directories of its url.
+pub fn q22<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q22> {
+    bids(events).map(|b| {
+        let mut parts = b.url.split('/').skip(3);
+        let mut next = || parts.next().unwrap_or("").to_string();
+        let (dir1, dir2, dir3) = (next(), next(), next());
+        Q22 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            channel: b.channel,
+            dir1,
+            dir2,
+            dir3,
+        }
+    })
 }

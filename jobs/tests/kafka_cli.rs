@@ -384,8 +384,8 @@ fn produce_and_consume_name_an_unreachable_broker_and_a_missing_topic() {
 
 /// The lines of a JSON-lines output file, sorted (a multiset).
 fn sorted_lines(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     lines.sort_unstable();
     lines
@@ -414,8 +414,8 @@ fn applied_changelog(path: &Path) -> Vec<String> {
 }
 
 fn sorted_lines_unsorted(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines().map(String::from).collect()
 }
 
@@ -492,7 +492,10 @@ fn nexmark_queries_answer_the_same_from_the_generator_a_file_and_a_topic() {
         assert!(want.len() >= 5, "{q}: {} results", want.len());
         for (what, got) in &outs[1..] {
             assert_eq!(got.len(), want.len(), "{q} on {what}: number of results");
-            assert!(got == want, "{q} on {what}: results differ from the generator's");
+            assert!(
+                got == want,
+                "{q} on {what}: results differ from the generator's"
+            );
         }
         eprintln!("{q}: {} results, the same on all three inputs", want.len());
     }
@@ -502,7 +505,14 @@ fn nexmark_queries_answer_the_same_from_the_generator_a_file_and_a_topic() {
 /// latency figures, an unpaced one says there are none.
 #[test]
 fn runnel_bench_prints_throughput_latency_and_a_json_line() {
-    let o = runnel(&["bench", "nexmark-q7", "--workers", "2", "--events", "300000"]);
+    let o = runnel(&[
+        "bench",
+        "nexmark-q7",
+        "--workers",
+        "2",
+        "--events",
+        "300000",
+    ]);
     let report = summary(&o);
     assert_eq!(report["job"], "nexmark-q7");
     assert_eq!(report["events"], 300_000);
@@ -512,7 +522,14 @@ fn runnel_bench_prints_throughput_latency_and_a_json_line() {
     // 20,000 events per second: 60,000 take 3 s of wall time, and event time is wall time.
     let t = Instant::now();
     let o = runnel(&[
-        "bench", "nexmark-q0", "--workers", "2", "--events", "60000", "--rate", "20000",
+        "bench",
+        "nexmark-q0",
+        "--workers",
+        "2",
+        "--events",
+        "60000",
+        "--rate",
+        "20000",
     ]);
     let took = t.elapsed();
     let report = summary(&o);

@@ -10,14 +10,16 @@ use std::collections::{BTreeMap, HashMap};
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
 use runnel_engine::testing::Collector;
 use runnel_engine::{run, Change, Data, Job, RunOptions, SourceOptions, Stream, Table};
-use runnel_jobs::nexmark::{self, Q1, Q2, Q3, Q4, Q5, Q6, Q7, Q8};
+use runnel_jobs::nexmark::{self, Q1, Q11, Q14, Q17, Q2, Q21, Q22, Q3, Q4, Q5, Q6, Q7, Q8, Q9};
 
-/// 60,000 events at 1,000 per second of event time: a minute, six 10 s windows.
+/// 60,000 events at 1,000 per second of event time: a minute, six 10 s windows, from
+/// 07:59:30 UTC (so q14 sees two parts of the day).
 fn config() -> NexmarkConfig {
     NexmarkConfig::new(60_000)
         .event_rate(1000)
         .partitions(5)
         .seed(7)
+        .base_time_ms(1_436_918_400_000 + (7 * 3600 + 59 * 60 + 30) * 1000)
 }
 
 fn all_events() -> Vec<Event> {
@@ -327,4 +329,197 @@ fn q8_finds_people_who_sold_in_the_window_they_joined() {
     let want = sorted(want);
     assert!(want.len() > 10, "{} rows", want.len());
     assert_eq!(run_stream(nexmark::q8), want);
+}
+
+#[test]
+fn q9_pairs_each_auction_with_its_winning_bid() {
+    let events = all_events();
+    let bids = bids(&events);
+    let mut want = Vec::new();
+    for a in auctions(&events) {
+        let mut best: Option<&Bid> = None;
+        for b in bids
+            .iter()
+            .filter(|b| b.auction == a.id && a.date_time <= b.date_time && b.date_time <= a.expires)
+        {
+            let better = match best {
+                None => true,
+                Some(x) => b.price > x.price || (b.price == x.price && b.date_time < x.date_time),
+            };
+            if better {
+                best = Some(b);
+            }
+        }
+        if let Some(b) = best {
+            want.push(Q9 {
+                id: a.id,
+                seller: a.seller,
+                category: a.category,
+                reserve: a.reserve,
+                expires: a.expires,
+                bidder: b.bidder,
+                price: b.price,
+                bid_time: b.date_time,
+            });
+        }
+    }
+    let want = sorted(want);
+    assert!(want.len() > 100);
+    assert_eq!(run_table(nexmark::q9), want);
+}
+
+#[test]
+fn q11_counts_bids_per_bidder_session() {
+    let mut times: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for b in bids(&all_events()) {
+        times.entry(b.bidder).or_default().push(b.date_time);
+    }
+    let mut want = Vec::new();
+    for (bidder, mut ts) in times {
+        ts.sort_unstable();
+        let (mut start, mut last, mut n) = (ts[0], ts[0], 0u64);
+        for &t in &ts {
+            if t - last >= 10_000 {
+                want.push(Q11 {
+                    bidder,
+                    bid_count: n,
+                    start,
+                    end: last + 10_000,
+                });
+                (start, n) = (t, 0);
+            }
+            last = t;
+            n += 1;
+        }
+        want.push(Q11 {
+            bidder,
+            bid_count: n,
+            start,
+            end: last + 10_000,
+        });
+    }
+    let want = sorted(want);
+    assert!(want.iter().any(|s| s.bid_count > 1));
+    assert_eq!(run_stream(nexmark::q11), want);
+}
+
+#[test]
+fn q14_selects_a_price_band_and_classifies_times() {
+    let want = sorted(
+        bids(&all_events())
+            .into_iter()
+            .filter_map(|b| {
+                let euro = b.price as f64 * 0.908;
+                let price = b.price * 908 / 1000;
+                // The band on the exact product, as Flink's decimal would compare it.
+                if !(euro > 1_000_000.0 && euro < 50_000_000.0) || price <= 1_000_000 {
+                    return None;
+                }
+                let secs_of_day = (b.date_time / 1000) % 86_400;
+                let hour = secs_of_day / 3600;
+                let kind = match hour {
+                    8..=18 => "dayTime",
+                    0..=6 | 20..=23 => "nightTime",
+                    _ => "otherTime",
+                };
+                Some(Q14 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price,
+                    bid_time_type: kind.into(),
+                    date_time: b.date_time,
+                    c_counts: b.extra.chars().filter(|&c| c == 'c').count() as u64,
+                })
+            })
+            .collect(),
+    );
+    assert!(want.len() > 100, "{}", want.len());
+    for kind in ["dayTime", "otherTime"] {
+        assert!(want.iter().any(|q| q.bid_time_type == kind), "no {kind}");
+    }
+    assert_eq!(run_stream(|e| Ok(nexmark::q14(e))), want);
+}
+
+#[test]
+fn q17_sums_up_each_auctions_day() {
+    let mut per: BTreeMap<(u64, i64), Vec<u64>> = BTreeMap::new();
+    for b in bids(&all_events()) {
+        let day = b.date_time - b.date_time.rem_euclid(86_400_000);
+        per.entry((b.auction, day)).or_default().push(b.price);
+    }
+    let want: Vec<Q17> = per
+        .into_iter()
+        .map(|((auction, day), ps)| Q17 {
+            auction,
+            day,
+            total_bids: ps.len() as u64,
+            rank1_bids: ps.iter().filter(|&&p| p < 10_000).count() as u64,
+            rank2_bids: ps
+                .iter()
+                .filter(|&&p| (10_000..1_000_000).contains(&p))
+                .count() as u64,
+            rank3_bids: ps.iter().filter(|&&p| p >= 1_000_000).count() as u64,
+            min_price: *ps.iter().min().unwrap(),
+            max_price: *ps.iter().max().unwrap(),
+            avg_price: ps.iter().sum::<u64>() / ps.len() as u64,
+            sum_price: ps.iter().sum(),
+        })
+        .collect();
+    assert_eq!(run_stream(nexmark::q17), want);
+}
+
+#[test]
+fn q21_extracts_channel_ids() {
+    let want = sorted(
+        bids(&all_events())
+            .into_iter()
+            .filter_map(|b| {
+                let known = ["apple", "google", "facebook", "baidu"]
+                    .iter()
+                    .position(|c| b.channel.eq_ignore_ascii_case(c));
+                let from_url = b
+                    .url
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("channel_id="))
+                    .map(str::to_string);
+                let id = match (known, from_url) {
+                    (Some(i), _) => i.to_string(),
+                    (None, Some(id)) => id,
+                    (None, None) => return None,
+                };
+                Some(Q21 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    channel: b.channel,
+                    channel_id: id.into(),
+                })
+            })
+            .collect(),
+    );
+    assert!(want.iter().any(|q| q.channel_id.len() > 1));
+    assert_eq!(run_stream(|e| Ok(nexmark::q21(e))), want);
+}
+
+#[test]
+fn q22_splits_urls_into_directories() {
+    let want = sorted(
+        bids(&all_events())
+            .into_iter()
+            .map(|b| {
+                let parts: Vec<&str> = b.url.split('/').collect();
+                let dir = |i: usize| parts.get(i).map_or(String::new(), |s| s.to_string());
+                Q22 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    channel: b.channel.clone(),
+                    dir1: dir(3),
+                    dir2: dir(4),
+                    dir3: dir(5),
+                }
+            })
+            .collect(),
+    );
+    assert_eq!(run_stream(|e| Ok(nexmark::q22(e))), want);
 }
