@@ -20,6 +20,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Concat, Inspect};
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::align::Registry;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::event::DeadLetter;
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) control: Arc<Control>,
     pub(crate) epoch_interval: Duration,
+    /// Watermark alignment between the source instances of this process.
+    pub(crate) alignment: Arc<Registry>,
     graph: RefCell<Graph>,
     /// Per sink instance on this worker: the epochs below it are finished (`u64::MAX` once
     /// the sink has closed).
@@ -155,6 +158,7 @@ impl<'s> Flow<'s> {
         metrics: Arc<Metrics>,
         control: Arc<Control>,
         epoch_interval: Duration,
+        alignment: Arc<Registry>,
         recovery: Option<Recovery>,
     ) -> Self {
         Flow {
@@ -165,6 +169,7 @@ impl<'s> Flow<'s> {
                 metrics,
                 control,
                 epoch_interval,
+                alignment,
                 graph: RefCell::new(Graph::default()),
                 sinks_done: RefCell::new(Vec::new()),
                 tables: RefCell::new(Vec::new()),

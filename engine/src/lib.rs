@@ -31,6 +31,7 @@
 //! A watermark `W` means: every record with `ts < W` has been seen. A record is *late* for a window
 //! `[start, end)` when `end + allowed_lateness <= W` at the start of the record's epoch.
 
+mod align;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

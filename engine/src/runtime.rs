@@ -203,6 +203,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let (metrics2, control2) = (metrics.clone(), control.clone());
     let epoch_interval = opts.epoch_interval;
     let checkpoint = opts.checkpoint.clone();
+    let alignment = Arc::new(crate::align::Registry::new(opts.workers));
     let guards = timely::execute(config, move |worker| {
         let name = job2.name().to_string();
         let index = worker.index();
@@ -237,6 +238,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 metrics2.clone(),
                 control2.clone(),
                 epoch_interval,
+                alignment.clone(),
                 recovery,
             );
             if let Err(e) = job2.build_into(&mut flow) {

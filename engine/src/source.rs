@@ -38,6 +38,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 
+use crate::align;
 use crate::error::{Error, Result};
 use crate::event::{Data, DeadLetter, Event, Origin};
 use crate::flow::{Shared, TStream};
@@ -284,7 +285,11 @@ pub struct SourceOptions<T> {
     idle_timeout: Option<Duration>,
     bad_records: BadRecordPolicy,
     budget: usize,
+    max_drift: Option<Duration>,
 }
+
+/// The default of [`SourceOptions::watermark_alignment`]: one minute of event time.
+pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(60);
 
 impl<T> Default for SourceOptions<T> {
     fn default() -> Self {
@@ -294,6 +299,7 @@ impl<T> Default for SourceOptions<T> {
             idle_timeout: None,
             bad_records: BadRecordPolicy::Fail,
             budget: 1024,
+            max_drift: Some(DEFAULT_MAX_DRIFT),
         }
     }
 }
@@ -333,6 +339,21 @@ impl<T> SourceOptions<T> {
         self.budget = n.max(1);
         self
     }
+    /// Watermark alignment: a partition whose watermark is more than `max_drift` ahead of the
+    /// slowest partition of this source that still has a backlog pauses until that one catches
+    /// up, so that reading a backlog on several workers does not let one of them run ahead in
+    /// event time and keep windows open on the others (Flink's `withWatermarkAlignment`).
+    /// Partitions that are caught up hold no one back. On by default with
+    /// [`DEFAULT_MAX_DRIFT`]; the instances of one process are aligned with each other.
+    pub fn watermark_alignment(mut self, max_drift: Duration) -> Self {
+        self.max_drift = Some(max_drift);
+        self
+    }
+    /// Turns watermark alignment off: every partition reads as fast as it can.
+    pub fn without_watermark_alignment(mut self) -> Self {
+        self.max_drift = None;
+        self
+    }
 }
 
 struct Part<T> {
@@ -343,6 +364,8 @@ struct Part<T> {
     last_data: Instant,
     finished: bool,
     pending_until: Option<Instant>,
+    /// Whether the last read said there is more to read (so alignment waits for it).
+    backlogged: bool,
     /// The offset after the last record (good or bad) read so far.
     next: Option<u64>,
     /// `(epoch, next offset at its end)` for epochs not yet complete at every sink.
@@ -361,6 +384,7 @@ impl<T: 'static> Part<T> {
             last_data: Instant::now(),
             finished: false,
             pending_until: None,
+            backlogged: false,
             next: None,
             positions: VecDeque::new(),
             recorded: None,
@@ -426,6 +450,15 @@ fn open_new<S: Source>(
     Ok(())
 }
 
+/// The smallest watermark of `ps`' backlogged partitions, for watermark alignment.
+fn backlog_watermark<T>(ps: &[Part<T>], strategy: &WatermarkStrategy) -> i64 {
+    ps.iter()
+        .filter(|p| p.backlogged && !p.finished && p.max_ts != i64::MIN)
+        .map(|p| strategy.watermark(p.max_ts))
+        .min()
+        .unwrap_or(align::NOT_BACKLOGGED)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -469,6 +502,9 @@ pub(crate) fn build<'s, S: Source>(
     let in_counter = metrics.counter(&format!("{name}.records_in"));
     let epoch_interval = shared.epoch_interval;
     let name = name.to_string();
+    let aligner = shared.alignment.join(&name, scope.index());
+    let max_drift = options.max_drift.map(crate::time::millis);
+    let paused_counter = metrics.counter(&format!("{name}.alignment_waits"));
 
     let discovery = source.discovery_interval();
     // A restored run: where each partition was, and the epoch to continue after.
@@ -538,6 +574,7 @@ pub(crate) fn build<'s, S: Source>(
             };
             if control.stopping() {
                 // Ctrl-C: stop reading, close what is open, do not advance the watermark.
+                aligner.publish(align::NOT_BACKLOGGED);
                 for p in parts.iter_mut().flatten() {
                     p.end_epoch(epoch);
                 }
@@ -599,6 +636,7 @@ pub(crate) fn build<'s, S: Source>(
             }
             let mut cut = false;
             let mut worked = false;
+            let mut paused = false;
             let mut data_out = out_data.activate();
             let mut dead_out = out_dead.activate();
 
@@ -615,6 +653,18 @@ pub(crate) fn build<'s, S: Source>(
                             continue;
                         }
                         p.pending_until = None;
+                    }
+                    if let Some(drift) = max_drift {
+                        // Watermark alignment: wait for the slowest backlogged partition.
+                        if p.max_ts != i64::MIN
+                            && options.watermark.watermark(p.max_ts)
+                                > aligner.group_min().saturating_add(drift)
+                        {
+                            paused = true;
+                            // Waiting is not idleness: keep the partition in the watermark.
+                            p.last_data = Instant::now();
+                            continue;
+                        }
                     }
                     reader.partition = p.index;
                     if options.event_time.is_none() {
@@ -706,12 +756,22 @@ pub(crate) fn build<'s, S: Source>(
                         }
                         ReadStatus::Finished => p.finished = true,
                     }
+                    p.backlogged = matches!(status, ReadStatus::More | ReadStatus::CutEpoch);
                     if cut {
                         break 'rounds;
                     }
                 }
+                if max_drift.is_some() {
+                    aligner.publish(backlog_watermark(ps, &options.watermark));
+                }
                 if !any_more || started.elapsed() > Duration::from_millis(2) {
                     break;
+                }
+            }
+            if max_drift.is_some() {
+                aligner.publish(backlog_watermark(ps, &options.watermark));
+                if paused {
+                    paused_counter.add(1);
                 }
             }
             drop(data_out);
@@ -785,6 +845,7 @@ pub(crate) fn build<'s, S: Source>(
                     }
                 }
                 if all_finished {
+                    aligner.publish(align::NOT_BACKLOGGED);
                     caps = None;
                     draining = true;
                     activator.activate();
@@ -796,7 +857,8 @@ pub(crate) fn build<'s, S: Source>(
                 }
                 epoch_deadline = now + epoch_interval;
             }
-            if worked || cut {
+            if worked || cut || paused {
+                // Paused by alignment: yield to the other operators, then look again.
                 activator.activate();
             } else {
                 let wait = epoch_deadline
