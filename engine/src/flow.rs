@@ -151,6 +151,7 @@ pub struct Flow<'s> {
 }
 
 impl<'s> Flow<'s> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         scope: Scope<'s, u64>,
         job: &str,
