@@ -40,16 +40,16 @@ pub mod session;
 pub mod sliding;
 pub mod tumbling;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use rustc_hash::{FxBuildHasher, FxHashSet};
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, LocalEpochLogic,
-    Origin, Result, Stream, Watermark,
+    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Origin, Result,
+    Stream, Watermark,
 };
 
 use crate::aggregate::Aggregate;
@@ -358,83 +358,97 @@ impl<K: ExchangeKey, Acc: Data, V: Data> LocalEpochLogic<(K, Partial<Acc, V>), (
     fn on_epoch_end(&mut self, _out: &mut Vec<Event<(K, Partial<Acc, V>)>>) {}
 }
 
-/// The keyed half of tumbling and sliding windows: merges partials per key and pane, fires
-/// windows on timers.
+/// The keyed half of tumbling and sliding windows: merges partials per pane and key, and fires
+/// the windows that end at or before the watermark at the end of each epoch.
 ///
-/// State: per key, the accumulator of each pane ([`KeyedState`], what a checkpoint stores).
-/// The timers (which windows fire and which panes expire when) are derived from that state.
+/// State: per pane (a slice of `gcd(size, slide)`), a hash map from key to accumulator, the
+/// panes in a tree ordered by start. A record is one tree lookup among the few open panes and
+/// one hash-map update; a tumbling window is one pane, so firing it walks its map once and
+/// emits its entries as they are, with no per-key lookups or timers. A sliding window merges its
+/// panes' maps. Panes are dropped, oldest first, once every window holding them has expired.
 struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     agg: A,
     panes: Panes,
     lateness: i64,
-    /// key -> (pane start, accumulator), sorted by pane start. A key holds few panes at a time
-    /// (its open windows' worth), so a sorted vector beats a tree.
-    state: KeyedState<K, VecDeque<(i64, A::Acc)>>,
-    /// window end -> keys with a window ending there that has not fired (each key once).
-    fire: BTreeMap<i64, Vec<K>>,
-    /// expiry (last window end + lateness) -> keys with panes that expire then.
-    expire: BTreeMap<i64, FxHashSet<K>>,
+    /// pane start -> key -> accumulator of the key's records in that pane.
+    state: BTreeMap<i64, HashMap<K, A::Acc, FxBuildHasher>>,
+    /// The watermark at the end of the last epoch: every window ending at or before it fired.
+    fired: Watermark,
     /// Fired windows that received records within their allowed lateness: (start, key).
     dirty: BTreeSet<(i64, K)>,
+    /// Emptied pane maps, kept to reuse their allocations.
+    spare: Vec<HashMap<K, A::Acc, FxBuildHasher>>,
+    /// Scratch map for merging the panes of a sliding window.
+    merged: HashMap<K, A::Acc, FxBuildHasher>,
 }
 
 impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
-    fn new(name: &str, agg: A, panes: Panes, lateness: i64) -> Self {
+    fn new(_name: &str, agg: A, panes: Panes, lateness: i64) -> Self {
         PaneWindowLogic {
             agg,
             panes,
             lateness,
-            state: KeyedState::new(name),
-            fire: BTreeMap::new(),
-            expire: BTreeMap::new(),
+            state: BTreeMap::new(),
+            fired: runnel_engine::time::WATERMARK_MIN,
             dirty: BTreeSet::new(),
+            spare: Vec::new(),
+            merged: HashMap::default(),
         }
     }
 
-    /// Drops `key`'s panes whose every window has expired at watermark `wm`.
-    fn purge(&mut self, key: &K, wm: Watermark) {
-        let (geo, lateness) = (self.panes, self.lateness);
-        let now_empty = match self.state.get_mut(key) {
-            Some(panes) => {
-                // Panes are ordered by start, and so are their expiries.
-                let expired = panes
-                    .iter()
-                    .take_while(|(p, _)| {
-                        geo.last_window(*p)
-                            .saturating_add(geo.size)
-                            .saturating_add(lateness)
-                            <= wm
-                    })
-                    .count();
-                panes.drain(..expired);
-                panes.is_empty()
-            }
-            None => false,
-        };
-        if now_empty {
-            self.state.remove(key);
-        }
+    /// When pane `p` can be dropped: its last window's end plus the allowed lateness.
+    #[inline]
+    fn expiry(&self, p: i64) -> i64 {
+        self.panes
+            .last_window(p)
+            .saturating_add(self.panes.size)
+            .saturating_add(self.lateness)
     }
 
     /// The merged accumulator of `key`'s panes in the window starting at `start`.
     fn window_acc(&self, key: &K, start: i64) -> Option<A::Acc> {
-        let panes = self.state.get(key)?;
         let mut merged: Option<A::Acc> = None;
-        let end = start + self.panes.size;
-        let first = panes.partition_point(|(p, _)| *p < start);
-        for (_, acc) in panes.range(first..).take_while(|(p, _)| *p < end) {
-            match merged.as_mut() {
-                Some(m) => self.agg.merge(m, acc),
-                None => merged = Some(acc.clone()),
+        let end = start.saturating_add(self.panes.size);
+        for (_, map) in self.state.range(start..end) {
+            if let Some(acc) = map.get(key) {
+                match merged.as_mut() {
+                    Some(m) => self.agg.merge(m, acc),
+                    None => merged = Some(acc.clone()),
+                }
             }
         }
         merged
+    }
+
+    /// The starts of the windows that end in `(self.fired, wm]` and hold at least one pane,
+    /// ascending.
+    fn windows_to_fire(&self, wm: Watermark) -> Vec<i64> {
+        let size = self.panes.size;
+        // A pane at or after `wm` is in no window ending by `wm`; one before `fired - size` is
+        // in no window ending after `fired`.
+        let lo = self.fired.saturating_sub(size);
+        let mut starts: Vec<i64> = Vec::new();
+        for (&p, map) in self.state.range(lo..wm) {
+            if map.is_empty() {
+                continue;
+            }
+            for s in self.panes.windows(p) {
+                let end = s.saturating_add(size);
+                if end > self.fired && end <= wm && starts.last() != Some(&s) {
+                    starts.push(s);
+                }
+            }
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        starts
     }
 }
 
 impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
     EpochLogic<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>> for PaneWindowLogic<K, A, V>
 {
+    #[inline]
     fn on_record(
         &mut self,
         r: Event<(K, Partial<A::Acc, V>)>,
@@ -442,75 +456,53 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         out: &mut Emitter<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>>,
     ) {
         let p = r.data.1.pane;
-        let size = self.panes.size;
-        let lateness = self.lateness;
-        let expiry = self
-            .panes
-            .last_window(p)
-            .saturating_add(size)
-            .saturating_add(lateness);
         // Late when even the last window holding this pane has expired, or when the pane is in
         // no window at all (a slide longer than the size leaves gaps): nothing holds it.
-        if expiry <= wm || self.panes.windows(p).next().is_none() {
+        if self.expiry(p) <= wm || self.panes.windows(p).next().is_none() {
             let n = r.data.1.n;
             out.late(r, n);
             return;
         }
         let (k, part) = r.data;
-        let panes = match self.state.get_mut(&k) {
-            Some(panes) => panes,
-            None => self.state.entry(k.clone()).or_default(),
-        };
-        let i = panes.partition_point(|(q, _)| *q < p);
-        match panes.get_mut(i) {
-            Some((q, acc)) if *q == p => self.agg.merge(acc, &part.acc),
-            _ => {
-                panes.insert(i, (p, part.acc));
-                // A new pane: each of its windows still to fire needs a timer, unless another
-                // pane of the key in that window already set it.
-                for s in self.panes.windows(p) {
-                    let end = s + size;
-                    if end > wm && !panes.iter().any(|(q, _)| *q != p && *q >= s && *q < end) {
-                        self.fire.entry(end).or_default().push(k.clone());
-                    }
-                }
-                if lateness > 0 {
-                    // Without lateness a pane expires when its last window fires, and firing
-                    // purges it; with lateness it lingers and needs its own timer.
-                    self.expire.entry(expiry).or_default().insert(k.clone());
+        if self.lateness > 0 {
+            // Fired windows still within their lateness are emitted again at the epoch's end.
+            let size = self.panes.size;
+            for s in self.panes.windows(p) {
+                let end = s + size;
+                if end <= wm && end.saturating_add(self.lateness) > wm {
+                    self.dirty.insert((s, k.clone()));
                 }
             }
         }
-        if lateness > 0 {
-            for s in self.panes.windows(p) {
-                let end = s + size;
-                if end <= wm && end.saturating_add(lateness) > wm {
-                    self.dirty.insert((s, k.clone()));
-                }
+        let map = match self.state.get_mut(&p) {
+            Some(map) => map,
+            None => {
+                let fresh = self.spare.pop().unwrap_or_default();
+                self.state.entry(p).or_insert(fresh)
+            }
+        };
+        match map.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                self.agg.merge(e.get_mut(), &part.acc)
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(part.acc);
             }
         }
     }
 
     fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
-        runnel_engine::recovery::encode(&(
-            self.state.to_bytes()?,
-            &self.fire,
-            &self.expire,
-            &self.dirty,
-        ))
+        runnel_engine::recovery::encode(&(&self.state, self.fired, &self.dirty))
     }
 
     fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
-        let (entries, fire, expire, dirty): (Vec<u8>, _, _, _) =
-            runnel_engine::recovery::decode(state)?;
-        self.state.restore_bytes(&entries)?;
-        (self.fire, self.expire, self.dirty) = (fire, expire, dirty);
+        (self.state, self.fired, self.dirty) = runnel_engine::recovery::decode(state)?;
         Ok(())
     }
 
     fn state_kind(&self) -> String {
         format!(
-            "runnel.window.panes/{}",
+            "runnel.window.panes.v2/{}",
             std::any::type_name::<(K, A::Acc)>()
         )
     }
@@ -527,34 +519,57 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                 out.emit(result_event(&self.agg, k, s, size, &acc));
             }
         }
-        // Windows that end at or before the watermark fire.
-        while let Some(entry) = self.fire.first_entry() {
-            let end = *entry.key();
-            if end > wm {
-                break;
-            }
-            let keys = entry.remove();
-            for k in keys {
-                if let Some(acc) = self.window_acc(&k, end - size) {
+        if wm > self.fired {
+            // Windows that end in (fired, wm] fire, in order of their end.
+            for s in self.windows_to_fire(wm) {
+                if self.panes.pane == size {
+                    // Tumbling: the window is its one pane.
                     if self.lateness == 0 {
-                        // Every window of a pane whose last window ends by `end` has fired
-                        // (timers fire in order of end); later panes stay for later windows.
-                        self.purge(&k, end);
+                        // Nothing can update it any more: hand its entries out as they are.
+                        if let Some(mut map) = self.state.remove(&s) {
+                            for (k, acc) in map.drain() {
+                                out.emit(result_event(&self.agg, k, s, size, &acc));
+                            }
+                            self.spare.push(map);
+                        }
+                    } else if let Some(map) = self.state.get(&s) {
+                        for (k, acc) in map {
+                            out.emit(result_event(&self.agg, k.clone(), s, size, acc));
+                        }
                     }
-                    out.emit(result_event(&self.agg, k, end - size, size, &acc));
+                } else {
+                    // Sliding: merge the window's panes per key.
+                    let mut merged = std::mem::take(&mut self.merged);
+                    for (_, map) in self.state.range(s..s.saturating_add(size)) {
+                        for (k, acc) in map {
+                            match merged.get_mut(k) {
+                                Some(m) => self.agg.merge(m, acc),
+                                None => {
+                                    merged.insert(k.clone(), acc.clone());
+                                }
+                            }
+                        }
+                    }
+                    for (k, acc) in merged.drain() {
+                        out.emit(result_event(&self.agg, k, s, size, &acc));
+                    }
+                    self.merged = merged;
                 }
             }
+            self.fired = wm;
         }
-        // Panes whose every window has expired are dropped.
-        while let Some(entry) = self.expire.first_entry() {
-            let expiry = *entry.key();
-            if expiry > wm {
+        // Panes whose every window has expired are dropped, oldest first.
+        while let Some((&p, _)) = self.state.first_key_value() {
+            if self.expiry(p) > wm {
                 break;
             }
-            for k in entry.remove() {
-                self.purge(&k, wm);
+            if let Some((_, mut map)) = self.state.pop_first() {
+                map.clear();
+                self.spare.push(map);
             }
         }
+        // A few spare maps are enough (one per pane opened between two firings).
+        self.spare.truncate(64);
     }
 }
 
