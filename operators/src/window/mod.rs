@@ -202,14 +202,8 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
             format!("{name}.combiner")
         };
         let partials: KeyedStream<'s, K, Partial<A::Acc, V>> = if self.combine && !late_output {
-            self.stream.local(
-                &combiner_name,
-                Combiner {
-                    agg: agg.clone(),
-                    panes,
-                    state: HashMap::default(),
-                },
-            )?
+            self.stream
+                .local(&combiner_name, Combiner::new(agg.clone(), panes))?
         } else {
             let agg2 = agg.clone();
             let keep_raw = late_output;
@@ -300,10 +294,34 @@ pub struct Partial<Acc, V> {
 }
 
 /// Pre-aggregates a worker's records per key and pane, for one epoch.
+///
+/// Records mostly arrive in event-time order, so the pane of the last record is kept out of the
+/// tree: a record is then one comparison and one update in a map of the pane's keys.
 struct Combiner<K, A: Aggregate<V>, V> {
     agg: A,
     panes: Panes,
-    state: HashMap<(K, i64), (A::Acc, u64, i64), FxBuildHasher>,
+    /// The pane of the last record and its map: key -> (accumulator, records, newest time).
+    current: Option<(i64, CombinerMap<K, A::Acc>)>,
+    /// The epoch's other panes.
+    state: BTreeMap<i64, CombinerMap<K, A::Acc>>,
+    /// Emptied maps, kept to reuse their allocations.
+    spare: Vec<CombinerMap<K, A::Acc>>,
+    _v: std::marker::PhantomData<fn(V)>,
+}
+
+type CombinerMap<K, Acc> = HashMap<K, (Acc, u64, i64), FxBuildHasher>;
+
+impl<K, A: Aggregate<V>, V> Combiner<K, A, V> {
+    fn new(agg: A, panes: Panes) -> Self {
+        Combiner {
+            agg,
+            panes,
+            current: None,
+            state: BTreeMap::new(),
+            spare: Vec::new(),
+            _v: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Partial<A::Acc, V>)>
@@ -312,29 +330,56 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Parti
     #[inline]
     fn on_record(&mut self, r: Event<(K, V)>, _out: &mut Vec<Event<(K, Partial<A::Acc, V>)>>) {
         let pane = self.panes.pane_of(r.ts);
+        if self.current.as_ref().map(|c| c.0) != Some(pane) {
+            if let Some((p, map)) = self.current.take() {
+                self.state.insert(p, map);
+            }
+            let map = match self.state.remove(&pane) {
+                Some(map) => map,
+                None => self.spare.pop().unwrap_or_default(),
+            };
+            self.current = Some((pane, map));
+        }
+        let map = &mut self.current.as_mut().expect("just set").1;
         let (k, v) = r.data;
-        let e = self
-            .state
-            .entry((k, pane))
-            .or_insert_with(|| (self.agg.create(), 0, r.ts));
-        self.agg.add(&mut e.0, &v);
-        e.1 += 1;
-        e.2 = e.2.max(r.ts);
+        match map.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let e = e.get_mut();
+                self.agg.add(&mut e.0, &v);
+                e.1 += 1;
+                e.2 = e.2.max(r.ts);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut acc = self.agg.create();
+                self.agg.add(&mut acc, &v);
+                e.insert((acc, 1, r.ts));
+            }
+        }
     }
     fn on_epoch_end(&mut self, out: &mut Vec<Event<(K, Partial<A::Acc, V>)>>) {
-        out.extend(self.state.drain().map(|((k, pane), (acc, n, ts))| Event {
-            ts,
-            origin: Origin::default(),
-            data: (
-                k,
-                Partial {
-                    pane,
-                    acc,
-                    n,
-                    raw: None,
-                },
-            ),
-        }));
+        if let Some((p, map)) = self.current.take() {
+            self.state.insert(p, map);
+        }
+        let n: usize = self.state.values().map(|m| m.len()).sum();
+        out.reserve(n);
+        while let Some((pane, mut map)) = self.state.pop_first() {
+            out.extend(map.drain().map(|(k, (acc, n, ts))| Event {
+                ts,
+                origin: Origin::default(),
+                data: (
+                    k,
+                    Partial {
+                        pane,
+                        acc,
+                        n,
+                        raw: None,
+                    },
+                ),
+            }));
+            if self.spare.len() < 64 {
+                self.spare.push(map);
+            }
+        }
     }
 }
 
