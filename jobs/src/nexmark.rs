@@ -1,4 +1,4 @@
-//! The Nexmark queries q0 to q9, q11, q14, q17, q21 and q22 as jobs `nexmark-q<N>`.
+//! The Nexmark queries q0 to q9, q11 to q17, q21 and q22 as jobs `nexmark-q<N>`.
 //!
 //! Each job reads Nexmark events (see [`runnel_connectors::nexmark`]) from the generator, a
 //! JSON-lines file or a Kafka topic, runs one query, and writes its results. The query logic is
@@ -7,10 +7,10 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Not implemented: q10 (a file sink partitioned by time), q12 (processing-time windows), q13
-//! (a bounded side input), q15, q16 (distinct counts per day), q18, q19 (latest and top-10 bids
-//! per key, which on updating tables would keep every bid) and q20 (an unwindowed bid-auction
-//! join, likewise).
+//! Not implemented: q10 (bids written to files partitioned by day and minute: runnel's
+//! [`FileSink`] writes one file, and a partitioned sink is new sink infrastructure), q18, q19
+//! (latest and top-10 bids per key, which on updating tables would keep every bid) and q20 (an
+//! unwindowed bid-auction join, likewise).
 //!
 //! Queries whose answer changes as input arrives (q3, q4, q6, q9) are built on updating tables
 //! ([`runnel_engine::table`], differential dataflow) and write a changelog: each row is
@@ -29,7 +29,9 @@
 //! | `kafka.bootstrap`, `topic` | none, `nexmark` | read events from this Kafka topic instead (to its end) |
 //! | `out_of_order_ms` | 0 | watermark bound for file and Kafka input |
 //! | `sink` | `blackhole` | `blackhole`, `stdout`, `file:PATH` (JSON lines) or `kafka:TOPIC` (JSON, on `kafka.bootstrap`) |
+//! | `side_input` | generated | q13 only: a file of `key,value` lines to join with (see [`read_side_input`]); else [`generated_side_input`] of [`SIDE_INPUT_ROWS`] rows |
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +46,9 @@ use runnel_operators::prelude::*;
 use runnel_operators::WindowResult;
 
 /// The queries implemented, in order (each is the job `nexmark-q<N>`).
-pub const QUERIES: [usize; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 17, 21, 22];
+pub const QUERIES: [usize; 19] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 21, 22,
+];
 
 /// Why the table queries run without checkpoints.
 const NO_CHECKPOINTS: &str = "its updating tables live in differential arrangements, which \
@@ -87,9 +91,25 @@ pub fn jobs() -> Vec<Job> {
         table_job(9, "q9 winning bids: every auction with its winning bid (updating)", q9),
         stream_job(11, "q11 user sessions: bids per bidder per session (10 s gap)", q11),
         stream_job(
+            12,
+            "q12 processing-time windows: bids per bidder per 10 s of wall-clock time",
+            q12,
+        ),
+        q13_job(),
+        stream_job(
             14,
             "q14 calculation: bids in a price band, with the part of the day and a char count",
             |e| Ok(q14(e)),
+        ),
+        stream_job(
+            15,
+            "q15 bidding statistics per day: bids, distinct bidders and auctions by price rank",
+            q15,
+        ),
+        stream_job(
+            16,
+            "q16 channel statistics per day: q15 per channel, with the last minute seen",
+            q16,
         ),
         stream_job(17, "q17 auction statistics per day: counts by price rank, min, max, avg, sum", q17),
         stream_job(21, "q21 channel ids: bids from a known channel, with its id", |e| {
@@ -683,6 +703,157 @@ pub fn q11<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q11>> {
         }))
 }
 
+/// One q12 result: a bidder's bids in one 10 s window of wall-clock time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q12 {
+    /// The bidder.
+    pub bidder: u64,
+    /// Bids in the window.
+    pub bid_count: u64,
+    /// The window's start, wall-clock epoch milliseconds.
+    pub start: i64,
+    /// The window's end (exclusive).
+    pub end: i64,
+}
+
+/// q12, processing-time windows: bids per bidder per 10 s tumbling window of wall-clock time.
+///
+/// ```sql
+/// CREATE VIEW B AS SELECT *, PROCTIME() as p_time FROM bid;
+/// SELECT bidder, count(*) as bid_count, window_start AS starttime, window_end AS endtime
+/// FROM TABLE(TUMBLE(TABLE B, DESCRIPTOR(p_time), INTERVAL '10' SECOND))
+/// GROUP BY bidder, window_start, window_end;
+/// ```
+///
+/// runnel's windows run on event time only, so the query stamps each bid with the wall clock
+/// as it passes (right after the source, on the worker that read it: ingestion time, in
+/// effect) and windows on that. Differences from Flink's processing-time windows:
+/// * A window closes when the *source's* watermark passes its end, not on a wall-clock timer.
+///   When the input's event time follows the wall clock (the paced generator, `rate`), that is
+///   about when the window ends; when it lags behind (the unpaced generator, a file, old events
+///   on a topic), every window closes at the end of the input.
+/// * Input whose event time runs ahead of the wall clock (events from the future) holds the
+///   watermark ahead of the stamps, so its bids are late and dropped (and counted).
+/// * Which window a bid falls in depends on when it was read, so results differ from run to
+///   run; only the total per bidder over all windows is fixed.
+pub fn q12<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q12>> {
+    Ok(bids(events)
+        .with_event_time(|_| runnel_engine::metrics::now_ms())
+        .key_by(|b| b.bidder)
+        .window(Tumbling::of(Duration::from_secs(10)))
+        .named("bids-per-bidder")
+        .aggregate(Count)?
+        .map(|w| Q12 {
+            bidder: w.key,
+            bid_count: w.value,
+            start: w.start,
+            end: w.end,
+        }))
+}
+
+/// The side table of q13: a value per key.
+pub type SideInput = HashMap<u64, String>;
+
+/// The rows of q13's default side table, as Nexmark's `side_input_gen.sh` writes it.
+pub const SIDE_INPUT_ROWS: u64 = 10_000;
+
+/// A side table as Nexmark's `SideInputGenerator` writes one: keys `0..rows`, each with its
+/// own decimal digits as the value.
+pub fn generated_side_input(rows: u64) -> SideInput {
+    (0..rows).map(|k| (k, k.to_string())).collect()
+}
+
+/// Reads a side table from a file of `key,value` lines (the format of Flink's
+/// `side_input.txt`): the key a number, the value the rest of the line after the first comma,
+/// as it is (no CSV quoting). Blank lines are skipped; a later line wins over an earlier one
+/// with the same key.
+///
+/// Errors: [`Error::Io`] if the file cannot be read, [`Error::InvalidJob`] naming the line if a
+/// line has no comma or its key is not a number.
+pub fn read_side_input(path: &str) -> Result<SideInput> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut table = SideInput::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: &str| invalid(format!("side_input {path}, line {}: {why}", i + 1));
+        let (key, value) = line
+            .split_once(',')
+            .ok_or_else(|| bad("expected key,value"))?;
+        let key: u64 = key
+            .trim()
+            .parse()
+            .map_err(|_| bad(&format!("key '{key}' is not a number")))?;
+        table.insert(key, value.to_string());
+    }
+    Ok(table)
+}
+
+/// The job `nexmark-q13`: q13 joined with the side table of the `side_input` setting.
+fn q13_job() -> Job {
+    Job::new(
+        "nexmark-q13",
+        "q13 bounded side input join: every bid with the side table's value for auction % 10000",
+        |flow| {
+            // Every worker reads the table for itself, once, while the job builds.
+            let side = match flow.config().get_opt("side_input") {
+                Some(path) => read_side_input(&path)?,
+                None => generated_side_input(SIDE_INPUT_ROWS),
+            };
+            let events = events(flow)?;
+            let out = q13(&events, side);
+            sink(flow, &out)
+        },
+    )
+}
+
+/// One q13 result: a bid with its side value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q13 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price.
+    pub price: u64,
+    /// The bid's time.
+    pub date_time: i64,
+    /// The side table's value for `auction % 10000`.
+    pub value: String,
+}
+
+/// q13, bounded side input join: every bid whose `auction % 10000` is a key of the side table,
+/// with that key's value.
+///
+/// ```sql
+/// SELECT B.auction, B.bidder, B.price, B.dateTime, S.value
+/// FROM (SELECT *, PROCTIME() as p_time FROM bid) B
+/// JOIN side_input FOR SYSTEM_TIME AS OF B.p_time AS S
+/// ON mod(B.auction, 10000) = S.key;
+/// ```
+///
+/// Flink looks each bid up in the file table at processing time; here the table is given
+/// whole when the job is built (by the job, from the `side_input` file or generated) and
+/// every worker keeps its own copy, so a change to the file during a run is not seen. As in
+/// Flink's inner lookup join, a bid whose key is not in the table is dropped (with the
+/// default table of 10,000 rows, none is).
+pub fn q13<'s>(events: &Stream<'s, Event>, side: SideInput) -> Stream<'s, Q13> {
+    bids(events).flat_map(move |b| {
+        let value = side.get(&(b.auction % 10_000))?;
+        Some(Q13 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            date_time: b.date_time,
+            value: value.clone(),
+        })
+    })
+}
+
 /// One q14 result.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Q14 {
@@ -727,6 +898,265 @@ pub fn q14<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q14> {
     })
 }
 
+/// The price rank of a bid in q15, q16 and q17: 0 below 10,000, 1 from 10,000 below 1,000,000,
+/// 2 from 1,000,000. Prices are the generator's integers (which runnel calls cents), the same
+/// numbers Flink's queries compare, so the bounds are Flink's as they are.
+fn price_rank(price: u64) -> usize {
+    if price < 10_000 {
+        0
+    } else if price < 1_000_000 {
+        1
+    } else {
+        2
+    }
+}
+
+/// What q15 and q16 keep per group: per price rank, the bids and the distinct bidders and
+/// auctions; and the latest bid's time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RankAcc {
+    bids: [u64; 3],
+    bidders: [HashSet<u64>; 3],
+    auctions: [HashSet<u64>; 3],
+    last: i64,
+}
+
+/// The results of q15 and q16: each count as `[total, rank1, rank2, rank3]`, and the latest
+/// bid's time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RankCounts {
+    bids: [u64; 4],
+    bidders: [u64; 4],
+    auctions: [u64; 4],
+    last: i64,
+}
+
+/// The statistics of q15 and q16: bids, distinct bidders and distinct auctions, in total and
+/// per price rank.
+#[derive(Clone, Copy, Debug)]
+struct RankStats;
+
+/// The distinct count of the union of the rank sets, then of each.
+fn distinct(sets: &[HashSet<u64>; 3]) -> [u64; 4] {
+    let all: HashSet<u64> = sets.iter().flatten().copied().collect();
+    [
+        all.len() as u64,
+        sets[0].len() as u64,
+        sets[1].len() as u64,
+        sets[2].len() as u64,
+    ]
+}
+
+impl Aggregate<Bid> for RankStats {
+    type Acc = RankAcc;
+    type Out = RankCounts;
+    fn create(&self) -> Self::Acc {
+        RankAcc {
+            bids: [0; 3],
+            bidders: Default::default(),
+            auctions: Default::default(),
+            last: i64::MIN,
+        }
+    }
+    fn add(&self, acc: &mut Self::Acc, b: &Bid) {
+        let r = price_rank(b.price);
+        acc.bids[r] += 1;
+        acc.bidders[r].insert(b.bidder);
+        acc.auctions[r].insert(b.auction);
+        acc.last = acc.last.max(b.date_time);
+    }
+    fn merge(&self, acc: &mut Self::Acc, o: &Self::Acc) {
+        for r in 0..3 {
+            acc.bids[r] += o.bids[r];
+            acc.bidders[r].extend(&o.bidders[r]);
+            acc.auctions[r].extend(&o.auctions[r]);
+        }
+        acc.last = acc.last.max(o.last);
+    }
+    fn result(&self, acc: &Self::Acc) -> Self::Out {
+        let [r1, r2, r3] = acc.bids;
+        RankCounts {
+            bids: [r1 + r2 + r3, r1, r2, r3],
+            bidders: distinct(&acc.bidders),
+            auctions: distinct(&acc.auctions),
+            last: acc.last,
+        }
+    }
+}
+
+/// One q15 result: the bids of one day.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q15 {
+    /// The day (UTC), as the epoch milliseconds of its start.
+    pub day: i64,
+    /// Bids.
+    pub total_bids: u64,
+    /// Bids below 10,000.
+    pub rank1_bids: u64,
+    /// Bids from 10,000 below 1,000,000.
+    pub rank2_bids: u64,
+    /// Bids from 1,000,000.
+    pub rank3_bids: u64,
+    /// Distinct bidders.
+    pub total_bidders: u64,
+    /// Distinct bidders of rank-1 bids.
+    pub rank1_bidders: u64,
+    /// Distinct bidders of rank-2 bids.
+    pub rank2_bidders: u64,
+    /// Distinct bidders of rank-3 bids.
+    pub rank3_bidders: u64,
+    /// Distinct auctions.
+    pub total_auctions: u64,
+    /// Distinct auctions of rank-1 bids.
+    pub rank1_auctions: u64,
+    /// Distinct auctions of rank-2 bids.
+    pub rank2_auctions: u64,
+    /// Distinct auctions of rank-3 bids.
+    pub rank3_auctions: u64,
+}
+
+/// q15, bidding statistics report: per day, the bids and the distinct bidders and auctions, in
+/// total and in three price ranks.
+///
+/// ```sql
+/// SELECT
+///      DATE_FORMAT(dateTime, 'yyyy-MM-dd') as day,
+///      count(*) AS total_bids,
+///      count(*) filter (where price < 10000) AS rank1_bids,
+///      count(*) filter (where price >= 10000 and price < 1000000) AS rank2_bids,
+///      count(*) filter (where price >= 1000000) AS rank3_bids,
+///      count(distinct bidder) AS total_bidders,
+///      count(distinct bidder) filter (where price < 10000) AS rank1_bidders,
+///      ... -- rank2_bidders, rank3_bidders likewise
+///      count(distinct auction) AS total_auctions,
+///      count(distinct auction) filter (where price < 10000) AS rank1_auctions,
+///      ... -- rank2_auctions, rank3_auctions likewise
+/// FROM bid
+/// GROUP BY DATE_FORMAT(dateTime, 'yyyy-MM-dd');
+/// ```
+///
+/// Flink groups by the formatted day without a window and updates its row with every bid; here
+/// a day is an event-time tumbling window (UTC), its row comes once, when the day is over (as
+/// q17), and `day` is the epoch milliseconds of its start, not a `yyyy-MM-dd` string. Bids
+/// behind the watermark are late and dropped. The distinct sets of a day are kept whole until
+/// it closes, and a worker pre-aggregates its bids per epoch before they go to the day's
+/// worker (one worker per day: the query has no parallelism within a day).
+pub fn q15<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q15>> {
+    Ok(bids(events)
+        .key_by(|b| b.date_time.div_euclid(86_400_000))
+        .window(Tumbling::of(Duration::from_secs(86_400)))
+        .named("per-day")
+        .aggregate(RankStats)?
+        .map(|w| {
+            let RankCounts {
+                bids,
+                bidders,
+                auctions,
+                ..
+            } = w.value;
+            Q15 {
+                day: w.start,
+                total_bids: bids[0],
+                rank1_bids: bids[1],
+                rank2_bids: bids[2],
+                rank3_bids: bids[3],
+                total_bidders: bidders[0],
+                rank1_bidders: bidders[1],
+                rank2_bidders: bidders[2],
+                rank3_bidders: bidders[3],
+                total_auctions: auctions[0],
+                rank1_auctions: auctions[1],
+                rank2_auctions: auctions[2],
+                rank3_auctions: auctions[3],
+            }
+        }))
+}
+
+/// One q16 result: the bids of one channel in one day.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q16 {
+    /// The channel.
+    pub channel: Text,
+    /// The day (UTC), as the epoch milliseconds of its start.
+    pub day: i64,
+    /// The time of day of the channel's last bid that day, `HH:mm` (UTC).
+    pub minute: String,
+    /// Bids.
+    pub total_bids: u64,
+    /// Bids below 10,000.
+    pub rank1_bids: u64,
+    /// Bids from 10,000 below 1,000,000.
+    pub rank2_bids: u64,
+    /// Bids from 1,000,000.
+    pub rank3_bids: u64,
+    /// Distinct bidders.
+    pub total_bidders: u64,
+    /// Distinct bidders of rank-1 bids.
+    pub rank1_bidders: u64,
+    /// Distinct bidders of rank-2 bids.
+    pub rank2_bidders: u64,
+    /// Distinct bidders of rank-3 bids.
+    pub rank3_bidders: u64,
+    /// Distinct auctions.
+    pub total_auctions: u64,
+    /// Distinct auctions of rank-1 bids.
+    pub rank1_auctions: u64,
+    /// Distinct auctions of rank-2 bids.
+    pub rank2_auctions: u64,
+    /// Distinct auctions of rank-3 bids.
+    pub rank3_auctions: u64,
+}
+
+/// q16, channel statistics report: q15 per channel and day, with the last minute of the day
+/// that the channel had a bid in.
+///
+/// ```sql
+/// SELECT
+///     channel,
+///     DATE_FORMAT(dateTime, 'yyyy-MM-dd') as day,
+///     max(DATE_FORMAT(dateTime, 'HH:mm')) as minute,
+///     ... -- the twelve counts of q15
+/// FROM bid
+/// GROUP BY channel, DATE_FORMAT(dateTime, 'yyyy-MM-dd');
+/// ```
+///
+/// Differs from Flink as q15 does: one row per channel and day when the day is over, `day` as
+/// epoch milliseconds. `minute` is, as in Flink, `HH:mm` of the latest bid (the largest
+/// `HH:mm` string of a day is that of its latest time).
+pub fn q16<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q16>> {
+    Ok(bids(events)
+        .key_by(|b| (b.channel.clone(), b.date_time.div_euclid(86_400_000)))
+        .window(Tumbling::of(Duration::from_secs(86_400)))
+        .named("per-channel-day")
+        .aggregate(RankStats)?
+        .map(|w| {
+            let RankCounts {
+                bids,
+                bidders,
+                auctions,
+                last,
+            } = w.value;
+            let of_day = last.rem_euclid(86_400_000);
+            Q16 {
+                channel: w.key.0,
+                day: w.start,
+                minute: format!("{:02}:{:02}", of_day / 3_600_000, of_day / 60_000 % 60),
+                total_bids: bids[0],
+                rank1_bids: bids[1],
+                rank2_bids: bids[2],
+                rank3_bids: bids[3],
+                total_bidders: bidders[0],
+                rank1_bidders: bidders[1],
+                rank2_bidders: bidders[2],
+                rank3_bidders: bidders[3],
+                total_auctions: auctions[0],
+                rank1_auctions: auctions[1],
+                rank2_auctions: auctions[2],
+                rank3_auctions: auctions[3],
+            }
+        }))
+}
+
 /// One q17 result: an auction's bids of one day.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Q17 {
@@ -765,13 +1195,7 @@ impl Aggregate<Bid> for DayStats {
     }
     fn add(&self, acc: &mut Self::Acc, b: &Bid) {
         acc[0] += 1;
-        acc[if b.price < 10_000 {
-            1
-        } else if b.price < 1_000_000 {
-            2
-        } else {
-            3
-        }] += 1;
+        acc[1 + price_rank(b.price)] += 1;
         acc[4] = acc[4].min(b.price);
         acc[5] = acc[5].max(b.price);
         acc[6] += b.price;

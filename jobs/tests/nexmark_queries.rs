@@ -1,16 +1,20 @@
-//! The Nexmark queries q0 to q8 on a small generated event set, each checked against a
-//! brute-force computation written here, separately, over a plain `Vec` of the same events.
+//! The Nexmark queries on a small generated event set, each checked against a brute-force
+//! computation written here, separately, over a plain `Vec` of the same events.
 //!
 //! The queries run on 2 workers over 5 generator partitions (so the split is uneven). Updating
-//! queries (q3, q4, q6) are checked by applying their changelog in order (no row may go below
-//! zero) and comparing the final table.
+//! queries (q3, q4, q6, q9) are checked by applying their changelog in order (no row may go
+//! below zero) and comparing the final table. q12 windows on the wall clock, so only what does
+//! not depend on timing is checked: the windows' shape and the total per bidder.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
 use runnel_engine::testing::Collector;
-use runnel_engine::{run, Change, Data, Job, RunOptions, SourceOptions, Stream, Table};
-use runnel_jobs::nexmark::{self, Q1, Q11, Q14, Q17, Q2, Q21, Q22, Q3, Q4, Q5, Q6, Q7, Q8, Q9};
+use runnel_engine::{run, Change, Data, Job, JobConfig, RunOptions, SourceOptions, Stream, Table};
+use runnel_jobs::nexmark::{
+    self, Q1, Q11, Q12, Q13, Q14, Q15, Q16, Q17, Q2, Q21, Q22, Q3, Q4, Q5, Q6, Q7, Q8, Q9,
+};
 
 /// 60,000 events at 1,000 per second of event time: a minute, six 10 s windows, from
 /// 07:59:30 UTC (so q14 sees two parts of the day).
@@ -56,8 +60,21 @@ fn persons(events: &[Event]) -> Vec<Person> {
         .collect()
 }
 
+/// The events of [`config`] moved to start at 23:59:30 UTC, so that they span two days.
+fn midnight_config() -> NexmarkConfig {
+    config().base_time_ms(1_436_918_400_000 + 86_400_000 - 30_000)
+}
+
 /// Runs a stream query on the generator and returns its results, sorted.
 fn run_stream<O: Data + Ord>(
+    query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, O>>,
+) -> Vec<O> {
+    run_stream_on(config(), query)
+}
+
+/// [`run_stream`] on the events of `config`.
+fn run_stream_on<O: Data + Ord>(
+    config: NexmarkConfig,
     query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, O>>,
 ) -> Vec<O> {
     let out = Collector::<O>::new();
@@ -65,7 +82,7 @@ fn run_stream<O: Data + Ord>(
     let job = Job::new("q", "a query", move |flow| {
         let events = flow.source(
             "events",
-            NexmarkGenerator::new(config()),
+            NexmarkGenerator::new(config),
             SourceOptions::new(),
         )?;
         query(&events)?.sink("out", sink.sink())
@@ -403,6 +420,125 @@ fn q11_counts_bids_per_bidder_session() {
     assert_eq!(run_stream(nexmark::q11), want);
 }
 
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
+#[test]
+fn q12_counts_every_bid_once_in_wall_clock_windows() {
+    let mut want: BTreeMap<u64, u64> = BTreeMap::new();
+    for b in bids(&all_events()) {
+        *want.entry(b.bidder).or_default() += 1;
+    }
+    let before = wall_clock_ms();
+    let got = run_stream(nexmark::q12);
+    let after = wall_clock_ms();
+    let mut per_bidder: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut windows = BTreeSet::new();
+    for &Q12 {
+        bidder,
+        bid_count,
+        start,
+        end,
+    } in &got
+    {
+        assert_eq!((end - start, start.rem_euclid(10_000)), (10_000, 0));
+        assert!(
+            before - 10_000 < start && start <= after,
+            "[{start}, {end}) is not a window of the run's wall-clock time ({before}..{after})"
+        );
+        assert!(bid_count > 0);
+        assert!(windows.insert((bidder, start)), "{bidder} twice at {start}");
+        *per_bidder.entry(bidder).or_default() += bid_count;
+    }
+    assert!(want.len() > 100, "{} bidders", want.len());
+    assert_eq!(per_bidder, want);
+}
+
+#[test]
+fn q13_joins_bids_with_the_generated_side_table() {
+    let want = sorted(
+        bids(&all_events())
+            .into_iter()
+            .map(|b| Q13 {
+                auction: b.auction,
+                bidder: b.bidder,
+                price: b.price,
+                date_time: b.date_time,
+                value: format!("{}", b.auction % 10_000),
+            })
+            .collect(),
+    );
+    assert_eq!(
+        run_stream(|e| Ok(nexmark::q13(e, nexmark::generated_side_input(10_000)))),
+        want
+    );
+}
+
+#[test]
+fn q13_job_joins_with_a_side_input_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let side_path = dir.path().join("side_input.txt");
+    let out_path = dir.path().join("out.jsonl");
+    // Every third key from 1000 to 1098, with a value that has a comma in it; a blank line.
+    let mut side = HashMap::new();
+    let mut text = String::from("\n");
+    for k in (1000u64..1100).step_by(3) {
+        let value = format!("v{k},x");
+        text.push_str(&format!("{k},{value}\n"));
+        side.insert(k, value);
+    }
+    std::fs::write(&side_path, text).unwrap();
+
+    let events: Vec<Event> = NexmarkConfig::new(5000).seed(7).iter().collect();
+    let want = sorted(
+        bids(&events)
+            .into_iter()
+            .filter_map(|b| {
+                let value = side.get(&(b.auction % 10_000))?;
+                Some(Q13 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    date_time: b.date_time,
+                    value: value.clone(),
+                })
+            })
+            .collect(),
+    );
+    assert!(want.len() > 100, "{} rows", want.len());
+
+    let job = nexmark::jobs()
+        .into_iter()
+        .find(|j| j.name() == "nexmark-q13")
+        .unwrap();
+    let config = JobConfig::new()
+        .with("events", 5000)
+        .with("seed", 7)
+        .with("side_input", side_path.display())
+        .with("sink", format!("file:{}", out_path.display()));
+    run(&job, RunOptions::workers(2).config(config)).expect("the job runs");
+    let got = sorted(
+        std::fs::read_to_string(&out_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Q13>(l).unwrap())
+            .collect(),
+    );
+    assert_eq!(got, want);
+
+    // A line without a comma fails the job before it runs, naming the line.
+    std::fs::write(&side_path, "1,one\n2\n").unwrap();
+    let config = JobConfig::new()
+        .with("events", 10)
+        .with("side_input", side_path.display());
+    let err = run(&job, RunOptions::workers(1).config(config)).unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
 #[test]
 fn q14_selects_a_price_band_and_classifies_times() {
     let want = sorted(
@@ -438,6 +574,113 @@ fn q14_selects_a_price_band_and_classifies_times() {
         assert!(want.iter().any(|q| q.bid_time_type == kind), "no {kind}");
     }
     assert_eq!(run_stream(|e| Ok(nexmark::q14(e))), want);
+}
+
+/// Bids, distinct bidders and distinct auctions of `bids`, each `[total, rank1, rank2, rank3]`.
+fn rank_counts(bids: &[&Bid]) -> [[u64; 4]; 3] {
+    let in_rank = |b: &Bid, r: usize| match r {
+        0 => true,
+        1 => b.price < 10_000,
+        2 => 10_000 <= b.price && b.price < 1_000_000,
+        _ => b.price >= 1_000_000,
+    };
+    let count = |r: usize| bids.iter().filter(|b| in_rank(b, r)).count() as u64;
+    let distinct = |r: usize, f: fn(&Bid) -> u64| {
+        let set: BTreeSet<u64> = bids
+            .iter()
+            .filter(|b| in_rank(b, r))
+            .map(|b| f(b))
+            .collect();
+        set.len() as u64
+    };
+    [
+        [0, 1, 2, 3].map(count),
+        [0, 1, 2, 3].map(|r| distinct(r, |b| b.bidder)),
+        [0, 1, 2, 3].map(|r| distinct(r, |b| b.auction)),
+    ]
+}
+
+#[test]
+fn q15_counts_bids_bidders_and_auctions_per_day() {
+    let bids = bids(&midnight_config().iter().collect::<Vec<_>>());
+    let mut per_day: BTreeMap<i64, Vec<&Bid>> = BTreeMap::new();
+    for b in &bids {
+        let day = b.date_time - b.date_time.rem_euclid(86_400_000);
+        per_day.entry(day).or_default().push(b);
+    }
+    let want: Vec<Q15> = per_day
+        .into_iter()
+        .map(|(day, bs)| {
+            let [n, bidders, auctions] = rank_counts(&bs);
+            Q15 {
+                day,
+                total_bids: n[0],
+                rank1_bids: n[1],
+                rank2_bids: n[2],
+                rank3_bids: n[3],
+                total_bidders: bidders[0],
+                rank1_bidders: bidders[1],
+                rank2_bidders: bidders[2],
+                rank3_bidders: bidders[3],
+                total_auctions: auctions[0],
+                rank1_auctions: auctions[1],
+                rank2_auctions: auctions[2],
+                rank3_auctions: auctions[3],
+            }
+        })
+        .collect();
+    assert_eq!(want.len(), 2, "the events span two days");
+    assert!(want
+        .iter()
+        .all(|q| q.rank1_bids > 0 && q.rank3_auctions > 0));
+    assert_eq!(run_stream_on(midnight_config(), nexmark::q15), want);
+}
+
+#[test]
+fn q16_counts_per_channel_and_day() {
+    let bids = bids(&midnight_config().iter().collect::<Vec<_>>());
+    let mut per: BTreeMap<(String, i64), Vec<&Bid>> = BTreeMap::new();
+    for b in &bids {
+        let day = b.date_time - b.date_time.rem_euclid(86_400_000);
+        per.entry((b.channel.to_string(), day)).or_default().push(b);
+    }
+    let want = sorted(
+        per.into_iter()
+            .map(|((channel, day), bs)| {
+                // Flink's max(DATE_FORMAT(dateTime, 'HH:mm')): the largest of the strings.
+                let minute = bs
+                    .iter()
+                    .map(|b| {
+                        let secs = (b.date_time / 1000) % 86_400;
+                        format!("{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+                    })
+                    .max()
+                    .unwrap();
+                let [n, bidders, auctions] = rank_counts(&bs);
+                Q16 {
+                    channel: channel.into(),
+                    day,
+                    minute,
+                    total_bids: n[0],
+                    rank1_bids: n[1],
+                    rank2_bids: n[2],
+                    rank3_bids: n[3],
+                    total_bidders: bidders[0],
+                    rank1_bidders: bidders[1],
+                    rank2_bidders: bidders[2],
+                    rank3_bidders: bidders[3],
+                    total_auctions: auctions[0],
+                    rank1_auctions: auctions[1],
+                    rank2_auctions: auctions[2],
+                    rank3_auctions: auctions[3],
+                }
+            })
+            .collect(),
+    );
+    assert!(want.len() > 1000, "{} rows", want.len());
+    assert!(want.iter().any(|q| q.minute == "23:59"));
+    assert!(want.iter().any(|q| q.minute == "00:00"));
+    assert_eq!(run_stream_on(midnight_config(), nexmark::q16), want);
 }
 
 #[test]
