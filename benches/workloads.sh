@@ -10,7 +10,6 @@ echo "| workload | workers | events | job API (M events/s) | raw timely (M event
 echo "|---|---|---|---|---|---|"
 for w in w0 w1 w2; do
     events=100000000
-    [ "$w" = w2 ] && events=20000000
     for n in 1 2; do
         line=$(./target/release/runnel-bench "$w" --workers "$n" --events "$events" --rounds "$rounds" | tail -1)
         python3 - "$line" <<'PY'

@@ -306,6 +306,8 @@ struct Combiner<K, A: Aggregate<V>, V> {
     state: BTreeMap<i64, CombinerMap<K, A::Acc>>,
     /// Emptied maps, kept to reuse their allocations.
     spare: Vec<CombinerMap<K, A::Acc>>,
+    /// The most keys a pane had in the last epoch: new maps start with room for that many.
+    keys_per_pane: usize,
     _v: std::marker::PhantomData<fn(V)>,
 }
 
@@ -319,6 +321,7 @@ impl<K, A: Aggregate<V>, V> Combiner<K, A, V> {
             current: None,
             state: BTreeMap::new(),
             spare: Vec::new(),
+            keys_per_pane: 0,
             _v: std::marker::PhantomData,
         }
     }
@@ -336,7 +339,9 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Parti
             }
             let map = match self.state.remove(&pane) {
                 Some(map) => map,
-                None => self.spare.pop().unwrap_or_default(),
+                None => self.spare.pop().unwrap_or_else(|| {
+                    HashMap::with_capacity_and_hasher(self.keys_per_pane, FxBuildHasher)
+                }),
             };
             self.current = Some((pane, map));
         }
@@ -362,6 +367,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Parti
         }
         let n: usize = self.state.values().map(|m| m.len()).sum();
         out.reserve(n);
+        self.keys_per_pane = self.state.values().map(|m| m.len()).max().unwrap_or(0);
         while let Some((pane, mut map)) = self.state.pop_first() {
             out.extend(map.drain().map(|(k, (acc, n, ts))| Event {
                 ts,
@@ -423,6 +429,8 @@ struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     dirty: BTreeSet<(i64, K)>,
     /// Emptied pane maps, kept to reuse their allocations.
     spare: Vec<HashMap<K, A::Acc, FxBuildHasher>>,
+    /// The most keys a pane held when it was dropped: new maps start with room for that many.
+    keys_per_pane: usize,
     /// Scratch map for merging the panes of a sliding window.
     merged: HashMap<K, A::Acc, FxBuildHasher>,
 }
@@ -437,6 +445,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
             fired: runnel_engine::time::WATERMARK_MIN,
             dirty: BTreeSet::new(),
             spare: Vec::new(),
+            keys_per_pane: 0,
             merged: HashMap::default(),
         }
     }
@@ -522,7 +531,11 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
         let map = match self.state.get_mut(&p) {
             Some(map) => map,
             None => {
-                let fresh = self.spare.pop().unwrap_or_default();
+                let n = self.keys_per_pane;
+                let fresh = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| HashMap::with_capacity_and_hasher(n, FxBuildHasher));
                 self.state.entry(p).or_insert(fresh)
             }
         };
@@ -572,6 +585,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                     if self.lateness == 0 {
                         // Nothing can update it any more: hand its entries out as they are.
                         if let Some(mut map) = self.state.remove(&s) {
+                            self.keys_per_pane = map.len();
                             for (k, acc) in map.drain() {
                                 out.emit(result_event(&self.agg, k, s, size, &acc));
                             }
@@ -609,6 +623,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                 break;
             }
             if let Some((_, mut map)) = self.state.pop_first() {
+                self.keys_per_pane = self.keys_per_pane.max(map.len());
                 map.clear();
                 self.spare.push(map);
             }
