@@ -9,7 +9,7 @@ rounds="${2:-2}"
 cargo build --release -q --bin runnel
 echo "| query | events | 1 worker (M ev/s) | 2 workers (M ev/s) | 2w / 1w | per core, 2w (M ev/s) | Flink per core (M ev/s) | runnel / Flink per core | peak RSS 2w (MB) |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for q in 0 1 2 3 4 5 6 7 8 9 11 14 17 21 22; do
+for q in 0 1 2 3 4 5 6 7 8 9 11 12 13 14 15 16 17 21 22; do
     results=()
     for n in 1 2; do
         best=""

@@ -254,6 +254,8 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
             panic.get_or_insert(e);
         }
     }
+    // The run's wall time ends with its workers (not with the helper threads' next wake-up).
+    let elapsed = started.elapsed();
     done.store(true, Ordering::SeqCst);
     if let Some(h) = reporter {
         let _ = h.join();
@@ -272,13 +274,8 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     if let Some(p) = panic {
         return Err(Error::Runtime(format!("a worker panicked: {p}")));
     }
-    let mut summary = RunSummary::from_metrics(
-        job.name(),
-        opts.workers,
-        opts.processes,
-        &metrics,
-        started.elapsed(),
-    );
+    let mut summary =
+        RunSummary::from_metrics(job.name(), opts.workers, opts.processes, &metrics, elapsed);
     summary.samples = samples;
     Ok(summary)
 }
