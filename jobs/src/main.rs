@@ -261,7 +261,12 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     let summary = run(job, opts)?;
-    let report = BenchReport::new(&summary);
+    let paced = args.rate.is_some_and(|r| r > 0)
+        || args
+            .set
+            .iter()
+            .any(|kv| kv.starts_with("rate=") && kv != "rate=0");
+    let report = BenchReport::new(&summary, paced);
     if !args.json {
         eprintln!("{report}");
     }

@@ -127,9 +127,14 @@ fn stream_job<O: Data>(
     query: for<'s> fn(&Stream<'s, Event>) -> Result<Stream<'s, O>>,
 ) -> Job {
     Job::new(&format!("nexmark-q{n}"), about, move |flow| {
-        let events = events(flow)?;
-        let out = query(&events)?;
-        sink(flow, &out)
+        named(
+            n,
+            (|| {
+                let events = events(flow)?;
+                let out = query(&events)?;
+                sink(flow, &out)
+            })(),
+        )
     })
 }
 
@@ -139,11 +144,28 @@ fn table_job<O: runnel_engine::Row>(
     query: for<'s> fn(&Stream<'s, Event>) -> Result<Table<'s, O>>,
 ) -> Job {
     Job::new(&format!("nexmark-q{n}"), about, move |flow| {
-        let events = events(flow)?;
-        let out = query(&events)?.changelog();
-        sink(flow, &out)
+        named(
+            n,
+            (|| {
+                let events = events(flow)?;
+                let out = query(&events)?.changelog();
+                sink(flow, &out)
+            })(),
+        )
     })
     .without_checkpoints(NO_CHECKPOINTS)
+}
+
+/// Names the query's job (`nexmark-q<n>`) in a setting's error, which the shared helpers below
+/// build without knowing which query they serve.
+fn named(n: usize, r: Result<()>) -> Result<()> {
+    r.map_err(|e| match e {
+        Error::InvalidJob { job, reason } if job == "nexmark" => Error::InvalidJob {
+            job: format!("nexmark-q{n}"),
+            reason,
+        },
+        other => other,
+    })
 }
 
 fn invalid(reason: String) -> Error {
@@ -799,14 +821,19 @@ fn q13_job() -> Job {
         "nexmark-q13",
         "q13 bounded side input join: every bid with the side table's value for auction % 10000",
         |flow| {
-            // Every worker reads the table for itself, once, while the job builds.
-            let side = match flow.config().get_opt("side_input") {
-                Some(path) => read_side_input(&path)?,
-                None => generated_side_input(SIDE_INPUT_ROWS),
-            };
-            let events = events(flow)?;
-            let out = q13(&events, side);
-            sink(flow, &out)
+            named(
+                13,
+                (|| {
+                    // Every worker reads the table for itself, once, while the job builds.
+                    let side = match flow.config().get_opt("side_input") {
+                        Some(path) => read_side_input(&path)?,
+                        None => generated_side_input(SIDE_INPUT_ROWS),
+                    };
+                    let events = events(flow)?;
+                    let out = q13(&events, side);
+                    sink(flow, &out)
+                })(),
+            )
         },
     )
 }

@@ -383,6 +383,15 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("novalue"), "{}", stderr(&o));
 
+    // A Nexmark query's bad setting names the query's job, the setting and the value.
+    let o = runnel(&["run", "nexmark-q5", "--set", "sink=nowhere"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("job 'nexmark-q5' is invalid") && err.contains("nowhere"),
+        "{err}"
+    );
+
     let o = runnel(&["jobs"]);
     assert!(o.status.success());
     let list = String::from_utf8_lossy(&o.stdout);
