@@ -39,6 +39,7 @@ pub mod event;
 pub mod flow;
 pub mod job;
 pub mod metrics;
+pub mod reclaim;
 pub mod recovery;
 pub mod runtime;
 pub mod sink;

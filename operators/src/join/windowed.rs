@@ -1,6 +1,10 @@
 //! The windowed join: records of two keyed streams with the same key in the same tumbling window
-//! join, pairwise, when the window fires. Records whose window has already fired are late:
-//! counted (`<operator>.late`) and dropped.
+//! join, pairwise. A pair is emitted as soon as its second record arrives (in that record's
+//! epoch), stamped with the window's `end - 1`, so downstream windows place it in its window.
+//! Flink's window join emits a window's pairs when the window fires; an inner join's pairs can
+//! never be taken back, so the results are the same, only earlier, and firing a window costs
+//! nothing but dropping its state. A window closes when the watermark passes its end; records
+//! for a closed window are late: counted (`<operator>.late`) and dropped.
 //!
 //! ```
 //! use std::time::Duration;
@@ -25,16 +29,16 @@
 //! assert_eq!(out.sorted_data(), vec![(0, 'x', 100)]);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, Origin, Result,
-    Stream, Watermark,
+    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, Origin, Result, Stream,
+    Watermark,
 };
 
 /// A pair joined in a window.
@@ -55,7 +59,8 @@ pub struct WindowJoined<K, L, R> {
 /// `left.window_join(&right, size)`.
 pub trait WindowJoinExt<'s, K, L> {
     /// Joins records of `self` and `right` with the same key in the same tumbling window of
-    /// `size`; results are emitted when the window fires, with event time `end - 1`.
+    /// `size`. A pair is emitted as soon as both its records have arrived, with event time
+    /// `end - 1` (which may be ahead of the watermark).
     fn window_join<R: Data>(
         &self,
         right: &KeyedStream<'s, K, R>,
@@ -92,8 +97,7 @@ impl<'s, K: ExchangeKey, L: Data> WindowJoinExt<'s, K, L> for KeyedStream<'s, K,
         assert!(size > 0, "join window size must be positive");
         let logic = WindowJoinLogic {
             size,
-            state: KeyedState::new("window-join"),
-            fire: BTreeMap::new(),
+            windows: BTreeMap::new(),
         };
         Ok(self.connect(right).stateful(name, false, logic)?.0)
     }
@@ -101,12 +105,32 @@ impl<'s, K: ExchangeKey, L: Data> WindowJoinExt<'s, K, L> for KeyedStream<'s, K,
 
 type Sides<L, R> = (Vec<L>, Vec<R>);
 
-/// State: per key, the records of each open window ([`KeyedState`]); the timers (which keys
-/// have a window ending when) are derived from it.
+/// State: per open window (by start), per key, the records of each side. A pair is emitted as
+/// soon as its second record arrives, so firing a window only drops its state.
 struct WindowJoinLogic<K, L, R> {
     size: i64,
-    state: KeyedState<K, BTreeMap<i64, Sides<L, R>>>,
-    fire: BTreeMap<i64, FxHashSet<K>>,
+    windows: BTreeMap<i64, HashMap<K, Sides<L, R>, FxBuildHasher>>,
+}
+
+/// A joined pair, stamped with its window's end - 1.
+fn pair<K: Clone, L: Clone, R: Clone>(
+    key: &K,
+    start: i64,
+    end: i64,
+    l: &L,
+    r: &R,
+) -> Event<WindowJoined<K, L, R>> {
+    Event {
+        ts: end - 1,
+        origin: Origin::default(),
+        data: WindowJoined {
+            key: key.clone(),
+            start,
+            end,
+            left: l.clone(),
+            right: r.clone(),
+        },
+    }
 }
 
 impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoined<K, L, R>>
@@ -125,70 +149,56 @@ impl<K: ExchangeKey, L: Data, R: Data> EpochLogic<(K, Either<L, R>), WindowJoine
             return;
         }
         let (k, side) = r.data;
-        let windows = match self.state.get_mut(&k) {
-            Some(w) => w,
-            None => self.state.entry(k.clone()).or_default(),
+        let window = self.windows.entry(start).or_default();
+        let sides = match window.get_mut(&k) {
+            Some(sides) => sides,
+            None => window.entry(k.clone()).or_default(),
         };
-        let entry = windows.entry(start).or_insert_with(|| {
-            self.fire.entry(end).or_default().insert(k.clone());
-            (Vec::new(), Vec::new())
-        });
         match side {
-            Either::Left(l) => entry.0.push(l),
-            Either::Right(x) => entry.1.push(x),
+            Either::Left(l) => {
+                for x in &sides.1 {
+                    out.emit(pair(&k, start, end, &l, x));
+                }
+                sides.0.push(l);
+            }
+            Either::Right(x) => {
+                for l in &sides.0 {
+                    out.emit(pair(&k, start, end, l, &x));
+                }
+                sides.1.push(x);
+            }
         }
     }
 
     fn snapshot(&self) -> runnel_engine::Result<Vec<u8>> {
-        runnel_engine::recovery::encode(&(self.state.to_bytes()?, &self.fire))
+        runnel_engine::recovery::encode(&self.windows)
     }
 
     fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
-        let (entries, fire): (Vec<u8>, _) = runnel_engine::recovery::decode(state)?;
-        self.state.restore_bytes(&entries)?;
-        self.fire = fire;
+        self.windows = runnel_engine::recovery::decode(state)?;
         Ok(())
     }
 
     fn state_kind(&self) -> String {
-        format!("runnel.join.window/{}", std::any::type_name::<(K, L, R)>())
+        format!(
+            "runnel.join.window.v2/{}",
+            std::any::type_name::<(K, L, R)>()
+        )
     }
 
     fn on_epoch_end(
         &mut self,
         wm: Watermark,
-        out: &mut Emitter<(K, Either<L, R>), WindowJoined<K, L, R>>,
+        _out: &mut Emitter<(K, Either<L, R>), WindowJoined<K, L, R>>,
     ) {
-        while let Some(entry) = self.fire.first_entry() {
-            let end = *entry.key();
-            if end > wm {
+        // Every pair of a window was emitted when its second record arrived; a window that
+        // the watermark has passed can get no more records, so its state goes.
+        while let Some((&start, _)) = self.windows.first_key_value() {
+            if start.saturating_add(self.size) > wm {
                 break;
             }
-            let start = end - self.size;
-            for k in entry.remove() {
-                let Some(windows) = self.state.get_mut(&k) else {
-                    continue;
-                };
-                if let Some((ls, rs)) = windows.remove(&start) {
-                    for l in &ls {
-                        for x in &rs {
-                            out.emit(Event {
-                                ts: end - 1,
-                                origin: Origin::default(),
-                                data: WindowJoined {
-                                    key: k.clone(),
-                                    start,
-                                    end,
-                                    left: l.clone(),
-                                    right: x.clone(),
-                                },
-                            });
-                        }
-                    }
-                }
-                if windows.is_empty() {
-                    self.state.remove(&k);
-                }
+            if let Some((_, window)) = self.windows.pop_first() {
+                runnel_engine::reclaim::drop_in_background(window);
             }
         }
     }

@@ -433,6 +433,20 @@ struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     keys_per_pane: usize,
     /// Scratch map for merging the panes of a sliding window.
     merged: HashMap<K, A::Acc, FxBuildHasher>,
+    /// Sliding windows without lateness: the next window to fire, merged ahead of time over
+    /// its panes before `upto`, in an epoch in which nothing fired (see
+    /// [`PaneWindowLogic::premerge`]). Records for those panes update it too.
+    premerged: Option<Premerged<K, A::Acc>>,
+    /// Whether a window fired at the last epoch end (the next merge ahead waits an epoch, so
+    /// that it does not delay the results just emitted).
+    just_fired: bool,
+}
+
+/// The panes `[start, upto)` of the window starting at `start`, merged per key.
+struct Premerged<K, Acc> {
+    start: i64,
+    upto: i64,
+    map: HashMap<K, Acc, FxBuildHasher>,
 }
 
 impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
@@ -447,7 +461,47 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
             spare: Vec::new(),
             keys_per_pane: 0,
             merged: HashMap::default(),
+            premerged: None,
+            just_fired: false,
         }
+    }
+
+    /// Merges, ahead of time, the panes of the next sliding window to fire that lie before the
+    /// watermark's pane, so that firing it merges only the panes after them. Most of a sliding
+    /// window's merging then happens in an epoch in which nothing fires, off the results' path.
+    fn premerge(&mut self, wm: Watermark) {
+        let (size, slide) = (self.panes.size, self.panes.slide);
+        // The first window that has not fired: the least start `s`, a multiple of the slide,
+        // with `s + size > fired`.
+        let Some(lo) = self.fired.checked_sub(size) else {
+            return;
+        };
+        let start = (lo.div_euclid(slide) + 1) * slide;
+        let upto = self.panes.pane_of(wm).min(start.saturating_add(size));
+        let mut pre = match self.premerged.take() {
+            Some(pre) if pre.start == start => pre,
+            _ => {
+                let mut map = std::mem::take(&mut self.merged);
+                map.clear();
+                Premerged {
+                    start,
+                    upto: start,
+                    map,
+                }
+            }
+        };
+        for (_, pane) in self.state.range(pre.upto..upto.max(pre.upto)) {
+            for (k, acc) in pane {
+                match pre.map.get_mut(k) {
+                    Some(m) => self.agg.merge(m, acc),
+                    None => {
+                        pre.map.insert(k.clone(), acc.clone());
+                    }
+                }
+            }
+        }
+        pre.upto = pre.upto.max(upto);
+        self.premerged = Some(pre);
     }
 
     /// When pane `p` can be dropped: its last window's end plus the allowed lateness.
@@ -539,6 +593,16 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                 self.state.entry(p).or_insert(fresh)
             }
         };
+        if let Some(pre) = self.premerged.as_mut() {
+            if pre.start <= p && p < pre.upto {
+                match pre.map.get_mut(&k) {
+                    Some(m) => self.agg.merge(m, &part.acc),
+                    None => {
+                        pre.map.insert(k.clone(), part.acc.clone());
+                    }
+                }
+            }
+        }
         match map.entry(k) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 self.agg.merge(e.get_mut(), &part.acc)
@@ -555,6 +619,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
 
     fn restore(&mut self, state: &[u8]) -> runnel_engine::Result<()> {
         (self.state, self.fired, self.dirty) = runnel_engine::recovery::decode(state)?;
+        self.premerged = None;
         Ok(())
     }
 
@@ -577,9 +642,12 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                 out.emit(result_event(&self.agg, k, s, size, &acc));
             }
         }
+        let mut fired_any = false;
         if wm > self.fired {
             // Windows that end in (fired, wm] fire, in order of their end.
-            for s in self.windows_to_fire(wm) {
+            let starts = self.windows_to_fire(wm);
+            fired_any = !starts.is_empty();
+            for s in starts {
                 if self.panes.pane == size {
                     // Tumbling: the window is its one pane.
                     if self.lateness == 0 {
@@ -597,9 +665,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                         }
                     }
                 } else {
-                    // Sliding: merge the window's panes per key.
-                    let mut merged = std::mem::take(&mut self.merged);
-                    for (_, map) in self.state.range(s..s.saturating_add(size)) {
+                    // Sliding: merge the window's panes per key, starting from those merged
+                    // ahead of time.
+                    let (mut merged, from) = match self.premerged.take() {
+                        Some(pre) if pre.start == s => (pre.map, pre.upto),
+                        _ => (std::mem::take(&mut self.merged), s),
+                    };
+                    for (_, map) in self.state.range(from..s.saturating_add(size)) {
                         for (k, acc) in map {
                             match merged.get_mut(k) {
                                 Some(m) => self.agg.merge(m, acc),
@@ -616,6 +688,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                 }
             }
             self.fired = wm;
+        }
+        if fired_any {
+            self.just_fired = true;
+        } else if self.just_fired {
+            self.just_fired = false;
+        } else if self.lateness == 0 && self.panes.pane != size {
+            self.premerge(wm);
         }
         // Panes whose every window has expired are dropped, oldest first.
         while let Some((&p, _)) = self.state.first_key_value() {
