@@ -6,7 +6,8 @@
 //! * [`generator`]: the deterministic Bid stream of the benchmarks ([`BidGenerator`]) and
 //!   clickstream sample data ([`page_views`]);
 //! * [`file`](mod@file): JSON-lines (and text) files, read one partition per file
-//!   ([`FileSource`]) and written atomically ([`FileSink`]);
+//!   ([`FileSource`]) and written atomically, into one file ([`FileSink`]) or one per
+//!   partition ([`PartitionedFileSink`]);
 //! * [`kafka`]: Kafka topics, read by [`KafkaSource`] and written by [`KafkaSink`];
 //! * [`nexmark`]: the Nexmark benchmark's people, auctions and bids
 //!   ([`nexmark::NexmarkGenerator`]; its types stay in the module, since its `Bid` is not
@@ -22,7 +23,7 @@ pub mod nexmark;
 pub mod stdout;
 
 pub use blackhole::{BlackholeHandle, BlackholeSink};
-pub use file::{write_json_lines, FileSink, FileSource, IntoPaths};
+pub use file::{write_json_lines, FileSink, FileSource, IntoPaths, PartitionedFileSink};
 pub use generator::{page_views, write_page_views, Bid, BidGenerator, PageView};
 pub use kafka::{KafkaConfig, KafkaSink, KafkaSource, StartAt};
 pub use stdout::StdoutSink;

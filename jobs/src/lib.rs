@@ -12,7 +12,7 @@
 //! | `w1-map-filter` | benchmark W1: a filter and a map |
 //! | `w2-tumbling` | benchmark W2: count and max price per auction per 10 s window |
 //! | `clickstream-sessions` | page views per user session (30 min gap) from a JSON-lines file |
-//! | `nexmark-q0` .. `nexmark-q22` | the Nexmark queries q0-q9, q11-q17, q21, q22 (see [`nexmark`]) |
+//! | `nexmark-q0` .. `nexmark-q22` | the Nexmark queries q0-q22 (see [`nexmark`]) |
 //!
 //! [`kafka_tools`] holds the plain Kafka clients behind `runnel produce` and `runnel consume`.
 

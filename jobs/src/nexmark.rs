@@ -1,4 +1,4 @@
-//! The Nexmark queries q0 to q9, q11 to q17, q21 and q22 as jobs `nexmark-q<N>`.
+//! The Nexmark queries q0 to q22 as jobs `nexmark-q<N>`.
 //!
 //! Each job reads Nexmark events (see [`runnel_connectors::nexmark`]) from the generator, a
 //! JSON-lines file or a Kafka topic, runs one query, and writes its results. The query logic is
@@ -7,15 +7,10 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Not implemented: q10 (bids written to files partitioned by day and minute: runnel's
-//! [`FileSink`] writes one file, and a partitioned sink is new sink infrastructure), q18, q19
-//! (latest and top-10 bids per key, which on updating tables would keep every bid) and q20 (an
-//! unwindowed bid-auction join, likewise).
-//!
-//! Queries whose answer changes as input arrives (q3, q4, q6, q9) are built on updating tables
-//! ([`runnel_engine::table`], differential dataflow) and write a changelog: each row is
-//! `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run with
-//! checkpoints off (table state is not checkpointed yet).
+//! Queries whose answer changes as input arrives (q3, q4, q6, q9, q18, q19, q20) are built on
+//! updating tables ([`runnel_engine::table`], differential dataflow) and write a changelog:
+//! each row is `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run
+//! with checkpoints off (table state is not checkpointed yet).
 //!
 //! Settings (`--set`):
 //!
@@ -29,6 +24,7 @@
 //! | `kafka.bootstrap`, `topic` | none, `nexmark` | read events from this Kafka topic instead (to its end) |
 //! | `out_of_order_ms` | 0 | watermark bound for file and Kafka input |
 //! | `sink` | `blackhole` | `blackhole`, `stdout`, `file:PATH` (JSON lines) or `kafka:TOPIC` (JSON, on `kafka.bootstrap`) |
+//! | `dir` | none | q10 only: write into files partitioned by day and minute under this directory (see [`q10_sink`]) instead of `sink` |
 //! | `side_input` | generated | q13 only: a file of `key,value` lines to join with (see [`read_side_input`]); else [`generated_side_input`] of [`SIDE_INPUT_ROWS`] rows |
 
 use std::collections::{HashMap, HashSet};
@@ -40,14 +36,14 @@ use runnel_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource, StartAt};
 use runnel_connectors::nexmark::{
     Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person, Text,
 };
-use runnel_connectors::{BlackholeSink, FileSink, FileSource, StdoutSink};
+use runnel_connectors::{BlackholeSink, FileSink, FileSource, PartitionedFileSink, StdoutSink};
 use runnel_engine::{Data, Error, Flow, Job, Result, SourceOptions, Stream, Table};
 use runnel_operators::prelude::*;
 use runnel_operators::WindowResult;
 
 /// The queries implemented, in order (each is the job `nexmark-q<N>`).
-pub const QUERIES: [usize; 19] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 21, 22,
+pub const QUERIES: [usize; 23] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
 ];
 
 /// Why the table queries run without checkpoints.
@@ -89,6 +85,7 @@ pub fn jobs() -> Vec<Job> {
             q8,
         ),
         table_job(9, "q9 winning bids: every auction with its winning bid (updating)", q9),
+        q10_job(),
         stream_job(11, "q11 user sessions: bids per bidder per session (10 s gap)", q11),
         stream_job(
             12,
@@ -112,6 +109,13 @@ pub fn jobs() -> Vec<Job> {
             q16,
         ),
         stream_job(17, "q17 auction statistics per day: counts by price rank, min, max, avg, sum", q17),
+        table_job(18, "q18 last bid: each bidder's latest bid on each auction (updating)", q18),
+        table_job(19, "q19 auction top-k: the 10 highest bids of each auction (updating)", q19),
+        table_job(
+            20,
+            "q20 expand bid with auction: bids on category-10 auctions with the auction (updating join)",
+            |e| Ok(q20(e)),
+        ),
         stream_job(21, "q21 channel ids: bids from a known channel, with its id", |e| {
             Ok(q21(e))
         }),
@@ -697,6 +701,116 @@ pub fn q9<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q9>> {
         .map(|(_, q)| q))
 }
 
+/// The job `nexmark-q10`: q10 into partitioned files under the `dir` setting, or, without
+/// it, into the `sink` setting's sink like every other query.
+fn q10_job() -> Job {
+    Job::new(
+        "nexmark-q10",
+        "q10 log to file system: every bid into files per day and minute under dir=PATH",
+        |flow| {
+            named(
+                10,
+                (|| {
+                    let dir = flow.config().get_opt("dir");
+                    if dir.is_some() && flow.config().contains("sink") {
+                        return Err(invalid(
+                            "give either dir (partitioned files) or sink, not both".to_string(),
+                        ));
+                    }
+                    let events = events(flow)?;
+                    let out = q10(&events);
+                    match dir {
+                        Some(dir) => out.sink("out", q10_sink(dir)),
+                        None => sink(flow, &out),
+                    }
+                })(),
+            )
+        },
+    )
+}
+
+/// One q10 result: a bid with the UTC day and minute it was made in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q10 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price.
+    pub price: u64,
+    /// The bid's time.
+    pub date_time: i64,
+    /// The bid's padding.
+    pub extra: Text,
+    /// The day of `date_time` (UTC), `yyyy-MM-dd`.
+    pub dt: String,
+    /// The time of day of `date_time` (UTC), `HH:mm`.
+    pub hm: String,
+}
+
+/// The UTC day of `ms` (epoch milliseconds) as `yyyy-MM-dd` and its time of day as `HH:mm`.
+fn utc_day_and_minute(ms: i64) -> (String, String) {
+    let days = ms.div_euclid(86_400_000);
+    let of_day = ms.rem_euclid(86_400_000);
+    // The proleptic Gregorian date of a day number (Howard Hinnant's `civil_from_days`): eras
+    // of 400 years from 0000-03-01, so that a leap day ends its year.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}", of_day / 3_600_000, of_day / 60_000 % 60),
+    )
+}
+
+/// q10, log to file system: every bid with the day and minute it was made in, which q10's
+/// sink ([`q10_sink`]) partitions the files by.
+///
+/// ```sql
+/// INSERT INTO fs_sink  -- PARTITIONED BY (dt, hm), 'connector' = 'filesystem'
+/// SELECT auction, bidder, price, dateTime, extra,
+///     DATE_FORMAT(dateTime, 'yyyy-MM-dd'), DATE_FORMAT(dateTime, 'HH:mm')
+/// FROM bid;
+/// ```
+pub fn q10<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q10> {
+    bids(events).map(|b| {
+        let (dt, hm) = utc_day_and_minute(b.date_time);
+        Q10 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            date_time: b.date_time,
+            extra: b.extra,
+            dt,
+            hm,
+        }
+    })
+}
+
+/// The directory of a q10 row under q10's output: `dt=<yyyy-MM-dd>/hm=<HH>%3A<mm>`, Hive-style
+/// partitions as Flink's filesystem sink names them (which escapes the `:` of `HH:mm`).
+pub fn q10_partition(row: &Q10) -> String {
+    format!("dt={}/hm={}", row.dt, row.hm.replace(':', "%3A"))
+}
+
+/// q10's sink: JSON lines into `<dir>/dt=<yyyy-MM-dd>/hm=<HH>%3A<mm>/part-<worker>.jsonl` (see
+/// [`q10_partition`] and [`PartitionedFileSink`]).
+///
+/// Differences from Flink's filesystem sink in the Nexmark setup: JSON lines rather than CSV,
+/// with the whole row (Flink leaves the partition columns `dt` and `hm` out of the files); one
+/// file per partition and worker, all appearing when the job ends (Flink rolls files every
+/// minute and commits a partition, with a success file, a minute after its time has passed).
+pub fn q10_sink(dir: impl Into<std::path::PathBuf>) -> PartitionedFileSink<Q10> {
+    PartitionedFileSink::json(dir, q10_partition)
+}
+
 /// One q11 result: a bidder's session.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Q11 {
@@ -1263,6 +1377,217 @@ pub fn q17<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q17>> {
                 sum_price: sum,
             }
         }))
+}
+
+/// How q18 picks a pair's latest bid: the later `date_time`, then, on a tie, the larger
+/// `(price, channel, url, extra)` (the pair's `bidder` and `auction` are equal).
+fn later_bid(a: &Bid, b: &Bid) -> std::cmp::Ordering {
+    (a.date_time, a.price, &a.channel, &a.url, &a.extra).cmp(&(
+        b.date_time,
+        b.price,
+        &b.channel,
+        &b.url,
+        &b.extra,
+    ))
+}
+
+/// q18, find last bid: for every bidder and auction, the bidder's latest bid on it (a whole
+/// bid).
+///
+/// ```sql
+/// SELECT auction, bidder, price, channel, url, dateTime, extra
+/// FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY dateTime DESC)
+///       AS rank_number FROM bid)
+/// WHERE rank_number <= 1;
+/// ```
+///
+/// Updating: a later bid of the pair replaces its row (a retraction, then an insertion).
+/// Differences from Flink's:
+/// * Ties. Flink plans this as a deduplication on the event time (keep the last row), where of
+///   two bids of a pair at the same millisecond the one that arrives later wins, which depends
+///   on scheduling. Here the later bid is the larger by `(date_time, price, channel, url,
+///   extra)`, the same in every run; two bids equal in all of those are one row.
+/// * State. Flink keeps one row per pair; the reduce here keeps every bid in its input
+///   arrangement (a later bid may only be added, but differential's `reduce` keeps its input
+///   whole), so memory grows with the bids, as in q4, q6 and q9.
+pub fn q18<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Bid>> {
+    Ok(bids(events)
+        .to_table()
+        .key_by(|b| (b.bidder, b.auction))
+        .reduce_to("last-bid-per-pair", |_, rows| {
+            rows.iter()
+                .map(|(b, _)| *b)
+                .max_by(|a, b| later_bid(a, b))
+                .cloned()
+        })?
+        .into_table()
+        .map(|(_, b)| b))
+}
+
+/// One q19 result: a bid among the ten highest of its auction, with its rank.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q19 {
+    /// The auction.
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The price.
+    pub price: u64,
+    /// The channel.
+    pub channel: Text,
+    /// The url.
+    pub url: Text,
+    /// The bid's time.
+    pub date_time: i64,
+    /// The bid's padding.
+    pub extra: Text,
+    /// The bid's place in its auction, 1 (the highest) to 10.
+    pub rank_number: u64,
+}
+
+/// How many bids per auction q19 keeps.
+const Q19_TOP: usize = 10;
+
+/// How q19 orders an auction's bids, best first: the higher price, then the earlier
+/// `date_time`, then the smaller `(bidder, channel, url, extra)`.
+fn higher_bid_first(a: &Bid, b: &Bid) -> std::cmp::Ordering {
+    b.price.cmp(&a.price).then_with(|| {
+        (a.date_time, a.bidder, &a.channel, &a.url, &a.extra).cmp(&(
+            b.date_time,
+            b.bidder,
+            &b.channel,
+            &b.url,
+            &b.extra,
+        ))
+    })
+}
+
+/// q19, auction top-k: for every auction, its ten highest bids, numbered 1 to 10.
+///
+/// ```sql
+/// SELECT * FROM
+/// (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rank_number
+///  FROM bid)
+/// WHERE rank_number <= 10;
+/// ```
+///
+/// Updating: a bid that enters an auction's top ten is inserted, the bids it passes are
+/// retracted and inserted again one place lower, and the tenth drops out, as Flink's rank
+/// operator updates its rows. Differences from Flink's:
+/// * Ties. Flink ranks the earlier arrival first among bids of equal price; here the earlier
+///   `date_time` ranks higher, then the smaller `(bidder, channel, url, extra)`, the same in
+///   every run. Two bids equal in every field take two places.
+/// * State. Flink keeps the top ten per auction; the reduce here keeps every bid in its input
+///   arrangement, so memory grows with the bids, as in q4, q6 and q9.
+pub fn q19<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q19>> {
+    Ok(bids(events)
+        .to_table()
+        .key_by(|b| b.auction)
+        .reduce("top-10-bids", |_, rows, out| {
+            let mut ranked: Vec<&Bid> = rows
+                .iter()
+                .flat_map(|(b, r)| std::iter::repeat_n(*b, (*r).max(0) as usize))
+                .collect();
+            if ranked.len() > Q19_TOP {
+                ranked.select_nth_unstable_by(Q19_TOP - 1, |a, b| higher_bid_first(a, b));
+                ranked.truncate(Q19_TOP);
+            }
+            ranked.sort_unstable_by(|a, b| higher_bid_first(a, b));
+            for (i, b) in ranked.into_iter().enumerate() {
+                let b = b.clone();
+                let row = Q19 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    channel: b.channel,
+                    url: b.url,
+                    date_time: b.date_time,
+                    extra: b.extra,
+                    rank_number: i as u64 + 1,
+                };
+                out.push((row, 1));
+            }
+        })?
+        .into_table()
+        .map(|(_, q)| q))
+}
+
+/// One q20 result: a bid with the auction it is on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Q20 {
+    /// The auction (the bid's `auction`, the auction's `id`).
+    pub auction: u64,
+    /// The bidder.
+    pub bidder: u64,
+    /// The bid's price.
+    pub price: u64,
+    /// The bid's channel.
+    pub channel: Text,
+    /// The bid's url.
+    pub url: Text,
+    /// The bid's time.
+    pub bid_date_time: i64,
+    /// The bid's padding.
+    pub bid_extra: Text,
+    /// The auction's item name.
+    pub item_name: String,
+    /// The auction's item description.
+    pub description: String,
+    /// The auction's opening price.
+    pub initial_bid: u64,
+    /// The auction's reserve price.
+    pub reserve: u64,
+    /// When the auction opened.
+    pub auction_date_time: i64,
+    /// When it closes.
+    pub expires: i64,
+    /// The seller.
+    pub seller: u64,
+    /// The auction's category (always 10).
+    pub category: u64,
+    /// The auction's padding.
+    pub auction_extra: Text,
+}
+
+/// q20, expand bid with auction: every bid on an auction of category 10, with every field of
+/// the bid and of the auction.
+///
+/// ```sql
+/// SELECT auction, bidder, price, channel, url, B.dateTime, B.extra,
+///     itemName, description, initialBid, reserve, A.dateTime, expires, seller, category, A.extra
+/// FROM bid AS B INNER JOIN auction AS A on B.auction = A.id
+/// WHERE A.category = 10;
+/// ```
+///
+/// An unwindowed join, as Flink's regular join: a bid and its auction meet whichever arrives
+/// first. Only category-10 auctions are kept, but every bid is (its auction may come later),
+/// so memory grows with the bids. Its rows are only ever inserted (neither side is ever
+/// retracted), each once both sides are there. Unlike q9, a bid counts whether or not it was
+/// made while the auction was open, as in Flink's query.
+pub fn q20<'s>(events: &Stream<'s, Event>) -> Table<'s, Q20> {
+    let bids = bids(events).to_table().key_by(|b| b.auction);
+    let auctions = auctions(events)
+        .filter(|a| a.category == 10)
+        .to_table()
+        .key_by(|a| a.id);
+    bids.join(&auctions).map(|(_, b, a)| Q20 {
+        auction: b.auction,
+        bidder: b.bidder,
+        price: b.price,
+        channel: b.channel,
+        url: b.url,
+        bid_date_time: b.date_time,
+        bid_extra: b.extra,
+        item_name: a.item_name,
+        description: a.description,
+        initial_bid: a.initial_bid,
+        reserve: a.reserve,
+        auction_date_time: a.date_time,
+        expires: a.expires,
+        seller: a.seller,
+        category: a.category,
+        auction_extra: a.extra,
+    })
 }
 
 /// One q21 result.

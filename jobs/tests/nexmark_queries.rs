@@ -2,18 +2,21 @@
 //! computation written here, separately, over a plain `Vec` of the same events.
 //!
 //! The queries run on 2 workers over 5 generator partitions (so the split is uneven). Updating
-//! queries (q3, q4, q6, q9) are checked by applying their changelog in order (no row may go
-//! below zero) and comparing the final table. q12 windows on the wall clock, so only what does
-//! not depend on timing is checked: the windows' shape and the total per bidder.
+//! queries (q3, q4, q6, q9, q18, q19, q20) are checked by applying their changelog in order (no
+//! row may go below zero) and comparing the final table. q10's files are read back: each bid
+//! once, in the directory of its day and minute. q12 windows on the wall clock, so only what
+//! does not depend on timing is checked: the windows' shape and the total per bidder.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
 use runnel_engine::testing::Collector;
 use runnel_engine::{run, Change, Data, Job, JobConfig, RunOptions, SourceOptions, Stream, Table};
 use runnel_jobs::nexmark::{
-    self, Q1, Q11, Q12, Q13, Q14, Q15, Q16, Q17, Q2, Q21, Q22, Q3, Q4, Q5, Q6, Q7, Q8, Q9,
+    self, Q1, Q10, Q11, Q12, Q13, Q14, Q15, Q16, Q17, Q19, Q2, Q20, Q21, Q22, Q3, Q4, Q5, Q6, Q7,
+    Q8, Q9,
 };
 
 /// 60,000 events at 1,000 per second of event time: a minute, six 10 s windows, from
@@ -92,10 +95,10 @@ fn run_stream_on<O: Data + Ord>(
     out.sorted_data()
 }
 
-/// Runs a table query on the generator and returns its final rows (the changelog applied).
-fn run_table<O: Data + Ord>(
+/// Runs a table query on the generator and returns its changelog, in the order the sink got it.
+fn run_changelog<O: Data + Ord>(
     query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Table<'s, O>>,
-) -> Vec<O> {
+) -> Vec<Change<O>> {
     let out = Collector::<Change<O>>::new();
     let sink = out.clone();
     let job = Job::new("q", "a query", move |flow| {
@@ -107,9 +110,21 @@ fn run_table<O: Data + Ord>(
         query(&events)?.sink("out", sink.sink())
     });
     run(&job, RunOptions::workers(2)).expect("the query runs");
+    out.events().into_iter().map(|(_, e)| e.data).collect()
+}
+
+/// Runs a table query on the generator and returns its final rows (the changelog applied).
+fn run_table<O: Data + Ord>(
+    query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Table<'s, O>>,
+) -> Vec<O> {
+    final_rows(run_changelog(query))
+}
+
+/// Applies a changelog in order (no row may go below zero) and returns the rows left, sorted.
+fn final_rows<O: Data + Ord>(changes: Vec<Change<O>>) -> Vec<O> {
     let mut rows: BTreeMap<O, i64> = BTreeMap::new();
-    for (_, e) in out.events() {
-        let (row, d) = match e.data {
+    for change in changes {
+        let (row, d) = match change {
             Change::Insert(r) => (r, 1),
             Change::Retract(r) => (r, -1),
         };
@@ -383,6 +398,153 @@ fn q9_pairs_each_auction_with_its_winning_bid() {
     let want = sorted(want);
     assert!(want.len() > 100);
     assert_eq!(run_table(nexmark::q9), want);
+}
+
+/// `(yyyy-MM-dd, HH:mm)` of `ms` (epoch milliseconds, not before 1970, UTC), counting whole
+/// years and months from 1970-01-01.
+fn naive_day_and_minute(ms: i64) -> (String, String) {
+    let secs = ms / 1000;
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let (mut year, mut days) = (1970, secs / 86_400);
+    while days >= if leap(year) { 366 } else { 365 } {
+        days -= if leap(year) { 366 } else { 365 };
+        year += 1;
+    }
+    let lengths = [
+        31,
+        if leap(year) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let mut month = 1;
+    for len in lengths {
+        if days < len {
+            break;
+        }
+        days -= len;
+        month += 1;
+    }
+    let of_day = secs % 86_400;
+    (
+        format!("{year:04}-{month:02}-{:02}", days + 1),
+        format!("{:02}:{:02}", of_day / 3600, of_day % 3600 / 60),
+    )
+}
+
+/// Every file under `dir`, as its path relative to `dir`, with its contents.
+fn files_under(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap();
+                out.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&path).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Checks that the files under `dir` hold every bid of `events` exactly once, in
+/// `dt=<day>/hm=<HH>%3A<mm>/part-<worker>.jsonl` for its day and minute, and nothing else;
+/// returns the partitions.
+fn check_q10_files(dir: &Path, events: &[Event]) -> BTreeSet<String> {
+    let mut want: BTreeMap<(String, Q10), u64> = BTreeMap::new();
+    for b in bids(events) {
+        let (dt, hm) = naive_day_and_minute(b.date_time);
+        let partition = format!("dt={dt}/hm={}", hm.replace(':', "%3A"));
+        let row = Q10 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            date_time: b.date_time,
+            extra: b.extra,
+            dt,
+            hm,
+        };
+        *want.entry((partition, row)).or_default() += 1;
+    }
+    let mut got: BTreeMap<(String, Q10), u64> = BTreeMap::new();
+    for (path, text) in files_under(dir) {
+        let (partition, file) = path.rsplit_once('/').unwrap();
+        let worker = file
+            .strip_prefix("part-")
+            .and_then(|f| f.strip_suffix(".jsonl"));
+        assert!(
+            worker.is_some_and(|w| w.parse::<usize>().is_ok()),
+            "{path} is not a part file"
+        );
+        for line in text.lines() {
+            let row: Q10 = serde_json::from_str(line).unwrap();
+            *got.entry((partition.to_string(), row)).or_default() += 1;
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+    want.into_keys().map(|(p, _)| p).collect()
+}
+
+#[test]
+fn q10_writes_every_bid_once_into_its_day_and_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bids");
+    let o = out.clone();
+    let job = Job::new("q10", "q10 into files", move |flow| {
+        let events = flow.source(
+            "events",
+            NexmarkGenerator::new(midnight_config()),
+            SourceOptions::new(),
+        )?;
+        nexmark::q10(&events).sink("out", nexmark::q10_sink(&o))
+    });
+    run(&job, RunOptions::workers(2)).expect("the query runs");
+    let events: Vec<Event> = midnight_config().iter().collect();
+    let partitions = check_q10_files(&out, &events);
+    let both: BTreeSet<String> = ["dt=2015-07-15/hm=23%3A59", "dt=2015-07-16/hm=00%3A00"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        partitions, both,
+        "the events span two days, a minute of each"
+    );
+}
+
+#[test]
+fn q10_job_writes_under_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = nexmark::jobs()
+        .into_iter()
+        .find(|j| j.name() == "nexmark-q10")
+        .unwrap();
+    let config = JobConfig::new()
+        .with("events", 5000)
+        .with("seed", 7)
+        .with("dir", dir.path().display());
+    run(&job, RunOptions::workers(2).config(config)).expect("the job runs");
+    let events: Vec<Event> = NexmarkConfig::new(5000).seed(7).iter().collect();
+    assert!(!check_q10_files(dir.path(), &events).is_empty());
+
+    let config = JobConfig::new()
+        .with("events", 10)
+        .with("dir", dir.path().display())
+        .with("sink", "stdout");
+    let err = run(&job, RunOptions::workers(1).config(config)).unwrap_err();
+    assert!(err.to_string().contains("either dir"), "{err}");
 }
 
 #[test]
@@ -709,6 +871,129 @@ fn q17_sums_up_each_auctions_day() {
         })
         .collect();
     assert_eq!(run_stream(nexmark::q17), want);
+}
+
+#[test]
+fn q18_keeps_each_bidders_last_bid_per_auction() {
+    let mut per_pair: BTreeMap<(u64, u64), Vec<Bid>> = BTreeMap::new();
+    for b in bids(&all_events()) {
+        per_pair.entry((b.bidder, b.auction)).or_default().push(b);
+    }
+    let several = per_pair.values().filter(|bs| bs.len() > 1).count();
+    assert!(several > 20, "{several} pairs with more than one bid");
+    let want = sorted(
+        per_pair
+            .into_values()
+            .map(|mut bs| {
+                // The latest; of bids at the same time, the larger (price, channel, url, extra).
+                bs.sort_by_key(|b| {
+                    (
+                        b.date_time,
+                        b.price,
+                        b.channel.to_string(),
+                        b.url.to_string(),
+                        b.extra.to_string(),
+                    )
+                });
+                bs.pop().unwrap()
+            })
+            .collect(),
+    );
+    assert_eq!(run_table(nexmark::q18), want);
+}
+
+#[test]
+fn q19_keeps_the_ten_highest_bids_per_auction() {
+    let mut per_auction: BTreeMap<u64, Vec<Bid>> = BTreeMap::new();
+    for b in bids(&all_events()) {
+        per_auction.entry(b.auction).or_default().push(b);
+    }
+    let crowded = per_auction.values().filter(|bs| bs.len() > 10).count();
+    assert!(crowded >= 20, "{crowded} auctions with more than 10 bids");
+    let mut want = Vec::new();
+    for (_, mut bs) in per_auction {
+        // Highest price first; then the earlier, then the smaller (bidder, channel, url, extra).
+        bs.sort_by(|a, b| {
+            b.price.cmp(&a.price).then(
+                (a.date_time, a.bidder, &a.channel, &a.url, &a.extra).cmp(&(
+                    b.date_time,
+                    b.bidder,
+                    &b.channel,
+                    &b.url,
+                    &b.extra,
+                )),
+            )
+        });
+        for (i, b) in bs.into_iter().take(10).enumerate() {
+            want.push(Q19 {
+                auction: b.auction,
+                bidder: b.bidder,
+                price: b.price,
+                channel: b.channel,
+                url: b.url,
+                date_time: b.date_time,
+                extra: b.extra,
+                rank_number: i as u64 + 1,
+            });
+        }
+    }
+    let want = sorted(want);
+    assert_eq!(run_table(nexmark::q19), want);
+}
+
+#[test]
+fn q20_joins_bids_with_their_category_10_auctions() {
+    let events = all_events();
+    let by_id: HashMap<u64, Auction> = auctions(&events)
+        .into_iter()
+        .filter(|a| a.category == 10)
+        .map(|a| (a.id, a))
+        .collect();
+    let all_bids = bids(&events);
+    let want = sorted(
+        all_bids
+            .iter()
+            .filter_map(|b| {
+                let a = by_id.get(&b.auction)?;
+                Some(Q20 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    channel: b.channel.clone(),
+                    url: b.url.clone(),
+                    bid_date_time: b.date_time,
+                    bid_extra: b.extra.clone(),
+                    item_name: a.item_name.clone(),
+                    description: a.description.clone(),
+                    initial_bid: a.initial_bid,
+                    reserve: a.reserve,
+                    auction_date_time: a.date_time,
+                    expires: a.expires,
+                    seller: a.seller,
+                    category: a.category,
+                    auction_extra: a.extra.clone(),
+                })
+            })
+            .collect(),
+    );
+    let joined: BTreeSet<u64> = want.iter().map(|q| q.auction).collect();
+    assert!(
+        joined.len() > 50,
+        "{} category-10 auctions with bids",
+        joined.len()
+    );
+    assert!(
+        want.len() > 1000 && want.len() < all_bids.len() / 2,
+        "{} of {} bids",
+        want.len(),
+        all_bids.len()
+    );
+    let changes = run_changelog(|e| Ok(nexmark::q20(e)));
+    assert!(
+        changes.iter().all(Change::is_insert),
+        "a join of inserts retracts nothing"
+    );
+    assert_eq!(final_rows(changes), want);
 }
 
 #[test]

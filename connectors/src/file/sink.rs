@@ -127,7 +127,8 @@ impl FileSink {
     }
 }
 
-fn encode_error(path: &Path, e: serde_json::Error) -> Error {
+/// An [`Error::Io`] for `path`: a record that cannot be encoded as JSON.
+pub(super) fn encode_error(path: &Path, e: serde_json::Error) -> Error {
     Error::io(
         path,
         std::io::Error::new(
