@@ -560,6 +560,15 @@ impl<K: Clone + 'static, V: Clone + 'static> Clone for KeyedStream<'_, K, V> {
 }
 
 impl<'s, K: ExchangeKey, V: Data> KeyedStream<'s, K, V> {
+    /// An [`Error::InvalidJob`] naming this stream's job: for operators that refuse how they
+    /// were set up, when the job is built.
+    pub fn invalid(&self, reason: impl Into<String>) -> Error {
+        Error::InvalidJob {
+            job: self.inner.shared.job.clone(),
+            reason: reason.into(),
+        }
+    }
+
     /// Wraps a stream of `(key, value)` pairs as a keyed stream.
     pub fn from_pairs(stream: Stream<'s, (K, V)>) -> Self {
         KeyedStream { inner: stream }

@@ -39,7 +39,6 @@ use runnel_connectors::nexmark::{
 use runnel_connectors::{BlackholeSink, FileSink, FileSource, PartitionedFileSink, StdoutSink};
 use runnel_engine::{Data, Error, Flow, Job, Result, SourceOptions, Stream, Table};
 use runnel_operators::prelude::*;
-use runnel_operators::WindowResult;
 
 /// The queries implemented, in order (each is the job `nexmark-q<N>`).
 pub const QUERIES: [usize; 23] = [
@@ -446,60 +445,22 @@ pub struct Q5 {
     pub end: i64,
 }
 
-/// The keys with the largest count: `(count, keys)`.
-#[derive(Clone, Copy, Debug)]
-struct ArgMaxCount;
-
-impl Aggregate<WindowResult<u64, u64>> for ArgMaxCount {
-    type Acc = (u64, Vec<u64>);
-    type Out = (u64, Vec<u64>);
-    fn create(&self) -> Self::Acc {
-        (0, Vec::new())
-    }
-    fn add(&self, acc: &mut Self::Acc, w: &WindowResult<u64, u64>) {
-        if w.value > acc.0 {
-            *acc = (w.value, vec![w.key]);
-        } else if w.value == acc.0 {
-            acc.1.push(w.key);
-        }
-    }
-    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
-        if other.0 > acc.0 {
-            *acc = other.clone();
-        } else if other.0 == acc.0 {
-            acc.1.extend_from_slice(&other.1);
-        }
-    }
-    fn result(&self, acc: &Self::Acc) -> Self::Out {
-        let mut keys = acc.1.clone();
-        keys.sort_unstable();
-        (acc.0, keys)
-    }
-}
-
 /// q5, hot items: per window of 10 s sliding every 2 s, the auctions with the most bids (all of
 /// them on a tie).
 pub fn q5<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q5>> {
-    let counts = bids(events)
+    // Flink's query counts bids per auction and window, then keeps the counts equal to the
+    // window's maximum: a window top-1 with ties, which each worker computes for its own
+    // auctions as it fires the window before the workers' bests are merged.
+    let hottest = bids(events)
         .key_by(|b| b.auction)
         .window(Sliding::of(Duration::from_secs(10), Duration::from_secs(2)))
         .named("bids-per-auction")
-        .aggregate(Count)?;
-    // Each window's counts carry its end - 1 as event time; grouped by the window's start,
-    // they all fall in one 2 s tumbling window, which fires right after.
-    let hottest = counts
-        .key_by(|w| (w.start, w.end))
-        .window(Tumbling::of(Duration::from_secs(2)))
-        .named("hottest")
-        .aggregate(ArgMaxCount)?;
-    Ok(hottest.flat_map(|w| {
-        let ((start, end), (num, auctions)) = (w.key, w.value);
-        auctions.into_iter().map(move |auction| Q5 {
-            auction,
-            num,
-            start,
-            end,
-        })
+        .aggregate_top(Count, 1, |_auction, bids| *bids)?;
+    Ok(hottest.map(|w| Q5 {
+        auction: w.key,
+        num: w.value,
+        start: w.start,
+        end: w.end,
     }))
 }
 

@@ -434,6 +434,64 @@ fn check(
     }
 }
 
+/// `aggregate_top(Count, n, count)` per window, from the reference's window contents: the
+/// keys whose count is at least the window's `n`-th largest, with the epoch the window fired in.
+fn top_reference(want: &RefOut, n: usize) -> Vec<(u64, (u8, i64, i64, u64))> {
+    // (epoch, start, end) -> (key, count)
+    let mut windows: BTreeMap<(u64, i64, i64), Vec<(u8, u64)>> = BTreeMap::new();
+    for (e, k, s, end, vals) in &want.emitted {
+        windows
+            .entry((*e, *s, *end))
+            .or_default()
+            .push((*k, vals.len() as u64));
+    }
+    let mut out = Vec::new();
+    for ((e, s, end), keys) in windows {
+        let mut counts: Vec<u64> = keys.iter().map(|kc| kc.1).collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let nth = counts[(n - 1).min(counts.len() - 1)];
+        for (k, c) in keys {
+            if c >= nth {
+                out.push((e, (k, s, end, c)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn run_top(
+    items: &[In],
+    workers: usize,
+    b: i64,
+    spec: WindowSpec,
+    n: usize,
+) -> Vec<(u64, (u8, i64, i64, u64))> {
+    let out: Collector<(u8, i64, i64, u64)> = Collector::new();
+    let sink = out.clone();
+    let parts = vec![to_test_items(items)];
+    let job = Job::new(
+        "windows-top-prop",
+        "window top-N against the reference",
+        move |flow| {
+            flow.source("in", TestSource::new(parts.clone()), source_options(b))?
+                .key_by(|r: &V| r.0)
+                .window(spec)
+                .aggregate_top(Count, n, |_k, c| *c)?
+                .map(|r| (r.key, r.start, r.end, r.value))
+                .sink("out", sink.sink())
+        },
+    );
+    run(&job, cut_only(workers)).expect("the job runs");
+    let mut got: Vec<(u64, (u8, i64, i64, u64))> = out
+        .events()
+        .into_iter()
+        .map(|(epoch, e)| (epoch.0, e.data))
+        .collect();
+    got.sort();
+    got
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties.
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +535,23 @@ proptest! {
         agg in 0u8..6,
     ) {
         check(&items, b, Sliding::of(ms(size), ms(slide)), l, mode, agg)?;
+    }
+
+    /// `aggregate_top`: per tumbling or sliding window, the keys with the `n` largest counts
+    /// and their ties, in the epoch the window fires, on 1 and 2 workers.
+    #[test]
+    fn top_keys_match_reference(
+        items in partition(200),
+        b in bound(),
+        (size, slide) in size_and_slide(),
+        tumbling in any::<bool>(),
+        n in 1usize..4,
+    ) {
+        let spec = if tumbling { WindowSpec::Tumbling { size } } else { WindowSpec::Sliding { size, slide } };
+        let want = top_reference(&reference(&items, b, spec, 0), n);
+        for workers in [1, 2] {
+            prop_assert_eq!(&run_top(&items, workers, b, spec, n), &want, "{} workers", workers);
+        }
     }
 
     /// Sliding windows with `slide > size`: some records belong to no window. Results must

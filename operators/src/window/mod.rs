@@ -38,9 +38,11 @@
 pub mod global;
 pub mod session;
 pub mod sliding;
+pub mod top;
 pub mod tumbling;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use std::time::Duration;
 
 use rustc_hash::FxBuildHasher;
@@ -153,6 +155,66 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         Ok((main, late.expect("a late output was asked for")))
     }
 
+    /// Aggregates each key's records per window with `agg`, and keeps, per window, the `n`
+    /// keys with the largest `by(key, result)` and every key tied with the `n`-th (Flink's
+    /// window top-N). Each worker picks its own best keys as it fires a window, so the
+    /// results of the other keys are never emitted or sent anywhere. A window's results come
+    /// best first on the worker that owns the window.
+    ///
+    /// Tumbling and sliding windows without allowed lateness only (a late update could change
+    /// a window's top after it was emitted); anything else, or `n == 0`, is an invalid job.
+    #[track_caller]
+    pub fn aggregate_top<A: Aggregate<V>, R: Ord + 'static>(
+        self,
+        agg: A,
+        n: usize,
+        by: impl Fn(&K, &A::Out) -> R + 'static,
+    ) -> Result<Stream<'s, WindowResult<K, A::Out>>> {
+        let (size, slide) = match self.spec {
+            WindowSpec::Tumbling { size } => (size, size),
+            WindowSpec::Sliding { size, slide } => (size, slide),
+            WindowSpec::Session { .. } | WindowSpec::Global => {
+                return Err(self.stream.invalid(
+                    "aggregate_top needs tumbling or sliding windows (a session or global window \
+                     is one key's)",
+                ))
+            }
+        };
+        if n == 0 {
+            return Err(self.stream.invalid("aggregate_top needs n >= 1"));
+        }
+        if self.lateness > 0 {
+            return Err(self.stream.invalid(
+                "aggregate_top does not take allowed lateness: a late update could change a \
+                 window's top after it was emitted",
+            ));
+        }
+        let rank: top::Rank<K, A::Out> = Rc::new(move |a, b| by(&a.0, &a.1).cmp(&by(&b.0, &b.1)));
+        let top_name = if self.name.is_empty() {
+            String::new()
+        } else {
+            format!("{}.top", self.name)
+        };
+        let name = self.name.clone();
+        let local = top::LocalTop::new(n, rank.clone());
+        let (best, _) = self.aligned(name, agg, size, slide, false, Some(local))?;
+        // The window's result stamp is its end - 1: a 1 ms window holds exactly that.
+        let merged = best
+            .key_by(|w| (w.start, w.end))
+            .window(WindowSpec::Tumbling { size: 1 })
+            .named(&top_name)
+            .aggregate(top::MergeTop { n, rank })?;
+        Ok(merged.flat_map(|w| {
+            let (start, end) = w.key;
+            w.value.into_iter().map(move |(key, value)| WindowResult {
+                key,
+                start,
+                end,
+                value,
+            })
+        }))
+    }
+
     #[track_caller]
     fn build<A: Aggregate<V>>(
         self,
@@ -176,9 +238,9 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
                 let logic = global::GlobalLogic::new(agg);
                 self.stream.stateful(&name, late_output, logic)
             }
-            WindowSpec::Tumbling { size } => self.aligned(name, agg, size, size, late_output),
+            WindowSpec::Tumbling { size } => self.aligned(name, agg, size, size, late_output, None),
             WindowSpec::Sliding { size, slide } => {
-                self.aligned(name, agg, size, slide, late_output)
+                self.aligned(name, agg, size, slide, late_output, None)
             }
         }
     }
@@ -191,6 +253,7 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         size: i64,
         slide: i64,
         late_output: bool,
+        top: Option<top::LocalTop<K, A::Out>>,
     ) -> Result<(
         Stream<'s, WindowResult<K, A::Out>>,
         Option<Stream<'s, (K, V)>>,
@@ -225,7 +288,7 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         } else {
             name.as_str()
         };
-        let logic = PaneWindowLogic::new(state_name, agg, panes, self.lateness);
+        let logic = PaneWindowLogic::new(state_name, agg, panes, self.lateness, top);
         let (main, late) = partials.stateful(&name, late_output, logic)?;
         let late =
             late.map(|s| s.map(|(k, p): (K, Partial<A::Acc, V>)| (k, p.raw.expect("raw kept"))));
@@ -440,6 +503,9 @@ struct PaneWindowLogic<K, A: Aggregate<V>, V> {
     /// Whether a window fired at the last epoch end (the next merge ahead waits an epoch, so
     /// that it does not delay the results just emitted).
     just_fired: bool,
+    /// For [`Windowed::aggregate_top`]: this worker's best keys of the window being fired;
+    /// only they are emitted.
+    top: Option<top::LocalTop<K, A::Out>>,
 }
 
 /// The panes `[start, upto)` of the window starting at `start`, merged per key.
@@ -450,7 +516,13 @@ struct Premerged<K, Acc> {
 }
 
 impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
-    fn new(_name: &str, agg: A, panes: Panes, lateness: i64) -> Self {
+    fn new(
+        _name: &str,
+        agg: A,
+        panes: Panes,
+        lateness: i64,
+        top: Option<top::LocalTop<K, A::Out>>,
+    ) -> Self {
         PaneWindowLogic {
             agg,
             panes,
@@ -463,6 +535,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
             merged: HashMap::default(),
             premerged: None,
             just_fired: false,
+            top,
         }
     }
 
@@ -654,8 +727,18 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                         // Nothing can update it any more: hand its entries out as they are.
                         if let Some(mut map) = self.state.remove(&s) {
                             self.keys_per_pane = map.len();
-                            for (k, acc) in map.drain() {
-                                out.emit(result_event(&self.agg, k, s, size, &acc));
+                            match self.top.as_mut() {
+                                Some(top) => {
+                                    for (k, acc) in map.drain() {
+                                        top.offer(k, self.agg.result(&acc));
+                                    }
+                                    top.finish(s, size, out);
+                                }
+                                None => {
+                                    for (k, acc) in map.drain() {
+                                        out.emit(result_event(&self.agg, k, s, size, &acc));
+                                    }
+                                }
                             }
                             self.spare.push(map);
                         }
@@ -681,8 +764,18 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
                             }
                         }
                     }
-                    for (k, acc) in merged.drain() {
-                        out.emit(result_event(&self.agg, k, s, size, &acc));
+                    match self.top.as_mut() {
+                        Some(top) => {
+                            for (k, acc) in merged.drain() {
+                                top.offer(k, self.agg.result(&acc));
+                            }
+                            top.finish(s, size, out);
+                        }
+                        None => {
+                            for (k, acc) in merged.drain() {
+                                out.emit(result_event(&self.agg, k, s, size, &acc));
+                            }
+                        }
                     }
                     self.merged = merged;
                 }
