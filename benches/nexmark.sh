@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Nexmark query with `runnel bench` on 1 and 2 workers (ROUNDS times each, best
 # kept) and prints a markdown table next to Flink's published per-core figures.
-#   benches/nexmark.sh [EVENTS] [ROUNDS]
+#   benches/nexmark.sh [EVENTS] [ROUNDS]     (QUERIES="5 8" benches/nexmark.sh ... runs only those)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events="${1:-10000000}"
@@ -9,7 +9,7 @@ rounds="${2:-2}"
 cargo build --release -q --bin runnel
 echo "| query | events | 1 worker (M ev/s) | 2 workers (M ev/s) | 2w / 1w | per core, 2w (M ev/s) | Flink per core (M ev/s) | runnel / Flink per core | peak RSS 2w (MB) |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for q in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22; do
+for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22}; do
     results=()
     for n in 1 2; do
         best=""
