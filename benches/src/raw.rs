@@ -50,6 +50,11 @@ pub enum Workload {
     W2,
 }
 
+/// Records per batch: each batch is built in its own exactly-sized vector and handed to timely
+/// whole (`give_container`), the fastest way to feed timely (pushing records one by one through
+/// a session copies each through the stack, which stalls store forwarding).
+const BATCH: usize = 1024;
+
 /// A generator source: worker `w` of `n` produces seq `w, w+n, ...`; the timestamp advances
 /// every 100 ms (W0, W1) or is the 10 s window index (W2).
 fn generate<'s>(scope: Scope<'s, u64>, events: u64, by_window: bool) -> StreamVec<'s, u64, RawBid> {
@@ -73,22 +78,19 @@ fn generate<'s>(scope: Scope<'s, u64>, events: u64, by_window: bool) -> StreamVe
                     }
                     // Stay within one window per batch.
                     let window_end = (w + 1) * 10_000;
-                    let mut session = output.session(&*c);
-                    let mut n = 0;
-                    while next < events && next < window_end && n < 1024 {
-                        session.give(bid(next));
+                    let mut batch = Vec::with_capacity(BATCH);
+                    while next < events && next < window_end && batch.len() < BATCH {
+                        batch.push(bid(next));
                         next += peers;
-                        n += 1;
                     }
+                    output.session(&*c).give_container(&mut batch);
                 } else {
-                    let mut session = output.session(&*c);
-                    for _ in 0..1024 {
-                        if next >= events {
-                            break;
-                        }
-                        session.give(bid(next));
+                    let mut batch = Vec::with_capacity(BATCH);
+                    while next < events && batch.len() < BATCH {
+                        batch.push(bid(next));
                         next += peers;
                     }
+                    output.session(&*c).give_container(&mut batch);
                 }
             }
             if next >= events {

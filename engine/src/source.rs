@@ -220,28 +220,16 @@ impl<T> Reader<T> {
     /// (or is the time the call began, when the job has none).
     #[inline]
     pub fn push(&mut self, offset: u64, item: T) {
-        let ts = match &self.event_time {
-            Some(f) => f(&item),
-            None => self.ingest,
-        };
-        self.events.push(Event {
-            ts,
-            origin: Origin {
-                partition: self.partition,
-                offset,
-            },
-            data: item,
-        });
+        self.push_at(self.ingest, offset, item);
     }
 
     /// A record at `offset` with its own event time (a Kafka timestamp, a generator's clock);
     /// the job's extractor, if it set one, takes precedence.
     #[inline]
     pub fn push_at(&mut self, ts: i64, offset: u64, item: T) {
-        let ts = match &self.event_time {
-            Some(f) => f(&item),
-            None => ts,
-        };
+        // Build the record in the batch and apply the extractor there: taking `&item` before
+        // the push would spill it to the stack and copy it back with wider loads than its
+        // stores, which stalls store forwarding (most of W0's time per record).
         self.events.push(Event {
             ts,
             origin: Origin {
@@ -250,6 +238,10 @@ impl<T> Reader<T> {
             },
             data: item,
         });
+        if let Some(f) = &self.event_time {
+            let e = self.events.last_mut().expect("just pushed");
+            e.ts = f(&e.data);
+        }
     }
 
     /// A record at `offset` that could not be decoded: `location` names where it is

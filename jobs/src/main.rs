@@ -21,6 +21,13 @@ use runnel_jobs::kafka_tools::{
 };
 use state_args::{backoff, list_checkpoints, show, CheckpointsArgs, StateArgs};
 
+/// mimalloc instead of the system allocator: records move between operators in batches that are
+/// allocated by one operator and freed by the next, and glibc's malloc gave the freed pages back
+/// to the kernel and faulted them in again for the next batch (measured: raw timely W0 went from
+/// 42-52M to 128-135M events/s on one worker with glibc's trimming turned off).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// runnel: a stream-processing dataflow engine.
 #[derive(Parser, Debug)]
 #[command(name = "runnel", version, about)]
