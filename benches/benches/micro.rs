@@ -22,8 +22,8 @@ use criterion::{criterion_main, Criterion, SamplingMode, Throughput};
 use runnel_connectors::nexmark::{self, NexmarkConfig};
 use runnel_connectors::{Bid, BlackholeSink};
 use runnel_engine::{
-    run, Emitter, EpochLogic, Event, Job, Origin, PartitionId, PartitionReader, ReadStatus, Reader,
-    Result, RunOptions, Source, SourceContext, SourceOptions, Watermark,
+    run, Emitter, EpochLogic, Event, Job, PartitionId, PartitionReader, ReadStatus, Reader, Result,
+    RunOptions, Source, SourceContext, SourceOptions, Watermark,
 };
 use runnel_operators::prelude::*;
 
@@ -278,14 +278,7 @@ fn bincode_batches(c: &mut Criterion) {
     let batch: Vec<Event<Bid>> = (10_000_000..10_000_000 + BATCH as u64)
         .map(|seq| {
             let b = Bid::at(seq);
-            Event::new(
-                b.event_time_ms,
-                Origin {
-                    partition: 0,
-                    offset: seq,
-                },
-                b,
-            )
+            Event::new(b.event_time_ms, b)
         })
         .collect();
     let bytes = bincode::serialize(&batch).expect("encodes");

@@ -105,13 +105,12 @@ impl<T: Data> Sink<T> for StdoutSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runnel_engine::Origin;
 
     fn events<T>(items: Vec<T>) -> Vec<Event<T>> {
         items
             .into_iter()
             .enumerate()
-            .map(|(i, x)| Event::new(i as i64, Origin::default(), x))
+            .map(|(i, x)| Event::new(i as i64, x))
             .collect()
     }
 

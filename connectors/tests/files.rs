@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use runnel_connectors::{write_json_lines, Bid, BidGenerator, FileSink, FileSource};
-use runnel_engine::testing::{Collector, TestItem, TestSource};
+use runnel_engine::testing::{read_partitions, Collector, TestItem, TestSource};
 use runnel_engine::{
-    run, BadRecordPolicy, DeadLetter, Epoch, Event, Job, Origin, RunOptions, Sink, SinkContext,
+    run, BadRecordPolicy, DeadLetter, Epoch, Event, Job, RunOptions, Sink, SinkContext,
     SourceOptions,
 };
 
@@ -106,12 +106,19 @@ fn several_files_are_several_partitions() {
     });
     run(&job, opts(2)).unwrap();
     assert_eq!(out.sorted_data(), all);
-    for (_, e) in out.events() {
-        // Partition i holds chunk i; offsets are 1-based line numbers.
-        let seq = e.data.seq;
-        assert_eq!(u64::from(e.origin.partition), seq / 300);
-        assert_eq!(e.origin.offset, seq % 300 + 1);
+    // Partition i holds chunk i; offsets are 1-based line numbers.
+    let parts = read_partitions(&mut FileSource::<Bid>::json(paths.clone()), 2).unwrap();
+    assert_eq!(parts.len(), 4);
+    let mut seen = 0;
+    for (p, records) in parts {
+        for (offset, e) in records {
+            let seq = e.data.seq;
+            assert_eq!(u64::from(p), seq / 300);
+            assert_eq!(offset, seq % 300 + 1);
+            seen += 1;
+        }
     }
+    assert_eq!(seen, all.len());
 }
 
 #[test]
@@ -174,10 +181,7 @@ fn ctx() -> SinkContext {
 }
 
 fn batch(values: &[u64]) -> Vec<Event<u64>> {
-    values
-        .iter()
-        .map(|&v| Event::new(0, Origin::default(), v))
-        .collect()
+    values.iter().map(|&v| Event::new(0, v)).collect()
 }
 
 #[test]
@@ -439,17 +443,12 @@ fn text_lines_for_word_count() {
     assert_eq!(out.sorted_data(), expected);
 
     // Every line, blank ones included, numbered from 1, without line endings.
-    let lines = Collector::<String>::new();
-    let sink = lines.clone();
-    let job = Job::new("lines", "reads lines", move |flow| {
-        flow.source("lines", FileSource::text(&path), SourceOptions::new())?
-            .sink("out", sink.sink())
-    });
-    run(&job, opts(1)).unwrap();
-    let got: Vec<(u64, String)> = lines
-        .events()
+    let parts = read_partitions(&mut FileSource::text(&path), 1).unwrap();
+    assert_eq!(parts.len(), 1);
+    let got: Vec<(u64, String)> = parts
         .into_iter()
-        .map(|(_, e)| (e.origin.offset, e.data))
+        .flat_map(|(_, records)| records)
+        .map(|(offset, e)| (offset, e.data))
         .collect();
     assert_eq!(
         got,

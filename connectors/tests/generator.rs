@@ -10,7 +10,7 @@ use runnel_connectors::generator::{
 use runnel_connectors::{
     page_views, write_page_views, Bid, BidGenerator, BlackholeSink, FileSource, PageView,
 };
-use runnel_engine::testing::Collector;
+use runnel_engine::testing::{read_partitions, Collector};
 use runnel_engine::{run, Event, Job, RunOptions, SourceOptions};
 
 fn opts(workers: usize) -> RunOptions {
@@ -61,13 +61,20 @@ fn every_seq_once_with_the_published_fields() {
                 assert_eq!(b.price, 100 + (seq * 17) % 10000);
                 assert_eq!(b.event_time_ms, seq as i64);
                 assert_eq!(e.ts, seq as i64, "event time is the bid's own");
-                assert_eq!(e.origin.offset, seq, "offset is the sequence number");
-                assert_eq!(
-                    u64::from(e.origin.partition),
-                    seq % k,
-                    "interleaved partitions"
-                );
             }
+            // Read directly: partition p holds the seqs p, p + k, ..., each at offset seq.
+            let parts =
+                read_partitions(&mut BidGenerator::new(N).partitions(partitions), workers).unwrap();
+            assert_eq!(parts.len() as u64, k);
+            let mut seen = 0;
+            for (p, records) in parts {
+                for (offset, e) in records {
+                    assert_eq!(offset, e.data.seq, "offset is the sequence number");
+                    assert_eq!(e.data.seq % k, u64::from(p), "interleaved partitions");
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, N);
         }
     }
 }
@@ -84,11 +91,13 @@ fn more_partitions_than_events_and_no_events() {
 #[test]
 fn partitions_advance_together() {
     // Within each partition, records arrive in increasing seq order.
-    let events = generate(BidGenerator::new(5_000).partitions(4), 2);
+    let parts = read_partitions(&mut BidGenerator::new(5_000).partitions(4), 2).unwrap();
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-    for e in &events {
-        if let Some(prev) = last.insert(e.origin.partition, e.data.seq) {
-            assert_eq!(e.data.seq, prev + 4);
+    for (p, records) in parts {
+        for (_, e) in records {
+            if let Some(prev) = last.insert(p, e.data.seq) {
+                assert_eq!(e.data.seq, prev + 4);
+            }
         }
     }
     assert_eq!(last.len(), 4);

@@ -24,7 +24,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use runnel_connectors::kafka::{KafkaConfig, KafkaSink};
-use runnel_engine::{Epoch, Event, Metrics, Origin, Sink, SinkContext};
+use runnel_engine::{Epoch, Event, Metrics, Sink, SinkContext};
 
 const TOPIC: &str = "txn-out";
 const PARTITIONS: i32 = 2;
@@ -85,9 +85,7 @@ fn sink(bootstrap: &str) -> KafkaSink<String> {
 }
 
 fn records(range: std::ops::Range<u64>) -> Vec<Event<String>> {
-    range
-        .map(|i| Event::new(i as i64, Origin::default(), i.to_string()))
-        .collect()
+    range.map(|i| Event::new(i as i64, i.to_string())).collect()
 }
 
 #[test]

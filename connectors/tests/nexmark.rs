@@ -31,12 +31,12 @@ fn ctx(workers: usize) -> SourceContext {
 }
 
 /// Reads `reader` to its end (sleeping while it is pending).
-fn drain(mut reader: Box<dyn PartitionReader<Event>>) -> Vec<Record<Event>> {
+fn drain(mut reader: Box<dyn PartitionReader<Event>>) -> Vec<(u64, Record<Event>)> {
     let mut out = Reader::for_test(1000);
     let mut records = Vec::new();
     loop {
         let status = reader.read(&mut out).unwrap();
-        records.extend(out.take().0);
+        records.extend(out.take_with_offsets());
         match status {
             ReadStatus::Finished => return records,
             ReadStatus::Pending => std::thread::sleep(Duration::from_micros(200)),
@@ -45,8 +45,8 @@ fn drain(mut reader: Box<dyn PartitionReader<Event>>) -> Vec<Record<Event>> {
     }
 }
 
-/// Every partition of `config` read to its end, as `(partition, records)`.
-fn read_all(config: NexmarkConfig, workers: usize) -> Vec<(u32, Vec<Record<Event>>)> {
+/// Every partition of `config` read to its end, as `(partition, [(offset, record)])`.
+fn read_all(config: NexmarkConfig, workers: usize) -> Vec<(u32, Vec<(u64, Record<Event>)>)> {
     let mut source = NexmarkGenerator::new(config);
     let ctx = ctx(workers);
     let names = source.partitions(&ctx).unwrap();
@@ -108,7 +108,7 @@ fn the_same_config_gives_the_same_events_and_another_seed_others() {
     let from_source: Vec<Event> = read_all(a, 1)
         .into_iter()
         .flat_map(|(_, r)| r)
-        .map(|r| r.data)
+        .map(|(_, r)| r.data)
         .collect();
     assert_eq!(from_source, events, "the source produces config.event(n)");
     assert_eq!(
@@ -138,13 +138,13 @@ fn any_number_of_partitions_splits_the_same_events() {
         assert_eq!(parts.len(), k as usize);
         let mut all = Vec::new();
         for (p, records) in parts {
-            let offsets: Vec<u64> = records.iter().map(|r| r.origin.offset).collect();
+            let offsets: Vec<u64> = records.iter().map(|r| r.0).collect();
             let expected: Vec<u64> = (u64::from(p)..N).step_by(k as usize).collect();
             assert_eq!(offsets, expected, "partition {p} of {k}");
-            for r in &records {
+            for (_, r) in &records {
                 assert_eq!(r.ts, r.data.date_time(), "event time is the event's own");
             }
-            all.extend(records.into_iter().map(|r| r.data));
+            all.extend(records.into_iter().map(|(_, r)| r.data));
         }
         all.sort();
         match &reference {
@@ -190,13 +190,13 @@ fn resume_starts_at_the_first_event_at_or_after_the_offset() {
     for p in 0..3u32 {
         for next in [0u64, 1, 2, 3, 500, 998, 999, 1_000, 5_000] {
             let records = drain(source.resume(PartitionId(p), &ctx, next).unwrap());
-            let offsets: Vec<u64> = records.iter().map(|r| r.origin.offset).collect();
+            let offsets: Vec<u64> = records.iter().map(|r| r.0).collect();
             let expected: Vec<u64> = (0..1_000)
                 .filter(|n| n % 3 == u64::from(p) && *n >= next)
                 .collect();
             assert_eq!(offsets, expected, "partition {p}, next {next}");
-            for r in &records {
-                assert_eq!(r.data, config.event(r.origin.offset));
+            for (offset, r) in &records {
+                assert_eq!(r.data, config.event(*offset));
             }
         }
     }
@@ -620,13 +620,8 @@ fn with_a_wall_clock_base_events_leave_once_the_clock_reaches_their_time() {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        for r in out.take().0 {
-            assert!(
-                r.ts <= now,
-                "event {} at {} left at {now}",
-                r.origin.offset,
-                r.ts
-            );
+        for (offset, r) in out.take_with_offsets() {
+            assert!(r.ts <= now, "event {offset} at {} left at {now}", r.ts);
             got += 1;
         }
         if status == ReadStatus::Finished {
@@ -701,7 +696,7 @@ proptest! {
         let mut source = NexmarkGenerator::new(config);
         let got: Vec<(u64, Event)> = drain(source.resume(PartitionId(p), &ctx(2), next).unwrap())
             .into_iter()
-            .map(|r| (r.origin.offset, r.data))
+            .map(|(offset, r)| (offset, r.data))
             .collect();
         let expected: Vec<(u64, Event)> = (0..events)
             .filter(|n| n % u64::from(k) == u64::from(p) && *n >= next)

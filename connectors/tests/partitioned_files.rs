@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use runnel_connectors::{Bid, BidGenerator, PartitionedFileSink};
-use runnel_engine::{run, Epoch, Event, Job, Origin, RunOptions, Sink, SinkContext, SourceOptions};
+use runnel_engine::{run, Epoch, Event, Job, RunOptions, Sink, SinkContext, SourceOptions};
 
 /// Every file under `dir`, as its path relative to `dir`, with its contents.
 fn files(dir: &Path) -> BTreeMap<String, String> {
@@ -85,10 +85,7 @@ fn ctx() -> SinkContext {
 }
 
 fn batch(values: &[u64]) -> Vec<Event<u64>> {
-    values
-        .iter()
-        .map(|&v| Event::new(0, Origin::default(), v))
-        .collect()
+    values.iter().map(|&v| Event::new(0, v)).collect()
 }
 
 /// Numbers, one directory per remainder mod 2.

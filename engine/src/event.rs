@@ -15,43 +15,29 @@ impl<T: Clone + Send + Serialize + DeserializeOwned + std::fmt::Debug + 'static>
 pub trait ExchangeKey: Data + Hash + Eq + Ord {}
 impl<T: Data + Hash + Eq + Ord> ExchangeKey for T {}
 
-/// Where a record came from: its source partition and its offset there. Every record carries its
-/// origin so that the engine can order records canonically (by event time, partition, offset) and
-/// sources can resume from offsets.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Origin {
-    /// The global index of the source partition (see [`crate::PartitionId`]).
-    pub partition: u32,
-    /// The record's offset in its partition (line number, Kafka offset, sequence number).
-    pub offset: u64,
-}
-
-/// A record with its event time and origin. Operators see and produce `Event`s; user closures
-/// see only [`Event::data`].
+/// A record with its event time. Operators see and produce `Event`s; user closures see only
+/// [`Event::data`].
+///
+/// Records carry no origin (source partition and offset): the source keeps the offset after
+/// each epoch's last record per partition, which is what checkpoints and completion need, and
+/// exactly-once sinks hold results until a checkpoint covers them rather than ordering them by
+/// origin. Leaving it out keeps a bid's envelope at 48 bytes instead of 64.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event<T> {
     /// Event time in milliseconds.
     pub ts: EventTime,
-    /// Source partition and offset.
-    pub origin: Origin,
     /// The user's record.
     pub data: T,
 }
 
 impl<T> Event<T> {
     /// A new record.
-    pub fn new(ts: EventTime, origin: Origin, data: T) -> Self {
-        Event { ts, origin, data }
+    pub fn new(ts: EventTime, data: T) -> Self {
+        Event { ts, data }
     }
     /// The same envelope around other data.
     pub fn with<U>(&self, data: U) -> Event<U> {
-        Event {
-            ts: self.ts,
-            origin: self.origin,
-            data,
-        }
+        Event { ts: self.ts, data }
     }
 }
 

@@ -341,7 +341,7 @@ fn batch_filter<'s, T: Data>(
     })
 }
 
-/// A stream of records of type `T`, each with its event time and origin.
+/// A stream of records of type `T`, each with its event time.
 ///
 /// Streams are handles: cloning one, or using it twice, branches it (every consumer sees every
 /// record). Every stream must end in a sink.
@@ -405,7 +405,6 @@ impl<'s, T: Data> Stream<'s, T> {
         let at = Location::caller();
         let data = batch_map(&self.data, "map", move |e: Event<T>| Event {
             ts: e.ts,
-            origin: e.origin,
             data: f(e.data),
         });
         self.derive(self.shared.auto_name("map"), at, data)
@@ -433,12 +432,8 @@ impl<'s, T: Data> Stream<'s, T> {
                 input.for_each(|cap, batch| {
                     let mut session = output.session(&cap);
                     for e in batch.drain(..) {
-                        let (ts, origin) = (e.ts, e.origin);
-                        session.give_iterator(f(e.data).into_iter().map(|d| Event {
-                            ts,
-                            origin,
-                            data: d,
-                        }));
+                        let ts = e.ts;
+                        session.give_iterator(f(e.data).into_iter().map(|d| Event { ts, data: d }));
                     }
                 });
             }
@@ -480,7 +475,6 @@ impl<'s, T: Data> Stream<'s, T> {
         let at = Location::caller();
         let data = batch_map(&self.data, "key_by", move |e: Event<T>| Event {
             ts: e.ts,
-            origin: e.origin,
             data: (key(&e.data), e.data),
         });
         KeyedStream {

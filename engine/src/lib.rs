@@ -54,7 +54,7 @@ pub mod watermark;
 pub use checkpoint::{CheckpointInfo, CheckpointStore, DurableLog, LocalDirStore, PartInfo};
 pub use config::JobConfig;
 pub use error::{Error, Result};
-pub use event::{Data, DeadLetter, Either, Event, ExchangeKey, Origin};
+pub use event::{Data, DeadLetter, Either, Event, ExchangeKey};
 pub use flow::{Flow, KeyedStream, Stream, WithLate};
 pub use job::{Job, Registry};
 pub use metrics::{Counter, Latency, Metrics, RunSummary};

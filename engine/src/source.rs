@@ -40,7 +40,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 
 use crate::align;
 use crate::error::{Error, Result};
-use crate::event::{Data, DeadLetter, Event, Origin};
+use crate::event::{Data, DeadLetter, Event};
 use crate::flow::{Shared, TStream};
 use crate::metrics::Metrics;
 use crate::recovery::{decode, encode, FINAL};
@@ -137,16 +137,13 @@ struct SkipBelow<T> {
 
 impl<T: 'static> PartitionReader<T> for SkipBelow<T> {
     fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus> {
-        let (events, bad) = (out.events.len(), out.bad.len());
-        let status = self.inner.read(out)?;
+        let bad = out.bad.len();
+        // The reader drops the records below `next` as they are pushed.
+        out.skip_below = self.next;
+        let status = self.inner.read(out);
+        out.skip_below = 0;
+        let status = status?;
         let next = self.next;
-        if out.events[events..].iter().any(|e| e.origin.offset < next) {
-            let mut i = 0;
-            out.events.retain(|e| {
-                i += 1;
-                i <= events || e.origin.offset >= next
-            });
-        }
         let mut i = 0;
         out.bad.retain(|b| {
             i += 1;
@@ -175,13 +172,22 @@ struct SourceSnapshot {
 const SOURCE_STATE: &str = "runnel.source.v1";
 
 /// The handle a [`PartitionReader`] pushes records into.
+///
+/// Records leave the source as [`Event`]s (event time and data). Their offsets stay here: the
+/// reader keeps the offset after the last record pushed, which is all the engine needs for
+/// checkpoints and completion, so the batches that flow downstream carry no per-record origin.
 pub struct Reader<T> {
     events: Vec<Event<T>>,
     bad: Vec<(u64, String, String, String)>,
     budget: usize,
-    partition: u32,
     event_time: Option<Rc<EventTimeFn<T>>>,
     ingest: i64,
+    /// The offset after the last record pushed since the engine last looked (0: none).
+    next: u64,
+    /// Records below this offset are dropped as they are pushed (resuming without a seek).
+    skip_below: u64,
+    /// Each pushed record's offset, kept only by readers made with [`Reader::for_test`].
+    offsets: Option<Vec<u64>>,
 }
 
 impl<T> Reader<T> {
@@ -190,25 +196,47 @@ impl<T> Reader<T> {
             events: Vec::with_capacity(budget),
             bad: Vec::new(),
             budget,
-            partition: 0,
             event_time,
             ingest: 0,
+            next: 0,
+            skip_below: 0,
+            offsets: None,
         }
     }
 
     /// A reader for testing a [`PartitionReader`] on its own: records get the reader's time
-    /// (or 0 with [`Reader::push`]); see [`Reader::take`].
+    /// (or 0 with [`Reader::push`]), and it keeps their offsets; see [`Reader::take`].
     pub fn for_test(budget: usize) -> Self {
-        Self::new(budget, None)
+        let mut r = Self::new(budget, None);
+        r.offsets = Some(Vec::new());
+        r
     }
 
     /// What was pushed so far (records, and bad records as `(offset, location, reason, raw)`),
     /// emptying the reader. For tests.
     pub fn take(&mut self) -> (Vec<Event<T>>, Vec<(u64, String, String, String)>) {
+        if let Some(o) = self.offsets.as_mut() {
+            o.clear();
+        }
         (
             std::mem::take(&mut self.events),
             std::mem::take(&mut self.bad),
         )
+    }
+
+    /// What was pushed so far, each record with its offset, emptying the reader (bad records
+    /// are dropped). Only for a reader made with [`Reader::for_test`].
+    pub fn take_with_offsets(&mut self) -> Vec<(u64, Event<T>)> {
+        let offsets = self
+            .offsets
+            .as_mut()
+            .map(std::mem::take)
+            .expect("take_with_offsets needs a reader made with Reader::for_test");
+        self.bad.clear();
+        offsets
+            .into_iter()
+            .zip(std::mem::take(&mut self.events))
+            .collect()
     }
 
     /// How many records the reader may push in this call.
@@ -230,17 +258,17 @@ impl<T> Reader<T> {
         // Build the record in the batch and apply the extractor there: taking `&item` before
         // the push would spill it to the stack and copy it back with wider loads than its
         // stores, which stalls store forwarding (most of W0's time per record).
-        self.events.push(Event {
-            ts,
-            origin: Origin {
-                partition: self.partition,
-                offset,
-            },
-            data: item,
-        });
+        if offset < self.skip_below {
+            return;
+        }
+        self.events.push(Event { ts, data: item });
         if let Some(f) = &self.event_time {
             let e = self.events.last_mut().expect("just pushed");
             e.ts = f(&e.data);
+        }
+        self.next = offset + 1;
+        if let Some(o) = self.offsets.as_mut() {
+            o.push(offset);
         }
     }
 
@@ -350,7 +378,6 @@ impl<T> SourceOptions<T> {
 
 struct Part<T> {
     name: String,
-    index: u32,
     reader: Box<dyn PartitionReader<T>>,
     max_ts: i64,
     last_data: Instant,
@@ -367,10 +394,9 @@ struct Part<T> {
 }
 
 impl<T: 'static> Part<T> {
-    fn new(name: String, index: u32, reader: Box<dyn PartitionReader<T>>) -> Self {
+    fn new(name: String, reader: Box<dyn PartitionReader<T>>) -> Self {
         Part {
             name,
-            index,
             reader,
             max_ts: i64::MIN,
             last_data: Instant::now(),
@@ -426,7 +452,7 @@ fn open_new<S: Source>(
             match restored.remove(name) {
                 Some((next, max_ts)) => {
                     let reader = source.resume(id, ctx, next)?;
-                    let mut p = Part::new(name.clone(), i as u32, reader);
+                    let mut p = Part::new(name.clone(), reader);
                     p.next = Some(next);
                     p.recorded = Some(next);
                     p.max_ts = max_ts;
@@ -434,7 +460,7 @@ fn open_new<S: Source>(
                 }
                 None => {
                     let reader = source.open(id, ctx)?;
-                    parts.push(Part::new(name.clone(), i as u32, reader));
+                    parts.push(Part::new(name.clone(), reader));
                 }
             }
         }
@@ -658,7 +684,6 @@ pub(crate) fn build<'s, S: Source>(
                             continue;
                         }
                     }
-                    reader.partition = p.index;
                     if options.event_time.is_none() {
                         reader.ingest = now_ms();
                     }
@@ -678,8 +703,8 @@ pub(crate) fn build<'s, S: Source>(
                             return false;
                         }
                     };
-                    if let Some(last) = reader.events.last() {
-                        let next = last.origin.offset + 1;
+                    if reader.next > 0 {
+                        let next = std::mem::take(&mut reader.next);
                         p.next = Some(p.next.map_or(next, |n| n.max(next)));
                     }
                     if let Some(&(offset, ..)) = reader.bad.last() {
@@ -720,12 +745,8 @@ pub(crate) fn build<'s, S: Source>(
                                 let mut dead: Vec<Event<DeadLetter>> = reader
                                     .bad
                                     .drain(..)
-                                    .map(|(offset, location, reason, raw)| Event {
+                                    .map(|(_, location, reason, raw)| Event {
                                         ts: now,
-                                        origin: Origin {
-                                            partition: p.index,
-                                            offset,
-                                        },
                                         data: DeadLetter {
                                             source: name.clone(),
                                             location,

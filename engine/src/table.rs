@@ -43,7 +43,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use crate::error::Result;
-use crate::event::{Data, Event, ExchangeKey, Origin};
+use crate::event::{Data, Event, ExchangeKey};
 use crate::flow::{Shared, Stream, TStream};
 use crate::sink::Sink;
 use crate::watermark::WmReport;
@@ -281,11 +281,7 @@ impl<'s, T: Row> Table<'s, T> {
                                         } else {
                                             Change::Retract(row.clone())
                                         };
-                                        session.give(Event {
-                                            ts,
-                                            origin: Origin::default(),
-                                            data: change,
-                                        });
+                                        session.give(Event { ts, data: change });
                                     }
                                     i += 1;
                                 }

@@ -155,3 +155,37 @@ impl<T: Data> Sink<T> for CollectSink<T> {
         Ok(())
     }
 }
+
+/// Every record of every partition of `source`, read to its end outside a job, each with its
+/// offset, as `(partition index, [(offset, record)])` in partition order. The source sees the
+/// context of worker 0 of `workers` (what decides how many partitions some sources have).
+/// Records keep the reader's event time (0 for readers that have none).
+pub fn read_partitions<S: Source>(
+    source: &mut S,
+    workers: usize,
+) -> Result<Vec<(u32, Vec<(u64, Event<S::Item>)>)>> {
+    let ctx = SourceContext {
+        name: "test".into(),
+        worker: 0,
+        workers,
+        metrics: Arc::default(),
+    };
+    let names = source.partitions(&ctx)?;
+    let mut out = Vec::with_capacity(names.len());
+    for i in 0..names.len() as u32 {
+        let mut reader = source.open(PartitionId(i), &ctx)?;
+        let mut handle = Reader::for_test(1024);
+        let mut records = Vec::new();
+        loop {
+            let status = reader.read(&mut handle)?;
+            records.extend(handle.take_with_offsets());
+            match status {
+                ReadStatus::Finished => break,
+                ReadStatus::Pending => std::thread::sleep(std::time::Duration::from_micros(200)),
+                ReadStatus::More | ReadStatus::CutEpoch => {}
+            }
+        }
+        out.push((i, records));
+    }
+    Ok(out)
+}

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, Origin, Result,
-    Stream, Watermark,
+    Data, Either, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, KeyedStream, Result, Stream,
+    Watermark,
 };
 
 /// A pair joined by the interval join.
@@ -182,7 +182,6 @@ fn joined<K: Clone, L: Clone, R: Clone>(
 ) -> Event<Joined<K, L, R>> {
     Event {
         ts: ats.max(bts),
-        origin: Origin::default(),
         data: Joined {
             key: k.clone(),
             left: a.clone(),

@@ -22,7 +22,7 @@
 //! ```
 
 use runnel_engine::time::WATERMARK_MAX;
-use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, Origin, Watermark};
+use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, Watermark};
 
 use super::{WindowResult, WindowSpec};
 use crate::aggregate::Aggregate;
@@ -95,7 +95,6 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
             for (k, acc) in self.state.drain() {
                 out.emit(Event {
                     ts: WATERMARK_MAX - 1,
-                    origin: Origin::default(),
                     data: WindowResult {
                         key: k,
                         start: i64::MIN,

@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Origin, Result,
-    Stream, Watermark,
+    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Result, Stream,
+    Watermark,
 };
 
 use crate::aggregate::Aggregate;
@@ -434,7 +434,6 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Parti
         while let Some((pane, mut map)) = self.state.pop_first() {
             out.extend(map.drain().map(|(k, (acc, n, ts))| Event {
                 ts,
-                origin: Origin::default(),
                 data: (
                     k,
                     Partial {
@@ -814,7 +813,6 @@ fn result_event<K, V, A: Aggregate<V>>(
 ) -> Event<WindowResult<K, A::Out>> {
     Event {
         ts: start + size - 1,
-        origin: Origin::default(),
         data: WindowResult {
             key,
             start,

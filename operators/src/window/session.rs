@@ -43,7 +43,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
-use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, Origin, Watermark};
+use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedState, Watermark};
 
 use super::{WindowResult, WindowSpec};
 use crate::aggregate::Aggregate;
@@ -162,7 +162,6 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
                 if s.end <= wm && (!s.fired || s.dirty) {
                     out.emit(Event {
                         ts: s.end - 1,
-                        origin: Origin::default(),
                         data: WindowResult {
                             key: k.clone(),
                             start: s.start,

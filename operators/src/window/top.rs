@@ -32,7 +32,7 @@
 use std::cmp::Ordering;
 use std::rc::Rc;
 
-use runnel_engine::{Data, Emitter, Event, Origin};
+use runnel_engine::{Data, Emitter, Event};
 
 use super::WindowResult;
 use crate::aggregate::Aggregate;
@@ -102,7 +102,6 @@ impl<K: Data, O: Data> LocalTop<K, O> {
         for (key, value) in self.buf.drain(..) {
             out.emit(Event {
                 ts: start + size - 1,
-                origin: Origin::default(),
                 data: WindowResult {
                     key,
                     start,
