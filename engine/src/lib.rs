@@ -32,6 +32,7 @@
 //! `[start, end)` when `end + allowed_lateness <= W` at the start of the record's epoch.
 
 mod align;
+pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -51,6 +52,7 @@ pub mod testing;
 pub mod time;
 pub mod watermark;
 
+pub use batch::Batcher;
 pub use checkpoint::{CheckpointInfo, CheckpointStore, DurableLog, LocalDirStore, PartInfo};
 pub use config::JobConfig;
 pub use error::{Error, Result};

@@ -20,12 +20,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{DistributorPact, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 
+use crate::batch::{Batcher, KeyDistributor};
 use crate::error::Result;
 use crate::event::{Data, Event};
 use crate::flow::{Shared, TStream};
@@ -36,8 +37,8 @@ use crate::watermark::{TrackerState, WatermarkTracker, WmReport};
 
 /// Where a stateful operator's logic puts its results and its late records.
 pub struct Emitter<I, O> {
-    out: Vec<Event<O>>,
-    late: Vec<Event<I>>,
+    out: Batcher<Event<O>>,
+    late: Batcher<Event<I>>,
     keep_late: bool,
     late_counter: Arc<Counter>,
     metrics: Arc<Metrics>,
@@ -46,8 +47,8 @@ pub struct Emitter<I, O> {
 impl<I, O> Emitter<I, O> {
     fn new(keep_late: bool, late_counter: Arc<Counter>, metrics: Arc<Metrics>) -> Self {
         Emitter {
-            out: Vec::new(),
-            late: Vec::new(),
+            out: Batcher::default(),
+            late: Batcher::default(),
             keep_late,
             late_counter,
             metrics,
@@ -105,9 +106,9 @@ pub trait EpochLogic<I, O>: 'static {
 /// The logic of a local per-epoch operator (a combiner): no exchange, no watermark.
 pub trait LocalEpochLogic<I, O>: 'static {
     /// A record of the current epoch.
-    fn on_record(&mut self, record: Event<I>, out: &mut Vec<Event<O>>);
+    fn on_record(&mut self, record: Event<I>, out: &mut Batcher<Event<O>>);
     /// The end of the current epoch: emit what the epoch produced.
-    fn on_epoch_end(&mut self, out: &mut Vec<Event<O>>);
+    fn on_epoch_end(&mut self, out: &mut Batcher<Event<O>>);
 }
 
 fn least(f: &timely::progress::frontier::MutableAntichain<u64>) -> u64 {
@@ -128,7 +129,8 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
 ) -> (TStream<'s, Event<O>>, TStream<'s, Event<I>>) {
     let scope = data.scope();
     let mut builder = OperatorBuilder::new(name.to_string(), scope);
-    let mut in_data = builder.new_input(data, Exchange::new(hash));
+    let pact = DistributorPact(move |peers| KeyDistributor::new(hash, peers));
+    let mut in_data = builder.new_input(data, pact);
     let mut in_wm = builder.new_input(wm.broadcast(), Pipeline);
     let (out_main, main) = builder.new_output();
     let (out_late, late) = builder.new_output();
@@ -165,7 +167,9 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
     builder.build(move |initial| {
         drop(initial);
         let mut processed: u64 = 0;
-        let mut stash: BTreeMap<u64, Vec<Event<I>>> = BTreeMap::new();
+        // Batches of epochs not yet due, kept whole (appending them to one vector copied
+        // every record and grew a large allocation per epoch).
+        let mut stash: BTreeMap<u64, Vec<Vec<Event<I>>>> = BTreeMap::new();
         let mut wm_stash: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
         let mut caps: BTreeMap<u64, (Capability<u64>, Capability<u64>)> = BTreeMap::new();
         let mut em: Emitter<I, O> = Emitter::new(keep_late, late_counter, metrics.clone());
@@ -218,12 +222,12 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                 CapacityContainerBuilder<Vec<Event<I>>>,
             >| {
                 if !em.out.is_empty() {
-                    main.session(&caps.0).give_container(&mut em.out);
-                    em.out.clear();
+                    let mut session = main.session(&caps.0);
+                    em.out.ship(|b| session.give_container(b));
                 }
                 if !em.late.is_empty() {
-                    late.session(&caps.1).give_container(&mut em.late);
-                    em.late.clear();
+                    let mut session = late.session(&caps.1);
+                    em.late.ship(|b| session.give_container(b));
                 }
             };
 
@@ -239,7 +243,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     }
                     flush(&mut em, c, &mut main, &mut late);
                 } else {
-                    stash.entry(t).or_default().append(batch);
+                    stash.entry(t).or_default().push(std::mem::take(batch));
                 }
             });
             in_wm.for_each(|cap, batch| {
@@ -263,9 +267,9 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     }
                 }
                 let c = caps.remove(&e).expect("present");
-                if let Some(records) = stash.remove(&e) {
+                if let Some(batches) = stash.remove(&e) {
                     let w = tracker.current();
-                    for r in records {
+                    for r in batches.into_iter().flatten() {
                         logic.on_record(r, w, &mut em);
                     }
                 }
@@ -312,9 +316,11 @@ pub(crate) fn build_local<'s, I: Data, O: Data, L: LocalEpochLogic<I, O>>(
     builder.build(move |initial| {
         drop(initial);
         let mut processed: u64 = 0;
-        let mut stash: BTreeMap<u64, Vec<Event<I>>> = BTreeMap::new();
+        // Batches of epochs not yet due, kept whole (appending them to one vector copied
+        // every record and grew a large allocation per epoch).
+        let mut stash: BTreeMap<u64, Vec<Vec<Event<I>>>> = BTreeMap::new();
         let mut caps: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-        let mut buf: Vec<Event<O>> = Vec::new();
+        let mut buf: Batcher<Event<O>> = Batcher::default();
         move |frontiers| {
             let mut output = out.activate();
             input.for_each(|cap, batch| {
@@ -325,11 +331,11 @@ pub(crate) fn build_local<'s, I: Data, O: Data, L: LocalEpochLogic<I, O>>(
                         logic.on_record(r, &mut buf);
                     }
                     if !buf.is_empty() {
-                        output.session(c).give_container(&mut buf);
-                        buf.clear();
+                        let mut session = output.session(c);
+                        buf.ship(|b| session.give_container(b));
                     }
                 } else {
-                    stash.entry(t).or_default().append(batch);
+                    stash.entry(t).or_default().push(std::mem::take(batch));
                 }
             });
             let f = least(&frontiers[0]);
@@ -338,15 +344,15 @@ pub(crate) fn build_local<'s, I: Data, O: Data, L: LocalEpochLogic<I, O>>(
                     break;
                 }
                 let c = caps.remove(&e).expect("present");
-                if let Some(records) = stash.remove(&e) {
-                    for r in records {
+                if let Some(batches) = stash.remove(&e) {
+                    for r in batches.into_iter().flatten() {
                         logic.on_record(r, &mut buf);
                     }
                 }
                 logic.on_epoch_end(&mut buf);
                 if !buf.is_empty() {
-                    output.session(&c).give_container(&mut buf);
-                    buf.clear();
+                    let mut session = output.session(&c);
+                    buf.ship(|b| session.give_container(b));
                 }
             }
             processed = f;

@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use runnel_engine::time::millis;
 use runnel_engine::{
-    Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Result, Stream,
-    Watermark,
+    Batcher, Data, Emitter, EpochLogic, Event, ExchangeKey, KeyedStream, LocalEpochLogic, Result,
+    Stream, Watermark,
 };
 
 use crate::aggregate::Aggregate;
@@ -264,13 +264,24 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         } else {
             format!("{name}.combiner")
         };
-        let partials: KeyedStream<'s, K, Partial<A::Acc, V>> = if self.combine && !late_output {
-            self.stream
-                .local(&combiner_name, Combiner::new(agg.clone(), panes))?
+        let state_name = if name.is_empty() {
+            "window".to_string()
+        } else {
+            name.clone()
+        };
+        if self.combine && !late_output {
+            // Partials carry no record: `Partial<_, ()>` keeps them small for the exchange.
+            let partials: KeyedStream<'s, K, Partial<A::Acc, ()>> = self
+                .stream
+                .local(&combiner_name, Combiner::new(agg.clone(), panes))?;
+            let logic = PaneWindowLogic::new(&state_name, agg, panes, self.lateness, top);
+            let (main, _) = partials.stateful(&name, false, logic)?;
+            Ok((main, None))
         } else {
             let agg2 = agg.clone();
             let keep_raw = late_output;
-            self.stream
+            let partials: KeyedStream<'s, K, Partial<A::Acc, Option<V>>> = self
+                .stream
                 .map_values(move |v: V| {
                     let mut acc = agg2.create();
                     agg2.add(&mut acc, &v);
@@ -281,18 +292,14 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
                         raw: keep_raw.then_some(v),
                     }
                 })
-                .local(&combiner_name, PaneStamp { panes })?
-        };
-        let state_name = if name.is_empty() {
-            "window"
-        } else {
-            name.as_str()
-        };
-        let logic = PaneWindowLogic::new(state_name, agg, panes, self.lateness, top);
-        let (main, late) = partials.stateful(&name, late_output, logic)?;
-        let late =
-            late.map(|s| s.map(|(k, p): (K, Partial<A::Acc, V>)| (k, p.raw.expect("raw kept"))));
-        Ok((main, late))
+                .local(&combiner_name, PaneStamp { panes })?;
+            let logic = PaneWindowLogic::new(&state_name, agg, panes, self.lateness, top);
+            let (main, late) = partials.stateful(&name, late_output, logic)?;
+            let late = late.map(|s| {
+                s.map(|(k, p): (K, Partial<A::Acc, Option<V>>)| (k, p.raw.expect("raw kept")))
+            });
+            Ok((main, late))
+        }
     }
 }
 
@@ -347,13 +354,14 @@ impl Panes {
     }
 }
 
-/// A partial aggregate of one key's records in one pane (and, without a combiner, the record).
+/// A partial aggregate of one key's records in one pane, and `raw`: `()` after a combiner, or
+/// without one the record itself when a late output needs it (`Option<V>`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Partial<Acc, V> {
+pub struct Partial<Acc, R> {
     pane: i64,
     acc: Acc,
     n: u64,
-    raw: Option<V>,
+    raw: R,
 }
 
 /// Pre-aggregates a worker's records per key and pane, for one epoch.
@@ -390,11 +398,11 @@ impl<K, A: Aggregate<V>, V> Combiner<K, A, V> {
     }
 }
 
-impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Partial<A::Acc, V>)>
+impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Partial<A::Acc, ()>)>
     for Combiner<K, A, V>
 {
     #[inline]
-    fn on_record(&mut self, r: Event<(K, V)>, _out: &mut Vec<Event<(K, Partial<A::Acc, V>)>>) {
+    fn on_record(&mut self, r: Event<(K, V)>, _out: &mut Batcher<Event<(K, Partial<A::Acc, ()>)>>) {
         let pane = self.panes.pane_of(r.ts);
         if self.current.as_ref().map(|c| c.0) != Some(pane) {
             if let Some((p, map)) = self.current.take() {
@@ -424,12 +432,10 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Parti
             }
         }
     }
-    fn on_epoch_end(&mut self, out: &mut Vec<Event<(K, Partial<A::Acc, V>)>>) {
+    fn on_epoch_end(&mut self, out: &mut Batcher<Event<(K, Partial<A::Acc, ()>)>>) {
         if let Some((p, map)) = self.current.take() {
             self.state.insert(p, map);
         }
-        let n: usize = self.state.values().map(|m| m.len()).sum();
-        out.reserve(n);
         self.keys_per_pane = self.state.values().map(|m| m.len()).max().unwrap_or(0);
         while let Some((pane, mut map)) = self.state.pop_first() {
             out.extend(map.drain().map(|(k, (acc, n, ts))| Event {
@@ -440,7 +446,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> LocalEpochLogic<(K, V), (K, Parti
                         pane,
                         acc,
                         n,
-                        raw: None,
+                        raw: (),
                     },
                 ),
             }));
@@ -456,19 +462,19 @@ struct PaneStamp {
     panes: Panes,
 }
 
-impl<K: ExchangeKey, Acc: Data, V: Data> LocalEpochLogic<(K, Partial<Acc, V>), (K, Partial<Acc, V>)>
+impl<K: ExchangeKey, Acc: Data, R: Data> LocalEpochLogic<(K, Partial<Acc, R>), (K, Partial<Acc, R>)>
     for PaneStamp
 {
     #[inline]
     fn on_record(
         &mut self,
-        mut r: Event<(K, Partial<Acc, V>)>,
-        out: &mut Vec<Event<(K, Partial<Acc, V>)>>,
+        mut r: Event<(K, Partial<Acc, R>)>,
+        out: &mut Batcher<Event<(K, Partial<Acc, R>)>>,
     ) {
         r.data.1.pane = self.panes.pane_of(r.ts);
         out.push(r);
     }
-    fn on_epoch_end(&mut self, _out: &mut Vec<Event<(K, Partial<Acc, V>)>>) {}
+    fn on_epoch_end(&mut self, _out: &mut Batcher<Event<(K, Partial<Acc, R>)>>) {}
 }
 
 /// The keyed half of tumbling and sliding windows: merges partials per pane and key, and fires
@@ -625,15 +631,15 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
     }
 }
 
-impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
-    EpochLogic<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>> for PaneWindowLogic<K, A, V>
+impl<K: ExchangeKey, V: Data, A: Aggregate<V>, R: Data>
+    EpochLogic<(K, Partial<A::Acc, R>), WindowResult<K, A::Out>> for PaneWindowLogic<K, A, V>
 {
     #[inline]
     fn on_record(
         &mut self,
-        r: Event<(K, Partial<A::Acc, V>)>,
+        r: Event<(K, Partial<A::Acc, R>)>,
         wm: Watermark,
-        out: &mut Emitter<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>>,
+        out: &mut Emitter<(K, Partial<A::Acc, R>), WindowResult<K, A::Out>>,
     ) {
         let p = r.data.1.pane;
         // Late when even the last window holding this pane has expired, or when the pane is in
@@ -705,7 +711,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>>
     fn on_epoch_end(
         &mut self,
         wm: Watermark,
-        out: &mut Emitter<(K, Partial<A::Acc, V>), WindowResult<K, A::Out>>,
+        out: &mut Emitter<(K, Partial<A::Acc, R>), WindowResult<K, A::Out>>,
     ) {
         let size = self.panes.size;
         // Updated results for fired windows that received records within their lateness.
