@@ -420,15 +420,16 @@ fn records_use_the_reference_lists_and_formats() {
 /// person and a bid) plus the lengths of the strings, without a bid's channel and url.
 fn reference_size(e: &Event) -> usize {
     match e {
-        Event::Person(Person {
-            name,
-            email_address,
-            credit_card,
-            city,
-            state,
-            extra,
-            ..
-        }) => {
+        Event::Person(p) => {
+            let Person {
+                name,
+                email_address,
+                credit_card,
+                city,
+                state,
+                extra,
+                ..
+            } = &**p;
             8 + name.len()
                 + email_address.len()
                 + credit_card.len()
@@ -436,12 +437,15 @@ fn reference_size(e: &Event) -> usize {
                 + state.len()
                 + extra.len()
         }
-        Event::Auction(Auction {
-            item_name,
-            description,
-            extra,
-            ..
-        }) => 8 * 6 + item_name.len() + description.len() + extra.len(),
+        Event::Auction(a) => {
+            let Auction {
+                item_name,
+                description,
+                extra,
+                ..
+            } = &**a;
+            8 * 6 + item_name.len() + description.len() + extra.len()
+        }
         Event::Bid(Bid { extra, .. }) => 8 * 4 + extra.len(),
     }
 }

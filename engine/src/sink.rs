@@ -189,11 +189,25 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
             if let Some(h) = latency.as_mut() {
                 let now = crate::metrics::now_ms();
                 let mut early = 0;
+                // Consecutive records mostly share an event-time millisecond: record each run
+                // of equal latencies once, with its count (a histogram update per record was
+                // 5% of q1's samples).
+                let mut run: Option<(u64, u64)> = None;
                 for e in batch.iter() {
                     match u64::try_from(now - e.ts) {
-                        Ok(d) => h.saturating_record(d),
+                        Ok(d) => match &mut run {
+                            Some((v, n)) if *v == d => *n += 1,
+                            _ => {
+                                if let Some((v, n)) = run.replace((d, 1)) {
+                                    h.saturating_record_n(v, n);
+                                }
+                            }
+                        },
                         Err(_) => early += 1,
                     }
+                }
+                if let Some((v, n)) = run {
+                    h.saturating_record_n(v, n);
                 }
                 ahead.add(early);
             }

@@ -277,14 +277,14 @@ fn bids<'s>(events: &Stream<'s, Event>) -> Stream<'s, Bid> {
 
 fn auctions<'s>(events: &Stream<'s, Event>) -> Stream<'s, Auction> {
     events.flat_map(|e| match e {
-        Event::Auction(a) => Some(a),
+        Event::Auction(a) => Some(*a),
         _ => None,
     })
 }
 
 fn persons<'s>(events: &Stream<'s, Event>) -> Stream<'s, Person> {
     events.flat_map(|e| match e {
-        Event::Person(p) => Some(p),
+        Event::Person(p) => Some(*p),
         _ => None,
     })
 }

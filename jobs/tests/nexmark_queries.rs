@@ -47,7 +47,7 @@ fn auctions(events: &[Event]) -> Vec<Auction> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Auction(a) => Some(a.clone()),
+            Event::Auction(a) => Some((**a).clone()),
             _ => None,
         })
         .collect()
@@ -57,7 +57,7 @@ fn persons(events: &[Event]) -> Vec<Person> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Person(p) => Some(p.clone()),
+            Event::Person(p) => Some((**p).clone()),
             _ => None,
         })
         .collect()

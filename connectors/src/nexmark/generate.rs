@@ -294,9 +294,9 @@ impl NexmarkConfig {
         let ts = self.timestamp(n);
         let offset = n % TOTAL_PROPORTION;
         if offset < PERSON_PROPORTION {
-            Event::Person(self.person(&mut rng, n, ts))
+            Event::Person(Box::new(self.person(&mut rng, n, ts)))
         } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
-            Event::Auction(self.auction(&mut rng, n, ts))
+            Event::Auction(Box::new(self.auction(&mut rng, n, ts)))
         } else {
             Event::Bid(self.bid(&mut rng, n, ts))
         }
