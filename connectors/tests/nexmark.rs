@@ -801,3 +801,56 @@ impl std::io::Write for CountingWriter {
         Ok(())
     }
 }
+
+/// A paced partition promises, after each read, that none of its later events is earlier than
+/// some time (`Reader::advance_event_time`); the reference is the events it then pushes. The
+/// promise must hold for every later event, and must move forward while the partition waits
+/// for the clock (so the watermark does not stall between events).
+#[test]
+fn a_paced_partition_promises_only_what_its_later_events_keep() {
+    let config = NexmarkConfig::new(600).rate(3_000).base_time_now();
+    let ctx = ctx(2);
+    let mut source = NexmarkGenerator::new(config);
+    let mut reader = source.open(PartitionId(1), &ctx).unwrap();
+    let mut out = Reader::for_test(7);
+    // (promise, index of the first record pushed after it)
+    let mut promises: Vec<(i64, usize)> = Vec::new();
+    let mut times: Vec<i64> = Vec::new();
+    let mut pending_promises = 0;
+    loop {
+        let status = reader.read(&mut out).unwrap();
+        times.extend(out.take().0.iter().map(|r| r.ts));
+        if let Some(t) = out.take_event_time_floor() {
+            if status == ReadStatus::Pending {
+                pending_promises += 1;
+            }
+            promises.push((t, times.len()));
+        }
+        if status == ReadStatus::Finished {
+            break;
+        }
+        if status == ReadStatus::Pending {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    assert_eq!(times.len(), 300, "every other event of 600");
+    assert!(
+        promises.len() > 50,
+        "only {} promises in {} reads",
+        promises.len(),
+        times.len()
+    );
+    assert!(
+        pending_promises > 0,
+        "no promise while waiting for the clock"
+    );
+    for (t, from) in &promises {
+        if let Some(bad) = times[*from..].iter().find(|&&ts| ts < *t) {
+            panic!("promised no event before {t}, then pushed one at {bad}");
+        }
+        // Not a vacuous promise: it is at least as late as the events already pushed.
+        if *from > 0 {
+            assert!(*t >= times[*from - 1], "promise {t} behind a pushed event");
+        }
+    }
+}

@@ -13,7 +13,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::panic::Location;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use timely::dataflow::channels::pact::{DistributorPact, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -44,7 +43,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<JobConfig>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) control: Arc<Control>,
-    pub(crate) epoch_interval: Duration,
+    /// When the sources close their epochs.
+    pub(crate) epoch_clock: crate::source::EpochClock,
     /// Watermark alignment between the source instances of this process.
     pub(crate) alignment: Arc<Registry>,
     graph: RefCell<Graph>,
@@ -159,7 +159,7 @@ impl<'s> Flow<'s> {
         config: Arc<JobConfig>,
         metrics: Arc<Metrics>,
         control: Arc<Control>,
-        epoch_interval: Duration,
+        epoch_clock: crate::source::EpochClock,
         alignment: Arc<Registry>,
         recovery: Option<Recovery>,
     ) -> Self {
@@ -170,7 +170,7 @@ impl<'s> Flow<'s> {
                 config,
                 metrics,
                 control,
-                epoch_interval,
+                epoch_clock,
                 alignment,
                 graph: RefCell::new(Graph::default()),
                 sinks_done: RefCell::new(Vec::new()),

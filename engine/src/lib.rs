@@ -13,8 +13,9 @@
 //! Two clocks are kept apart.
 //!
 //! * **Progress time** is timely's timestamp, an [`Epoch`]: a processing-time interval that every
-//!   source instance closes on a timer (`epoch_interval`, 100 ms by default) or when its reader asks
-//!   for a cut. Coarse timestamps keep timely's progress tracking cheap.
+//!   source instance closes on a timer (`epoch_interval`, 100 ms by default, on a schedule shared
+//!   by every worker: at the wall clock's multiples of the interval) or when its reader asks for a
+//!   cut. Coarse timestamps keep timely's progress tracking cheap.
 //! * **Event time** ([`EventTime`], milliseconds) is in every record ([`Event::ts`]). Sources derive
 //!   per-partition watermarks from it (monotonic or bounded out-of-orderness), take the minimum over
 //!   the partitions they read (idle partitions excluded after a timeout), and report it at the end

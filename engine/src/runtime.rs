@@ -13,6 +13,7 @@ use crate::flow::Flow;
 use crate::job::Job;
 use crate::metrics::{Metrics, RunSummary};
 use crate::recovery::{self, CheckpointOptions, Recovery};
+use crate::source::EpochClock;
 
 /// Shared run control: the first error, an abort flag, and the stop flag (Ctrl-C).
 #[derive(Debug, Default)]
@@ -204,6 +205,9 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let epoch_interval = opts.epoch_interval;
     let checkpoint = opts.checkpoint.clone();
     let alignment = Arc::new(crate::align::Registry::new(opts.workers));
+    // The epoch schedule, fixed by the first worker to build its dataflow: after the processes
+    // of a cluster have connected, so that they all start their epochs together.
+    let clock = Arc::new(std::sync::OnceLock::new());
     let guards = timely::execute(config, move |worker| {
         let name = job2.name().to_string();
         let index = worker.index();
@@ -230,6 +234,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 }
             }
         });
+        let epoch_clock = *clock.get_or_init(|| EpochClock::aligned(epoch_interval));
         worker.dataflow::<u64, _, _>(|scope| {
             let mut flow = Flow::new(
                 scope,
@@ -237,7 +242,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 job_config.clone(),
                 metrics2.clone(),
                 control2.clone(),
-                epoch_interval,
+                epoch_clock,
                 alignment.clone(),
                 recovery,
             );

@@ -129,6 +129,53 @@ pub trait PartitionReader<T>: 'static {
     }
 }
 
+/// When the sources of a run close their epochs: epoch `base + n` of a run (`base` is 0, or the
+/// epoch after the checkpoint it resumed from) closes at `origin + n * interval`, on every worker.
+///
+/// Scheduling each close as "the last close plus the interval" made each worker's epochs drift
+/// later by however long its activations overran the deadline, by different amounts on
+/// different workers. An epoch is complete only when every worker has closed it, so the
+/// worker furthest behind set the pace, and the watermark of a complete epoch lagged the wall
+/// clock by the drift. On this schedule a worker that falls behind closes its late epochs at
+/// once, and is back in step.
+///
+/// `origin` is a multiple of `interval` on the wall clock, so the processes of a cluster, which
+/// each pick their own origin after they have connected, close epochs at the same moments (and
+/// with the same numbers, when they connect within one interval of each other). Window ends that
+/// are multiples of the interval fall on an epoch's end.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EpochClock {
+    /// The time between two epoch ends.
+    pub(crate) interval: Duration,
+    /// When the first epoch of the run closes.
+    origin: Instant,
+}
+
+impl EpochClock {
+    /// Epochs of `interval` (at least 1 ms) whose ends fall on the wall clock's multiples of it,
+    /// from the next multiple on.
+    pub(crate) fn aligned(interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
+        let now = Instant::now();
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let step = interval.as_nanos();
+        let wait = u64::try_from(step - since % step).unwrap_or(0);
+        EpochClock {
+            interval,
+            origin: now + Duration::from_nanos(wait),
+        }
+    }
+
+    /// When the `n`-th epoch of the run (counting from 0) closes.
+    pub(crate) fn deadline(&self, n: u64) -> Instant {
+        let nanos = self.interval.as_nanos().saturating_mul(u128::from(n));
+        self.origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX / 2))
+    }
+}
+
 /// A reader that drops the records below an offset (resuming a source that cannot seek).
 struct SkipBelow<T> {
     inner: Box<dyn PartitionReader<T>>,
@@ -188,6 +235,8 @@ pub struct Reader<T> {
     skip_below: u64,
     /// Each pushed record's offset, kept only by readers made with [`Reader::for_test`].
     offsets: Option<Vec<u64>>,
+    /// The reader's promise: no record from now on has an event time below this.
+    time_floor: Option<i64>,
 }
 
 impl<T> Reader<T> {
@@ -201,6 +250,7 @@ impl<T> Reader<T> {
             next: 0,
             skip_below: 0,
             offsets: None,
+            time_floor: None,
         }
     }
 
@@ -270,6 +320,24 @@ impl<T> Reader<T> {
         if let Some(o) = self.offsets.as_mut() {
             o.push(offset);
         }
+    }
+
+    /// Promises that this partition pushes no record with an event time below `ts` from now on
+    /// (a generator, or any reader that knows its next record's time). The partition's
+    /// watermark then moves up to `ts` without waiting for a record: a paced generator that
+    /// is caught up says when its next event is due, so a window ending before then closes at
+    /// the end of this epoch rather than at the end of the first epoch with a later record.
+    /// Ignored when the job sets an event-time extractor (the promise is about the reader's
+    /// own times).
+    pub fn advance_event_time(&mut self, ts: i64) {
+        if self.event_time.is_none() {
+            self.time_floor = Some(self.time_floor.map_or(ts, |t| t.max(ts)));
+        }
+    }
+
+    /// The event time [`Reader::advance_event_time`] promised, if any, forgetting it.
+    pub fn take_event_time_floor(&mut self) -> Option<i64> {
+        self.time_floor.take()
     }
 
     /// A record at `offset` that could not be decoded: `location` names where it is
@@ -518,7 +586,7 @@ pub(crate) fn build<'s, S: Source>(
     let metrics = shared.metrics.clone();
     let bad_counter = metrics.counter(&format!("{name}.bad_records"));
     let in_counter = metrics.counter(&format!("{name}.records_in"));
-    let epoch_interval = shared.epoch_interval;
+    let clock = shared.epoch_clock;
     let name = name.to_string();
     let aligner = shared.alignment.join(&name, scope.index());
     let max_drift = options.max_drift.map(crate::time::millis);
@@ -555,7 +623,9 @@ pub(crate) fn build<'s, S: Source>(
     builder.build_reschedule(move |caps| {
         let mut caps: Option<Vec<timely::dataflow::operators::Capability<u64>>> = Some(caps);
         let mut epoch: u64 = 0;
-        let mut epoch_deadline = Instant::now() + epoch_interval;
+        // The first epoch of this run (set on the first activation, after a restore): epoch
+        // `base + n` closes at `clock.deadline(n)`.
+        let mut base: Option<u64> = None;
         let mut parts: Option<Vec<Part<S::Item>>> = None;
         let mut known: HashSet<String> = HashSet::new();
         let mut next_discovery = Instant::now();
@@ -614,6 +684,7 @@ pub(crate) fn build<'s, S: Source>(
                 }
                 last_report = restored_report;
             }
+            let epoch_deadline = clock.deadline(epoch - *base.get_or_insert(epoch));
             if let Some(r) = &shared.recovery {
                 if let Err(e) = r.borrow_mut().poll() {
                     control.fail(e);
@@ -703,6 +774,9 @@ pub(crate) fn build<'s, S: Source>(
                             return false;
                         }
                     };
+                    if let Some(t) = reader.time_floor.take() {
+                        p.max_ts = p.max_ts.max(t);
+                    }
                     if reader.next > 0 {
                         let next = std::mem::take(&mut reader.next);
                         p.next = Some(p.next.map_or(next, |n| n.max(next)));
@@ -794,7 +868,9 @@ pub(crate) fn build<'s, S: Source>(
             let all_finished =
                 restored_finished || (discovery.is_none() && ps.iter().all(|p| p.finished));
             let now = Instant::now();
-            if cut || all_finished || now >= epoch_deadline {
+            // Close the epoch if its end had come when this activation began: then what was
+            // there to read at that moment is in it.
+            if cut || all_finished || started >= epoch_deadline {
                 // Close the epoch: note where each partition is, report this instance's
                 // watermark for it, then move on.
                 for p in ps.iter_mut() {
@@ -868,13 +944,13 @@ pub(crate) fn build<'s, S: Source>(
                 for cap in c.iter_mut() {
                     cap.downgrade(&epoch);
                 }
-                epoch_deadline = now + epoch_interval;
             }
             if worked || cut || paused {
                 // Paused by alignment: yield to the other operators, then look again.
                 activator.activate();
             } else {
-                let wait = epoch_deadline
+                let wait = clock
+                    .deadline(epoch - base.unwrap_or(epoch))
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(1));
                 activator.activate_after(wait);

@@ -201,7 +201,12 @@ impl PartitionReader<Event> for NexmarkReader {
                 Some(due) if due >= self.next => {
                     count = count.min((due - self.next) / self.step + 1);
                 }
-                _ => return Ok(ReadStatus::Pending),
+                _ => {
+                    // Nothing due: the next event's time is as far as this partition's
+                    // watermark can go (event times grow with the event number).
+                    out.advance_event_time(self.config.timestamp(self.next));
+                    return Ok(ReadStatus::Pending);
+                }
             }
         }
         let mut n = self.next;
@@ -212,6 +217,9 @@ impl PartitionReader<Event> for NexmarkReader {
         }
         self.next = n;
         self.left -= count;
+        if self.left > 0 {
+            out.advance_event_time(self.config.timestamp(self.next));
+        }
         Ok(if self.left == 0 {
             ReadStatus::Finished
         } else {
