@@ -12,7 +12,9 @@
 //!
 //! The engine promises a reader that it is called from one thread, that its records are stamped
 //! with event time (the source options' extractor, else the reader's time, else ingestion time),
-//! and that its partition's watermark follows the job's [`WatermarkStrategy`].
+//! and that its partition's watermark follows the job's [`WatermarkStrategy`]. A reader that knows
+//! the time of its next record (a generator, a clock) can say so with
+//! [`Reader::advance_event_time`]: the partition's watermark then moves without waiting for it.
 //!
 //! # New partitions
 //! A source whose partitions can grow while the job runs (Kafka topics gain partitions, a
