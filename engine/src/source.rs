@@ -142,9 +142,11 @@ pub trait PartitionReader<T>: 'static {
 /// once, and is back in step.
 ///
 /// `origin` is a multiple of `interval` on the wall clock, so the processes of a cluster, which
-/// each pick their own origin after they have connected, close epochs at the same moments (and
-/// with the same numbers, when they connect within one interval of each other). Window ends that
-/// are multiples of the interval fall on an epoch's end.
+/// each pick their own origin after they have connected, close epochs at the same moments (as
+/// far as their clocks agree). They give them the same numbers only when they pick the same
+/// origin; a process that picks the next one runs an epoch behind the others for the whole run
+/// (not handled yet: agreeing on the origin needs a message between the processes). Window ends
+/// that are multiples of the interval fall on an epoch's end.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EpochClock {
     /// The time between two epoch ends.
