@@ -742,7 +742,10 @@ pub(crate) fn build<'s, S: Source>(
                         continue;
                     }
                     if let Some(until) = p.pending_until {
-                        if Instant::now() < until {
+                        // A pending partition waits a little before it is asked again, except
+                        // in the activation that closes the epoch: what became due by the
+                        // deadline (and the event time it can promise) belongs in the epoch.
+                        if Instant::now() < until && started < epoch_deadline {
                             continue;
                         }
                         p.pending_until = None;

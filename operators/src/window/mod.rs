@@ -544,10 +544,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
         }
     }
 
-    /// Merges, ahead of time, the panes of the next sliding window to fire that lie before the
-    /// watermark's pane, so that firing it merges only the panes after them. Most of a sliding
-    /// window's merging then happens in an epoch in which nothing fires, off the results' path.
-    fn premerge(&mut self, wm: Watermark) {
+    /// Merges, ahead of time, the panes of the next sliding window to fire, one pane per call
+    /// (per epoch), so that firing it only hands its entries out. Most of a sliding window's
+    /// merging then happens in epochs in which nothing fires, off the results' path, and no
+    /// epoch stalls its worker for more than one pane's merge. Once a pane is merged, its later
+    /// records update the merged map as they arrive ([`PaneWindowLogic::on_record`]); a pane
+    /// that has no records yet is merged by its records alone.
+    fn premerge(&mut self) {
         let (size, slide) = (self.panes.size, self.panes.slide);
         // The first window that has not fired: the least start `s`, a multiple of the slide,
         // with `s + size > fired`.
@@ -555,12 +558,22 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
             return;
         };
         let start = (lo.div_euclid(slide) + 1) * slide;
-        let upto = self.panes.pane_of(wm).min(start.saturating_add(size));
+        let end = start.saturating_add(size);
         let mut pre = match self.premerged.take() {
             Some(pre) if pre.start == start => pre,
             _ => {
                 let mut map = std::mem::take(&mut self.merged);
                 map.clear();
+                // Room for every key of the window's panes so far, and as many again as the
+                // largest pane holds for the pane still filling: the map does not grow (and
+                // rehash) while the window fires.
+                let (sum, most) = self
+                    .state
+                    .range(start..end)
+                    .fold((0, 0), |(sum, most), (_, m)| {
+                        (sum + m.len(), most.max(m.len()))
+                    });
+                map.reserve(sum + most);
                 Premerged {
                     start,
                     upto: start,
@@ -568,17 +581,22 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
                 }
             }
         };
-        for (_, pane) in self.state.range(pre.upto..upto.max(pre.upto)) {
-            for (k, acc) in pane {
-                match pre.map.get_mut(k) {
-                    Some(m) => self.agg.merge(m, acc),
-                    None => {
-                        pre.map.insert(k.clone(), acc.clone());
+        match self.state.range(pre.upto..end).next() {
+            Some((&p, pane)) => {
+                self.keys_per_pane = self.keys_per_pane.max(pane.len());
+                for (k, acc) in pane {
+                    match pre.map.get_mut(k) {
+                        Some(m) => self.agg.merge(m, acc),
+                        None => {
+                            pre.map.insert(k.clone(), acc.clone());
+                        }
                     }
                 }
+                pre.upto = p.saturating_add(self.panes.pane);
             }
+            // No pane left to merge: records of the window's later panes update the map.
+            None => pre.upto = end,
         }
-        pre.upto = pre.upto.max(upto);
         self.premerged = Some(pre);
     }
 
@@ -792,7 +810,7 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>, R: Data>
         } else if self.just_fired {
             self.just_fired = false;
         } else if self.lateness == 0 && self.panes.pane != size {
-            self.premerge(wm);
+            self.premerge();
         }
         // Panes whose every window has expired are dropped, oldest first.
         while let Some((&p, _)) = self.state.first_key_value() {
