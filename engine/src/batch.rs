@@ -189,4 +189,23 @@ mod tests {
         assert_eq!(all, (0..n as u64).collect::<Vec<_>>());
         assert!(b.is_empty());
     }
+
+    #[test]
+    fn take_all_returns_every_record_in_order_and_empties() {
+        let mut b: Batcher<(u32, String)> = Batcher::default();
+        assert!(b.take_all().is_empty());
+        // Across several full batches and a partial one, twice: the batcher is reusable.
+        for round in 0..2u32 {
+            let n = 2 * batch_capacity::<(u32, String)>() + 5 + round as usize;
+            let want: Vec<(u32, String)> =
+                (0..n as u32).map(|i| (i, format!("{round}-{i}"))).collect();
+            for r in want.iter().cloned() {
+                b.push(r);
+            }
+            assert_eq!(b.len(), n);
+            assert_eq!(b.take_all(), want);
+            assert!(b.is_empty());
+            assert_eq!(b.len(), 0);
+        }
+    }
 }
