@@ -317,7 +317,9 @@ fn batch_map<'s, T: Data, U: Data>(
     data.clone().unary(Pipeline, name, move |_, _| {
         move |input, output| {
             input.for_each(|cap, batch| {
-                let mut out: Vec<Event<U>> = batch.drain(..).map(&f).collect();
+                // In place where `U` fits in `T`'s slots (std's in-place collect): the records
+                // are written where they were just read, while that memory is in cache.
+                let mut out: Vec<Event<U>> = std::mem::take(batch).into_iter().map(&f).collect();
                 output.session(&cap).give_container(&mut out);
             });
         }
@@ -446,6 +448,36 @@ impl<'s, T: Data> Stream<'s, T> {
             }
         });
         self.derive(self.shared.auto_name("flat_map"), at, data)
+            .expect("auto names are unique")
+    }
+
+    /// Applies `f` to every record and emits the records it returns `Some` of, with the
+    /// record's event time: a [`Stream::filter`] and a [`Stream::map`] in one step, as
+    /// `Iterator::filter_map`. Cheaper than [`Stream::flat_map`] returning an `Option` where
+    /// `U` is no larger than `T`: the results are written in place of the records.
+    #[track_caller]
+    pub fn filter_map<U: Data>(&self, f: impl Fn(T) -> Option<U> + 'static) -> Stream<'s, U> {
+        let at = Location::caller();
+        let data = self
+            .data
+            .clone()
+            .unary(Pipeline, "filter_map", move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, batch| {
+                        let mut out: Vec<Event<U>> = std::mem::take(batch)
+                            .into_iter()
+                            .filter_map(|e| {
+                                let ts = e.ts;
+                                f(e.data).map(|data| Event { ts, data })
+                            })
+                            .collect();
+                        if !out.is_empty() {
+                            output.session(&cap).give_container(&mut out);
+                        }
+                    });
+                }
+            });
+        self.derive(self.shared.auto_name("filter_map"), at, data)
             .expect("auto names are unique")
     }
 

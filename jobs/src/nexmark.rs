@@ -269,21 +269,21 @@ pub fn sink<T: Data>(flow: &Flow<'_>, out: &Stream<'_, T>) -> Result<()> {
 }
 
 fn bids<'s>(events: &Stream<'s, Event>) -> Stream<'s, Bid> {
-    events.flat_map(|e| match e {
+    events.filter_map(|e| match e {
         Event::Bid(b) => Some(b),
         _ => None,
     })
 }
 
 fn auctions<'s>(events: &Stream<'s, Event>) -> Stream<'s, Auction> {
-    events.flat_map(|e| match e {
+    events.filter_map(|e| match e {
         Event::Auction(a) => Some(*a),
         _ => None,
     })
 }
 
 fn persons<'s>(events: &Stream<'s, Event>) -> Stream<'s, Person> {
-    events.flat_map(|e| match e {
+    events.filter_map(|e| match e {
         Event::Person(p) => Some(*p),
         _ => None,
     })
@@ -1491,9 +1491,9 @@ pub struct Q20 {
     /// The bid's padding.
     pub bid_extra: Text,
     /// The auction's item name.
-    pub item_name: String,
+    pub item_name: Text,
     /// The auction's item description.
-    pub description: String,
+    pub description: Text,
     /// The auction's opening price.
     pub initial_bid: u64,
     /// The auction's reserve price.

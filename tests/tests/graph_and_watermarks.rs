@@ -252,3 +252,45 @@ fn a_failing_sink_stops_the_job_with_its_name() {
         "{text}"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// `filter_map` keeps exactly what `Iterator::filter_map` keeps, each with its record's
+    /// event time, whether its results fit in place of the records (`u16` from `(u64, u64)`)
+    /// or not (`(u64, u64)` from `u64`), on one worker or two.
+    #[test]
+    fn filter_map_keeps_what_iterator_filter_map_keeps(
+        parts in proptest::collection::vec(
+            proptest::collection::vec((0i64..1_000, 0u64..100_000), 0..3_000),
+            1..4,
+        ),
+        workers in 1usize..3,
+    ) {
+        let grow = |x: u64| (!x.is_multiple_of(3)).then_some((x, x * 7));
+        let shrink = |(x, y): (u64, u64)| y.is_multiple_of(2).then_some((x % 60_000) as u16);
+        let mut want: Vec<(i64, u16)> = parts
+            .iter()
+            .flatten()
+            .filter_map(|&(ts, x)| grow(x).and_then(shrink).map(|v| (ts, v)))
+            .collect();
+        want.sort_unstable();
+
+        let input: Vec<Vec<TestItem<u64>>> = parts
+            .iter()
+            .map(|p| p.iter().map(|&(ts, x)| TestItem::At(ts, x)).collect())
+            .collect();
+        let out = Collector::<u16>::new();
+        let sink = out.clone();
+        let job = Job::new("filter-map", "", move |flow| {
+            flow.source("numbers", TestSource::new(input.clone()), SourceOptions::new())?
+                .filter_map(grow)
+                .filter_map(shrink)
+                .sink("out", sink.sink())
+        });
+        run(&job, opts(workers)).unwrap();
+        let mut got: Vec<(i64, u16)> = out.events().into_iter().map(|(_, e)| (e.ts, e.data)).collect();
+        got.sort_unstable();
+        proptest::prop_assert_eq!(got, want);
+    }
+}

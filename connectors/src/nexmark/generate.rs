@@ -44,14 +44,14 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// SplitMix64 (Steele, Lea and Flood, 2014), started from a hash of `(seed, n)` so that each
-/// event has its own stream and nearby events' streams do not overlap.
+/// SplitMix64 (Steele, Lea and Flood, 2014), started from the seed and a hash of `n` so that
+/// each event has its own stream and nearby events' streams do not overlap.
 struct Rng(u64);
 
 impl Rng {
     #[inline(always)]
     fn new(seed: u64, n: u64) -> Rng {
-        Rng(mix(seed ^ mix(n.wrapping_add(0x9e37_79b9_7f4a_7c15))))
+        Rng(seed ^ mix(n.wrapping_add(0x9e37_79b9_7f4a_7c15)))
     }
 
     #[inline(always)]
@@ -66,25 +66,38 @@ impl Rng {
         ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
     }
 
-    /// Uniform in `[0, 1)`, 53 bits.
-    #[inline(always)]
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
     /// One of `items`, uniformly.
     #[inline(always)]
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
     }
+
+    /// Two draws for small ranges from one: the halves of the next number.
+    #[inline(always)]
+    fn halves(&mut self) -> (u32, u32) {
+        let x = self.next();
+        (x as u32, (x >> 32) as u32)
+    }
 }
 
-/// The reference's `PriceGenerator.nextPrice`: `round(10^(6u) * 100)` cents for `u` uniform in
-/// `[0, 1)`, so log-uniform from $1 to $1,000,000.
-#[inline]
-fn price(rng: &mut Rng) -> u64 {
-    // 10^(6u) as e^(6u ln 10): the same value to within rounding, and faster than powf.
-    ((rng.unit() * 6.0 * std::f64::consts::LN_10).exp() * 100.0).round() as u64
+/// Uniform in `0..n` from 32 random bits, by multiply-shift (bias below `n / 2^32`; for the
+/// small ranges it is used for, at most 0.0003%).
+#[inline(always)]
+fn below32(bits: u32, n: u64) -> u64 {
+    (u64::from(bits) * n) >> 32
+}
+
+/// The bits of `u` (of 53) that index [`powers`].
+const PRICE_TABLE_BITS: u32 = 10;
+
+/// `100 * 10^(6i / 1024)` at `i`, for `i` in `0..1024`: the price at the start of each of
+/// 1024 equal steps of `u`.
+fn powers() -> &'static [f64; 1 << PRICE_TABLE_BITS] {
+    static POWERS: OnceLock<[f64; 1 << PRICE_TABLE_BITS]> = OnceLock::new();
+    POWERS.get_or_init(|| {
+        let steps = f64::from(1u32 << PRICE_TABLE_BITS);
+        std::array::from_fn(|i| 100.0 * (i as f64 * 6.0 * std::f64::consts::LN_10 / steps).exp())
+    })
 }
 
 /// Four characters of `3..max_len` from each random draw, 16 bits apiece: `special` with
@@ -144,6 +157,9 @@ fn ascii(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("generated strings are ASCII")
 }
 
+/// The size of the pools of start positions in [`Generator::letters`] and [`Generator::words`].
+const LETTER_POOL: usize = 1 << 16;
+
 /// Random lowercase letters that every event's padding is a slice of (64 KiB plus the longest
 /// padding), generated once from a fixed seed.
 fn letters() -> &'static str {
@@ -156,28 +172,25 @@ fn letters() -> &'static str {
     })
 }
 
-/// The size of the pool of padding start positions.
-const LETTER_POOL: usize = 1 << 16;
+/// The longest item description, before trimming (`nextString(100)`).
+const MAX_DESCRIPTION: u64 = 100;
 
-/// The reference's `StringsGenerator.nextExtra`: padding such that `current + len` is on average
-/// `average`, its length uniform within 20% of `average - current`. The letters are a slice of
-/// a pool of random letters at a random position (the reference draws each letter; padding is
-/// only there to give records their size), so padding costs no allocation.
-fn extra(rng: &mut Rng, current: usize, average: usize) -> Text {
-    if current > average {
-        return Cow::Borrowed("");
-    }
-    let wanted = average - current;
-    // Java's Math.round(wanted * 0.2): wanted / 5 never ends in .5, so this is exact.
-    let delta = (2 * wanted + 5) / 10;
-    let len = wanted - delta
-        + if delta == 0 {
-            0
-        } else {
-            rng.below(2 * delta as u64) as usize
-        };
-    let at = rng.below(LETTER_POOL as u64) as usize;
-    Cow::Borrowed(&letters()[at..at + len])
+/// Random text that item names and descriptions are slices of: 64 KiB (plus the longest
+/// description) of lowercase letters and, one character in 13, spaces, the characters of the
+/// reference's `nextString(maxLength, ' ')`; generated once from a fixed seed.
+fn words() -> &'static str {
+    static WORDS: OnceLock<String> = OnceLock::new();
+    WORDS.get_or_init(|| {
+        let mut rng = Rng::new(0x776f_7264_7300, 0); // "words"
+        let mut s = Vec::with_capacity(LETTER_POOL + MAX_DESCRIPTION as usize);
+        push_chars(
+            &mut rng,
+            &mut s,
+            LETTER_POOL + MAX_DESCRIPTION as usize,
+            b' ',
+        );
+        ascii(s)
+    })
 }
 
 /// Every "first last" name, at `first * LAST_NAMES.len() + last`.
@@ -191,16 +204,9 @@ fn names() -> &'static [String] {
     })
 }
 
-/// Every channel name: `channel-<c>` at `c`, hot channel `i` at `NUM_CHANNELS + i`.
-fn channels() -> &'static [String] {
-    static CHANNELS: OnceLock<Vec<String>> = OnceLock::new();
-    CHANNELS.get_or_init(|| {
-        (0..NUM_CHANNELS)
-            .map(|c| format!("channel-{c}"))
-            .chain(HOT_CHANNELS.iter().map(|h| h.to_string()))
-            .collect()
-    })
-}
+/// A bid's channel and url, by channel index: `channel-<c>` and its url at `c`, hot channel
+/// `i` and its url at `NUM_CHANNELS + i`.
+type Channels = &'static [(&'static str, &'static str)];
 
 /// Appends `v` in decimal.
 fn push_u64(s: &mut Vec<u8>, mut v: u64) {
@@ -246,21 +252,23 @@ fn last_base0_auction(n: u64) -> u64 {
 }
 
 /// A random active person (base 0), the reference's `nextBase0PersonId`: one of the last
-/// [`NUM_ACTIVE_PEOPLE`], or up to [`PERSON_ID_LEAD`] ids ahead of the last.
+/// [`NUM_ACTIVE_PEOPLE`], or up to [`PERSON_ID_LEAD`] ids ahead of the last; drawn from 32
+/// random bits.
 #[inline]
-fn random_base0_person(rng: &mut Rng, n: u64) -> u64 {
+fn random_base0_person(bits: u32, n: u64) -> u64 {
     let people = last_base0_person(n) + 1;
     let active = people.min(NUM_ACTIVE_PEOPLE);
-    people - active + rng.below(active + PERSON_ID_LEAD)
+    people - active + below32(bits, active + PERSON_ID_LEAD)
 }
 
 /// A random open auction (base 0), the reference's `nextBase0AuctionId`: one of the last
-/// [`NUM_IN_FLIGHT_AUCTIONS`] + 1, or up to [`AUCTION_ID_LEAD`] ids ahead of the last.
+/// [`NUM_IN_FLIGHT_AUCTIONS`] + 1, or up to [`AUCTION_ID_LEAD`] ids ahead of the last; drawn
+/// from 32 random bits.
 #[inline]
-fn random_base0_auction(rng: &mut Rng, n: u64) -> u64 {
+fn random_base0_auction(bits: u32, n: u64) -> u64 {
     let max = last_base0_auction(n);
     let min = max.saturating_sub(NUM_IN_FLIGHT_AUCTIONS);
-    min + rng.below(max - min + 1 + AUCTION_ID_LEAD)
+    min + below32(bits, max - min + 1 + AUCTION_ID_LEAD)
 }
 
 /// Appends the reference's `BidGenerator.getBaseUrl`, drawn from `rng`.
@@ -274,24 +282,97 @@ fn push_base_url(rng: &mut Rng, s: &mut Vec<u8>) {
     s.extend_from_slice(b"/item.htm?query=1");
 }
 
-impl NexmarkConfig {
-    /// Event number `n`: a [`Person`] if `n % 50 < 1`, an [`Auction`] if `n % 50 < 4`, else a
-    /// [`Bid`], at [`NexmarkConfig::timestamp`]`(n)`. A pure function of the configuration's
-    /// seed, base time and event-time rate, and of `n`.
-    ///
-    /// ```
-    /// use runnel_connectors::nexmark::{Event, NexmarkConfig};
-    ///
-    /// let config = NexmarkConfig::new(100);
-    /// assert!(matches!(config.event(0), Event::Person(ref p) if p.id == 1000));
-    /// assert!(matches!(config.event(1), Event::Auction(ref a) if a.id == 1000));
-    /// assert!(matches!(config.event(4), Event::Bid(_)));
-    /// assert_eq!(config.event(53), config.event(53));
-    /// ```
+/// The url of channel `index` of `seed` (`channel-<index>` below [`NUM_CHANNELS`], else hot
+/// channel `index - NUM_CHANNELS`): a base url (the reference's `getBaseUrl`) and, for 9
+/// numbered channels in 10, `&channel_id=<|bit-reversed index|>` (the reference's
+/// `getNextChannelAndurl`).
+fn url(seed: u64, index: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed ^ URL_STREAM, index);
+    let mut url = Vec::with_capacity(80);
+    push_base_url(&mut rng, &mut url);
+    if index < NUM_CHANNELS && rng.below(10) > 0 {
+        url.extend_from_slice(b"&channel_id=");
+        // Java's Math.abs(Integer.reverse(c)), including abs(MIN_VALUE) = MIN_VALUE.
+        let id = ((index as u32).reverse_bits() as i32).wrapping_abs();
+        if id < 0 {
+            url.push(b'-');
+        }
+        push_u64(&mut url, u64::from(id.unsigned_abs()));
+    }
+    url
+}
+
+/// Every bid channel and url of `seed`, built once per seed and process (10,004 of each,
+/// about 1 MB) and kept for the life of the process, so bids borrow them. One table of both,
+/// so that a bid reads one cache line of it (a table each, of `String`s, missed the cache
+/// twice).
+fn channels(seed: u64) -> Channels {
+    thread_local! {
+        /// The last seed's channels on this thread (most threads only ever see one seed).
+        static LAST: std::cell::Cell<Option<(u64, Channels)>> = const { std::cell::Cell::new(None) };
+    }
+    if let Some((s, channels)) = LAST.with(|l| l.get()) {
+        if s == seed {
+            return channels;
+        }
+    }
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..NUM_CHANNELS)
+            .map(|c| &*format!("channel-{c}").leak())
+            .chain(HOT_CHANNELS)
+            .collect()
+    });
+    static ALL: Mutex<Option<HashMap<u64, Channels>>> = Mutex::new(None);
+    let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+    let channels = *all
+        .get_or_insert_with(HashMap::new)
+        .entry(seed)
+        .or_insert_with(|| {
+            let urls: Vec<Vec<u8>> = (0..names.len() as u64).map(|c| url(seed, c)).collect();
+            let text: &'static str = ascii(urls.concat()).leak();
+            let mut at = 0;
+            let table: Vec<(&'static str, &'static str)> = names
+                .iter()
+                .zip(&urls)
+                .map(|(name, url)| {
+                    at += url.len();
+                    (*name, &text[at - url.len()..at])
+                })
+                .collect();
+            table.leak()
+        });
+    LAST.with(|l| l.set(Some((seed, channels))));
+    channels
+}
+
+/// A [`NexmarkConfig`] with the tables its events borrow from, looked up once: what a source
+/// partition generates with.
+#[derive(Clone, Copy)]
+pub(crate) struct Generator {
+    config: NexmarkConfig,
+    channels: Channels,
+    letters: &'static str,
+    words: &'static str,
+    powers: &'static [f64; 1 << PRICE_TABLE_BITS],
+}
+
+impl Generator {
+    /// `config`'s generator (building the tables on first use).
+    pub(crate) fn new(config: NexmarkConfig) -> Generator {
+        Generator {
+            config,
+            channels: channels(config.seed_value()),
+            letters: letters(),
+            words: words(),
+            powers: powers(),
+        }
+    }
+
+    /// Event number `n`, whose time is `ts` ([`NexmarkConfig::timestamp`]`(n)`).
     #[inline]
-    pub fn event(&self, n: u64) -> Event {
-        let mut rng = Rng::new(self.seed_value(), n);
-        let ts = self.timestamp(n);
+    pub(crate) fn event(&self, n: u64, ts: i64) -> Event {
+        let mut rng = Rng::new(self.config.seed_value(), n);
         let offset = n % TOTAL_PROPORTION;
         if offset < PERSON_PROPORTION {
             Event::Person(Box::new(self.person(&mut rng, n, ts)))
@@ -302,42 +383,57 @@ impl NexmarkConfig {
         }
     }
 
-    /// Events `0..events` in order.
-    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
-        (0..self.events()).map(move |n| self.event(n))
-    }
-
-    /// Every bid url of this configuration's seed: `channel-<c>`'s at `c`, hot channel `i`'s
-    /// at `NUM_CHANNELS + i`. Built once per seed and process (10,004 urls, about 1 MB), and
-    /// kept for the life of the process, so bids borrow them.
+    /// The reference's `PriceGenerator.nextPrice`: `round(10^(6u) * 100)` cents for `u`
+    /// uniform in `[0, 1)`, so log-uniform from $1 to $1,000,000.
+    ///
+    /// `u`'s top 10 bits pick `100 * 10^(6i/1024)` from a table, and the rest, `r` below
+    /// `1/1024`, multiply it by `10^(6r) = e^a` with `a = 6 r ln 10 < 0.0135`, from its Taylor
+    /// series to `a^4 / 24` (relative error below `a^5 / 120 < 4e-12`, a thousandth of a cent
+    /// at $1,000,000): several times faster than calling `exp` and `round`.
     #[inline]
-    pub(crate) fn urls(&self) -> &'static [String] {
-        thread_local! {
-            /// The last seed's urls on this thread (most threads only ever see one seed).
-            static LAST: std::cell::Cell<Option<(u64, &'static [String])>> =
-                const { std::cell::Cell::new(None) };
-        }
-        let seed = self.seed_value();
-        if let Some((s, urls)) = LAST.with(|l| l.get()) {
-            if s == seed {
-                return urls;
-            }
-        }
-        let urls = self.urls_locked();
-        LAST.with(|l| l.set(Some((seed, urls))));
-        urls
+    fn price(&self, rng: &mut Rng) -> u64 {
+        self.price_of(rng.next() >> 11)
     }
 
-    fn urls_locked(&self) -> &'static [String] {
-        static URLS: Mutex<Option<HashMap<u64, &'static [String]>>> = Mutex::new(None);
-        let mut all = URLS.lock().unwrap_or_else(|p| p.into_inner());
-        let all = all.get_or_insert_with(HashMap::new);
-        all.entry(self.seed_value()).or_insert_with(|| {
-            let urls: Vec<String> = (0..NUM_CHANNELS + HOT_CHANNELS.len() as u64)
-                .map(|c| self.url(c))
-                .collect();
-            Box::leak(urls.into_boxed_slice())
-        })
+    /// The price for `u = bits / 2^53` (`bits` below `2^53`).
+    #[inline(always)]
+    fn price_of(&self, bits: u64) -> u64 {
+        let i = (bits >> (53 - PRICE_TABLE_BITS)) as usize;
+        let rest = bits & ((1 << (53 - PRICE_TABLE_BITS)) - 1);
+        let a = rest as f64 * (6.0 * std::f64::consts::LN_10 / (1u64 << 53) as f64);
+        let e = 1.0 + a * (1.0 + a * (0.5 + a * (1.0 / 6.0 + a * (1.0 / 24.0))));
+        // Rounds half up (prices are positive); `as` truncates.
+        (self.powers[i] * e + 0.5) as u64
+    }
+
+    /// The reference's `StringsGenerator.nextString(max_len, ' ')`: `3..max_len` characters,
+    /// each a space with probability 1/13, else a lowercase letter, trimmed of spaces at both
+    /// ends. A slice of [`words`] at a random position, so it costs no allocation.
+    #[inline]
+    fn words(&self, rng: &mut Rng, max_len: u64) -> Text {
+        let (len, at) = rng.halves();
+        let len = (MIN_STRING_LENGTH + below32(len, max_len - MIN_STRING_LENGTH)) as usize;
+        let at = below32(at, LETTER_POOL as u64) as usize;
+        Cow::Borrowed(self.words[at..at + len].trim_matches(' '))
+    }
+
+    /// The reference's `StringsGenerator.nextExtra`: padding such that `current + len` is on
+    /// average `average`, its length uniform within 20% of `average - current`. The letters
+    /// are a slice of a pool of random letters at a random position (the reference draws each
+    /// letter; padding is only there to give records their size), so padding costs no
+    /// allocation.
+    #[inline]
+    fn extra(&self, rng: &mut Rng, current: usize, average: usize) -> Text {
+        if current > average {
+            return Cow::Borrowed("");
+        }
+        let wanted = average - current;
+        // Java's Math.round(wanted * 0.2): wanted / 5 never ends in .5, so this is exact.
+        let delta = (2 * wanted + 5) / 10;
+        let (len, at) = rng.halves();
+        let len = wanted - delta + below32(len, 2 * delta as u64) as usize;
+        let at = below32(at, LETTER_POOL as u64) as usize;
+        Cow::Borrowed(&self.letters[at..at + len])
     }
 
     /// The reference's `PersonGenerator.nextPerson`.
@@ -373,28 +469,25 @@ impl NexmarkConfig {
             city: Cow::Borrowed(city),
             state: Cow::Borrowed(state),
             date_time: ts,
-            extra: extra(rng, size, AVG_PERSON_BYTE_SIZE),
+            extra: self.extra(rng, size, AVG_PERSON_BYTE_SIZE),
         }
     }
 
     /// The reference's `AuctionGenerator.nextAuction` (without its `extendedBidMode`).
     fn auction(&self, rng: &mut Rng, n: u64, ts: i64) -> Auction {
         let id = last_base0_auction(n) + FIRST_AUCTION_ID;
-        let seller = if rng.below(HOT_SELLERS_RATIO) > 0 {
+        let (hot, person) = rng.halves();
+        let seller = if below32(hot, HOT_SELLERS_RATIO) > 0 {
             last_base0_person(n) / HOT_SELLER_GROUP * HOT_SELLER_GROUP
         } else {
-            random_base0_person(rng, n)
+            random_base0_person(person, n)
         } + FIRST_PERSON_ID;
         let category = FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES);
-        let initial_bid = price(rng);
+        let initial_bid = self.price(rng);
         let expires = ts.saturating_add(self.auction_length_ms(rng, n, ts));
-        let mut item_name = Vec::with_capacity(19);
-        push_string(rng, &mut item_name, 20, b' ');
-        let item_name = ascii(item_name);
-        let mut description = Vec::with_capacity(99);
-        push_string(rng, &mut description, 100, b' ');
-        let description = ascii(description);
-        let reserve = initial_bid + price(rng);
+        let item_name = self.words(rng, 20);
+        let description = self.words(rng, MAX_DESCRIPTION);
+        let reserve = initial_bid + self.price(rng);
         let size = 8 + item_name.len() + description.len() + 8 * 5;
         Auction {
             id,
@@ -406,7 +499,7 @@ impl NexmarkConfig {
             expires,
             seller,
             category,
-            extra: extra(rng, size, AVG_AUCTION_BYTE_SIZE),
+            extra: self.extra(rng, size, AVG_AUCTION_BYTE_SIZE),
         }
     }
 
@@ -415,58 +508,105 @@ impl NexmarkConfig {
     /// open at any time.
     fn auction_length_ms(&self, rng: &mut Rng, n: u64, ts: i64) -> i64 {
         let events_ahead = NUM_IN_FLIGHT_AUCTIONS * TOTAL_PROPORTION / AUCTION_PROPORTION;
-        let horizon = self.timestamp(n.saturating_add(events_ahead)) - ts;
+        let horizon = self.config.timestamp(n.saturating_add(events_ahead)) - ts;
         let span = u64::try_from(horizon.saturating_mul(2)).unwrap_or(0).max(1);
         1 + i64::try_from(rng.below(span)).unwrap_or(i64::MAX - 1)
     }
 
-    /// The reference's `BidGenerator.nextBid` (without its `extendedBidMode`).
+    /// The reference's `BidGenerator.nextBid` (without its `extendedBidMode`). Its random
+    /// choices take 32 bits each, two from each draw.
+    #[inline]
     fn bid(&self, rng: &mut Rng, n: u64, ts: i64) -> Bid {
-        let auction = if rng.below(HOT_AUCTION_RATIO) > 0 {
+        let (hot_auction, auction) = rng.halves();
+        let auction = if below32(hot_auction, HOT_AUCTION_RATIO) > 0 {
             last_base0_auction(n) / HOT_AUCTION_GROUP * HOT_AUCTION_GROUP
         } else {
-            random_base0_auction(rng, n)
+            random_base0_auction(auction, n)
         } + FIRST_AUCTION_ID;
-        let bidder = if rng.below(HOT_BIDDERS_RATIO) > 0 {
+        let (hot_bidder, bidder) = rng.halves();
+        let bidder = if below32(hot_bidder, HOT_BIDDERS_RATIO) > 0 {
             // The second person of the group, so hot bidders are not hot sellers.
             last_base0_person(n) / HOT_BIDDER_GROUP * HOT_BIDDER_GROUP + 1
         } else {
-            random_base0_person(rng, n)
+            random_base0_person(bidder, n)
         } + FIRST_PERSON_ID;
-        let price = price(rng);
-        let index = if rng.below(HOT_CHANNELS_RATIO) > 0 {
-            NUM_CHANNELS + rng.below(HOT_CHANNELS.len() as u64)
+        let price = self.price(rng);
+        let (hot_channel, channel) = rng.halves();
+        let channel = if below32(hot_channel, HOT_CHANNELS_RATIO) > 0 {
+            NUM_CHANNELS + below32(channel, HOT_CHANNELS.len() as u64)
         } else {
-            rng.below(NUM_CHANNELS)
+            below32(channel, NUM_CHANNELS)
         } as usize;
+        let (channel, url) = self.channels[channel];
         Bid {
             auction,
             bidder,
             price,
-            channel: Cow::Borrowed(channels()[index].as_str()),
-            url: Cow::Borrowed(self.urls()[index].as_str()),
+            channel: Cow::Borrowed(channel),
+            url: Cow::Borrowed(url),
             date_time: ts,
-            extra: extra(rng, 8 * 4, AVG_BID_BYTE_SIZE),
+            extra: self.extra(rng, 8 * 4, AVG_BID_BYTE_SIZE),
         }
     }
+}
 
-    /// The url of channel `index` (`channel-<index>` below [`NUM_CHANNELS`], else hot channel
-    /// `index - NUM_CHANNELS`), fixed by the seed: a base url (the reference's `getBaseUrl`)
-    /// and, for 9 numbered channels in 10, `&channel_id=<|bit-reversed index|>` (the
-    /// reference's `getNextChannelAndurl`).
-    fn url(&self, index: u64) -> String {
-        let mut rng = Rng::new(self.seed_value() ^ URL_STREAM, index);
-        let mut url = Vec::with_capacity(88);
-        push_base_url(&mut rng, &mut url);
-        if index < NUM_CHANNELS && rng.below(10) > 0 {
-            url.extend_from_slice(b"&channel_id=");
-            // Java's Math.abs(Integer.reverse(c)), including abs(MIN_VALUE) = MIN_VALUE.
-            let id = ((index as u32).reverse_bits() as i32).wrapping_abs();
-            if id < 0 {
-                url.push(b'-');
+impl NexmarkConfig {
+    /// Event number `n`: a [`Person`] if `n % 50 < 1`, an [`Auction`] if `n % 50 < 4`, else a
+    /// [`Bid`], at [`NexmarkConfig::timestamp`]`(n)`. A pure function of the configuration's
+    /// seed, base time and event-time rate, and of `n`.
+    ///
+    /// ```
+    /// use runnel_connectors::nexmark::{Event, NexmarkConfig};
+    ///
+    /// let config = NexmarkConfig::new(100);
+    /// assert!(matches!(config.event(0), Event::Person(ref p) if p.id == 1000));
+    /// assert!(matches!(config.event(1), Event::Auction(ref a) if a.id == 1000));
+    /// assert!(matches!(config.event(4), Event::Bid(_)));
+    /// assert_eq!(config.event(53), config.event(53));
+    /// ```
+    #[inline]
+    pub fn event(&self, n: u64) -> Event {
+        Generator::new(*self).event(n, self.timestamp(n))
+    }
+
+    /// Events `0..events` in order.
+    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
+        let generator = Generator::new(*self);
+        (0..self.events()).map(move |n| generator.event(n, self.timestamp(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table-and-series price against the formula computed with `powf`, for `u` at each
+    /// table step, half way, just below the next, and at random within each step.
+    #[test]
+    fn prices_follow_the_formula() {
+        let generator = Generator::new(NexmarkConfig::new(1));
+        let mut draws = Rng::new(7, 7);
+        let mut exact = 0;
+        for i in 0..(1u64 << PRICE_TABLE_BITS) {
+            let step = i << (53 - PRICE_TABLE_BITS);
+            let width = 1u64 << (53 - PRICE_TABLE_BITS);
+            let mut us = vec![step, step + width / 2, step + width - 1];
+            us.extend((0..4).map(|_| step + draws.below(width)));
+            for bits in us {
+                let got = generator.price_of(bits);
+                let want = 10f64.powf(6.0 * bits as f64 / (1u64 << 53) as f64) * 100.0;
+                assert!((100..=100_000_000).contains(&got), "bits {bits}: {got}");
+                if (want.fract() - 0.5).abs() > 1e-3 {
+                    assert_eq!(got, want.round() as u64, "bits {bits}: {want}");
+                    exact += 1;
+                } else {
+                    assert!(
+                        (got as f64 - want).abs() <= 0.501,
+                        "bits {bits}: {got} vs {want}"
+                    );
+                }
             }
-            push_u64(&mut url, u64::from(id.unsigned_abs()));
         }
-        ascii(url)
+        assert!(exact > 7000, "{exact}");
     }
 }

@@ -61,11 +61,15 @@
 //!   an unseeded generator once per run. Padding is lowercase letters only (the reference's
 //!   `nextExactString` can emit a few other characters from negative integers).
 //! * Times are computed in integers (`n * 1000 / rate`), not doubles of microseconds.
-//! * Speed: no string of a bid is allocated. Channels, urls and names come from tables built
-//!   once per process (urls once per seed), and the padding (`extra`) of every event is a slice,
-//!   at a random position, of one pool of 64 KiB of random letters: its length follows the
-//!   reference, its letters are not drawn anew for each event. The string fields are
-//!   [`Text`] (`Cow<'static, str>`), borrowed from those tables, owned when read from JSON.
+//! * Speed: no string of a bid or an auction is allocated. Channels, urls and names come from
+//!   tables built once per process (urls once per seed); the padding (`extra`) of every event
+//!   is a slice, at a random position, of one pool of 64 KiB of random letters, and an
+//!   auction's item name and description are slices of another, of letters and spaces: their
+//!   lengths follow the reference, their characters are not drawn anew for each event. The
+//!   string fields are [`Text`] (`Cow<'static, str>`), borrowed from those tables, owned when
+//!   read from JSON. A bid's small random choices (hot or not, which channel, padding length
+//!   and position) take 32 random bits each, two per draw; prices come from a table and a
+//!   short series rather than `exp` (the same cents, to within rounding at exact halves).
 //!
 //! Like the reference, a non-hot seller or bidder may be up to [`PERSON_ID_LEAD`] ids past the
 //! last person created, and a non-hot auction up to [`AUCTION_ID_LEAD`] ids past the last

@@ -29,7 +29,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 /// A string field: borrowed from tables the generator builds once (channels, urls, names,
-/// padding), so generating a bid allocates nothing, or owned (read from JSON). It serializes as a
+/// item names and descriptions, padding), so generating a bid or an auction allocates
+/// nothing, or owned (read from JSON). It serializes as a
 /// plain JSON string; compare and print it like a `&str` (`.as_ref()`, `==`).
 pub type Text = Cow<'static, str>;
 
@@ -60,9 +61,9 @@ pub struct Auction {
     /// The auction's id, from 1000 on, in the order auctions open.
     pub id: u64,
     /// The item's name (lowercase words).
-    pub item_name: String,
+    pub item_name: Text,
     /// The item's description (lowercase words).
-    pub description: String,
+    pub description: Text,
     /// The opening price, in cents.
     pub initial_bid: u64,
     /// The lowest price the seller accepts, in cents; at least `initial_bid`.

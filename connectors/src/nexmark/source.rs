@@ -8,6 +8,7 @@ use runnel_engine::{
 };
 
 use super::config::NexmarkConfig;
+use super::generate::Generator;
 use super::model::Event;
 
 /// A source of the events `0..events` of a [`NexmarkConfig`].
@@ -89,11 +90,11 @@ impl NexmarkGenerator {
                 }
             },
         });
-        // Build the bids' urls now rather than in the first read.
-        let _ = self.config.urls();
         Ok(Box::new(NexmarkReader {
-            config: self.config,
+            // Builds the tables (the bids' urls) now rather than in the first read.
+            generator: Generator::new(self.config),
             next: first,
+            clock: EventClock::new(&self.config, first, k),
             step: k,
             left,
             pace,
@@ -179,10 +180,63 @@ impl Pace {
     }
 }
 
+/// [`NexmarkConfig::timestamp`] of every `step`-th event number, by addition: `base + q`
+/// milliseconds, where `q` and `r` are the quotient and remainder of `n * 1000 / rate`.
+/// (A division per event cost more than the rest of a bid's timestamp.)
+struct EventClock {
+    base: i64,
+    rate: u64,
+    q: u128,
+    r: u64,
+    /// `step * 1000` divided by `rate`: quotient and remainder.
+    dq: u128,
+    dr: u64,
+}
+
+impl EventClock {
+    /// The clock at event `n`.
+    fn new(config: &NexmarkConfig, n: u64, step: u64) -> EventClock {
+        let rate = config.event_time_rate();
+        let (num, d) = (u128::from(n) * 1000, u128::from(step) * 1000);
+        let rate128 = u128::from(rate);
+        EventClock {
+            base: config.base_time(),
+            rate,
+            q: num / rate128,
+            r: (num % rate128) as u64,
+            dq: d / rate128,
+            dr: (d % rate128) as u64,
+        }
+    }
+
+    /// The time of the current event.
+    #[inline(always)]
+    fn now(&self) -> i64 {
+        self.base
+            .saturating_add(i64::try_from(self.q).unwrap_or(i64::MAX))
+    }
+
+    /// On to the event `step` numbers later.
+    #[inline(always)]
+    fn step(&mut self) {
+        self.q += self.dq;
+        // Both below `rate`, so no overflow and at most one carry.
+        let (r, carry) = match self.r.checked_add(self.dr) {
+            Some(r) if r < self.rate => (r, 0),
+            Some(r) => (r - self.rate, 1),
+            None => (self.r - (self.rate - self.dr), 1),
+        };
+        self.r = r;
+        self.q += carry;
+    }
+}
+
 struct NexmarkReader {
-    config: NexmarkConfig,
+    generator: Generator,
     /// The next event number.
     next: u64,
+    /// The next event's time.
+    clock: EventClock,
     /// The number of partitions (the distance between this partition's event numbers).
     step: u64,
     /// Events left in this partition.
@@ -204,26 +258,55 @@ impl PartitionReader<Event> for NexmarkReader {
                 _ => {
                     // Nothing due: the next event's time is as far as this partition's
                     // watermark can go (event times grow with the event number).
-                    out.advance_event_time(self.config.timestamp(self.next));
+                    out.advance_event_time(self.clock.now());
                     return Ok(ReadStatus::Pending);
                 }
             }
         }
         let mut n = self.next;
         for _ in 0..count {
-            let event = self.config.event(n);
-            out.push_at(event.date_time(), n, event);
+            let ts = self.clock.now();
+            out.push_at(ts, n, self.generator.event(n, ts));
             n = n.wrapping_add(self.step);
+            self.clock.step();
         }
         self.next = n;
         self.left -= count;
         if self.left > 0 {
-            out.advance_event_time(self.config.timestamp(self.next));
+            out.advance_event_time(self.clock.now());
         }
         Ok(if self.left == 0 {
             ReadStatus::Finished
         } else {
             ReadStatus::More
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Stepping the clock gives what the formula gives for every event it passes,
+        /// whatever the rate, start and step, near the top of `u64` too.
+        #[test]
+        fn the_event_clock_keeps_to_the_formula(
+            rate in prop_oneof![1u64..20_000, 1u64..u64::MAX, Just(u64::MAX), Just(1_000u64)],
+            start in prop_oneof![0u64..1_000_000, 0u64..u64::MAX],
+            step in prop_oneof![1u64..10, 1u64..u64::MAX / 4],
+            base in prop_oneof![Just(0i64), Just(1_436_918_400_000i64), Just(i64::MAX - 5)],
+        ) {
+            let config = NexmarkConfig::new(u64::MAX).event_rate(rate).base_time_ms(base);
+            let mut clock = EventClock::new(&config, start, step);
+            let mut n = start;
+            for _ in 0..200 {
+                prop_assert_eq!(clock.now(), config.timestamp(n), "n {}", n);
+                let Some(next) = n.checked_add(step) else { break };
+                n = next;
+                clock.step();
+            }
+        }
     }
 }
