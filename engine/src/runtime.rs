@@ -208,6 +208,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     // The epoch schedule, fixed by the first worker to build its dataflow: after the processes
     // of a cluster have connected, so that they all start their epochs together.
     let clock = Arc::new(std::sync::OnceLock::new());
+    let processes = opts.processes;
     let guards = timely::execute(config, move |worker| {
         let name = job2.name().to_string();
         let index = worker.index();
@@ -234,7 +235,14 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 }
             }
         });
-        let epoch_clock = *clock.get_or_init(|| EpochClock::aligned(epoch_interval));
+        let epoch_clock = if processes > 1 {
+            // Every worker of every process proposes the next slot after it connected; all
+            // start from the latest, so that epochs have the same numbers everywhere.
+            let origin = agree_on_origin(worker, EpochClock::next_origin(epoch_interval));
+            *clock.get_or_init(|| EpochClock::from_wall_origin(epoch_interval, origin))
+        } else {
+            *clock.get_or_init(|| EpochClock::aligned(epoch_interval))
+        };
         worker.dataflow::<u64, _, _>(|scope| {
             let mut flow = Flow::new(
                 scope,
@@ -285,6 +293,29 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
+/// The largest of the `proposal`s of all workers of the computation, every process's included:
+/// a dataflow of its own, run to its end before the job's is built (each worker broadcasts its
+/// proposal and keeps the largest it receives).
+fn agree_on_origin(worker: &mut timely::worker::Worker, proposal: u64) -> u64 {
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Input, Inspect, Probe};
+
+    let agreed = std::rc::Rc::new(std::cell::Cell::new(proposal));
+    let seen = agreed.clone();
+    let (mut input, probe) = worker.dataflow_named::<u64, _, _>("epoch-origin", |scope| {
+        let (input, stream) = scope.new_input::<Vec<u64>>();
+        let (probe, _) = stream
+            .broadcast()
+            .inspect(move |p| seen.set(seen.get().max(*p)))
+            .probe();
+        (input, probe)
+    });
+    input.send(proposal);
+    input.advance_to(1);
+    worker.step_while(|| probe.less_than(&1));
+    agreed.get()
+}
+
 fn progress_loop(metrics: &Metrics, done: &AtomicBool) {
     let mut last = (Instant::now(), 0u64);
     while !done.load(Ordering::SeqCst) {
@@ -315,4 +346,93 @@ fn progress_loop(metrics: &Metrics, done: &AtomicBool) {
         );
     }
     eprint!("\r\x1b[2K");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two processes of two workers each, connected over TCP as a cluster is, propose four
+    /// different origins: every worker comes out with the largest.
+    #[test]
+    fn every_worker_of_every_process_agrees_on_the_latest_proposal() {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            })
+            .collect();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let proposals = [1_000u64, 9_000, 4_000, 7_000];
+        let handles: Vec<_> = (0..2)
+            .map(|process| {
+                let addresses = addresses.clone();
+                std::thread::spawn(move || {
+                    let config = timely::Config {
+                        communication: timely::CommunicationConfig::Cluster {
+                            threads: 2,
+                            process,
+                            addresses,
+                            report: false,
+                            zerocopy: false,
+                        },
+                        worker: timely::WorkerConfig::default(),
+                    };
+                    timely::execute(config, move |worker| {
+                        let mine = proposals[worker.index()];
+                        (mine, agree_on_origin(worker, mine))
+                    })
+                    .unwrap()
+                    .join()
+                    .into_iter()
+                    .map(|r| r.unwrap())
+                    .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut got: Vec<(u64, u64)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        got.sort_unstable();
+        let max = *proposals.iter().max().unwrap();
+        let mut want: Vec<(u64, u64)> = proposals.iter().map(|&p| (p, max)).collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    /// An epoch clock started from an agreed wall-clock origin closes its epochs at that origin
+    /// plus multiples of the interval, on the wall clock, whether the origin is ahead or has
+    /// passed.
+    #[test]
+    fn a_clock_from_a_wall_origin_closes_epochs_on_that_origin() {
+        let interval = Duration::from_millis(100);
+        let wall_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i128
+        };
+        for offset_ms in [250i128, -250, 0] {
+            let origin = (wall_now() + offset_ms * 1_000_000) as u64;
+            let clock = EpochClock::from_wall_origin(interval, origin);
+            for n in [0u64, 1, 7] {
+                // The deadline as a wall-clock time: now on the wall plus how far ahead it is.
+                let (instant, wall) = (Instant::now(), wall_now());
+                let deadline = clock.deadline(n);
+                let ahead = if deadline >= instant {
+                    deadline.duration_since(instant).as_nanos() as i128
+                } else {
+                    -(instant.duration_since(deadline).as_nanos() as i128)
+                };
+                let want = origin as i128 + n as i128 * interval.as_nanos() as i128;
+                let error = (wall + ahead - want).abs();
+                // Both clocks are read twice, microseconds apart.
+                assert!(
+                    error < 2_000_000,
+                    "offset {offset_ms} ms, epoch {n}: off by {error} ns"
+                );
+            }
+        }
+    }
 }

@@ -141,12 +141,13 @@ pub trait PartitionReader<T>: 'static {
 /// clock by the drift. On this schedule a worker that falls behind closes its late epochs at
 /// once, and is back in step.
 ///
-/// `origin` is a multiple of `interval` on the wall clock, so the processes of a cluster, which
-/// each pick their own origin after they have connected, close epochs at the same moments (as
-/// far as their clocks agree). They give them the same numbers only when they pick the same
-/// origin; a process that picks the next one runs an epoch behind the others for the whole run
-/// (not handled yet: agreeing on the origin needs a message between the processes). Window ends
-/// that are multiples of the interval fall on an epoch's end.
+/// `origin` is a multiple of `interval` on the wall clock, so the processes of a cluster close
+/// epochs at the same moments (as far as their clocks agree). They also give them the same
+/// numbers: each worker proposes the next multiple after it has connected, and all take the
+/// latest proposal ([`crate::runtime`]'s `agree_on_origin`); a process that started its epochs
+/// one slot earlier than another would run an epoch ahead of it for the whole run, its records
+/// waiting an extra interval for the other's epoch to close. Window ends that are multiples of
+/// the interval fall on an epoch's end.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EpochClock {
     /// The time between two epoch ends.
@@ -159,18 +160,30 @@ impl EpochClock {
     /// Epochs of `interval` (at least 1 ms) whose ends fall on the wall clock's multiples of it,
     /// from the next multiple on.
     pub(crate) fn aligned(interval: Duration) -> Self {
+        Self::from_wall_origin(interval, Self::next_origin(interval))
+    }
+
+    /// The next multiple of `interval` (at least 1 ms) on the wall clock, in nanoseconds since
+    /// the Unix epoch: this worker's proposal for the run's first epoch end.
+    pub(crate) fn next_origin(interval: Duration) -> u64 {
+        let step = interval.max(Duration::from_millis(1)).as_nanos();
+        let since = wall_nanos();
+        u64::try_from((since / step + 1) * step).unwrap_or(u64::MAX)
+    }
+
+    /// Epochs of `interval` (at least 1 ms) whose first ends at `origin` nanoseconds since the
+    /// Unix epoch on the wall clock (which may have passed: its epochs then close at once).
+    pub(crate) fn from_wall_origin(interval: Duration, origin: u64) -> Self {
         let interval = interval.max(Duration::from_millis(1));
-        let now = Instant::now();
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let step = interval.as_nanos();
-        let wait = u64::try_from(step - since % step).unwrap_or(0);
-        EpochClock {
-            interval,
-            origin: now + Duration::from_nanos(wait),
-        }
+        let (now, since) = (Instant::now(), wall_nanos());
+        let origin = match u64::try_from(since) {
+            Ok(since) if origin >= since => now + Duration::from_nanos(origin - since),
+            Ok(since) => now
+                .checked_sub(Duration::from_nanos(since - origin))
+                .unwrap_or(now),
+            Err(_) => now,
+        };
+        EpochClock { interval, origin }
     }
 
     /// When the `n`-th epoch of the run (counting from 0) closes.
@@ -178,6 +191,14 @@ impl EpochClock {
         let nanos = self.interval.as_nanos().saturating_mul(u128::from(n));
         self.origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX / 2))
     }
+}
+
+/// The wall clock, nanoseconds since the Unix epoch.
+fn wall_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
 }
 
 /// A reader that drops the records below an offset (resuming a source that cannot seek).
