@@ -80,8 +80,8 @@ impl Rng {
     }
 }
 
-/// Uniform in `0..n` from 32 random bits, by multiply-shift (bias below `n / 2^32`; for the
-/// small ranges it is used for, at most 0.0003%).
+/// Uniform in `0..n` from 32 random bits, by multiply-shift (bias below `n / 2^32`: at most
+/// 0.002% for the ranges it is used for, the largest being the 65,536 padding positions).
 #[inline(always)]
 fn below32(bits: u32, n: u64) -> u64 {
     (u64::from(bits) * n) >> 32
