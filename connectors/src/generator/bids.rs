@@ -221,12 +221,12 @@ impl PartitionReader<Bid> for BidReader {
             }
             pace.emitted += n;
         }
-        let (mut seq, step) = (self.next, self.step);
-        for _ in 0..n {
-            out.push_at(seq as i64, seq, Bid::at(seq));
-            seq = seq.wrapping_add(step);
-        }
-        self.next = seq;
+        let (first, step) = (self.next, self.step);
+        out.extend_at((0..n).map(|i| {
+            let seq = first.wrapping_add(i.wrapping_mul(step));
+            (seq as i64, seq, Bid::at(seq))
+        }));
+        self.next = first.wrapping_add(n.wrapping_mul(step));
         self.left -= n;
         Ok(if self.left == 0 {
             ReadStatus::Finished
