@@ -12,7 +12,16 @@
 //! caught up (pending), finished or not yet read holds no one back, so a live stream where some
 //! partitions are quiet never stalls. Each instance publishes the minimum watermark of its
 //! backlogged partitions after every read in a slot of its own; the slots of one source are
-//! shared by the workers of a process (instances in other processes are not seen).
+//! shared by the workers of a process.
+//!
+//! In a cluster of several processes, each source instance also sends its published watermark to
+//! every worker when it changes (a small broadcast dataflow beside the source, see
+//! `source::build`), and the receivers write it into the sender's slot in their process. So an
+//! instance sees the others of its own process at once and those of other processes as of their
+//! last report, a network hop behind. A stale report only ever lags the truth, so it can make an
+//! instance wait longer than it needed, never run further ahead than the drift, except when a
+//! caught-up partition starts a backlog again: until its report arrives the others do not wait
+//! for it (Flink's alignment has the same window, its update interval).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -21,25 +30,36 @@ use std::sync::{Arc, Mutex};
 /// Published by an instance that holds no one back.
 pub(crate) const NOT_BACKLOGGED: i64 = i64::MAX;
 
-/// The alignment slots of every source of a run in this process, by source name.
+/// The alignment slots of every source of a run in this process, by source name: one slot per
+/// worker of the cluster, written directly by this process's instances and from reports for the
+/// instances of other processes.
 #[derive(Debug)]
 pub(crate) struct Registry {
     local_workers: usize,
+    processes: usize,
     groups: Mutex<HashMap<String, Arc<[AtomicI64]>>>,
 }
 
 impl Registry {
-    /// A registry for a process with `local_workers` worker threads.
-    pub(crate) fn new(local_workers: usize) -> Self {
+    /// A registry for a process with `local_workers` worker threads, in a cluster of
+    /// `processes` processes of as many threads each.
+    pub(crate) fn new(local_workers: usize, processes: usize) -> Self {
         Registry {
             local_workers: local_workers.max(1),
+            processes: processes.max(1),
             groups: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Whether the instances of a source live in more than one process, so they must send
+    /// their watermarks to each other.
+    pub(crate) fn spans_processes(&self) -> bool {
+        self.processes > 1
+    }
+
     /// The handle of source `source`'s instance on global worker `worker`.
     pub(crate) fn join(&self, source: &str, worker: usize) -> Aligner {
-        let n = self.local_workers;
+        let n = self.local_workers * self.processes;
         let slots = self
             .groups
             .lock()
@@ -47,8 +67,13 @@ impl Registry {
             .entry(source.to_string())
             .or_insert_with(|| (0..n).map(|_| AtomicI64::new(NOT_BACKLOGGED)).collect())
             .clone();
+        // Timely numbers the workers of process `p` from `p * local_workers`.
+        let first = worker / self.local_workers * self.local_workers;
         Aligner {
-            slots,
+            remote: Remote {
+                slots,
+                local: first..first + self.local_workers,
+            },
             mine: worker % n,
         }
     }
@@ -57,8 +82,28 @@ impl Registry {
 /// One source instance's view of its group.
 #[derive(Debug)]
 pub(crate) struct Aligner {
-    slots: Arc<[AtomicI64]>,
+    remote: Remote,
     mine: usize,
+}
+
+/// Where a process writes the reports of its source's instances in other processes.
+#[derive(Clone, Debug)]
+pub(crate) struct Remote {
+    slots: Arc<[AtomicI64]>,
+    /// The global indices of this process's workers, whose slots they write themselves.
+    local: std::ops::Range<usize>,
+}
+
+impl Remote {
+    /// Records that the instance on global worker `worker` published `wm`; a report from an
+    /// instance of this process (which writes its slot itself, and more recently) is ignored.
+    pub(crate) fn receive(&self, worker: usize, wm: i64) {
+        if !self.local.contains(&worker) {
+            if let Some(slot) = self.slots.get(worker) {
+                slot.store(wm, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Aligner {
@@ -66,13 +111,24 @@ impl Aligner {
     /// ([`NOT_BACKLOGGED`] if none).
     #[inline]
     pub(crate) fn publish(&self, wm: i64) {
-        self.slots[self.mine].store(wm, Ordering::Relaxed);
+        self.remote.slots[self.mine].store(wm, Ordering::Relaxed);
+    }
+
+    /// What this instance published last.
+    pub(crate) fn published(&self) -> i64 {
+        self.remote.slots[self.mine].load(Ordering::Relaxed)
+    }
+
+    /// Where this process records the reports of instances in other processes.
+    pub(crate) fn remote(&self) -> Remote {
+        self.remote.clone()
     }
 
     /// The smallest watermark any instance of the group has published.
     #[inline]
     pub(crate) fn group_min(&self) -> i64 {
-        self.slots
+        self.remote
+            .slots
             .iter()
             .map(|s| s.load(Ordering::Relaxed))
             .min()
@@ -92,7 +148,7 @@ mod tests {
 
     #[test]
     fn instances_of_one_source_share_slots_and_others_do_not() {
-        let r = Registry::new(2);
+        let r = Registry::new(2, 1);
         let a0 = r.join("a", 0);
         let a1 = r.join("a", 1);
         let b0 = r.join("b", 0);
@@ -110,13 +166,30 @@ mod tests {
     }
 
     #[test]
-    fn workers_of_other_processes_map_onto_local_slots() {
+    fn reports_from_other_processes_count_and_local_ones_do_not() {
         // Process 1 of a 2 x 2 cluster has global workers 2 and 3.
-        let r = Registry::new(2);
+        let r = Registry::new(2, 2);
+        assert!(r.spans_processes());
         let w2 = r.join("s", 2);
         let w3 = r.join("s", 3);
         w2.publish(10);
         w3.publish(20);
         assert_eq!(w3.group_min(), 10);
+        let remote = w2.remote();
+        // Worker 0, in process 0, reports a lower watermark: it now holds both back.
+        remote.receive(0, 5);
+        assert_eq!(w2.group_min(), 5);
+        assert_eq!(w3.group_min(), 5);
+        // A report about a worker of this process is old news: its own slot is newer.
+        remote.receive(3, 1);
+        assert_eq!(w3.published(), 20);
+        assert_eq!(w2.group_min(), 5);
+        // Worker 0 caught up; worker 1 of process 0 never reported.
+        remote.receive(0, NOT_BACKLOGGED);
+        assert_eq!(w2.group_min(), 10);
+        // Out-of-range workers are ignored rather than panicking.
+        remote.receive(99, 0);
+        assert_eq!(w2.group_min(), 10);
+        assert!(!Registry::new(2, 1).spans_processes());
     }
 }

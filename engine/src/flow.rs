@@ -195,6 +195,14 @@ impl<'s> Flow<'s> {
         &self.shared.metrics
     }
 
+    /// When the run's first epoch closes, on the wall clock (epoch milliseconds). Every process
+    /// of a cluster has the same (they agree on it when they connect), so a source that keeps
+    /// its event times to the wall clock can start from it in all of them, as the paced Nexmark
+    /// generator does.
+    pub fn start_ms(&self) -> i64 {
+        self.shared.epoch_clock.origin_ms()
+    }
+
     /// This worker's index among all workers of all processes.
     pub fn worker_index(&self) -> usize {
         self.scope.index()

@@ -204,7 +204,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let (metrics2, control2) = (metrics.clone(), control.clone());
     let epoch_interval = opts.epoch_interval;
     let checkpoint = opts.checkpoint.clone();
-    let alignment = Arc::new(crate::align::Registry::new(opts.workers));
+    let alignment = Arc::new(crate::align::Registry::new(opts.workers, opts.processes));
     // The epoch schedule, fixed by the first worker to build its dataflow: after the processes
     // of a cluster have connected, so that they all start their epochs together.
     let clock = Arc::new(std::sync::OnceLock::new());

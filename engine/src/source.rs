@@ -154,6 +154,8 @@ pub(crate) struct EpochClock {
     pub(crate) interval: Duration,
     /// When the first epoch of the run closes.
     origin: Instant,
+    /// The same, on the wall clock: epoch milliseconds.
+    origin_ms: i64,
 }
 
 impl EpochClock {
@@ -176,6 +178,7 @@ impl EpochClock {
     pub(crate) fn from_wall_origin(interval: Duration, origin: u64) -> Self {
         let interval = interval.max(Duration::from_millis(1));
         let (now, since) = (Instant::now(), wall_nanos());
+        let origin_ms = i64::try_from(origin / 1_000_000).unwrap_or(i64::MAX);
         let origin = match u64::try_from(since) {
             Ok(since) if origin >= since => now + Duration::from_nanos(origin - since),
             Ok(since) => now
@@ -183,7 +186,16 @@ impl EpochClock {
                 .unwrap_or(now),
             Err(_) => now,
         };
-        EpochClock { interval, origin }
+        EpochClock {
+            interval,
+            origin,
+            origin_ms,
+        }
+    }
+
+    /// When the first epoch of the run closes, on the wall clock (epoch milliseconds).
+    pub(crate) fn origin_ms(&self) -> i64 {
+        self.origin_ms
     }
 
     /// When the `n`-th epoch of the run (counting from 0) closes.
@@ -600,7 +612,24 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Builds the source operator: outputs are data, watermark reports and dead letters.
+/// Sends this instance's published alignment watermark to every worker if it changed since
+/// the last report.
+fn send_alignment(
+    out: &mut OutputBuilder<u64, CapacityContainerBuilder<Vec<(u32, i64)>>>,
+    cap: &timely::dataflow::operators::Capability<u64>,
+    worker: u32,
+    aligner: &align::Aligner,
+    sent: &mut Option<i64>,
+) {
+    let wm = aligner.published();
+    if *sent != Some(wm) {
+        out.activate().session(cap).give((worker, wm));
+        *sent = Some(wm);
+    }
+}
+
+/// Builds the source operator: outputs are data, watermark reports and dead letters (and,
+/// across processes, alignment reports to the other instances).
 pub(crate) fn build<'s, S: Source>(
     scope: timely::dataflow::Scope<'s, u64>,
     shared: &Rc<Shared>,
@@ -620,6 +649,10 @@ pub(crate) fn build<'s, S: Source>(
         OutputBuilder::from(out_wm);
     let mut out_dead: OutputBuilder<u64, CapacityContainerBuilder<Vec<Event<DeadLetter>>>> =
         OutputBuilder::from(out_dead);
+    // Alignment reports to the instances in other processes: (global worker, watermark).
+    let (out_align, align_reports) = builder.new_output();
+    let mut out_align: OutputBuilder<u64, CapacityContainerBuilder<Vec<(u32, i64)>>> =
+        OutputBuilder::from(out_align);
 
     let activator = scope.activator_for(info.address.clone());
     let ctx = SourceContext {
@@ -638,6 +671,18 @@ pub(crate) fn build<'s, S: Source>(
     let name = name.to_string();
     let aligner = shared.alignment.join(&name, scope.index());
     let max_drift = options.max_drift.map(crate::time::millis);
+    // Across processes, each instance sends its published watermark whenever it changes, and
+    // every worker writes the others' into its process's slots.
+    let cross = max_drift.is_some() && shared.alignment.spans_processes();
+    if cross {
+        use timely::dataflow::operators::vec::Broadcast;
+        use timely::dataflow::operators::Inspect;
+        let remote = aligner.remote();
+        align_reports
+            .broadcast()
+            .inspect(move |&(w, wm)| remote.receive(w as usize, wm));
+    }
+    let mut sent: Option<i64> = None;
     let paused_counter = metrics.counter(&format!("{name}.alignment_waits"));
 
     let discovery = source.discovery_interval();
@@ -711,6 +756,9 @@ pub(crate) fn build<'s, S: Source>(
             if control.stopping() {
                 // Ctrl-C: stop reading, close what is open, do not advance the watermark.
                 aligner.publish(align::NOT_BACKLOGGED);
+                if cross {
+                    send_alignment(&mut out_align, &c[3], worker, &aligner, &mut sent);
+                }
                 for p in parts.iter_mut().flatten() {
                     p.end_epoch(epoch);
                 }
@@ -911,6 +959,9 @@ pub(crate) fn build<'s, S: Source>(
                 if paused {
                     paused_counter.add(1);
                 }
+                if cross {
+                    send_alignment(&mut out_align, &c[3], worker, &aligner, &mut sent);
+                }
             }
             drop(data_out);
             drop(dead_out);
@@ -986,6 +1037,9 @@ pub(crate) fn build<'s, S: Source>(
                 }
                 if all_finished {
                     aligner.publish(align::NOT_BACKLOGGED);
+                    if cross {
+                        send_alignment(&mut out_align, &c[3], worker, &aligner, &mut sent);
+                    }
                     caps = None;
                     draining = true;
                     activator.activate();

@@ -57,9 +57,13 @@ enum Command {
 struct BenchArgs {
     /// The job to run (see `runnel jobs`).
     job: String,
-    /// Worker threads.
+    /// Worker threads (per process).
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
+    /// A cluster run: every process runs this command with its own --process-id, and each
+    /// prints its own figures (what its workers read, and the latency at its sinks).
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Events for the generator (the same as --set events=N).
     #[arg(long)]
     events: Option<u64>,
@@ -81,13 +85,9 @@ struct BenchArgs {
     json: bool,
 }
 
+/// Where this process sits in a cluster.
 #[derive(Args, Debug)]
-struct RunArgs {
-    /// The job to run (see `runnel jobs`).
-    job: String,
-    /// Worker threads per process.
-    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    workers: u16,
+struct ClusterArgs {
     /// Number of processes in the cluster (each runs this command with its own --process-id).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     processes: u16,
@@ -97,6 +97,48 @@ struct RunArgs {
     /// A file with one host:port per line, one line per process, in process order.
     #[arg(long)]
     hosts: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The hosts file's addresses, checked against `--processes` and `--process-id`.
+    fn hosts(&self) -> anyhow::Result<Vec<String>> {
+        if self.processes > 1 && self.hosts.is_none() {
+            bail!(
+                "--processes {} needs --hosts FILE (one host:port per process)",
+                self.processes
+            );
+        }
+        if self.process_id >= self.processes {
+            bail!(
+                "--process-id {} is not below --processes {}",
+                self.process_id,
+                self.processes
+            );
+        }
+        Ok(match &self.hosts {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--hosts {}", path.display()))?;
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect()
+            }
+            None => Vec::new(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The job to run (see `runnel jobs`).
+    job: String,
+    /// Worker threads per process.
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// A job setting, key=value (repeatable); `runnel jobs` says what each job reads.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -241,11 +283,20 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         pairs.push(format!("rate={r}"));
     }
     let config = JobConfig::from_pairs(&pairs).context("bad --set")?;
+    runnel_jobs::check_processes(job, &config, args.cluster.processes as usize)?;
+    let hosts = args.cluster.hosts()?;
     // Checkpoints only when asked for, into a folder of this run's own.
     let state = tempfile::tempdir().context("a temporary folder for checkpoints")?;
     let checkpoint = if args.checkpoint_every.is_zero() {
         None
     } else {
+        if args.cluster.processes > 1 {
+            bail!(
+                "runnel bench takes checkpoints into a temporary folder of its own, which the \
+                 processes of a cluster cannot share: bench a cluster without \
+                 --checkpoint-every, or use runnel run with a shared --state-dir"
+            );
+        }
         if let Some(why) = job.checkpoints_unsupported() {
             bail!("{} cannot take checkpoints ({why})", job.name());
         }
@@ -258,6 +309,9 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
     };
     let opts = RunOptions {
         workers: args.workers as usize,
+        processes: args.cluster.processes as usize,
+        process_id: args.cluster.process_id as usize,
+        hosts,
         config,
         epoch_interval: Duration::from_millis(args.epoch_ms),
         progress: !args.json,
@@ -265,7 +319,6 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         checkpoint,
         measure_latency: true,
         sample_every: Some(Duration::from_millis(50)),
-        ..RunOptions::default()
     };
     let summary = run(job, opts)?;
     let paced = args.rate.is_some_and(|r| r > 0)
@@ -300,25 +353,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
     let registry = runnel_jobs::registry();
     let job = registry.get(&args.job)?;
     let config = JobConfig::from_pairs(&args.set).context("bad --set")?;
-    runnel_jobs::check_processes(job, &config, args.processes as usize)?;
-    let hosts = match &args.hosts {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--hosts {}", path.display()))?;
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from)
-                .collect()
-        }
-        None => Vec::new(),
-    };
-    if args.processes > 1 && args.hosts.is_none() {
-        bail!(
-            "--processes {} needs --hosts FILE (one host:port per process)",
-            args.processes
-        );
-    }
+    runnel_jobs::check_processes(job, &config, args.cluster.processes as usize)?;
+    let hosts = args.cluster.hosts()?;
     if let (Some(why), Some(every)) = (job.checkpoints_unsupported(), args.state.checkpoint_every) {
         if !every.is_zero() {
             bail!(
@@ -334,8 +370,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut opts = RunOptions {
         workers: args.workers as usize,
-        processes: args.processes as usize,
-        process_id: args.process_id as usize,
+        processes: args.cluster.processes as usize,
+        process_id: args.cluster.process_id as usize,
         hosts,
         config,
         epoch_interval: Duration::from_millis(args.epoch_ms),

@@ -228,11 +228,12 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
             }
             if rate > 0 {
                 // Paced: event time follows the wall clock, so latency can be measured from it.
-                // Every worker of the process starts from the same base: the run's start.
+                // Every worker of every process starts from the same base: the end of the
+                // run's first epoch, which the processes of a cluster agree on.
                 config = config
                     .rate(rate)
                     .event_rate(rate)
-                    .wall_clock_base_ms(flow.metrics().started_ms());
+                    .wall_clock_base_ms(flow.start_ms());
             }
             flow.source(
                 "events",

@@ -6,9 +6,13 @@
 //! order, with the event times it produced. The reference is a replay of that log: whenever the
 //! fast partition starts a read, its largest event time so far may be at most the drift ahead of
 //! the slow partition's largest so far, while the slow one still has a backlog.
+//!
+//! The same check runs across two processes of a cluster (two `run`s connected over TCP on
+//! localhost, one worker each): the slow partition is read in one, the fast in the other, and
+//! they see each other only through the alignment reports the sources send.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use runnel_engine::testing::Collector;
@@ -43,6 +47,8 @@ struct Skewed {
     slow: Slow,
     log: Arc<Mutex<Vec<Read>>>,
     slow_reads: Arc<AtomicUsize>,
+    grace: Duration,
+    second_slow_read: Arc<OnceLock<Instant>>,
 }
 
 struct SkewedReader {
@@ -54,6 +60,10 @@ struct SkewedReader {
     /// Reads of the slow partition so far: the fast one starts after the second, so that the
     /// slow one has published where it is.
     slow_reads: Arc<AtomicUsize>,
+    /// How long after the slow partition's second read the fast one starts: across
+    /// processes, the slow one's report needs a moment to arrive.
+    grace: Duration,
+    second_slow_read: Arc<OnceLock<Instant>>,
 }
 
 impl Source for Skewed {
@@ -73,6 +83,8 @@ impl Source for Skewed {
             quiet_until: None,
             log: self.log.clone(),
             slow_reads: self.slow_reads.clone(),
+            grace: self.grace,
+            second_slow_read: self.second_slow_read.clone(),
         }))
     }
 }
@@ -81,7 +93,12 @@ impl PartitionReader<i64> for SkewedReader {
     fn read(&mut self, out: &mut Reader<i64>) -> Result<ReadStatus> {
         let before = self.next - 1;
         let mut status = ReadStatus::More;
-        if self.partition == 1 && self.slow_reads.load(Ordering::SeqCst) < 2 {
+        let waiting = self.partition == 1
+            && self
+                .second_slow_read
+                .get()
+                .is_none_or(|t| t.elapsed() < self.grace);
+        if waiting {
             status = ReadStatus::Pending;
         } else if self.partition == 0 && self.slow == Slow::Quiet && self.next >= 100 {
             // Caught up: nothing to read for 300 ms, then the end.
@@ -110,8 +127,8 @@ impl PartitionReader<i64> for SkewedReader {
                 status = ReadStatus::Finished;
             }
         }
-        if self.partition == 0 {
-            self.slow_reads.fetch_add(1, Ordering::SeqCst);
+        if self.partition == 0 && self.slow_reads.fetch_add(1, Ordering::SeqCst) == 1 {
+            let _ = self.second_slow_read.set(Instant::now());
         }
         self.log.lock().unwrap().push(Read {
             partition: self.partition,
@@ -128,12 +145,30 @@ impl PartitionReader<i64> for SkewedReader {
     }
 }
 
+/// Where the two partitions run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// Two workers of one process.
+    OneProcess,
+    /// One worker in each of two processes (two runs in this test, connected over TCP).
+    TwoProcesses,
+}
+
 /// Runs the two partitions on two workers; returns the read log and what reached the sink.
 fn run_skewed(slow: Slow, drift: Option<Duration>) -> (Vec<Read>, Vec<i64>) {
+    run_skewed_on(Layout::OneProcess, slow, drift)
+}
+
+fn run_skewed_on(layout: Layout, slow: Slow, drift: Option<Duration>) -> (Vec<Read>, Vec<i64>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let out = Collector::new();
     let (log2, out2) = (log.clone(), out.clone());
     let slow_reads = Arc::new(AtomicUsize::new(0));
+    let second_slow_read = Arc::new(OnceLock::new());
+    let grace = match layout {
+        Layout::OneProcess => Duration::ZERO,
+        Layout::TwoProcesses => Duration::from_millis(100),
+    };
     let job = Job::new(
         "skewed",
         "two partitions at different speeds",
@@ -142,6 +177,8 @@ fn run_skewed(slow: Slow, drift: Option<Duration>) -> (Vec<Read>, Vec<i64>) {
                 slow,
                 log: log2.clone(),
                 slow_reads: slow_reads.clone(),
+                grace,
+                second_slow_read: second_slow_read.clone(),
             };
             let options = match drift {
                 Some(d) => SourceOptions::new().watermark_alignment(d),
@@ -151,7 +188,36 @@ fn run_skewed(slow: Slow, drift: Option<Duration>) -> (Vec<Read>, Vec<i64>) {
                 .sink("out", out2.sink())
         },
     );
-    run(&job, RunOptions::workers(2)).expect("job runs");
+    match layout {
+        Layout::OneProcess => {
+            run(&job, RunOptions::workers(2)).expect("job runs");
+        }
+        Layout::TwoProcesses => {
+            let hosts: Vec<String> = (0..2)
+                .map(|_| {
+                    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+                    format!("127.0.0.1:{}", l.local_addr().expect("bound").port())
+                })
+                .collect();
+            let runs: Vec<_> = (0..2)
+                .map(|process_id| {
+                    let (job, hosts) = (job.clone(), hosts.clone());
+                    std::thread::spawn(move || {
+                        let opts = RunOptions {
+                            processes: 2,
+                            process_id,
+                            hosts,
+                            ..RunOptions::workers(1)
+                        };
+                        run(&job, opts).expect("both processes run")
+                    })
+                })
+                .collect();
+            for r in runs {
+                r.join().expect("a process panicked");
+            }
+        }
+    }
     let log = std::mem::take(&mut *log.lock().unwrap());
     (log, out.sorted_data())
 }
@@ -223,6 +289,44 @@ fn a_caught_up_partition_holds_no_one_back() {
         .iter()
         .position(|r| r.partition == 0 && r.status == "finished")
         .expect("the quiet partition finished");
+    assert!(
+        fast_done < slow_done,
+        "the fast partition should finish while the slow one is caught up and quiet"
+    );
+    let mut expected: Vec<i64> = (0..100).chain(0..N).collect();
+    expected.sort();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn a_fast_partition_waits_for_a_slow_one_in_another_process() {
+    let drift = Duration::from_millis(DRIFT_MS as u64);
+    let (log, out) = run_skewed_on(Layout::TwoProcesses, Slow::Backlogged, Some(drift));
+    let (lead, checked) = worst_lead(&log);
+    eprintln!("worst lead of the fast partition across processes: {lead} ms over {checked} reads");
+    assert!(
+        checked >= 10,
+        "the fast partition read only {checked} times while the slow one was backlogged"
+    );
+    // A report lags the slow partition, so the fast one waits for an older watermark than the
+    // slow one's current: the bound holds as within a process.
+    assert!(
+        lead <= DRIFT_MS,
+        "the fast partition started a read {lead} ms ahead of the slow one (drift {DRIFT_MS})"
+    );
+    assert_eq!(out, all_records(), "every record arrives once");
+}
+
+#[test]
+fn across_processes_a_caught_up_partition_holds_no_one_back() {
+    let drift = Duration::from_millis(DRIFT_MS as u64);
+    let (log, out) = run_skewed_on(Layout::TwoProcesses, Slow::Quiet, Some(drift));
+    let position = |partition, status| {
+        log.iter()
+            .position(|r: &Read| r.partition == partition && r.status == status)
+    };
+    let fast_done = position(1, "finished").expect("the fast partition finished");
+    let slow_done = position(0, "finished").expect("the quiet partition finished");
     assert!(
         fast_done < slow_done,
         "the fast partition should finish while the slow one is caught up and quiet"
