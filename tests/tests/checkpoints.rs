@@ -280,3 +280,88 @@ fn a_stopped_window_join_resumes_with_each_pair_once() {
     );
     assert_eq!(got.len(), want.len(), "pairs written more than once");
 }
+
+const SESSION_GAP_MS: i64 = 2_000;
+const BURST: u64 = 100;
+
+/// Sessions with a 2 s gap of keys that each come in one burst of 100 consecutive bids and
+/// never again (`seq / 100`): at any moment about 20 keys have an open session that no later
+/// record touches, so a resumed run must close them from its restored state alone.
+/// `[key, start, end, count]`.
+fn session_job(out: &Path, rate: u64) -> Job {
+    let out = out.to_path_buf();
+    Job::new("ckpt-sessions", "sessions with checkpoints", move |flow| {
+        flow.source(
+            "bids",
+            BidGenerator::new(EVENTS).partitions(4).rate(rate),
+            SourceOptions::new(),
+        )?
+        .key_by(|b: &Bid| b.seq / BURST)
+        .window(Session::with_gap(Duration::from_millis(
+            SESSION_GAP_MS as u64,
+        )))
+        .named("sessions")
+        .aggregate(Count)?
+        .map(|r| (r.key, r.start, r.end, r.value))
+        .sink("out", FileSink::json(&out).sorted())
+    })
+}
+
+/// The sessions from the generator's formulas: a key's next bid at or after its last one plus
+/// the gap starts a new session.
+fn expected_sessions() -> Vec<(u64, i64, i64, u64)> {
+    let mut times: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for seq in 0..EVENTS {
+        let b = Bid::at(seq);
+        times
+            .entry(b.seq / BURST)
+            .or_default()
+            .push(b.event_time_ms);
+    }
+    let mut out = Vec::new();
+    for (k, mut ts) in times {
+        ts.sort();
+        let (mut start, mut last, mut n) = (ts[0], ts[0], 0u64);
+        for t in ts {
+            if t >= last + SESSION_GAP_MS {
+                out.push((k, start, last + SESSION_GAP_MS, n));
+                (start, n) = (t, 0);
+            }
+            last = t;
+            n += 1;
+        }
+        out.push((k, start, last + SESSION_GAP_MS, n));
+    }
+    out.sort();
+    out
+}
+
+/// Session windows keep their timers outside the checkpoint and rebuild them on restore: a
+/// resumed run still closes every session, once, those no later record touches included.
+#[test]
+fn a_stopped_session_job_resumes_with_each_session_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "ckpt-sessions").unwrap());
+    let out = dir.path().join("out.jsonl");
+    let j = session_job(&out, 100_000);
+    run_until_checkpoint(&j, options(&store, Restore::Latest), &store, 2);
+    let resumed_from = store.latest().unwrap().expect("a checkpoint").epoch;
+    assert!(resumed_from > 0);
+    let summary = run(&j, options(&store, Restore::Latest)).expect("the resumed run");
+    assert!(summary.events_in < EVENTS);
+    let mut got: Vec<(u64, i64, i64, u64)> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    got.sort();
+    let want = expected_sessions();
+    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+    let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && got.len() == want.len(),
+        "{} sessions, {} expected; missing (first 5): {missing:?}; unexpected: {extra:?}",
+        got.len(),
+        want.len()
+    );
+}
