@@ -25,6 +25,7 @@
 //! | `out_of_order_ms` | 0 | watermark bound for file and Kafka input |
 //! | `sink` | `blackhole` | `blackhole`, `stdout`, `file:PATH` (JSON lines) or `kafka:TOPIC` (JSON, on `kafka.bootstrap`) |
 //! | `dir` | none | q10 only: write into files partitioned by day and minute under this directory (see [`q10_sink`]) instead of `sink` |
+//! | `day_start` | 0 | q15-q17: days start this many milliseconds after midnight UTC (57600000: midnight in UTC+8) |
 //! | `side_input` | generated | q13 only: a file of `key,value` lines to join with (see [`read_side_input`]); else [`generated_side_input`] of [`SIDE_INPUT_ROWS`] rows |
 
 use std::collections::{HashMap, HashSet};
@@ -97,17 +98,21 @@ pub fn jobs() -> Vec<Job> {
             "q14 calculation: bids in a price band, with the part of the day and a char count",
             |e| Ok(q14(e)),
         ),
-        stream_job(
+        day_job(
             15,
             "q15 bidding statistics per day: bids, distinct bidders and auctions by price rank",
-            q15,
+            q15_days,
         ),
-        stream_job(
+        day_job(
             16,
             "q16 channel statistics per day: q15 per channel, with the last minute seen",
-            q16,
+            q16_days,
         ),
-        stream_job(17, "q17 auction statistics per day: counts by price rank, min, max, avg, sum", q17),
+        day_job(
+            17,
+            "q17 auction statistics per day: counts by price rank, min, max, avg, sum",
+            q17_days,
+        ),
         table_job(18, "q18 last bid: each bidder's latest bid on each auction (updating)", q18),
         table_job(19, "q19 auction top-k: the 10 highest bids of each auction (updating)", q19),
         table_job(
@@ -135,6 +140,26 @@ fn stream_job<O: Data>(
             (|| {
                 let events = events(flow)?;
                 let out = query(&events)?;
+                sink(flow, &out)
+            })(),
+        )
+    })
+}
+
+/// A per-day query whose days start `day_start` milliseconds after midnight UTC (`--set
+/// day_start=MS`, default 0).
+fn day_job<O: Data>(
+    n: usize,
+    about: &str,
+    query: for<'s> fn(&Stream<'s, Event>, i64) -> Result<Stream<'s, O>>,
+) -> Job {
+    Job::new(&format!("nexmark-q{n}"), about, move |flow| {
+        named(
+            n,
+            (|| {
+                let day_start: i64 = flow.config().get("day_start", 0)?;
+                let events = events(flow)?;
+                let out = query(&events, day_start)?;
                 sink(flow, &out)
             })(),
         )
@@ -1087,6 +1112,22 @@ impl Aggregate<Bid> for RankStats {
     }
 }
 
+/// A day in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+
+/// The number of the day that `ms` falls in, days starting `day_start` ms after midnight UTC.
+fn day_of(ms: i64, day_start: i64) -> i64 {
+    (ms - day_start).div_euclid(DAY_MS)
+}
+
+/// Tumbling event-time days that start `day_start` ms after midnight UTC.
+fn days(day_start: i64) -> runnel_operators::WindowSpec {
+    Tumbling::with_offset(
+        Duration::from_millis(DAY_MS as u64),
+        Duration::from_millis(day_start.rem_euclid(DAY_MS) as u64),
+    )
+}
+
 /// One q15 result: the bids of one day.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Q15 {
@@ -1145,9 +1186,15 @@ pub struct Q15 {
 /// it closes, and a worker pre-aggregates its bids per epoch before they go to the day's
 /// worker (one worker per day: the query has no parallelism within a day).
 pub fn q15<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q15>> {
+    q15_days(events, 0)
+}
+
+/// [`q15`] with days that start `day_start` milliseconds after midnight UTC (for midnight in
+/// UTC+8, 16 hours: `57_600_000`), as Flink's local time zone would place them.
+pub fn q15_days<'s>(events: &Stream<'s, Event>, day_start: i64) -> Result<Stream<'s, Q15>> {
     Ok(bids(events)
-        .key_by(|b| b.date_time.div_euclid(86_400_000))
-        .window(Tumbling::of(Duration::from_secs(86_400)))
+        .key_by(move |b| day_of(b.date_time, day_start))
+        .window(days(day_start))
         .named("per-day")
         .aggregate(RankStats)?
         .map(|w| {
@@ -1227,19 +1274,25 @@ pub struct Q16 {
 /// epoch milliseconds. `minute` is, as in Flink, `HH:mm` of the latest bid (the largest
 /// `HH:mm` string of a day is that of its latest time).
 pub fn q16<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q16>> {
+    q16_days(events, 0)
+}
+
+/// [`q16`] with days that start `day_start` milliseconds after midnight UTC; `minute` is then
+/// the time of day from that start.
+pub fn q16_days<'s>(events: &Stream<'s, Event>, day_start: i64) -> Result<Stream<'s, Q16>> {
     Ok(bids(events)
-        .key_by(|b| (b.channel.clone(), b.date_time.div_euclid(86_400_000)))
-        .window(Tumbling::of(Duration::from_secs(86_400)))
+        .key_by(move |b| (b.channel.clone(), day_of(b.date_time, day_start)))
+        .window(days(day_start))
         .named("per-channel-day")
         .aggregate(RankStats)?
-        .map(|w| {
+        .map(move |w| {
             let RankCounts {
                 bids,
                 bidders,
                 auctions,
                 last,
             } = w.value;
-            let of_day = last.rem_euclid(86_400_000);
+            let of_day = (last - day_start).rem_euclid(DAY_MS);
             Q16 {
                 channel: w.key.0,
                 day: w.start,
@@ -1319,9 +1372,14 @@ impl Aggregate<Bid> for DayStats {
 /// the minimum, maximum, average and sum of the prices. Flink groups by the formatted day
 /// without a window and updates its rows; here a day's row comes once, when the day is over.
 pub fn q17<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q17>> {
+    q17_days(events, 0)
+}
+
+/// [`q17`] with days that start `day_start` milliseconds after midnight UTC.
+pub fn q17_days<'s>(events: &Stream<'s, Event>, day_start: i64) -> Result<Stream<'s, Q17>> {
     Ok(bids(events)
         .key_by(|b| b.auction)
-        .window(Tumbling::of(Duration::from_secs(86_400)))
+        .window(days(day_start))
         .named("per-auction-day")
         .aggregate(DayStats)?
         .map(|w| {

@@ -798,22 +798,22 @@ fn q15_counts_bids_bidders_and_auctions_per_day() {
     assert_eq!(run_stream_on(midnight_config(), nexmark::q15), want);
 }
 
-#[test]
-fn q16_counts_per_channel_and_day() {
+/// q16 by brute force, days starting `day_start` ms after midnight UTC.
+fn q16_reference(day_start: i64) -> Vec<Q16> {
     let bids = bids(&midnight_config().iter().collect::<Vec<_>>());
     let mut per: BTreeMap<(String, i64), Vec<&Bid>> = BTreeMap::new();
     for b in &bids {
-        let day = b.date_time - b.date_time.rem_euclid(86_400_000);
+        let day = b.date_time - (b.date_time - day_start).rem_euclid(86_400_000);
         per.entry((b.channel.to_string(), day)).or_default().push(b);
     }
-    let want = sorted(
+    sorted(
         per.into_iter()
             .map(|((channel, day), bs)| {
                 // Flink's max(DATE_FORMAT(dateTime, 'HH:mm')): the largest of the strings.
                 let minute = bs
                     .iter()
                     .map(|b| {
-                        let secs = (b.date_time / 1000) % 86_400;
+                        let secs = (b.date_time - day_start).rem_euclid(86_400_000) / 1000;
                         format!("{:02}:{:02}", secs / 3600, secs % 3600 / 60)
                     })
                     .max()
@@ -838,11 +838,35 @@ fn q16_counts_per_channel_and_day() {
                 }
             })
             .collect(),
-    );
+    )
+}
+
+#[test]
+fn q16_counts_per_channel_and_day() {
+    let want = q16_reference(0);
     assert!(want.len() > 1000, "{} rows", want.len());
     assert!(want.iter().any(|q| q.minute == "23:59"));
     assert!(want.iter().any(|q| q.minute == "00:00"));
     assert_eq!(run_stream_on(midnight_config(), nexmark::q16), want);
+}
+
+/// Days that start 10 s before midnight UTC (`day_start`, as a time zone would move them):
+/// the events' day boundary moves 10 s earlier, and `minute` counts from the new start.
+#[test]
+fn q16_with_days_from_an_offset() {
+    const START: i64 = 86_400_000 - 10_000;
+    let want = q16_reference(START);
+    assert_ne!(
+        want,
+        q16_reference(0),
+        "the offset moves some bids to the next day"
+    );
+    assert!(want.iter().any(|q| q.minute == "00:00"));
+    assert!(want.iter().any(|q| q.minute == "23:59"));
+    assert_eq!(
+        run_stream_on(midnight_config(), |e| nexmark::q16_days(e, START)),
+        want
+    );
 }
 
 #[test]

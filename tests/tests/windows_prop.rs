@@ -71,15 +71,21 @@ fn closing_marks(wms: &[i64], e: usize) -> Vec<i64> {
     }
 }
 
-/// The starts of every window `[s, s + size)` with `s % slide == 0` that contains `ts`.
-fn windows_of(ts: i64, size: i64, slide: i64) -> Vec<i64> {
+/// The starts of every window `[s, s + size)` with `s == offset (mod slide)` that contains
+/// `ts`.
+fn windows_of(ts: i64, size: i64, slide: i64, offset: i64) -> Vec<i64> {
     (ts - size + 1..=ts)
-        .filter(|s| s.rem_euclid(slide) == 0)
+        .filter(|s| (s - offset).rem_euclid(slide) == 0)
         .collect()
 }
 
 /// Tumbling (`slide == size`) and sliding windows.
-fn aligned_reference(eps: &[Vec<Rec>], wms: &[i64], size: i64, slide: i64, l: i64) -> RefOut {
+fn aligned_reference(
+    eps: &[Vec<Rec>],
+    wms: &[i64],
+    (size, slide, offset): (i64, i64, i64),
+    l: i64,
+) -> RefOut {
     // (key, window start) -> values of the records added to the window
     let mut contents: BTreeMap<(u8, i64), Vec<u64>> = BTreeMap::new();
     let mut out = RefOut::default();
@@ -88,7 +94,7 @@ fn aligned_reference(eps: &[Vec<Rec>], wms: &[i64], size: i64, slide: i64, l: i6
         let epoch = e as u64;
         let mut updated: BTreeSet<(u8, i64)> = BTreeSet::new();
         for &(ts, k, v) in ep {
-            let all = windows_of(ts, size, slide);
+            let all = windows_of(ts, size, slide, offset);
             let live: Vec<i64> = all
                 .iter()
                 .copied()
@@ -188,8 +194,14 @@ fn reference(items: &[In], b: i64, spec: WindowSpec, l: i64) -> RefOut {
     let eps = split_epochs(items);
     let wms = watermarks(&eps, b);
     match spec {
-        WindowSpec::Tumbling { size } => aligned_reference(&eps, &wms, size, size, l),
-        WindowSpec::Sliding { size, slide } => aligned_reference(&eps, &wms, size, slide, l),
+        WindowSpec::Tumbling { size, offset } => {
+            aligned_reference(&eps, &wms, (size, size, offset), l)
+        }
+        WindowSpec::Sliding {
+            size,
+            slide,
+            offset,
+        } => aligned_reference(&eps, &wms, (size, slide, offset), l),
         WindowSpec::Session { gap } => session_reference(&eps, &wms, gap, l),
         #[allow(unreachable_patterns)]
         other => unreachable!("no reference for {other:?}"),
@@ -517,11 +529,13 @@ proptest! {
         items in partition(200),
         b in bound(),
         size in 1i64..50,
+        // Windows aligned to 0, or starting at an offset (which counts modulo the size).
+        offset in prop_oneof![Just(0i64), 0i64..120],
         l in zero_or_some(),
         mode in mode(),
         agg in 0u8..6,
     ) {
-        check(&items, b, Tumbling::of(ms(size)), l, mode, agg)?;
+        check(&items, b, Tumbling::with_offset(ms(size), ms(offset)), l, mode, agg)?;
     }
 
     /// Sliding windows with `slide <= size` (dividing it or not).
@@ -530,11 +544,12 @@ proptest! {
         items in partition(200),
         b in bound(),
         (size, slide) in size_and_slide(),
+        offset in prop_oneof![Just(0i64), 0i64..120],
         l in zero_or_some(),
         mode in mode(),
         agg in 0u8..6,
     ) {
-        check(&items, b, Sliding::of(ms(size), ms(slide)), l, mode, agg)?;
+        check(&items, b, Sliding::with_offset(ms(size), ms(slide), ms(offset)), l, mode, agg)?;
     }
 
     /// `aggregate_top`: per tumbling or sliding window, the keys with the `n` largest counts
@@ -547,7 +562,11 @@ proptest! {
         tumbling in any::<bool>(),
         n in 1usize..4,
     ) {
-        let spec = if tumbling { WindowSpec::Tumbling { size } } else { WindowSpec::Sliding { size, slide } };
+        let spec = if tumbling {
+            WindowSpec::Tumbling { size, offset: 0 }
+        } else {
+            WindowSpec::Sliding { size, slide, offset: 0 }
+        };
         let want = top_reference(&reference(&items, b, spec, 0), n);
         for workers in [1, 2] {
             prop_assert_eq!(&run_top(&items, workers, b, spec, n), &want, "{} workers", workers);
@@ -562,11 +581,12 @@ proptest! {
         items in partition(120),
         b in bound(),
         (size, slide) in (1i64..20).prop_flat_map(|s| (Just(s), s + 1..40)),
+        offset in prop_oneof![Just(0i64), 0i64..120],
         l in zero_or_some(),
         mode in prop_oneof![Just(Mode::Combiner), Just(Mode::NoCombiner)],
         agg in 0u8..6,
     ) {
-        check(&items, b, Sliding::of(ms(size), ms(slide)), l, mode, agg)?;
+        check(&items, b, Sliding::with_offset(ms(size), ms(slide), ms(offset)), l, mode, agg)?;
     }
 
     /// Session windows: merging (also of sessions that already fired), re-emission within the
@@ -667,8 +687,8 @@ proptest! {
         let everything = vec![all_records(&parts)];
         let one = [WM_MIN];
         let want = (
-            plain(aligned_reference(&everything, &one, size, size, 0), ref_count),
-            plain(aligned_reference(&everything, &one, size, slide, 0), ref_sum),
+            plain(aligned_reference(&everything, &one, (size, size, 0), 0), ref_count),
+            plain(aligned_reference(&everything, &one, (size, slide, 0), 0), ref_sum),
             plain(session_reference(&everything, &one, gap, 0), ref_count_max),
         );
         for workers in [1, 2, 4] {

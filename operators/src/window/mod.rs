@@ -72,17 +72,22 @@ pub struct WindowResult<K, O> {
 /// Which windows a record belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowSpec {
-    /// Fixed, non-overlapping windows of `size` ms, aligned to 0.
+    /// Fixed, non-overlapping windows of `size` ms, starting at `offset` past the multiples of
+    /// `size` (0 for windows aligned to the epoch).
     Tumbling {
         /// Window length in ms.
         size: i64,
+        /// Where windows start past the multiples of `size`, ms, in `0..size`.
+        offset: i64,
     },
-    /// Windows of `size` ms starting every `slide` ms, aligned to 0.
+    /// Windows of `size` ms starting every `slide` ms, at `offset` past the multiples of `slide`.
     Sliding {
         /// Window length in ms.
         size: i64,
         /// Distance between window starts in ms.
         slide: i64,
+        /// Where windows start past the multiples of `slide`, ms, in `0..slide`.
+        offset: i64,
     },
     /// Per-key sessions: records closer than `gap` ms belong to one window.
     Session {
@@ -170,9 +175,13 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         n: usize,
         by: impl Fn(&K, &A::Out) -> R + 'static,
     ) -> Result<Stream<'s, WindowResult<K, A::Out>>> {
-        let (size, slide) = match self.spec {
-            WindowSpec::Tumbling { size } => (size, size),
-            WindowSpec::Sliding { size, slide } => (size, slide),
+        let (size, slide, offset) = match self.spec {
+            WindowSpec::Tumbling { size, offset } => (size, size, offset),
+            WindowSpec::Sliding {
+                size,
+                slide,
+                offset,
+            } => (size, slide, offset),
             WindowSpec::Session { .. } | WindowSpec::Global => {
                 return Err(self.stream.invalid(
                     "aggregate_top needs tumbling or sliding windows (a session or global window \
@@ -197,11 +206,12 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         };
         let name = self.name.clone();
         let local = top::LocalTop::new(n, rank.clone());
-        let (best, _) = self.aligned(name, agg, size, slide, false, Some(local))?;
+        let panes = Panes::new(size, slide, offset);
+        let (best, _) = self.aligned(name, agg, panes, false, Some(local))?;
         // The window's result stamp is its end - 1: a 1 ms window holds exactly that.
         let merged = best
             .key_by(|w| (w.start, w.end))
-            .window(WindowSpec::Tumbling { size: 1 })
+            .window(WindowSpec::Tumbling { size: 1, offset: 0 })
             .named(&top_name)
             .aggregate(top::MergeTop { n, rank })?;
         Ok(merged.flat_map(|w| {
@@ -238,10 +248,20 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
                 let logic = global::GlobalLogic::new(agg);
                 self.stream.stateful(&name, late_output, logic)
             }
-            WindowSpec::Tumbling { size } => self.aligned(name, agg, size, size, late_output, None),
-            WindowSpec::Sliding { size, slide } => {
-                self.aligned(name, agg, size, slide, late_output, None)
+            WindowSpec::Tumbling { size, offset } => {
+                self.aligned(name, agg, Panes::new(size, size, offset), late_output, None)
             }
+            WindowSpec::Sliding {
+                size,
+                slide,
+                offset,
+            } => self.aligned(
+                name,
+                agg,
+                Panes::new(size, slide, offset),
+                late_output,
+                None,
+            ),
         }
     }
 
@@ -250,15 +270,13 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
         self,
         name: String,
         agg: A,
-        size: i64,
-        slide: i64,
+        panes: Panes,
         late_output: bool,
         top: Option<top::LocalTop<K, A::Out>>,
     ) -> Result<(
         Stream<'s, WindowResult<K, A::Out>>,
         Option<Stream<'s, (K, V)>>,
     )> {
-        let panes = Panes::new(size, slide);
         let combiner_name = if name.is_empty() {
             String::new()
         } else {
@@ -303,12 +321,14 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
     }
 }
 
-/// Window geometry for tumbling and sliding windows, in panes of `gcd(size, slide)`.
+/// Window geometry for tumbling and sliding windows, in panes of `gcd(size, slide)`: windows
+/// start at `offset + k * slide`, panes at `offset + j * pane`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Panes {
     size: i64,
     slide: i64,
     pane: i64,
+    offset: i64,
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -320,7 +340,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 impl Panes {
-    fn new(size: i64, slide: i64) -> Self {
+    fn new(size: i64, slide: i64, offset: i64) -> Self {
         assert!(
             size > 0 && slide > 0,
             "window size and slide must be positive"
@@ -329,16 +349,19 @@ impl Panes {
             size,
             slide,
             pane: gcd(size, slide),
+            offset: offset.rem_euclid(slide),
         }
     }
     #[inline]
     fn pane_of(&self, ts: i64) -> i64 {
-        ts.div_euclid(self.pane) * self.pane
+        let o = self.offset;
+        ts.saturating_sub(o).div_euclid(self.pane) * self.pane + o
     }
     /// The start of the last (latest) window that contains pane `p`.
     #[inline]
     fn last_window(&self, p: i64) -> i64 {
-        p.div_euclid(self.slide) * self.slide
+        let o = self.offset;
+        (p - o).div_euclid(self.slide) * self.slide + o
     }
     /// The starts of every window containing pane `p`, ascending.
     fn windows(&self, p: i64) -> impl Iterator<Item = i64> {
@@ -552,12 +575,13 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> PaneWindowLogic<K, A, V> {
     /// that has no records yet is merged by its records alone.
     fn premerge(&mut self) {
         let (size, slide) = (self.panes.size, self.panes.slide);
-        // The first window that has not fired: the least start `s`, a multiple of the slide,
-        // with `s + size > fired`.
+        // The first window that has not fired: the least start `s`, the offset past a
+        // multiple of the slide, with `s + size > fired`.
         let Some(lo) = self.fired.checked_sub(size) else {
             return;
         };
-        let start = (lo.div_euclid(slide) + 1) * slide;
+        let o = self.panes.offset;
+        let start = (lo.saturating_sub(o).div_euclid(slide) + 1) * slide + o;
         let end = start.saturating_add(size);
         let mut pre = match self.premerged.take() {
             Some(pre) if pre.start == start => pre,
@@ -852,15 +876,27 @@ mod tests {
 
     #[test]
     fn panes_cover_every_window_of_a_record() {
-        // Brute force: windows [s, s+size) with s % slide == 0 that contain ts.
+        // Brute force: windows [s, s+size) with s = offset (mod slide) that contain ts.
         for (size, slide) in [(10, 10), (10, 2), (10, 4), (6, 4), (5, 7)] {
-            let p = Panes::new(size, slide);
-            for ts in -50i64..50 {
-                let want: Vec<i64> = (-200i64..200)
-                    .filter(|s| s.rem_euclid(slide) == 0 && *s <= ts && ts < s + size)
-                    .collect();
-                let got: Vec<i64> = p.windows(p.pane_of(ts)).collect();
-                assert_eq!(got, want, "size {size} slide {slide} ts {ts}");
+            for offset in [0i64, 1, 3, -1, 9, 23] {
+                let p = Panes::new(size, slide, offset);
+                for ts in -50i64..50 {
+                    let want: Vec<i64> = (-200i64..200)
+                        .filter(|s| {
+                            (s - offset).rem_euclid(slide) == 0 && *s <= ts && ts < s + size
+                        })
+                        .collect();
+                    let got: Vec<i64> = p.windows(p.pane_of(ts)).collect();
+                    assert_eq!(
+                        got, want,
+                        "size {size} slide {slide} offset {offset} ts {ts}"
+                    );
+                    let pane = p.pane_of(ts);
+                    assert!(
+                        pane <= ts && ts < pane + p.pane,
+                        "ts {ts} outside its pane {pane}"
+                    );
+                }
             }
         }
     }

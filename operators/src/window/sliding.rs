@@ -38,6 +38,18 @@ impl Sliding {
         WindowSpec::Sliding {
             size: millis(size),
             slide: millis(slide),
+            offset: 0,
+        }
+    }
+
+    /// Windows of `size` starting every `slide`, `offset` after the multiples of `slide` (as
+    /// Flink's `SlidingEventTimeWindows.of(size, slide, offset)`; modulo `slide`).
+    pub fn with_offset(size: Duration, slide: Duration, offset: Duration) -> WindowSpec {
+        let slide = millis(slide);
+        WindowSpec::Sliding {
+            size: millis(size),
+            slide,
+            offset: millis(offset).rem_euclid(slide.max(1)),
         }
     }
 }
