@@ -28,8 +28,11 @@
 //! | `day_start` | 0 | q15-q17: days start this many milliseconds after midnight UTC (57600000: midnight in UTC+8) |
 //! | `side_input` | generated | q13 only: a file of `key,value` lines to join with (see [`read_side_input`]); else [`generated_side_input`] of [`SIDE_INPUT_ROWS`] rows |
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::time::Duration;
+
+use rustc_hash::FxHasher;
 
 use serde::{Deserialize, Serialize};
 
@@ -1039,13 +1042,54 @@ fn price_rank(price: u64) -> usize {
     }
 }
 
-/// What q15 and q16 keep per group: per price rank, the bids and the distinct bidders and
-/// auctions; and the latest bid's time.
+/// The distinct ids of a group, each with the price ranks it was seen in, and how many ids
+/// each rank has: the distinct counts of all ranks and of each rank are at hand when a day
+/// closes. (Building the union of per-rank sets then took 2.4 s at the close of a q15 day at
+/// 4.5M events/s.)
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Distinct {
+    /// id -> bit `r` set if the id was seen in rank `r`.
+    seen: HashMap<u64, u8, BuildHasherDefault<FxHasher>>,
+    per_rank: [u64; 3],
+}
+
+impl Distinct {
+    fn add(&mut self, id: u64, rank: usize) {
+        let ranks = self.seen.entry(id).or_insert(0);
+        let bit = 1u8 << rank;
+        if *ranks & bit == 0 {
+            *ranks |= bit;
+            self.per_rank[rank] += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Distinct) {
+        for (&id, &theirs) in &other.seen {
+            let ranks = self.seen.entry(id).or_insert(0);
+            let new = theirs & !*ranks;
+            if new != 0 {
+                *ranks |= new;
+                for (r, n) in self.per_rank.iter_mut().enumerate() {
+                    *n += u64::from(new >> r & 1);
+                }
+            }
+        }
+    }
+
+    /// `[all ranks, rank 1, rank 2, rank 3]`.
+    fn counts(&self) -> [u64; 4] {
+        let [a, b, c] = self.per_rank;
+        [self.seen.len() as u64, a, b, c]
+    }
+}
+
+/// What q15 and q16 keep per group: per price rank, the bids; the distinct bidders and
+/// auctions with their ranks; and the latest bid's time.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct RankAcc {
     bids: [u64; 3],
-    bidders: [HashSet<u64>; 3],
-    auctions: [HashSet<u64>; 3],
+    bidders: Distinct,
+    auctions: Distinct,
     last: i64,
 }
 
@@ -1064,49 +1108,38 @@ struct RankCounts {
 #[derive(Clone, Copy, Debug)]
 struct RankStats;
 
-/// The distinct count of the union of the rank sets, then of each.
-fn distinct(sets: &[HashSet<u64>; 3]) -> [u64; 4] {
-    let all: HashSet<u64> = sets.iter().flatten().copied().collect();
-    [
-        all.len() as u64,
-        sets[0].len() as u64,
-        sets[1].len() as u64,
-        sets[2].len() as u64,
-    ]
-}
-
 impl Aggregate<Bid> for RankStats {
     type Acc = RankAcc;
     type Out = RankCounts;
     fn create(&self) -> Self::Acc {
         RankAcc {
             bids: [0; 3],
-            bidders: Default::default(),
-            auctions: Default::default(),
+            bidders: Distinct::default(),
+            auctions: Distinct::default(),
             last: i64::MIN,
         }
     }
     fn add(&self, acc: &mut Self::Acc, b: &Bid) {
         let r = price_rank(b.price);
         acc.bids[r] += 1;
-        acc.bidders[r].insert(b.bidder);
-        acc.auctions[r].insert(b.auction);
+        acc.bidders.add(b.bidder, r);
+        acc.auctions.add(b.auction, r);
         acc.last = acc.last.max(b.date_time);
     }
     fn merge(&self, acc: &mut Self::Acc, o: &Self::Acc) {
         for r in 0..3 {
             acc.bids[r] += o.bids[r];
-            acc.bidders[r].extend(&o.bidders[r]);
-            acc.auctions[r].extend(&o.auctions[r]);
         }
+        acc.bidders.merge(&o.bidders);
+        acc.auctions.merge(&o.auctions);
         acc.last = acc.last.max(o.last);
     }
     fn result(&self, acc: &Self::Acc) -> Self::Out {
         let [r1, r2, r3] = acc.bids;
         RankCounts {
             bids: [r1 + r2 + r3, r1, r2, r3],
-            bidders: distinct(&acc.bidders),
-            auctions: distinct(&acc.auctions),
+            bidders: acc.bidders.counts(),
+            auctions: acc.auctions.counts(),
             last: acc.last,
         }
     }
