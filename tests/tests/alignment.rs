@@ -247,12 +247,14 @@ fn all_records() -> Vec<i64> {
     v
 }
 
-#[test]
-fn a_fast_partition_waits_for_a_slow_backlogged_one() {
+/// The fast partition stays within the drift of the slow backlogged one, and every record
+/// arrives once. Across processes a report lags the slow partition, so the fast one waits for an
+/// older watermark than the slow one's current: the bound holds as within a process.
+fn check_the_fast_partition_waits(layout: Layout) {
     let drift = Duration::from_millis(DRIFT_MS as u64);
-    let (log, out) = run_skewed(Slow::Backlogged, Some(drift));
+    let (log, out) = run_skewed_on(layout, Slow::Backlogged, Some(drift));
     let (lead, checked) = worst_lead(&log);
-    eprintln!("worst lead of the fast partition: {lead} ms over {checked} reads");
+    eprintln!("{layout:?}: worst lead of the fast partition: {lead} ms over {checked} reads");
     assert!(
         checked >= 10,
         "the fast partition read only {checked} times while the slow one was backlogged"
@@ -262,6 +264,30 @@ fn a_fast_partition_waits_for_a_slow_backlogged_one() {
         "the fast partition started a read {lead} ms ahead of the slow one (drift {DRIFT_MS})"
     );
     assert_eq!(out, all_records(), "every record arrives once");
+}
+
+/// The fast partition finishes while the slow one is caught up and quiet.
+fn check_a_caught_up_partition_holds_no_one_back(layout: Layout) {
+    let drift = Duration::from_millis(DRIFT_MS as u64);
+    let (log, out) = run_skewed_on(layout, Slow::Quiet, Some(drift));
+    let position = |partition, status| {
+        log.iter()
+            .position(|r: &Read| r.partition == partition && r.status == status)
+    };
+    let fast_done = position(1, "finished").expect("the fast partition finished");
+    let slow_done = position(0, "finished").expect("the quiet partition finished");
+    assert!(
+        fast_done < slow_done,
+        "the fast partition should finish while the slow one is caught up and quiet"
+    );
+    let mut expected: Vec<i64> = (0..100).chain(0..N).collect();
+    expected.sort();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn a_fast_partition_waits_for_a_slow_backlogged_one() {
+    check_the_fast_partition_waits(Layout::OneProcess);
 }
 
 #[test]
@@ -279,59 +305,15 @@ fn without_alignment_the_same_log_shows_the_drift() {
 
 #[test]
 fn a_caught_up_partition_holds_no_one_back() {
-    let drift = Duration::from_millis(DRIFT_MS as u64);
-    let (log, out) = run_skewed(Slow::Quiet, Some(drift));
-    let fast_done = log
-        .iter()
-        .position(|r| r.partition == 1 && r.status == "finished")
-        .expect("the fast partition finished");
-    let slow_done = log
-        .iter()
-        .position(|r| r.partition == 0 && r.status == "finished")
-        .expect("the quiet partition finished");
-    assert!(
-        fast_done < slow_done,
-        "the fast partition should finish while the slow one is caught up and quiet"
-    );
-    let mut expected: Vec<i64> = (0..100).chain(0..N).collect();
-    expected.sort();
-    assert_eq!(out, expected);
+    check_a_caught_up_partition_holds_no_one_back(Layout::OneProcess);
 }
 
 #[test]
 fn a_fast_partition_waits_for_a_slow_one_in_another_process() {
-    let drift = Duration::from_millis(DRIFT_MS as u64);
-    let (log, out) = run_skewed_on(Layout::TwoProcesses, Slow::Backlogged, Some(drift));
-    let (lead, checked) = worst_lead(&log);
-    eprintln!("worst lead of the fast partition across processes: {lead} ms over {checked} reads");
-    assert!(
-        checked >= 10,
-        "the fast partition read only {checked} times while the slow one was backlogged"
-    );
-    // A report lags the slow partition, so the fast one waits for an older watermark than the
-    // slow one's current: the bound holds as within a process.
-    assert!(
-        lead <= DRIFT_MS,
-        "the fast partition started a read {lead} ms ahead of the slow one (drift {DRIFT_MS})"
-    );
-    assert_eq!(out, all_records(), "every record arrives once");
+    check_the_fast_partition_waits(Layout::TwoProcesses);
 }
 
 #[test]
 fn across_processes_a_caught_up_partition_holds_no_one_back() {
-    let drift = Duration::from_millis(DRIFT_MS as u64);
-    let (log, out) = run_skewed_on(Layout::TwoProcesses, Slow::Quiet, Some(drift));
-    let position = |partition, status| {
-        log.iter()
-            .position(|r: &Read| r.partition == partition && r.status == status)
-    };
-    let fast_done = position(1, "finished").expect("the fast partition finished");
-    let slow_done = position(0, "finished").expect("the quiet partition finished");
-    assert!(
-        fast_done < slow_done,
-        "the fast partition should finish while the slow one is caught up and quiet"
-    );
-    let mut expected: Vec<i64> = (0..100).chain(0..N).collect();
-    expected.sort();
-    assert_eq!(out, expected);
+    check_a_caught_up_partition_holds_no_one_back(Layout::TwoProcesses);
 }
