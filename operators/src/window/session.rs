@@ -275,14 +275,15 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
             .collect();
         for b in reached {
             let keys = self.timers.buckets.remove(&b).unwrap_or_default();
+            // Keys that stay in this bucket (the one the watermark is in) for a session due
+            // later in it: put back as they were, one entry for one, so that a key queued
+            // twice is not queued again for each entry at every epoch.
+            let mut stay = Vec::new();
             for k in keys {
                 let Some(sessions) = self.state.get_mut(&k) else {
                     continue;
                 };
                 for s in sessions.iter_mut() {
-                    if s.queued == b {
-                        s.queued = UNQUEUED;
-                    }
                     if s.end <= wm && (!s.fired || s.dirty) {
                         out.emit(Event {
                             ts: s.end - 1,
@@ -302,9 +303,35 @@ impl<K: ExchangeKey, V: Data, A: Aggregate<V>> EpochLogic<(K, V), WindowResult<K
                     self.state.remove(&k);
                     continue;
                 }
+                let mut stays = false;
                 for s in sessions.iter_mut() {
-                    schedule(&mut self.timers, bucket, lateness, &k, s);
+                    if s.queued == b {
+                        if s.due(lateness).div_euclid(bucket) == b {
+                            stays = true;
+                        } else {
+                            // This entry was the session's: queue it where it is due now.
+                            s.queued = UNQUEUED;
+                        }
+                    }
                 }
+                // A key's sessions due in one bucket share one entry.
+                let mut last = UNQUEUED;
+                for s in sessions.iter_mut() {
+                    let due = s.due(lateness).div_euclid(bucket);
+                    if due < s.queued {
+                        if due != last {
+                            self.timers.push(due, k.clone());
+                            last = due;
+                        }
+                        s.queued = due;
+                    }
+                }
+                if stays {
+                    stay.push(k);
+                }
+            }
+            if !stay.is_empty() {
+                self.timers.buckets.entry(b).or_default().append(&mut stay);
             }
         }
     }
