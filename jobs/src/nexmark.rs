@@ -10,7 +10,9 @@
 //! Queries whose answer changes as input arrives (q3, q4, q6, q9, q18, q19, q20) are built on
 //! updating tables ([`runnel_engine::table`], differential dataflow) and write a changelog:
 //! each row is `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run
-//! with checkpoints off (table state is not checkpointed yet).
+//! with checkpoints off (table state is not checkpointed yet). q17 updates its rows too, as
+//! upserts: each row replaces the previous one of its auction and day
+//! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
 //! Settings (`--set`):
 //!
@@ -113,7 +115,7 @@ pub fn jobs() -> Vec<Job> {
         ),
         day_job(
             17,
-            "q17 auction statistics per day: counts by price rank, min, max, avg, sum",
+            "q17 auction statistics per day: counts by price rank, min, max, avg, sum (upserts)",
             q17_days,
         ),
         table_job(18, "q18 last bid: each bidder's latest bid on each auction (updating)", q18),
@@ -1213,8 +1215,7 @@ pub struct Q15 {
 /// ```
 ///
 /// Flink groups by the formatted day without a window and updates its row with every bid; here
-/// a day is an event-time tumbling window (UTC), its row comes once, when the day is over (as
-/// q17), and `day` is the epoch milliseconds of its start, not a `yyyy-MM-dd` string. Bids
+/// a day is an event-time tumbling window (UTC), its row comes once, when the day is over, and `day` is the epoch milliseconds of its start, not a `yyyy-MM-dd` string. Bids
 /// behind the watermark are late and dropped. The distinct sets of a day are kept whole until
 /// it closes, and a worker pre-aggregates its bids per epoch before they go to the day's
 /// worker (one worker per day: the query has no parallelism within a day).
@@ -1402,8 +1403,31 @@ impl Aggregate<Bid> for DayStats {
 }
 
 /// q17, auction statistics: per auction and day, the number of bids in three price ranks and
-/// the minimum, maximum, average and sum of the prices. Flink groups by the formatted day
-/// without a window and updates its rows; here a day's row comes once, when the day is over.
+/// the minimum, maximum, average and sum of the prices.
+///
+/// ```sql
+/// SELECT
+///      auction,
+///      DATE_FORMAT(dateTime, 'yyyy-MM-dd') as day,
+///      count(*) AS total_bids,
+///      count(*) filter (where price < 10000) AS rank1_bids,
+///      count(*) filter (where price >= 10000 and price < 1000000) AS rank2_bids,
+///      count(*) filter (where price >= 1000000) AS rank3_bids,
+///      min(price) AS min_price,
+///      max(price) AS max_price,
+///      avg(price) AS avg_price,
+///      sum(price) AS sum_price
+/// FROM bid
+/// GROUP BY auction, DATE_FORMAT(dateTime, 'yyyy-MM-dd');
+/// ```
+///
+/// Updating, as Flink's: an auction's row for a day is emitted at the end of every epoch with
+/// a bid on it that day, and replaces the one before (an upsert by `(auction, day)`; Flink's
+/// q17 into an upsert sink writes the same). In the generator an auction gets its bids while
+/// it is among the newest (hot auctions aside), so most rows are final long before the day
+/// ends; one row per auction when the day ends would be a burst of millions. `day` is the
+/// epoch milliseconds of its start, not a `yyyy-MM-dd` string, and a day's state is dropped
+/// when the watermark passes its end: later bids for it are late and dropped (counted).
 pub fn q17<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q17>> {
     q17_days(events, 0)
 }
@@ -1414,7 +1438,7 @@ pub fn q17_days<'s>(events: &Stream<'s, Event>, day_start: i64) -> Result<Stream
         .key_by(|b| b.auction)
         .window(days(day_start))
         .named("per-auction-day")
-        .aggregate(DayStats)?
+        .aggregate_updating(DayStats)?
         .map(|w| {
             let [total, r1, r2, r3, min, max, sum] = w.value;
             Q17 {

@@ -607,6 +607,150 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Updating windows (`aggregate_updating`): a window's result at each epoch it changed in.
+// ---------------------------------------------------------------------------------------------
+
+/// What `aggregate_updating` emits, by the documented rule: records of epoch `e` are applied
+/// against `W_prev` (late iff every window they belong to has expired, `end + L <= W_prev`);
+/// at the end of the epoch every window that received a record emits its result over all its
+/// records so far. Windows are dropped once `end + L <= W`; nothing is emitted for that.
+/// Returns `(epoch, (key, start, end, value))` sorted, and the late count.
+fn updating_reference(
+    items: &[In],
+    b: i64,
+    (size, slide, offset): (i64, i64, i64),
+    l: i64,
+    refagg: fn(&[u64]) -> u64,
+) -> (Vec<(u64, (u8, i64, i64, u64))>, u64) {
+    let eps = split_epochs(items);
+    let wms = watermarks(&eps, b);
+    let mut contents: BTreeMap<(u8, i64), Vec<u64>> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut late = 0;
+    let mut wprev = WM_MIN;
+    for (e, ep) in eps.iter().enumerate() {
+        let epoch = e as u64;
+        let mut touched: BTreeSet<(u8, i64)> = BTreeSet::new();
+        for &(ts, k, v) in ep {
+            let live: Vec<i64> = windows_of(ts, size, slide, offset)
+                .into_iter()
+                .filter(|s| s + size + l > wprev)
+                .collect();
+            if live.is_empty() {
+                late += 1;
+            }
+            for s in live {
+                contents.entry((k, s)).or_default().push(v);
+                touched.insert((k, s));
+            }
+        }
+        for (k, s) in touched {
+            out.push((epoch, (k, s, s + size, refagg(&contents[&(k, s)]))));
+        }
+        for w in closing_marks(&wms, e) {
+            wprev = wprev.max(w);
+        }
+    }
+    out.sort();
+    (out, late)
+}
+
+/// Runs `aggregate_updating` (count, or max of the values) and returns its results with their
+/// epochs, sorted; the late count; and the last result of each key and window in the order
+/// the sink got them.
+#[allow(clippy::type_complexity)]
+fn run_updating(
+    items: &[In],
+    workers: usize,
+    b: i64,
+    spec: WindowSpec,
+    l: i64,
+    max: bool,
+    combiner: bool,
+) -> (
+    Vec<(u64, (u8, i64, i64, u64))>,
+    u64,
+    BTreeMap<(u8, i64, i64), u64>,
+) {
+    let parts = vec![to_test_items(items)];
+    let out: Collector<(u8, i64, i64, u64)> = Collector::new();
+    let sink = out.clone();
+    let job = Job::new("updating-prop", "aggregate_updating", move |flow| {
+        let keyed = flow
+            .source("in", TestSource::new(parts.clone()), source_options(b))?
+            .key_by(|r: &V| r.0);
+        let mut w = keyed.window(spec);
+        if l > 0 {
+            w = w.allowed_lateness(ms(l));
+        }
+        if !combiner {
+            w = w.without_combiner();
+        }
+        let results = if max {
+            w.aggregate_updating(Max::of(value as fn(&V) -> u64))?
+        } else {
+            w.aggregate_updating(Count)?
+        };
+        results
+            .map(|r| (r.key, r.start, r.end, r.value))
+            .sink("out", sink.sink())
+    });
+    let summary = run(&job, cut_only(workers)).expect("the job runs");
+    let events = out.events();
+    let mut last = BTreeMap::new();
+    for (_, e) in &events {
+        let (k, s, end, v) = e.data;
+        last.insert((k, s, end), v);
+    }
+    let mut got: Vec<(u64, (u8, i64, i64, u64))> = events
+        .into_iter()
+        .map(|(epoch, e)| (epoch.0, e.data))
+        .collect();
+    got.sort();
+    (got, summary.late, last)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(48)))]
+
+    /// `aggregate_updating` on tumbling and sliding windows (slide up to the size, offsets,
+    /// allowed lateness, with and without the combiner): the results of every epoch, the late
+    /// count, and that the last result of each key and window, in the order the sink got
+    /// them, is its aggregate over every record it took.
+    #[test]
+    fn updating_windows_match_reference(
+        items in partition(200),
+        b in bound(),
+        (size, slide) in size_and_slide(),
+        tumbling in any::<bool>(),
+        offset in prop_oneof![Just(0i64), 0i64..120],
+        l in zero_or_some(),
+        max in any::<bool>(),
+        combiner in any::<bool>(),
+    ) {
+        let (slide, spec) = if tumbling {
+            (size, Tumbling::with_offset(ms(size), ms(offset)))
+        } else {
+            (slide, Sliding::with_offset(ms(size), ms(slide), ms(offset)))
+        };
+        let refagg = if max { ref_max } else { ref_count };
+        let (want, want_late) =
+            updating_reference(&items, b, (size, slide, offset), l, refagg);
+        // The reference's results of the latest epoch per key and window.
+        let mut want_last: BTreeMap<(u8, i64, i64), u64> = BTreeMap::new();
+        for (_, (k, s, e, v)) in &want {
+            want_last.insert((*k, *s, *e), *v);
+        }
+        for workers in [1, 2] {
+            let (got, late, last) = run_updating(&items, workers, b, spec, l, max, combiner);
+            prop_assert_eq!(&got, &want, "results ({} workers)", workers);
+            prop_assert_eq!(late, want_late, "late count ({} workers)", workers);
+            prop_assert_eq!(&last, &want_last, "last results ({} workers)", workers);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Determinism: several partitions, timer-cut epochs, 1, 2 and 4 workers.
 // ---------------------------------------------------------------------------------------------
 

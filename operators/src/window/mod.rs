@@ -40,6 +40,7 @@ pub mod session;
 pub mod sliding;
 pub mod top;
 pub mod tumbling;
+mod updating;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -158,6 +159,91 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
     ) -> Result<(Stream<'s, WindowResult<K, A::Out>>, Stream<'s, (K, V)>)> {
         let (main, late) = self.build(agg, true)?;
         Ok((main, late.expect("a late output was asked for")))
+    }
+
+    /// Aggregates each key's records per window with `agg`, and emits each key's window
+    /// result at the end of every epoch in which the window received records, instead of once
+    /// when the window closes. Each result replaces the one emitted before for its key and
+    /// window start: an upsert stream, as Kafka Streams' windowed aggregations and Flink's
+    /// group-by on a time bucket into an upsert sink write (a Kafka sink keyed by key and start
+    /// into a compacted topic keeps exactly the latest). When the watermark passes a window's
+    /// end plus the allowed lateness, its state is dropped and its last result stands; records
+    /// whose every window has expired are late (counted and dropped).
+    ///
+    /// For long windows (days) whose results should not wait for the window's end, or all
+    /// come at once then. Tumbling and sliding windows only; a session or global window is an
+    /// invalid job.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use runnel_engine::testing::{Collector, TestItem, TestSource};
+    /// use runnel_engine::{run, Job, RunOptions, SourceOptions};
+    /// use runnel_operators::prelude::*;
+    ///
+    /// let out = Collector::new();
+    /// let sink = out.clone();
+    /// let job = Job::new("running-counts", "counts per key and 10 ms, as they grow", move |flow| {
+    ///     // Two epochs (`Cut`): 'a' has one record in the first and two in the second.
+    ///     let input = vec![vec![
+    ///         TestItem::At(1, 'a'), TestItem::Cut, TestItem::At(3, 'a'), TestItem::At(4, 'a'),
+    ///     ]];
+    ///     flow.source("in", TestSource::new(input), SourceOptions::new())?
+    ///         .key_by(|k: &char| *k)
+    ///         .window(Tumbling::of(Duration::from_millis(10)))
+    ///         .aggregate_updating(Count)?
+    ///         .map(|r| (r.key, r.start, r.value))
+    ///         .sink("out", sink.sink())
+    /// });
+    /// run(&job, RunOptions::workers(1)).unwrap();
+    /// assert_eq!(out.data(), vec![('a', 0, 1), ('a', 0, 3)]);
+    /// ```
+    #[track_caller]
+    pub fn aggregate_updating<A: Aggregate<V>>(
+        self,
+        agg: A,
+    ) -> Result<Stream<'s, WindowResult<K, A::Out>>> {
+        let panes = match self.spec {
+            WindowSpec::Tumbling { size, offset } => Panes::new(size, size, offset),
+            WindowSpec::Sliding {
+                size,
+                slide,
+                offset,
+            } => Panes::new(size, slide, offset),
+            WindowSpec::Session { .. } | WindowSpec::Global => {
+                return Err(self.stream.invalid(
+                    "aggregate_updating needs tumbling or sliding windows (session and global \
+                     windows emit their results when they close)",
+                ))
+            }
+        };
+        let name = self.name.clone();
+        let combiner_name = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}.combiner")
+        };
+        let logic = updating::UpdatingLogic::new(agg.clone(), panes, self.lateness);
+        if self.combine {
+            let partials: KeyedStream<'s, K, Partial<A::Acc, ()>> = self
+                .stream
+                .local(&combiner_name, Combiner::new(agg, panes))?;
+            Ok(partials.stateful(&name, false, logic)?.0)
+        } else {
+            let partials: KeyedStream<'s, K, Partial<A::Acc, ()>> = self
+                .stream
+                .map_values(move |v: V| {
+                    let mut acc = agg.create();
+                    agg.add(&mut acc, &v);
+                    Partial {
+                        pane: i64::MIN,
+                        acc,
+                        n: 1,
+                        raw: (),
+                    }
+                })
+                .local(&combiner_name, PaneStamp { panes })?;
+            Ok(partials.stateful(&name, false, logic)?.0)
+        }
     }
 
     /// Aggregates each key's records per window with `agg`, and keeps, per window, the `n`
