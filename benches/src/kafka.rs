@@ -11,7 +11,9 @@
 //!   forwards the bytes instead) to a fresh output topic, then flushes.
 //! * **runnel**: `KafkaSource::json::<Bid>(..).stop_at_end()` to `KafkaSink::json(..)` on a
 //!   fresh output topic, run by [`runnel_engine::run`] on the same number of workers, with the
-//!   connectors' defaults (so the source also commits completed offsets to its group).
+//!   connectors' defaults (so the source also commits completed offsets to its group). With
+//!   `--exactly-once` its sink is the exactly-once one, with checkpoints on (every
+//!   `--checkpoint-ms`, default 1 s): each checkpoint's results wait until it is complete.
 //!
 //! Both use the connectors' client settings (the consumer's fetch settings, the idempotent
 //! producer with `acks=all`, 5 ms linger, 10,000-record batches, the record's timestamp kept),
@@ -51,7 +53,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use runnel_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource};
 use runnel_connectors::Bid;
-use runnel_engine::{run, Job, RunOptions, SourceOptions};
+use runnel_engine::checkpoint::LocalDirStore;
+use runnel_engine::{run, CheckpointOptions, Job, Restore, RunOptions, SourceOptions};
 
 /// How long a client waits for the broker before the bench gives up (connects, metadata,
 /// admin requests), and how long a reader may see nothing before it reports a stall.
@@ -69,6 +72,7 @@ usage: runnel-bench kafka [--bootstrap HOST:PORT] [--records N] [--partitions P]
                           [--rounds R] [--variant copy|filter] [--no-parse] [--json]
                           [--consumer-option KEY=VALUE]... [--producer-option KEY=VALUE]...
                           [--only librdkafka|runnel] [--no-commit] [--probe] [--epoch-ms MS]
+                          [--exactly-once] [--checkpoint-ms MS]
   --bootstrap   a running Kafka-API broker; default: start a tansu of our own (in memory)
   --records     bids in the input topic (default 1000000)
   --partitions  partitions of the input and output topics (default 4)
@@ -81,6 +85,10 @@ usage: runnel-bench kafka [--bootstrap HOST:PORT] [--records N] [--partitions P]
                 record and (every 4096 records) its latest, to split its time as the baseline's
   --epoch-ms    runnel's epoch interval (default 100, the engine's default)
   --no-commit   runnel's source does not commit offsets to its group (the baseline never does)
+  --exactly-once  runnel's sink writes exactly once: checkpoints on (into a fresh temporary
+                folder per run), each checkpoint's results held until it is complete (the
+                baseline stays as it is: it has no way to survive a crash without duplicates)
+  --checkpoint-ms runnel's checkpoint interval with --exactly-once (default 1000)
   --json        print only a one-line JSON summary on stdout (the rest goes to stderr)
   --consumer-option, --producer-option
                 a librdkafka option for the consumers (producers) of both contenders, after
@@ -140,6 +148,10 @@ pub struct Options {
     pub probe: bool,
     /// runnel's epoch interval.
     pub epoch: Duration,
+    /// Whether runnel's sink writes exactly once (with checkpoints on).
+    pub exactly_once: bool,
+    /// runnel's checkpoint interval with `exactly_once`.
+    pub checkpoint_every: Duration,
     /// librdkafka options for every consumer, after the source's defaults.
     pub consumer_options: Vec<(String, String)>,
     /// librdkafka options for every producer, after the sink's defaults.
@@ -161,6 +173,8 @@ impl Default for Options {
             commit: true,
             probe: false,
             epoch: RunOptions::default().epoch_interval,
+            exactly_once: false,
+            checkpoint_every: Duration::from_secs(1),
             consumer_options: vec![(FETCH_WAIT.to_string(), "10".to_string())],
             producer_options: Vec::new(),
         }
@@ -198,6 +212,11 @@ impl Options {
                 "--epoch-ms" => {
                     o.epoch = Duration::from_millis(value()?.parse().context("--epoch-ms")?)
                 }
+                "--exactly-once" => o.exactly_once = true,
+                "--checkpoint-ms" => {
+                    o.checkpoint_every =
+                        Duration::from_millis(value()?.parse().context("--checkpoint-ms")?)
+                }
                 "--only" => {
                     o.only = match value()?.as_str() {
                         "librdkafka" => Some(0),
@@ -216,8 +235,8 @@ impl Options {
         if o.records == 0 || o.partitions < 1 || o.workers == 0 || o.rounds == 0 {
             bail!("--records, --partitions, --workers and --rounds must be at least 1");
         }
-        if o.epoch.is_zero() {
-            bail!("--epoch-ms must be at least 1");
+        if o.epoch.is_zero() || o.checkpoint_every.is_zero() {
+            bail!("--epoch-ms and --checkpoint-ms must be at least 1");
         }
         if !o.parse && o.variant == Variant::Filter {
             bail!("--no-parse cannot filter: the baseline must parse a bid to filter it");
@@ -386,6 +405,8 @@ pub fn main(opts: &Options) -> Result<()> {
             "workers": opts.workers,
             "rounds": opts.rounds,
             "baseline_parses": opts.parse,
+            "exactly_once": opts.exactly_once,
+            "checkpoint_ms": opts.exactly_once.then_some(opts.checkpoint_every.as_millis() as u64),
             "broker": opts.bootstrap.as_deref().unwrap_or("tansu (started by the bench)"),
             "consumer_options": show_options(&opts.consumer_options),
             "producer_options": show_options(&opts.producer_options),
@@ -714,6 +735,7 @@ fn runnel(bootstrap: &str, input: &str, output: &str, opts: &Options) -> Result<
     let (input, output) = (input.to_string(), output.to_string());
     let variant = opts.variant;
     let commit = opts.commit;
+    let exactly_once = opts.exactly_once;
     let probe = opts.probe.then(|| Arc::new(Probe::default()));
     let probe2 = probe.clone();
     let job = Job::new("kafka-bench", "Kafka -> job -> Kafka", move |flow| {
@@ -731,20 +753,47 @@ fn runnel(bootstrap: &str, input: &str, output: &str, opts: &Options) -> Result<
                 }
             });
         }
-        let sink = KafkaSink::json(sink_kafka.clone(), output.clone());
+        let mut sink = KafkaSink::json(sink_kafka.clone(), output.clone());
+        if exactly_once {
+            sink = sink.exactly_once();
+        }
         match variant {
             Variant::Copy => bids.sink("out", sink),
             Variant::Filter => bids.filter(variant.keep()).sink("out", sink),
         }
     });
+    // With exactly once: checkpoints into a folder of this run's own, removed after it.
+    let state = opts.exactly_once.then(|| {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        std::env::temp_dir().join(format!(
+            "runnel-kafka-bench-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ))
+    });
+    let checkpoint = match &state {
+        Some(dir) => Some(CheckpointOptions {
+            restore: Restore::Fresh,
+            ..CheckpointOptions::new(
+                Arc::new(LocalDirStore::new(dir, "kafka-bench")?),
+                opts.checkpoint_every,
+            )
+        }),
+        None => None,
+    };
     let started = Instant::now();
     let run_options = RunOptions {
         workers: opts.workers,
         epoch_interval: opts.epoch,
+        checkpoint,
         ..Default::default()
     };
-    let summary = run(&job, run_options)?;
+    let summary = run(&job, run_options);
     let secs = started.elapsed().as_secs_f64();
+    if let Some(dir) = &state {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let summary = summary?;
     if summary.bad_records > 0 {
         bail!("runnel skipped {} bad records", summary.bad_records);
     }

@@ -11,8 +11,9 @@ use runnel_connectors::{page_views, write_page_views, PageView};
 use serde_json::Value;
 
 fn runnel(args: &[&str]) -> Output {
+    let state = fresh_state_dir();
     Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .env("RUNNEL_STATE_DIR", fresh_state_dir())
+        .env("RUNNEL_STATE_DIR", state.path())
         .args(args)
         .output()
         .expect("runnel runs")
@@ -51,7 +52,7 @@ fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> V
     let children: Vec<_> = (0..processes)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_runnel"))
-                .env("RUNNEL_STATE_DIR", &state)
+                .env("RUNNEL_STATE_DIR", state.path())
                 .args(args)
                 .args([
                     "--workers",
@@ -408,8 +409,9 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
 
 #[test]
 fn ctrl_c_stops_a_run_cleanly_with_a_summary() {
+    let state = fresh_state_dir();
     let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .env("RUNNEL_STATE_DIR", fresh_state_dir())
+        .env("RUNNEL_STATE_DIR", state.path())
         .args([
             "run",
             "w0-passthrough",
@@ -440,11 +442,12 @@ fn ctrl_c_stops_a_run_cleanly_with_a_summary() {
 }
 
 /// A checkpoint folder of its own for each run (checkpoints are on by default, and runs of
-/// one job in parallel tests must not resume from each other's).
-fn fresh_state_dir() -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("runnel-test-state-{}-{n}", std::process::id()))
+/// one job in parallel tests must not resume from each other's), removed when dropped.
+fn fresh_state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("runnel-test-state-")
+        .tempdir()
+        .expect("a temporary folder")
 }
 
 /// `--restart N`: a job that fails every time (a bad line under the fail policy) is restarted

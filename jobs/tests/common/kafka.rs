@@ -192,8 +192,9 @@ fn java_partition(key: &[u8], partitions: usize) -> i32 {
 // The `runnel` binary
 
 fn runnel(args: &[&str]) -> Output {
+    let state = fresh_state_dir();
     Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .env("RUNNEL_STATE_DIR", fresh_state_dir())
+        .env("RUNNEL_STATE_DIR", state.path())
         .args(args)
         .output()
         .expect("runnel runs")
@@ -232,7 +233,7 @@ fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> V
     let children: Vec<_> = (0..processes)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_runnel"))
-                .env("RUNNEL_STATE_DIR", &state)
+                .env("RUNNEL_STATE_DIR", state.path())
                 .args(args)
                 .args([
                     "--workers",
@@ -310,9 +311,10 @@ fn bids_count() -> u64 {
 }
 
 /// A checkpoint folder of its own for each run (checkpoints are on by default, and runs of
-/// one job in parallel tests must not resume from each other's).
-fn fresh_state_dir() -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("runnel-test-state-{}-{n}", std::process::id()))
+/// one job in parallel tests must not resume from each other's), removed when dropped.
+fn fresh_state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("runnel-test-state-")
+        .tempdir()
+        .expect("a temporary folder")
 }
