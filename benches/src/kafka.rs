@@ -185,6 +185,7 @@ impl Options {
     /// Parses the flags after `kafka` (see [`USAGE`]).
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options> {
         let mut o = Options::default();
+        let mut checkpoint_set = false;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             let mut value = || {
@@ -214,6 +215,7 @@ impl Options {
                 }
                 "--exactly-once" => o.exactly_once = true,
                 "--checkpoint-ms" => {
+                    checkpoint_set = true;
                     o.checkpoint_every =
                         Duration::from_millis(value()?.parse().context("--checkpoint-ms")?)
                 }
@@ -237,6 +239,9 @@ impl Options {
         }
         if o.epoch.is_zero() || o.checkpoint_every.is_zero() {
             bail!("--epoch-ms and --checkpoint-ms must be at least 1");
+        }
+        if checkpoint_set && !o.exactly_once {
+            bail!("--checkpoint-ms sets the checkpoints of --exactly-once; give both");
         }
         if !o.parse && o.variant == Variant::Filter {
             bail!("--no-parse cannot filter: the baseline must parse a bid to filter it");

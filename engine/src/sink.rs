@@ -27,9 +27,9 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 /// Records the latency `now - t` of each event time `t` in `h` (clamped to its largest value)
 /// and returns how many were ahead of `now`. `i64::MIN` is no event time (a table's change
-/// emitted on a worker whose inputs had seen nothing yet) and is not recorded. Consecutive records mostly fall in one bucket of
-/// the histogram (a run of event times in one millisecond, or far-off made-up event times in
-/// one wide bucket): each run is recorded once with its count, which gives the histogram that
+/// emitted on a worker whose inputs had seen nothing yet) and is not recorded. Consecutive
+/// records mostly fall in one bucket of the histogram (a run of event times in one
+/// millisecond, or far-off made-up event times in one wide bucket): each run is recorded once with its count, which gives the histogram that
 /// recording each value would (an update per record was 5% of q1's samples, and 57% of
 /// W0-passthrough's, whose event times are each one millisecond apart).
 pub(crate) fn record_latencies(

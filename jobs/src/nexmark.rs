@@ -1215,8 +1215,9 @@ pub struct Q15 {
 /// ```
 ///
 /// Flink groups by the formatted day without a window and updates its row with every bid; here
-/// a day is an event-time tumbling window (UTC), its row comes once, when the day is over, and `day` is the epoch milliseconds of its start, not a `yyyy-MM-dd` string. Bids
-/// behind the watermark are late and dropped. The distinct sets of a day are kept whole until
+/// a day is an event-time tumbling window (UTC), its row comes once, when the day is over, and
+/// `day` is the epoch milliseconds of its start, not a `yyyy-MM-dd` string. Bids behind the
+/// watermark are late and dropped. The distinct sets of a day are kept whole until
 /// it closes, and a worker pre-aggregates its bids per epoch before they go to the day's
 /// worker (one worker per day: the query has no parallelism within a day).
 pub fn q15<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q15>> {
@@ -1428,6 +1429,10 @@ impl Aggregate<Bid> for DayStats {
 /// ends; one row per auction when the day ends would be a burst of millions. `day` is the
 /// epoch milliseconds of its start, not a `yyyy-MM-dd` string, and a day's state is dropped
 /// when the watermark passes its end: later bids for it are late and dropped (counted).
+///
+/// Reading the rows: the latest row of an auction and day is its answer. The job's Kafka sink
+/// is not keyed, so one auction-day's rows can land in different partitions; as its counts
+/// only grow, the row with the most bids (`total_bids`) is the latest.
 pub fn q17<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Q17>> {
     q17_days(events, 0)
 }

@@ -80,43 +80,45 @@ fn run_stream_on<O: Data + Ord>(
     config: NexmarkConfig,
     query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, O>>,
 ) -> Vec<O> {
-    let out = Collector::<O>::new();
-    let sink = out.clone();
-    let job = Job::new("q", "a query", move |flow| {
-        let events = flow.source(
-            "events",
-            NexmarkGenerator::new(config),
-            SourceOptions::new(),
-        )?;
-        query(&events)?.sink("out", sink.sink())
-    });
-    let summary = run(&job, RunOptions::workers(2)).expect("the query runs");
-    assert_eq!(summary.late, 0, "in-order input has no late records");
-    out.sorted_data()
+    collect_stream(config, RunOptions::workers(2), None, query).sorted_data()
 }
 
 /// Runs a stream query on the generator and returns its results in the order the sink got them.
-/// Epochs are 1 ms long, so that an updating query's rows change over many epochs.
+/// The run has many epochs, so that an updating query's rows change: the generator is paced to
+/// 300,000 events per second of wall time (event times stay those of [`config`]), so the run
+/// lasts about 0.2 s, and epochs are cut every millisecond, between reads of at most 100
+/// events.
 fn run_stream_in_order<O: Data + Ord>(
     query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, O>>,
 ) -> Vec<O> {
-    let out = Collector::<O>::new();
-    let sink = out.clone();
-    let job = Job::new("q", "a query", move |flow| {
-        let events = flow.source(
-            "events",
-            NexmarkGenerator::new(config()),
-            SourceOptions::new(),
-        )?;
-        query(&events)?.sink("out", sink.sink())
-    });
     let options = RunOptions {
         epoch_interval: std::time::Duration::from_millis(1),
         ..RunOptions::workers(2)
     };
+    collect_stream(config().rate(300_000), options, Some(100), query).data()
+}
+
+/// Runs a stream query on the events of `config`, read at most `batch` at a time if given, and
+/// returns what its sink collected.
+fn collect_stream<O: Data + Ord>(
+    config: NexmarkConfig,
+    options: RunOptions,
+    batch: Option<usize>,
+    query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, O>>,
+) -> Collector<O> {
+    let out = Collector::<O>::new();
+    let sink = out.clone();
+    let job = Job::new("q", "a query", move |flow| {
+        let source = match batch {
+            Some(n) => SourceOptions::new().batch_size(n),
+            None => SourceOptions::new(),
+        };
+        let events = flow.source("events", NexmarkGenerator::new(config), source)?;
+        query(&events)?.sink("out", sink.sink())
+    });
     let summary = run(&job, options).expect("the query runs");
     assert_eq!(summary.late, 0, "in-order input has no late records");
-    out.data()
+    out
 }
 
 /// Runs a table query on the generator and returns its changelog, in the order the sink got it.

@@ -30,7 +30,7 @@ use proptest::prelude::*;
 use runnel_engine::testing::{Collector, TestItem, TestSource};
 use runnel_engine::{run, Data, Job};
 use runnel_operators::prelude::*;
-use runnel_operators::WindowSpec;
+use runnel_operators::{WindowResult, WindowSpec};
 
 use common::*;
 
@@ -613,15 +613,16 @@ proptest! {
 /// What `aggregate_updating` emits, by the documented rule: records of epoch `e` are applied
 /// against `W_prev` (late iff every window they belong to has expired, `end + L <= W_prev`);
 /// at the end of the epoch every window that received a record emits its result over all its
-/// records so far. Windows are dropped once `end + L <= W`; nothing is emitted for that.
-/// Returns `(epoch, (key, start, end, value))` sorted, and the late count.
+/// records so far, with the event time of the newest record it took in the epoch. Windows are
+/// dropped once `end + L <= W`; nothing is emitted for that. Returns `(epoch, (key, start, end,
+/// value), event time)` sorted, and the late count.
 fn updating_reference(
     items: &[In],
     b: i64,
     (size, slide, offset): (i64, i64, i64),
     l: i64,
     refagg: fn(&[u64]) -> u64,
-) -> (Vec<(u64, (u8, i64, i64, u64))>, u64) {
+) -> (Vec<Updated>, u64) {
     let eps = split_epochs(items);
     let wms = watermarks(&eps, b);
     let mut contents: BTreeMap<(u8, i64), Vec<u64>> = BTreeMap::new();
@@ -630,7 +631,8 @@ fn updating_reference(
     let mut wprev = WM_MIN;
     for (e, ep) in eps.iter().enumerate() {
         let epoch = e as u64;
-        let mut touched: BTreeSet<(u8, i64)> = BTreeSet::new();
+        // (key, window start) -> the newest event time the window took in this epoch
+        let mut touched: BTreeMap<(u8, i64), i64> = BTreeMap::new();
         for &(ts, k, v) in ep {
             let live: Vec<i64> = windows_of(ts, size, slide, offset)
                 .into_iter()
@@ -641,11 +643,12 @@ fn updating_reference(
             }
             for s in live {
                 contents.entry((k, s)).or_default().push(v);
-                touched.insert((k, s));
+                let newest = touched.entry((k, s)).or_insert(ts);
+                *newest = (*newest).max(ts);
             }
         }
-        for (k, s) in touched {
-            out.push((epoch, (k, s, s + size, refagg(&contents[&(k, s)]))));
+        for ((k, s), newest) in touched {
+            out.push((epoch, (k, s, s + size, refagg(&contents[&(k, s)])), newest));
         }
         for w in closing_marks(&wms, e) {
             wprev = wprev.max(w);
@@ -655,10 +658,12 @@ fn updating_reference(
     (out, late)
 }
 
+/// A result of `aggregate_updating`: `(epoch, (key, start, end, value), event time)`.
+type Updated = (u64, (u8, i64, i64, u64), i64);
+
 /// Runs `aggregate_updating` (count, or max of the values) and returns its results with their
-/// epochs, sorted; the late count; and the last result of each key and window in the order
-/// the sink got them.
-#[allow(clippy::type_complexity)]
+/// epochs and event times, sorted; the late count; and the last result of each key and window
+/// in the order the sink got them.
 fn run_updating(
     items: &[In],
     workers: usize,
@@ -667,11 +672,7 @@ fn run_updating(
     l: i64,
     max: bool,
     combiner: bool,
-) -> (
-    Vec<(u64, (u8, i64, i64, u64))>,
-    u64,
-    BTreeMap<(u8, i64, i64), u64>,
-) {
+) -> (Vec<Updated>, u64, BTreeMap<(u8, i64, i64), u64>) {
     let parts = vec![to_test_items(items)];
     let out: Collector<(u8, i64, i64, u64)> = Collector::new();
     let sink = out.clone();
@@ -702,9 +703,9 @@ fn run_updating(
         let (k, s, end, v) = e.data;
         last.insert((k, s, end), v);
     }
-    let mut got: Vec<(u64, (u8, i64, i64, u64))> = events
+    let mut got: Vec<Updated> = events
         .into_iter()
-        .map(|(epoch, e)| (epoch.0, e.data))
+        .map(|(epoch, e)| (epoch.0, e.data, e.ts))
         .collect();
     got.sort();
     (got, summary.late, last)
@@ -714,8 +715,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(48)))]
 
     /// `aggregate_updating` on tumbling and sliding windows (slide up to the size, offsets,
-    /// allowed lateness, with and without the combiner): the results of every epoch, the late
-    /// count, and that the last result of each key and window, in the order the sink got
+    /// allowed lateness, with and without the combiner): the results of every epoch with their
+    /// event times, the late count, and that the last result of each key and window, in the order the sink got
     /// them, is its aggregate over every record it took.
     #[test]
     fn updating_windows_match_reference(
@@ -738,7 +739,7 @@ proptest! {
             updating_reference(&items, b, (size, slide, offset), l, refagg);
         // The reference's results of the latest epoch per key and window.
         let mut want_last: BTreeMap<(u8, i64, i64), u64> = BTreeMap::new();
-        for (_, (k, s, e, v)) in &want {
+        for (_, (k, s, e, v), _) in &want {
             want_last.insert((*k, *s, *e), *v);
         }
         for workers in [1, 2] {
@@ -747,6 +748,32 @@ proptest! {
             prop_assert_eq!(late, want_late, "late count ({} workers)", workers);
             prop_assert_eq!(&last, &want_last, "last results ({} workers)", workers);
         }
+    }
+}
+
+/// Session and global windows close when they close; updating them is an invalid job, with
+/// the reason.
+#[test]
+fn updating_needs_tumbling_or_sliding_windows() {
+    for spec in [Session::with_gap(ms(10)), Global::window()] {
+        let job = Job::new("updating-invalid", "aggregate_updating", move |flow| {
+            let out: Collector<WindowResult<u8, u64>> = Collector::new();
+            flow.source(
+                "in",
+                TestSource::new(vec![vec![TestItem::At(1, (1u8, 1u64))]]),
+                source_options(0),
+            )?
+            .key_by(|r: &V| r.0)
+            .window(spec)
+            .aggregate_updating(Count)?
+            .sink("out", out.sink())
+        });
+        let err = run(&job, cut_only(1)).expect_err("an invalid job");
+        assert!(
+            err.to_string()
+                .contains("aggregate_updating needs tumbling or sliding windows"),
+            "{err}"
+        );
     }
 }
 

@@ -171,8 +171,11 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
     /// whose every window has expired are late (counted and dropped).
     ///
     /// For long windows (days) whose results should not wait for the window's end, or all
-    /// come at once then. Tumbling and sliding windows only; a session or global window is an
-    /// invalid job.
+    /// come at once then. A result's event time is that of the newest record it includes
+    /// (what latency is measured from), which can be behind the watermark: an event-time
+    /// operator after this one may find such results late. Tumbling and sliding windows only
+    /// (a session or global window is an invalid job); a sliding window keeps one accumulator
+    /// per window, so a record updates `size / slide` of them.
     ///
     /// ```
     /// use std::time::Duration;
@@ -229,19 +232,7 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
                 .local(&combiner_name, Combiner::new(agg, panes))?;
             Ok(partials.stateful(&name, false, logic)?.0)
         } else {
-            let partials: KeyedStream<'s, K, Partial<A::Acc, ()>> = self
-                .stream
-                .map_values(move |v: V| {
-                    let mut acc = agg.create();
-                    agg.add(&mut acc, &v);
-                    Partial {
-                        pane: i64::MIN,
-                        acc,
-                        n: 1,
-                        raw: (),
-                    }
-                })
-                .local(&combiner_name, PaneStamp { panes })?;
+            let partials = one_record_partials(&self.stream, &combiner_name, agg, panes, false)?;
             Ok(partials.stateful(&name, false, logic)?.0)
         }
     }
@@ -382,21 +373,13 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
             let (main, _) = partials.stateful(&name, false, logic)?;
             Ok((main, None))
         } else {
-            let agg2 = agg.clone();
-            let keep_raw = late_output;
-            let partials: KeyedStream<'s, K, Partial<A::Acc, Option<V>>> = self
-                .stream
-                .map_values(move |v: V| {
-                    let mut acc = agg2.create();
-                    agg2.add(&mut acc, &v);
-                    Partial {
-                        pane: i64::MIN,
-                        acc,
-                        n: 1,
-                        raw: keep_raw.then_some(v),
-                    }
-                })
-                .local(&combiner_name, PaneStamp { panes })?;
+            let partials = one_record_partials(
+                &self.stream,
+                &combiner_name,
+                agg.clone(),
+                panes,
+                late_output,
+            )?;
             let logic = PaneWindowLogic::new(&state_name, agg, panes, self.lateness, top);
             let (main, late) = partials.stateful(&name, late_output, logic)?;
             let late = late.map(|s| {
@@ -405,6 +388,31 @@ impl<'s, K: ExchangeKey, V: Data> Windowed<'s, K, V> {
             Ok((main, late))
         }
     }
+}
+
+/// Without a combiner: each record becomes a partial of one record, stamped with its pane by
+/// the `name`d local operator, which also carries the record itself when `keep_raw` (for a
+/// late output).
+#[track_caller]
+fn one_record_partials<'s, K: ExchangeKey, V: Data, A: Aggregate<V>>(
+    stream: &KeyedStream<'s, K, V>,
+    name: &str,
+    agg: A,
+    panes: Panes,
+    keep_raw: bool,
+) -> Result<KeyedStream<'s, K, Partial<A::Acc, Option<V>>>> {
+    stream
+        .map_values(move |v: V| {
+            let mut acc = agg.create();
+            agg.add(&mut acc, &v);
+            Partial {
+                pane: i64::MIN,
+                acc,
+                n: 1,
+                raw: keep_raw.then_some(v),
+            }
+        })
+        .local(name, PaneStamp { panes })
 }
 
 /// Window geometry for tumbling and sliding windows, in panes of `gcd(size, slide)`: windows

@@ -32,8 +32,9 @@ use runnel_engine::{Data, Emitter, EpochLogic, Event, ExchangeKey, Watermark};
 use super::{Panes, Partial, WindowResult};
 use crate::aggregate::Aggregate;
 
-/// How many hash maps hold a window's keys.
+/// How many hash maps hold a window's keys (at most 256: a shard's index is a `u8`).
 const SHARDS: usize = 64;
+const _: () = assert!(SHARDS <= 256 && SHARDS.is_power_of_two());
 
 /// The resolution of [`ShardTable`].
 const SLOTS: usize = 4096;
