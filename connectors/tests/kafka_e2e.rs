@@ -766,25 +766,30 @@ fn start_positions() {
         read_vs(&bootstrap, &topic, StartAt::Committed, &unique("fresh")),
         all
     );
-    // Commit offset 50 for a group with a plain consumer, then start from it. (50 starts the
-    // second batch: tansu 0.6 returns nothing for a fetch from an offset inside a batch.)
-    let group = unique("committed");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(50))
-        .unwrap();
-    consumer
-        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-        .expect("commit");
-    assert_eq!(
-        read_vs(&bootstrap, &topic, StartAt::Committed, &group),
-        (50..100).collect::<Vec<_>>()
-    );
+    // Commit an offset for a group with a plain consumer, then start from it: 50 starts the
+    // second (and last) batch; 25 is inside the first, where tansu 0.6 answers with the next
+    // batch; 75 is inside the last, where it answers with nothing at all. The reader must
+    // notice both and read again from further back.
+    for at in [50u64, 25, 75] {
+        let group = unique("committed");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(at as i64))
+            .unwrap();
+        consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+        assert_eq!(
+            read_vs(&bootstrap, &topic, StartAt::Committed, &group),
+            (at..100).collect::<Vec<_>>(),
+            "from the committed offset {at}"
+        );
+    }
 }
 
 /// `latest` and `earliest` on librdkafka's mock cluster, and an empty partition.

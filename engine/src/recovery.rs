@@ -102,6 +102,10 @@ pub(crate) struct Recovery {
     participants: usize,
     /// Checkpoints being assembled on this worker.
     pending: BTreeMap<u64, Part>,
+    /// The last state of participants that have ended (a source whose partitions are all
+    /// read), with the first checkpoint it stands for: their entry in every checkpoint from
+    /// there on, so that the worker's parts go on being written while other workers run.
+    ended: BTreeMap<String, (u64, Entry)>,
     /// Worker 0: checkpoints whose own part is written, waiting for the other workers'.
     awaiting: BTreeSet<u64>,
     /// The checkpoint this worker was restored from, and its part.
@@ -166,6 +170,7 @@ impl Recovery {
             workers,
             participants: 0,
             pending: BTreeMap::new(),
+            ended: BTreeMap::new(),
             awaiting: BTreeSet::new(),
             committed: restored.as_ref().map_or(0, |(id, _)| *id),
             restored,
@@ -277,18 +282,58 @@ impl Recovery {
         self.started
             .entry(id)
             .or_insert_with(std::time::Instant::now);
-        let part = self.pending.entry(id).or_default();
-        part.insert(
+        self.pending.entry(id).or_default().insert(
             name.to_string(),
             Entry {
                 kind: kind.to_string(),
                 bytes,
             },
         );
-        if part.len() < self.participants {
+        self.try_complete(id)
+    }
+
+    /// Participant `name` has ended at `epoch` with this last state: it stands as its entry
+    /// in every checkpoint from `epoch` on (and is its part of the final one).
+    pub(crate) fn ended(
+        &mut self,
+        epoch: u64,
+        name: &str,
+        kind: &str,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        let entry = Entry {
+            kind: kind.to_string(),
+            bytes,
+        };
+        self.ended.insert(name.to_string(), (epoch, entry.clone()));
+        self.contribute(FINAL, name, kind, entry.bytes)?;
+        // Checkpoints this worker had begun may now have all their entries.
+        let begun: Vec<u64> = self.pending.range(epoch..).map(|(&id, _)| id).collect();
+        for id in begun {
+            self.try_complete(id)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the worker's part of checkpoint `id` if every participant's entry is in.
+    fn try_complete(&mut self, id: u64) -> Result<()> {
+        let Some(part) = self.pending.get(&id) else {
+            return Ok(());
+        };
+        let standing = self
+            .ended
+            .iter()
+            .filter(|(name, (from, _))| *from <= id && !part.contains_key(*name))
+            .count();
+        if part.len() + standing < self.participants {
             return Ok(());
         }
-        let part = self.pending.remove(&id).expect("present");
+        let mut part = self.pending.remove(&id).expect("present");
+        for (name, (from, entry)) in &self.ended {
+            if *from <= id && !part.contains_key(name) {
+                part.insert(name.clone(), entry.clone());
+            }
+        }
         // Older checkpoints this worker could not finish will never be: drop them.
         self.pending.retain(|&k, _| k > id);
         let bytes = encode(&part)?;

@@ -261,8 +261,46 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     })
     .map_err(|e| Error::Runtime(format!("cannot start workers: {e}")))?;
 
+    // The workers end once the dataflow has ended everywhere. A process whose run failed
+    // cannot tell the others (they go on, and would wait for it forever): after a grace
+    // period it leaves them; when it exits, they lose their connections to it and fail too.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("runnel-join".into())
+        .spawn(move || {
+            let _ = tx.send(guards.join());
+        })
+        .map_err(|e| Error::Runtime(format!("cannot start a thread: {e}")))?;
+    let mut aborted_at: Option<Instant> = None;
+    let results = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(results) => break results,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // Joining panicked: timely's network threads did (a peer went away).
+                done.store(true, Ordering::SeqCst);
+                return Err(control.take_error().unwrap_or_else(|| {
+                    Error::Runtime(format!("{LOST_PEER}: its network threads stopped"))
+                }));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if processes > 1 && control.aborted() {
+                    let at = aborted_at.get_or_insert_with(Instant::now);
+                    if at.elapsed() >= CLUSTER_ABORT_GRACE {
+                        done.store(true, Ordering::SeqCst);
+                        tracing::warn!(
+                            "this process failed; the other processes of the cluster fail \
+                             when it exits"
+                        );
+                        return Err(control.take_error().unwrap_or_else(|| {
+                            Error::Runtime("the run failed without an error".into())
+                        }));
+                    }
+                }
+            }
+        }
+    };
     let mut panic = None;
-    for r in guards.join() {
+    for r in results {
         if let Err(e) = r {
             panic.get_or_insert(e);
         }
@@ -285,6 +323,9 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         }
     }
     if let Some(p) = panic {
+        if p.contains("MergeQueue poisoned") || p.contains("timely communication error") {
+            return Err(Error::Runtime(format!("{LOST_PEER}: {p}")));
+        }
         return Err(Error::Runtime(format!("a worker panicked: {p}")));
     }
     let mut summary =
@@ -292,6 +333,14 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     summary.samples = samples;
     Ok(summary)
 }
+
+/// The error of a process that lost another process of its cluster.
+const LOST_PEER: &str = "the connection to another process of the cluster was lost (it \
+    failed, was killed, or its machine went away; its own error says why)";
+
+/// How long a process of a cluster whose run failed waits for its workers to stop before it
+/// leaves them (they may wait for the other processes, which do not know of the failure).
+const CLUSTER_ABORT_GRACE: Duration = Duration::from_secs(3);
 
 /// The largest of the `proposal`s of all workers of the computation, every process's included:
 /// a dataflow of its own, run to its end before the job's is built (each worker broadcasts its

@@ -673,7 +673,8 @@ pub(crate) fn build<'s, S: Source>(
     let max_drift = options.max_drift.map(crate::time::millis);
     // Across processes, each instance sends its published watermark whenever it changes, and
     // every worker writes the others' into its process's slots.
-    let cross = max_drift.is_some() && shared.alignment.spans_processes();
+    let cluster = shared.alignment.spans_processes();
+    let cross = max_drift.is_some() && cluster;
     if cross {
         use timely::dataflow::operators::vec::Broadcast;
         use timely::dataflow::operators::Inspect;
@@ -728,9 +729,21 @@ pub(crate) fn build<'s, S: Source>(
         let mut draining = false;
 
         move |_frontiers| {
+            // A failed run stops reading. On one process it drops its capabilities, so that
+            // the dataflow ends (the sinks abort). In a cluster it keeps them: the other
+            // processes do not know of the failure, and with this input ended they would
+            // finish and commit their output; instead they wait, and fail once this process
+            // has left (see `runtime::run`).
+            macro_rules! give_up {
+                () => {{
+                    if !cluster {
+                        caps = None;
+                    }
+                    return false;
+                }};
+            }
             if control.aborted() {
-                caps = None;
-                return false;
+                give_up!();
             }
             if draining {
                 // Every capability is gone; tell the readers what the sinks have finished,
@@ -769,8 +782,7 @@ pub(crate) fn build<'s, S: Source>(
             }
             if let Some(e) = restore_error.take() {
                 control.fail(e);
-                caps = None;
-                return false;
+                give_up!();
             }
             if parts.is_none() && resumed_epoch > 0 {
                 // Restored: continue after the checkpoint's epoch.
@@ -784,8 +796,7 @@ pub(crate) fn build<'s, S: Source>(
             if let Some(r) = &shared.recovery {
                 if let Err(e) = r.borrow_mut().poll() {
                     control.fail(e);
-                    caps = None;
-                    return false;
+                    give_up!();
                 }
             }
             // Open this worker's partitions on the first activation, and new ones as they
@@ -802,8 +813,7 @@ pub(crate) fn build<'s, S: Source>(
                 });
                 if let Err(e) = opened {
                     control.fail(e);
-                    caps = None;
-                    return false;
+                    give_up!();
                 }
                 if let Some(every) = discovery {
                     next_discovery = now + every;
@@ -815,8 +825,7 @@ pub(crate) fn build<'s, S: Source>(
             for p in ps.iter_mut() {
                 if let Err(e) = p.complete_below(complete) {
                     control.fail(e);
-                    caps = None;
-                    return false;
+                    give_up!();
                 }
             }
             let mut cut = false;
@@ -869,8 +878,7 @@ pub(crate) fn build<'s, S: Source>(
                                     reason: other.to_string(),
                                 },
                             });
-                            caps = None;
-                            return false;
+                            give_up!();
                         }
                     };
                     if let Some(t) = reader.time_floor.take() {
@@ -907,8 +915,7 @@ pub(crate) fn build<'s, S: Source>(
                                     location,
                                     reason,
                                 });
-                                caps = None;
-                                return false;
+                                give_up!();
                             }
                             BadRecordPolicy::Skip => {
                                 let n = reader.bad.len() as u64;
@@ -1025,13 +1032,19 @@ pub(crate) fn build<'s, S: Source>(
                             last_report,
                             finished: all_finished,
                         };
-                        if let Err(e) =
-                            encode(&snap).and_then(|b| r.contribute(id, &name, SOURCE_STATE, b))
-                        {
+                        // An ended source's last state stands in the later checkpoints
+                        // the other workers go on taking.
+                        let handed = encode(&snap).and_then(|b| {
+                            if all_finished {
+                                r.ended(epoch, &name, SOURCE_STATE, b)
+                            } else {
+                                r.contribute(id, &name, SOURCE_STATE, b)
+                            }
+                        });
+                        if let Err(e) = handed {
                             drop(r);
                             control.fail(e);
-                            caps = None;
-                            return false;
+                            give_up!();
                         }
                     }
                 }

@@ -231,6 +231,30 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// When another process of a cluster goes away, timely's network threads panic, and the
+/// workers with them; the run then fails with an error that says so. Their panic messages
+/// (and backtraces) would only bury that error, so they are not printed; any other panic is.
+fn quiet_lost_connection_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or_default();
+        let lost = [
+            "timely communication error",
+            "MergeQueue poisoned",
+            "Send thread panic",
+            "Recv thread panic",
+        ];
+        if !lost.iter().any(|l| msg.contains(l)) {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -239,6 +263,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    quiet_lost_connection_panics();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,10 +71,38 @@ fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> V
                 .expect("spawn")
         })
         .collect();
-    children
+    wait_or_kill(children, std::time::Duration::from_secs(300))
+}
+
+/// Waits for every child to end; kills them all and fails the test if one is still running
+/// after `limit` (a hang: these runs take seconds).
+fn wait_or_kill(mut children: Vec<std::process::Child>, limit: std::time::Duration) -> Vec<Output> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if children
+            .iter_mut()
+            .all(|c| c.try_wait().expect("try_wait").is_some())
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let hung = children
+        .iter_mut()
+        .any(|c| c.try_wait().expect("try_wait").is_none());
+    for c in &mut children {
+        let _ = c.kill();
+    }
+    let outputs: Vec<Output> = children
         .into_iter()
         .map(|c| c.wait_with_output().expect("wait"))
-        .collect()
+        .collect();
+    assert!(
+        !hung,
+        "the cluster was still running after {limit:?} (killed); stderr: {:?}",
+        outputs.iter().map(stderr).collect::<Vec<_>>()
+    );
+    outputs
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
@@ -275,6 +303,57 @@ fn clickstream_sessions_match_brute_force_on_1_2_4_workers_and_2_processes() {
         summary(&o);
     }
     assert_eq!(session_rows(&out), reference, "2 processes");
+}
+
+/// A process of a cluster that fails (here on a bad record, under the fail policy) takes
+/// the cluster down: every process exits with an error, the failing one naming the file,
+/// line and field, the others the lost connection; none waits for the others forever, and
+/// none commits its output (the input did not end, so there is no complete result).
+#[test]
+fn a_failure_in_one_process_fails_the_whole_cluster_and_nothing_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input: PathBuf = dir.path().join("views.jsonl");
+    write_page_views(&input, &page_views(50, 2_000, 7)).unwrap();
+    let mut text = std::fs::read_to_string(&input).unwrap();
+    let bad_line = text.lines().count() + 1;
+    text.push_str("{\"user\":3,\"page\":\"/x\"}\n");
+    std::fs::write(&input, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let outputs = run_cluster(
+        dir.path(),
+        2,
+        1,
+        &[
+            "run",
+            "clickstream-sessions",
+            "--set",
+            &format!("input={}", input.display()),
+            "--set",
+            &format!("out={}", out.display()),
+        ],
+    );
+    let errors: Vec<String> = outputs.iter().map(stderr).collect();
+    for o in &outputs {
+        assert!(!o.status.success(), "every process fails: {errors:?}");
+    }
+    let located = format!("{}:{bad_line}", input.display());
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e.contains(&located) && e.contains("ts_ms"))
+            .count(),
+        1,
+        "one process names the bad record's file, line and field: {errors:?}"
+    );
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e.contains("connection to another process of the cluster was lost"))
+            .count(),
+        1,
+        "the other says it lost the failed one: {errors:?}"
+    );
+    assert!(!out.exists(), "no output was committed");
 }
 
 #[test]

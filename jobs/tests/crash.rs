@@ -61,16 +61,30 @@ fn seed() -> u64 {
     seed
 }
 
+/// How long one run may take before the test calls it hung (a whole crash test takes well
+/// under a minute on a loaded 2-core machine).
+const HUNG_AFTER: Duration = Duration::from_secs(300);
+
+/// Process `i`'s stderr, every run's appended (kept in the state folder, shown on failure).
+fn stderr_log(state: &Path, i: usize) -> std::path::PathBuf {
+    state.join(format!("stderr-{i}.log"))
+}
+
 /// Starts `args` as `processes` processes of 2 workers each (one process: no cluster flags).
 fn spawn(args: &[String], processes: usize, hosts: &Path, state: &Path) -> Vec<Child> {
     (0..processes)
         .map(|i| {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(stderr_log(state, i))
+                .expect("stderr log");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
             cmd.args(args)
                 .args(["--workers", "2", "--json", "--quiet"])
                 .env("RUNNEL_STATE_DIR", state)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+                .stderr(log);
             if processes > 1 {
                 cmd.args([
                     "--processes",
@@ -84,6 +98,49 @@ fn spawn(args: &[String], processes: usize, hosts: &Path, state: &Path) -> Vec<C
             cmd.spawn().expect("spawn runnel")
         })
         .collect()
+}
+
+/// Waits for `children` (a run's processes) to end; kills them and fails the test, showing
+/// their stderr, if they are still running after [`HUNG_AFTER`].
+fn wait_all(children: Vec<Child>, state: &Path) -> Vec<Output> {
+    let deadline = Instant::now() + HUNG_AFTER;
+    let mut children = children;
+    while Instant::now() < deadline {
+        if children
+            .iter_mut()
+            .all(|c| c.try_wait().expect("try_wait").is_some())
+        {
+            return children
+                .into_iter()
+                .map(|c| c.wait_with_output().expect("wait"))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let logs: Vec<String> = (0..children.len())
+        .map(|i| {
+            let text = std::fs::read_to_string(stderr_log(state, i)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            format!(
+                "process {i}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect();
+    panic!(
+        "the run was still going after {HUNG_AFTER:?}: hung (killed). Their stderr:\n{}",
+        logs.join("\n")
+    );
+}
+
+/// A run's outcome with its stderr (from its log) for [`summary`]: `o` had none captured.
+fn with_stderr(mut o: Output, state: &Path, i: usize) -> Output {
+    o.stderr = std::fs::read(stderr_log(state, i)).unwrap_or_default();
+    o
 }
 
 /// Runs `args` (a `runnel run ...` command line) with SIGKILLs after each of `kills`, then to
@@ -116,8 +173,8 @@ fn run_with_kills(
             let _ = c.kill();
         }
         let mut outputs = Vec::new();
-        for c in children {
-            let o = c.wait_with_output().expect("wait");
+        for (p, o) in wait_all(children, state).into_iter().enumerate() {
+            let o = with_stderr(o, state, p);
             if o.status.success() {
                 killed_early += 1;
             } else if o.status.code().is_some() {
@@ -146,9 +203,10 @@ fn run_with_kills(
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
     std::fs::write(&hosts, lines.join("\n")).unwrap();
-    spawn(args, processes, &hosts, state)
+    wait_all(spawn(args, processes, &hosts, state), state)
         .into_iter()
-        .map(|c| summary(&c.wait_with_output().expect("wait")))
+        .enumerate()
+        .map(|(p, o)| summary(&with_stderr(o, state, p)))
         .collect()
 }
 

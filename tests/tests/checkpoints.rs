@@ -22,11 +22,16 @@ const WINDOW_MS: u64 = 1_000;
 /// Per auction, bids and max price per 1 s window, to a sorted JSON-lines file. `variant`
 /// changes the window's aggregate (a different state type) for the incompatible-job test.
 fn job(out: &Path, rate: u64, variant: bool) -> Job {
+    job_on(out, rate, variant, 4)
+}
+
+/// [`job`] with its bids in `partitions` partitions.
+fn job_on(out: &Path, rate: u64, variant: bool, partitions: u32) -> Job {
     let out = out.to_path_buf();
     Job::new("ckpt", "windows with checkpoints", move |flow| {
         let bids = flow.source(
             "bids",
-            BidGenerator::new(EVENTS).partitions(4).rate(rate),
+            BidGenerator::new(EVENTS).partitions(partitions).rate(rate),
             SourceOptions::new(),
         )?;
         let keyed = bids.key_by(|b: &Bid| b.auction);
@@ -116,6 +121,30 @@ fn a_stopped_job_resumes_from_its_checkpoint_with_each_result_once() {
     assert!(
         summary.events_in < EVENTS,
         "the resumed run reads only what comes after the checkpoint ({} of {EVENTS})",
+        summary.events_in
+    );
+    assert_eq!(read_lines(&out), expected());
+}
+
+/// One partition on two workers: worker 1's source has nothing to read and ends at once.
+/// Its last state stands in the checkpoints worker 0 goes on taking, so they complete while
+/// the job runs (not only at its end), and a stopped run resumes from one with each result
+/// once.
+#[test]
+fn checkpoints_complete_while_a_worker_whose_source_ended_waits_for_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "ckpt").unwrap());
+    let out = dir.path().join("out.jsonl");
+    let j = job_on(&out, 100_000, false, 1);
+    run_until_checkpoint(&j, options(&store, Restore::Latest), &store, 2);
+    assert!(!out.exists(), "a suspended run writes no output file");
+    let resumed_from = store.latest().unwrap().expect("a checkpoint").epoch;
+    assert!(resumed_from > 0 && resumed_from < runnel_engine::recovery::FINAL);
+
+    let summary = run(&j, options(&store, Restore::Latest)).expect("the resumed run");
+    assert!(
+        summary.events_in > 0 && summary.events_in < EVENTS,
+        "the resumed run reads what comes after the checkpoint ({} of {EVENTS})",
         summary.events_in
     );
     assert_eq!(read_lines(&out), expected());

@@ -744,10 +744,14 @@ impl WorkerClient {
             stop_at_end: config.stop_at_end,
             finished: false,
             expect: match offset {
-                Offset::Offset(o) if start.is_some() => Some(o),
+                Offset::Offset(o) => Some(o),
                 _ => None,
             },
             rewind: 10_000,
+            next_check: Instant::now() + FIRST_SKIP_CHECK,
+            check_every: FIRST_SKIP_CHECK,
+            last_polled: Instant::now(),
+            reached_before: false,
             last: None,
         })
     }
@@ -846,15 +850,75 @@ struct KafkaPartitionReader<T> {
     /// Finish at the end of the partition (the consumer reports it with `enable.partition.eof`).
     stop_at_end: bool,
     finished: bool,
-    /// Started at an explicit offset (a checkpoint's): the first record must be this one. A
-    /// broker that answers a fetch from inside a batch with a later batch (tansu 0.6 does)
-    /// would skip records; the reader then seeks back by `rewind` and drops what is below.
+    /// Started at an explicit offset (a checkpoint's, the group's or a timestamp's): the
+    /// first record must be this one. A broker that answers a fetch from inside a batch with
+    /// the next batch (tansu 0.6 does) would skip records, and with nothing when the batch is
+    /// the partition's last; the reader then seeks back by `rewind` and drops what is below.
     expect: Option<i64>,
     rewind: i64,
+    /// While `expect` is set: when to look again whether the broker's answers skipped it,
+    /// how long to wait after that, and when the queue last gave anything (records below
+    /// `expect` included: a seek back reads those first).
+    next_check: Instant,
+    check_every: Duration,
+    last_polled: Instant,
+    /// The record just before `expect` was read (after a seek back).
+    reached_before: bool,
     /// The offset of the last record pushed: a partition's offsets only grow, so a record at
     /// or below it (a fetch from before a seek, still queued) is dropped.
     last: Option<i64>,
 }
+
+impl<T> KafkaPartitionReader<T> {
+    /// Seeks back by `rewind` from `want` (the offset the reader must start at), which the
+    /// broker's answers skipped (`why`), and widens `rewind` for the next time.
+    fn seek_back(&mut self, want: i64, why: &str) -> Result<()> {
+        let back = (want - self.rewind).max(0);
+        tracing::warn!(
+            "{}/{}: asked for offset {want}, {why}; reading again from {back}",
+            self.topic,
+            self.partition
+        );
+        self.rewind = self.rewind.saturating_mul(4);
+        self.client
+            .consumer
+            .seek(
+                &self.topic,
+                self.partition,
+                Offset::Offset(back),
+                self.client.request_timeout,
+            )
+            .map_err(|e| {
+                self.client.error(format!(
+                    "{}/{}: cannot seek back to offset {back}: {e}",
+                    self.topic, self.partition
+                ))
+            })
+    }
+
+    /// Nothing came yet from `want`, and the queue has been empty for a while: either the
+    /// partition ends at `want` (the record before it was read: nothing was skipped, and the
+    /// reader stops checking), or the broker is answering with nothing (a fetch from inside
+    /// the partition's last batch), so seek back. (tansu's ListOffsets cannot tell which: it
+    /// answers "latest" with the last batch's first offset + 1.) Checks more seldom each time.
+    fn check_skipped(&mut self, want: i64) -> Result<()> {
+        let now = Instant::now();
+        if now < self.next_check || now.duration_since(self.last_polled) < FIRST_SKIP_CHECK {
+            return Ok(());
+        }
+        if self.reached_before || want == 0 {
+            self.expect = None;
+            return Ok(());
+        }
+        self.check_every = (self.check_every * 2).min(Duration::from_secs(5));
+        self.next_check = now + self.check_every;
+        self.seek_back(want, "nothing came back")
+    }
+}
+
+/// How long the queue of a reader that started at an explicit offset stays empty before the
+/// reader looks whether the broker skipped its first record.
+const FIRST_SKIP_CHECK: Duration = Duration::from_millis(500);
 
 impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
     fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus> {
@@ -866,7 +930,11 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
         let mut n = 0;
         let mut error = None;
         while n < budget {
-            match self.queue.poll(Duration::ZERO) {
+            let polled = self.queue.poll(Duration::ZERO);
+            if polled.is_some() && self.expect.is_some() {
+                self.last_polled = Instant::now();
+            }
+            match polled {
                 None => break,
                 Some(Ok(m)) => {
                     let offset = m.offset();
@@ -875,29 +943,12 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                     }
                     if let Some(want) = self.expect {
                         if offset < want {
+                            self.reached_before |= offset == want - 1;
                             continue;
                         }
                         if offset > want {
                             // Records want..offset were skipped by the broker: go back.
-                            let back = (want - self.rewind).max(0);
-                            tracing::warn!(
-                                "{}/{}: asked for offset {want}, the broker answered from {offset}; \
-                                 reading again from {back}",
-                                self.topic,
-                                self.partition
-                            );
-                            self.rewind = self.rewind.saturating_mul(4);
-                            if let Err(e) = self.client.consumer.seek(
-                                &self.topic,
-                                self.partition,
-                                Offset::Offset(back),
-                                self.client.request_timeout,
-                            ) {
-                                return Err(self.client.error(format!(
-                                    "{}/{}: cannot seek back to offset {back}: {e}",
-                                    self.topic, self.partition
-                                )));
-                            }
+                            self.seek_back(want, &format!("the broker answered from {offset}"))?;
                             break;
                         }
                         self.expect = None;
@@ -942,6 +993,8 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
         if n > 0 {
             self.client.progress();
             self.client.bytes_in.add(bytes);
+        } else if let Some(want) = self.expect {
+            self.check_skipped(want)?;
         }
         if let Some(e) = error {
             self.client
