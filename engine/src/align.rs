@@ -119,6 +119,15 @@ impl Aligner {
         self.remote.slots[self.mine].load(Ordering::Relaxed)
     }
 
+    /// Every instance's slot, by global worker (for diagnostics).
+    pub(crate) fn slots(&self) -> Vec<i64> {
+        self.remote
+            .slots
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Where this process records the reports of instances in other processes.
     pub(crate) fn remote(&self) -> Remote {
         self.remote.clone()

@@ -612,6 +612,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long watermark alignment may hold an instance back before a warning says so (and how
+/// often it is repeated).
+const LONG_PAUSE: Duration = Duration::from_secs(10);
+
 /// Sends this instance's published alignment watermark to every worker if it changed since
 /// the last report.
 fn send_alignment(
@@ -727,6 +731,9 @@ pub(crate) fn build<'s, S: Source>(
         let mut reader = Reader::new(options.budget, options.event_time.clone());
         // After the last epoch: waiting for the sinks to finish it, to report completion.
         let mut draining = false;
+        // Since when alignment has held this instance back, and when that was last reported.
+        let mut paused_since: Option<Instant> = None;
+        let mut last_pause_warning: Option<Instant> = None;
 
         move |_frontiers| {
             // A failed run stops reading. On one process it drops its capabilities, so that
@@ -965,6 +972,23 @@ pub(crate) fn build<'s, S: Source>(
                 aligner.publish(backlog_watermark(ps, &options.watermark));
                 if paused {
                     paused_counter.add(1);
+                    let since = *paused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= LONG_PAUSE
+                        && last_pause_warning.is_none_or(|t: Instant| t.elapsed() >= LONG_PAUSE)
+                    {
+                        last_pause_warning = Some(Instant::now());
+                        tracing::warn!(
+                            "source '{name}' on worker {worker} has waited {} s for watermark \
+                             alignment: its instances' watermarks (by worker; {} = not \
+                             backlogged) are {:?}, the allowed drift {} ms",
+                            since.elapsed().as_secs(),
+                            align::NOT_BACKLOGGED,
+                            aligner.slots(),
+                            max_drift.unwrap_or_default()
+                        );
+                    }
+                } else {
+                    paused_since = None;
                 }
                 if cross {
                     send_alignment(&mut out_align, &c[3], worker, &aligner, &mut sent);

@@ -472,7 +472,9 @@ impl<T> KafkaSink<T> {
         for (k, v) in &kafka.librdkafka_options {
             cfg.set(k, v);
         }
-        let consumer: BaseConsumer = cfg.create().map_err(|e| fail(e.to_string()))?;
+        let consumer: BaseConsumer<ReadBackEvents> = cfg
+            .create_with_context(ReadBackEvents)
+            .map_err(|e| fail(e.to_string()))?;
         let md = consumer
             .fetch_metadata(Some(topic), kafka.request_timeout)
             .map_err(|e| fail(e.to_string()))?;
@@ -548,6 +550,20 @@ impl<T> KafkaSink<T> {
         }
     }
 }
+
+/// The read-back consumer's events: the end of a partition is how a read-back ends, not an
+/// error (librdkafka's default context would log it as one).
+struct ReadBackEvents;
+
+impl rdkafka::ClientContext for ReadBackEvents {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!("reading back an exactly-once topic: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReadBackEvents {}
 
 impl<T: 'static> Sink<T> for KafkaSink<T> {
     fn open(&mut self, ctx: &SinkContext) -> Result<()> {

@@ -752,6 +752,7 @@ impl WorkerClient {
             check_every: FIRST_SKIP_CHECK,
             last_polled: Instant::now(),
             reached_before: false,
+            last_error_log: None,
             last: None,
         })
     }
@@ -864,6 +865,8 @@ struct KafkaPartitionReader<T> {
     last_polled: Instant,
     /// The record just before `expect` was read (after a seek back).
     reached_before: bool,
+    /// When an error of this partition was last logged.
+    last_error_log: Option<Instant>,
     /// The offset of the last record pushed: a partition's offsets only grow, so a record at
     /// or below it (a fetch from before a seek, still queued) is dropped.
     last: Option<i64>,
@@ -997,8 +1000,17 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
             self.check_skipped(want)?;
         }
         if let Some(e) = error {
-            self.client
-                .failed(&format!("{}/{}", self.topic, self.partition), &e);
+            let at = format!("{}/{}", self.topic, self.partition);
+            if self
+                .last_error_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                // The job waits and retries (and fails once the brokers stay unreachable for
+                // max_unavailable); say why, now and then.
+                self.last_error_log = Some(Instant::now());
+                tracing::warn!("{at}: {e}; retrying");
+            }
+            self.client.failed(&at, &e);
         }
         self.client.serve()?;
         if self.finished {
