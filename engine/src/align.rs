@@ -18,17 +18,38 @@
 //! every worker when it changes (a small broadcast dataflow beside the source, see
 //! `source::build`), and the receivers write it into the sender's slot in their process. So an
 //! instance sees the others of its own process at once and those of other processes as of their
-//! last report, a network hop behind. A stale report only ever lags the truth, so it can make an
+//! last report, a network hop behind. Like Flink's alignment updates, a live instance repeats
+//! its report every [`RESEND_EVERY`] even when it has not changed, and a report from another
+//! process that has not been repeated for [`REPORT_EXPIRES`] holds no one back: an instance
+//! that has ended stops reporting, and a report that went missing or was overwritten by an
+//! older copy (every worker of a process writes the reports it receives into the same slots)
+//! is put right by the next one. A stale report only ever lags the truth, so it can make an
 //! instance wait longer than it needed, never run further ahead than the drift, except when a
 //! caught-up partition starts a backlog again: until its report arrives the others do not wait
 //! for it (Flink's alignment has the same window, its update interval).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Published by an instance that holds no one back.
 pub(crate) const NOT_BACKLOGGED: i64 = i64::MAX;
+
+/// How often a live instance in a cluster repeats its report.
+pub(crate) const RESEND_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a report from another process counts without being repeated, in milliseconds.
+pub(crate) const REPORT_EXPIRES: u64 = 2_000;
+
+/// The slots of one source: each instance's watermark, and for the instances of other
+/// processes when their last report came (milliseconds since the registry's origin).
+#[derive(Debug)]
+struct Slots {
+    wm: Vec<AtomicI64>,
+    seen: Vec<AtomicU64>,
+    origin: Instant,
+}
 
 /// The alignment slots of every source of a run in this process, by source name: one slot per
 /// worker of the cluster, written directly by this process's instances and from reports for the
@@ -37,7 +58,8 @@ pub(crate) const NOT_BACKLOGGED: i64 = i64::MAX;
 pub(crate) struct Registry {
     local_workers: usize,
     processes: usize,
-    groups: Mutex<HashMap<String, Arc<[AtomicI64]>>>,
+    groups: Mutex<HashMap<String, Arc<Slots>>>,
+    origin: Instant,
 }
 
 impl Registry {
@@ -48,6 +70,7 @@ impl Registry {
             local_workers: local_workers.max(1),
             processes: processes.max(1),
             groups: Mutex::new(HashMap::new()),
+            origin: Instant::now(),
         }
     }
 
@@ -65,7 +88,13 @@ impl Registry {
             .lock()
             .expect("alignment registry poisoned")
             .entry(source.to_string())
-            .or_insert_with(|| (0..n).map(|_| AtomicI64::new(NOT_BACKLOGGED)).collect())
+            .or_insert_with(|| {
+                Arc::new(Slots {
+                    wm: (0..n).map(|_| AtomicI64::new(NOT_BACKLOGGED)).collect(),
+                    seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                    origin: self.origin,
+                })
+            })
             .clone();
         // Timely numbers the workers of process `p` from `p * local_workers`.
         let first = worker / self.local_workers * self.local_workers;
@@ -89,7 +118,7 @@ pub(crate) struct Aligner {
 /// Where a process writes the reports of its source's instances in other processes.
 #[derive(Clone, Debug)]
 pub(crate) struct Remote {
-    slots: Arc<[AtomicI64]>,
+    slots: Arc<Slots>,
     /// The global indices of this process's workers, whose slots they write themselves.
     local: std::ops::Range<usize>,
 }
@@ -98,11 +127,23 @@ impl Remote {
     /// Records that the instance on global worker `worker` published `wm`; a report from an
     /// instance of this process (which writes its slot itself, and more recently) is ignored.
     pub(crate) fn receive(&self, worker: usize, wm: i64) {
+        self.receive_at(worker, wm, self.now_ms());
+    }
+
+    /// [`Remote::receive`], at `now` milliseconds since the registry's origin.
+    fn receive_at(&self, worker: usize, wm: i64, now: u64) {
         if !self.local.contains(&worker) {
-            if let Some(slot) = self.slots.get(worker) {
+            if let (Some(slot), Some(seen)) =
+                (self.slots.wm.get(worker), self.slots.seen.get(worker))
+            {
                 slot.store(wm, Ordering::Relaxed);
+                seen.store(now, Ordering::Relaxed);
             }
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.slots.origin.elapsed().as_millis() as u64
     }
 }
 
@@ -111,21 +152,33 @@ impl Aligner {
     /// ([`NOT_BACKLOGGED`] if none).
     #[inline]
     pub(crate) fn publish(&self, wm: i64) {
-        self.remote.slots[self.mine].store(wm, Ordering::Relaxed);
+        self.remote.slots.wm[self.mine].store(wm, Ordering::Relaxed);
     }
 
     /// What this instance published last.
     pub(crate) fn published(&self) -> i64 {
-        self.remote.slots[self.mine].load(Ordering::Relaxed)
+        self.remote.slots.wm[self.mine].load(Ordering::Relaxed)
     }
 
     /// Every instance's slot, by global worker (for diagnostics).
     pub(crate) fn slots(&self) -> Vec<i64> {
-        self.remote
-            .slots
-            .iter()
-            .map(|s| s.load(Ordering::Relaxed))
+        let now = self.remote.now_ms();
+        (0..self.remote.slots.wm.len())
+            .map(|i| self.slot_at(i, now))
             .collect()
+    }
+
+    /// Slot `i` as it counts at `now`: a report from another process that has expired holds
+    /// no one back.
+    fn slot_at(&self, i: usize, now: u64) -> i64 {
+        let wm = self.remote.slots.wm[i].load(Ordering::Relaxed);
+        if wm != NOT_BACKLOGGED && !self.remote.local.contains(&i) {
+            let seen = self.remote.slots.seen[i].load(Ordering::Relaxed);
+            if now.saturating_sub(seen) > REPORT_EXPIRES {
+                return NOT_BACKLOGGED;
+            }
+        }
+        wm
     }
 
     /// Where this process records the reports of instances in other processes.
@@ -136,10 +189,13 @@ impl Aligner {
     /// The smallest watermark any instance of the group has published.
     #[inline]
     pub(crate) fn group_min(&self) -> i64 {
-        self.remote
-            .slots
-            .iter()
-            .map(|s| s.load(Ordering::Relaxed))
+        self.group_min_at(self.remote.now_ms())
+    }
+
+    /// [`Aligner::group_min`] at `now` milliseconds since the registry's origin.
+    fn group_min_at(&self, now: u64) -> i64 {
+        (0..self.remote.slots.wm.len())
+            .map(|i| self.slot_at(i, now))
             .min()
             .unwrap_or(NOT_BACKLOGGED)
     }
@@ -200,5 +256,27 @@ mod tests {
         remote.receive(99, 0);
         assert_eq!(w2.group_min(), 10);
         assert!(!Registry::new(2, 1).spans_processes());
+    }
+
+    #[test]
+    fn a_report_from_another_process_expires_unless_it_is_repeated() {
+        let r = Registry::new(1, 2);
+        let w1 = r.join("s", 1);
+        w1.publish(100);
+        let remote = w1.remote();
+        remote.receive_at(0, 40, 1_000);
+        assert_eq!(w1.group_min_at(1_000 + REPORT_EXPIRES), 40, "fresh");
+        assert_eq!(
+            w1.group_min_at(1_001 + REPORT_EXPIRES),
+            100,
+            "expired: it holds no one back"
+        );
+        remote.receive_at(0, 40, 5_000);
+        assert_eq!(w1.group_min_at(5_500), 40, "repeated: it counts again");
+        assert_eq!(
+            w1.group_min_at(60_000),
+            100,
+            "this process's own slot never expires"
+        );
     }
 }

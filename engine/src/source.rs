@@ -617,18 +617,18 @@ fn now_ms() -> i64 {
 const LONG_PAUSE: Duration = Duration::from_secs(10);
 
 /// Sends this instance's published alignment watermark to every worker if it changed since
-/// the last report.
+/// the last report, or that report is [`align::RESEND_EVERY`] old.
 fn send_alignment(
     out: &mut OutputBuilder<u64, CapacityContainerBuilder<Vec<(u32, i64)>>>,
     cap: &timely::dataflow::operators::Capability<u64>,
     worker: u32,
     aligner: &align::Aligner,
-    sent: &mut Option<i64>,
+    sent: &mut Option<(i64, Instant)>,
 ) {
     let wm = aligner.published();
-    if *sent != Some(wm) {
+    if sent.is_none_or(|(last, at)| last != wm || at.elapsed() >= align::RESEND_EVERY) {
         out.activate().session(cap).give((worker, wm));
-        *sent = Some(wm);
+        *sent = Some((wm, Instant::now()));
     }
 }
 
@@ -687,7 +687,7 @@ pub(crate) fn build<'s, S: Source>(
             .broadcast()
             .inspect(move |&(w, wm)| remote.receive(w as usize, wm));
     }
-    let mut sent: Option<i64> = None;
+    let mut sent: Option<(i64, Instant)> = None;
     let paused_counter = metrics.counter(&format!("{name}.alignment_waits"));
 
     let discovery = source.discovery_interval();
