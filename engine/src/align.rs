@@ -23,10 +23,12 @@
 //! process that has not been repeated for [`REPORT_EXPIRES`] holds no one back: an instance
 //! that has ended stops reporting, and a report that went missing or was overwritten by an
 //! older copy (every worker of a process writes the reports it receives into the same slots)
-//! is put right by the next one. A stale report only ever lags the truth, so it can make an
-//! instance wait longer than it needed, never run further ahead than the drift, except when a
-//! caught-up partition starts a backlog again: until its report arrives the others do not wait
-//! for it (Flink's alignment has the same window, its update interval).
+//! is put right by the next one. The price: while an instance's reports do not arrive for that
+//! long (its worker blocked, its process gone), the others may run further ahead of it than
+//! the drift. Otherwise a stale report only ever lags the truth, so it can make an instance
+//! wait longer than it needed, not run further ahead than the drift, except when a caught-up
+//! partition starts a backlog again: until its report arrives the others do not wait for it
+//! (Flink's alignment has the same window, its update interval).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

@@ -11,6 +11,10 @@
 //!   a later epoch;
 //! * a sink once its input frontier has passed `c` (only records of epochs `<= c`).
 //!
+//! A source whose partitions have all ended hands in its last state once
+//! (`Recovery::ended`); it stands as its entry in every later checkpoint of its worker, so
+//! that the worker's parts go on being written while the other workers still read.
+//!
 //! Once every participant of a worker has handed in, the worker writes its part (`w<index>`) to
 //! the [`CheckpointStore`]. Global worker 0 commits checkpoint `c` (its manifest) once every
 //! worker's part is in the store, then keeps the newest `keep` checkpoints. So a checkpoint is
@@ -103,8 +107,8 @@ pub(crate) struct Recovery {
     /// Checkpoints being assembled on this worker.
     pending: BTreeMap<u64, Part>,
     /// The last state of participants that have ended (a source whose partitions are all
-    /// read), with the first checkpoint it stands for: their entry in every checkpoint from
-    /// there on, so that the worker's parts go on being written while other workers run.
+    /// read), with the epoch it ended in: their entry in every checkpoint from that epoch on,
+    /// so that the worker's parts go on being written while other workers run.
     ended: BTreeMap<String, (u64, Entry)>,
     /// Worker 0: checkpoints whose own part is written, waiting for the other workers'.
     awaiting: BTreeSet<u64>,

@@ -258,6 +258,26 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 control2.fail(e);
             }
         });
+        // Run the dataflow here rather than in timely's loop after this closure, so that a
+        // panic fails the run: in a cluster, that is what makes this process leave (below).
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while worker.has_dataflows() {
+                worker.step_or_park(None);
+            }
+        }));
+        if let Err(payload) = stepped {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            control2.fail(if is_lost_peer(&msg) {
+                Error::Runtime(format!("{LOST_PEER}: {msg}"))
+            } else {
+                Error::Runtime(format!("worker {index} panicked: {msg}"))
+            });
+            std::panic::resume_unwind(payload);
+        }
     })
     .map_err(|e| Error::Runtime(format!("cannot start workers: {e}")))?;
 
@@ -323,7 +343,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         }
     }
     if let Some(p) = panic {
-        if p.contains("MergeQueue poisoned") || p.contains("timely communication error") {
+        if is_lost_peer(&p) {
             return Err(Error::Runtime(format!("{LOST_PEER}: {p}")));
         }
         return Err(Error::Runtime(format!("a worker panicked: {p}")));
@@ -337,6 +357,11 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
 /// The error of a process that lost another process of its cluster.
 const LOST_PEER: &str = "the connection to another process of the cluster was lost (it \
     failed, was killed, or its machine went away; its own error says why)";
+
+/// Whether a worker's panic message is timely's for a lost connection to another process.
+fn is_lost_peer(msg: &str) -> bool {
+    msg.contains("MergeQueue poisoned") || msg.contains("timely communication error")
+}
 
 /// How long a process of a cluster whose run failed waits for its workers to stop before it
 /// leaves them (they may wait for the other processes, which do not know of the failure).

@@ -249,7 +249,8 @@ struct SourceSnapshot {
     partitions: Vec<(String, u64, i64)>,
     /// The last watermark reported.
     last_report: Option<WmValue>,
-    /// Every partition had ended (the job's final checkpoint).
+    /// Every partition had ended (in the job's final checkpoint, and in the later checkpoints
+    /// of a worker whose source ended before the others').
     finished: bool,
 }
 
@@ -810,7 +811,7 @@ pub(crate) fn build<'s, S: Source>(
             // are discovered.
             let now = Instant::now();
             if restored_finished && parts.is_none() {
-                // Restored from the final checkpoint: this source had ended.
+                // Restored from a checkpoint taken after this source had ended.
                 parts = Some(Vec::new());
             }
             if parts.is_none() || discovery.is_some_and(|_| now >= next_discovery) {

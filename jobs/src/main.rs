@@ -405,6 +405,15 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
         checkpoint,
         ..RunOptions::default()
     };
+    if args.restart > 0 && args.cluster.processes > 1 {
+        // A failed process of a cluster leaves its workers running until it exits (that is
+        // how the others learn of the failure), so it cannot start a new run in place.
+        bail!(
+            "--restart restarts one process in place and cannot be used with --processes {}: \
+             restart every process of the cluster instead (they resume from the last checkpoint)",
+            args.cluster.processes
+        );
+    }
     let mut restarts = 0;
     let summary = loop {
         match run(job, opts.clone()) {

@@ -449,6 +449,29 @@ fn unknown_jobs_bad_flags_and_bad_settings_are_named() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--wrokers"), "{}", stderr(&o));
 
+    // A process of a cluster cannot restart in place (it would leave its peers waiting).
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1:1\n127.0.0.1:2\n").unwrap();
+    let o = runnel(&[
+        "run",
+        "w0-passthrough",
+        "--restart",
+        "1",
+        "--processes",
+        "2",
+        "--process-id",
+        "0",
+        "--hosts",
+        hosts.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--restart") && err.contains("--processes 2"),
+        "{err}"
+    );
+
     let o = runnel(&["run", "w0-passthrough", "--set", "events=lots"]);
     assert!(!o.status.success());
     let err = stderr(&o);

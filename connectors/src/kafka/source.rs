@@ -753,6 +753,7 @@ impl WorkerClient {
             last_polled: Instant::now(),
             reached_before: false,
             last_error_log: None,
+            sought_start: false,
             last: None,
         })
     }
@@ -867,6 +868,8 @@ struct KafkaPartitionReader<T> {
     reached_before: bool,
     /// When an error of this partition was last logged.
     last_error_log: Option<Instant>,
+    /// A seek back went to the partition's start (the next one gives up).
+    sought_start: bool,
     /// The offset of the last record pushed: a partition's offsets only grow, so a record at
     /// or below it (a fetch from before a seek, still queued) is dropped.
     last: Option<i64>,
@@ -876,8 +879,22 @@ impl<T> KafkaPartitionReader<T> {
     /// Seeks back by `rewind` from `want` (the offset the reader must start at), which the
     /// broker's answers skipped (`why`), and widens `rewind` for the next time.
     fn seek_back(&mut self, want: i64, why: &str) -> Result<()> {
+        if self.sought_start {
+            // Already read again from the partition's start: the records from there to
+            // `want` are not in the partition (deleted by retention, or the topic was made
+            // anew). Go on with what there is, as a reset to the earliest offset would.
+            tracing::warn!(
+                "{}/{}: asked for offset {want}, {why}, also when reading from the start of \
+                 the partition; going on from what there is",
+                self.topic,
+                self.partition
+            );
+            self.expect = None;
+            return Ok(());
+        }
         let back = (want - self.rewind).max(0);
-        tracing::warn!(
+        self.sought_start = back == 0;
+        tracing::info!(
             "{}/{}: asked for offset {want}, {why}; reading again from {back}",
             self.topic,
             self.partition
