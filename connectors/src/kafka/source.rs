@@ -753,7 +753,7 @@ impl WorkerClient {
             last_polled: Instant::now(),
             reached_before: false,
             last_error_log: None,
-            sought_start: false,
+            sought_start: None,
             last: None,
         })
     }
@@ -868,8 +868,8 @@ struct KafkaPartitionReader<T> {
     reached_before: bool,
     /// When an error of this partition was last logged.
     last_error_log: Option<Instant>,
-    /// A seek back went to the partition's start (the next one gives up).
-    sought_start: bool,
+    /// When a seek back went to the partition's start (a skip seen 2 s after it gives up).
+    sought_start: Option<Instant>,
     /// The offset of the last record pushed: a partition's offsets only grow, so a record at
     /// or below it (a fetch from before a seek, still queued) is dropped.
     last: Option<i64>,
@@ -877,12 +877,19 @@ struct KafkaPartitionReader<T> {
 
 impl<T> KafkaPartitionReader<T> {
     /// Seeks back by `rewind` from `want` (the offset the reader must start at), which the
-    /// broker's answers skipped (`why`), and widens `rewind` for the next time.
-    fn seek_back(&mut self, want: i64, why: &str) -> Result<()> {
-        if self.sought_start {
+    /// broker's answers skipped (`why`; `answered`: the offset it answered with, if any), and
+    /// widens `rewind` for the next time. Once a seek back has reached the partition's start,
+    /// a skip seen 2 s later means the records are not there: the reader goes on without them.
+    fn seek_back(&mut self, want: i64, answered: Option<i64>, why: &str) -> Result<()> {
+        if let Some(at) = self.sought_start {
+            if at.elapsed() < Duration::from_secs(2) {
+                // Answers to fetches from before that seek may still come: drop them.
+                return Ok(());
+            }
             // Already read again from the partition's start: the records from there to
             // `want` are not in the partition (deleted by retention, or the topic was made
-            // anew). Go on with what there is, as a reset to the earliest offset would.
+            // anew). Go on with what there is, as a reset to the earliest offset would: from
+            // the record the broker answered with (read again), if any.
             tracing::warn!(
                 "{}/{}: asked for offset {want}, {why}, also when reading from the start of \
                  the partition; going on from what there is",
@@ -890,27 +897,37 @@ impl<T> KafkaPartitionReader<T> {
                 self.partition
             );
             self.expect = None;
-            return Ok(());
+            return match answered {
+                Some(first) => self.seek_to(first),
+                None => Ok(()),
+            };
         }
         let back = (want - self.rewind).max(0);
-        self.sought_start = back == 0;
+        if back == 0 {
+            self.sought_start = Some(Instant::now());
+        }
         tracing::info!(
             "{}/{}: asked for offset {want}, {why}; reading again from {back}",
             self.topic,
             self.partition
         );
         self.rewind = self.rewind.saturating_mul(4);
+        self.seek_to(back)
+    }
+
+    /// Seeks the partition to `offset`.
+    fn seek_to(&self, offset: i64) -> Result<()> {
         self.client
             .consumer
             .seek(
                 &self.topic,
                 self.partition,
-                Offset::Offset(back),
+                Offset::Offset(offset),
                 self.client.request_timeout,
             )
             .map_err(|e| {
                 self.client.error(format!(
-                    "{}/{}: cannot seek back to offset {back}: {e}",
+                    "{}/{}: cannot seek back to offset {offset}: {e}",
                     self.topic, self.partition
                 ))
             })
@@ -932,7 +949,7 @@ impl<T> KafkaPartitionReader<T> {
         }
         self.check_every = (self.check_every * 2).min(Duration::from_secs(5));
         self.next_check = now + self.check_every;
-        self.seek_back(want, "nothing came back")
+        self.seek_back(want, None, "nothing came back")
     }
 }
 
@@ -968,7 +985,11 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                         }
                         if offset > want {
                             // Records want..offset were skipped by the broker: go back.
-                            self.seek_back(want, &format!("the broker answered from {offset}"))?;
+                            self.seek_back(
+                                want,
+                                Some(offset),
+                                &format!("the broker answered from {offset}"),
+                            )?;
                             break;
                         }
                         self.expect = None;
