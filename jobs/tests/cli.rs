@@ -259,6 +259,23 @@ fn session_rows(path: &Path) -> Vec<(u64, i64, i64, u64)> {
     rows
 }
 
+/// `clickstream-sessions` from `input` to `out` on 2 processes of 1 worker.
+fn clickstream_on_2_processes(dir: &Path, input: &Path, out: &Path) -> Vec<Output> {
+    run_cluster(
+        dir,
+        2,
+        1,
+        &[
+            "run",
+            "clickstream-sessions",
+            "--set",
+            &format!("input={}", input.display()),
+            "--set",
+            &format!("out={}", out.display()),
+        ],
+    )
+}
+
 #[test]
 fn clickstream_sessions_match_brute_force_on_1_2_4_workers_and_2_processes() {
     let dir = tempfile::tempdir().unwrap();
@@ -287,19 +304,7 @@ fn clickstream_sessions_match_brute_force_on_1_2_4_workers_and_2_processes() {
         assert_eq!(session_rows(&out), reference, "{workers} workers");
     }
     let out = dir.path().join("s-cluster.jsonl");
-    for o in run_cluster(
-        dir.path(),
-        2,
-        1,
-        &[
-            "run",
-            "clickstream-sessions",
-            "--set",
-            &format!("input={}", input.display()),
-            "--set",
-            &format!("out={}", out.display()),
-        ],
-    ) {
+    for o in clickstream_on_2_processes(dir.path(), &input, &out) {
         summary(&o);
     }
     assert_eq!(session_rows(&out), reference, "2 processes");
@@ -319,19 +324,7 @@ fn a_failure_in_one_process_fails_the_whole_cluster_and_nothing_is_committed() {
     text.push_str("{\"user\":3,\"page\":\"/x\"}\n");
     std::fs::write(&input, text).unwrap();
     let out = dir.path().join("out.jsonl");
-    let outputs = run_cluster(
-        dir.path(),
-        2,
-        1,
-        &[
-            "run",
-            "clickstream-sessions",
-            "--set",
-            &format!("input={}", input.display()),
-            "--set",
-            &format!("out={}", out.display()),
-        ],
-    );
+    let outputs = clickstream_on_2_processes(dir.path(), &input, &out);
     let errors: Vec<String> = outputs.iter().map(stderr).collect();
     for o in &outputs {
         assert!(!o.status.success(), "every process fails: {errors:?}");

@@ -61,6 +61,19 @@ fn seed() -> u64 {
     seed
 }
 
+/// The crash tests run one at a time: each starts several multi-threaded processes (and the
+/// Kafka ones a broker) on what may be a 2-core machine. Under that load the first results of
+/// one output partition were twice missing from the topic after a run that never failed (in
+/// about 50 runs of the 2-process test; the cause, in tansu or in the exactly-once sink, is
+/// not found yet): the assertions still catch it, but the tests should not make it likelier.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`ONE_AT_A_TIME`] for a test (a test that failed while holding it does not stop the
+/// others).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How long one run may take before the test calls it hung (a whole crash test takes well
 /// under a minute on a loaded 2-core machine).
 const HUNG_AFTER: Duration = Duration::from_secs(300);
@@ -211,6 +224,7 @@ fn run_with_kills(
 }
 
 fn kafka_crash_test(processes: usize) {
+    let _serial = one_at_a_time();
     let n = bids_count();
     let broker = broker();
     let bootstrap = broker.bootstrap.clone();
@@ -300,6 +314,7 @@ fn file_rows(path: &Path) -> Vec<(u64, i64, u64, u64)> {
 
 #[test]
 fn file_output_is_exactly_once_after_sigkills() {
+    let _serial = one_at_a_time();
     let n: u64 = 3_000_000;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("w2.jsonl");
@@ -338,6 +353,7 @@ fn file_output_is_exactly_once_after_sigkills() {
 /// the last: the output is still every window once.
 #[test]
 fn checkpoints_are_listed_and_an_older_one_can_be_chosen() {
+    let _serial = one_at_a_time();
     let n: u64 = 3_000_000;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
