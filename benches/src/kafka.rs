@@ -50,7 +50,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, TopicPartitionList};
 use runnel_connectors::kafka::{KafkaConfig, KafkaSink, KafkaSource};
 use runnel_connectors::Bid;
 use runnel_engine::checkpoint::LocalDirStore;
@@ -619,7 +619,7 @@ fn baseline_worker(
     producer.client().fetch_metadata(Some(output), TIMEOUT)?;
     let mut tpl = TopicPartitionList::new();
     for &p in parts {
-        tpl.add_partition_offset(input, p, Offset::Beginning)?;
+        tpl.add_partition_offset(input, p, runnel_connectors::kafka::OLDEST)?;
     }
     consumer.assign(&tpl)?;
     let keep = opts.variant.keep();
@@ -874,7 +874,7 @@ fn verify(
     }
     let mut tpl = TopicPartitionList::new();
     for &p in &parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        tpl.add_partition_offset(topic, p, runnel_connectors::kafka::OLDEST)?;
     }
     consumer.assign(&tpl)?;
     let mut seen = vec![0u8; expected.len()];

@@ -118,7 +118,8 @@ struct ReadBack {
 
 /// Reads every record of `topic` with a plain BaseConsumer, until every partition has
 /// reported its end. (Not through ListOffsets: tansu 0.6 answers "latest" with the first
-/// offset of the last batch + 1.)
+/// offset of the last batch + 1, and "earliest" with the batch it stored first, see
+/// [`runnel_connectors::kafka::OLDEST`].)
 fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -126,6 +127,7 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.queue.backoff.ms", "0")
+        .set("auto.offset.reset", "earliest")
         .create()
         .expect("test consumer");
     let md = consumer
@@ -134,7 +136,7 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut tpl = TopicPartitionList::new();
     for &p in &parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
+        tpl.add_partition_offset(topic, p, runnel_connectors::kafka::OLDEST)
             .unwrap();
     }
     consumer.assign(&tpl).expect("assign");

@@ -683,12 +683,13 @@ pub fn consume(
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.queue.backoff.ms", "0")
+        .set("auto.offset.reset", "earliest")
         .create_with_context(Events::default())
         .map_err(|e| failed("cannot create a Kafka consumer", bootstrap, topic, e))?;
     let events = consumer.context();
     let parts = partitions_of(consumer.client(), events, bootstrap, topic, opts.timeout)?;
     let offset = match opts.from {
-        StartFrom::Earliest => Offset::Beginning,
+        StartFrom::Earliest => runnel_connectors::kafka::OLDEST,
         StartFrom::Latest => Offset::End,
     };
     let mut tpl = TopicPartitionList::new();

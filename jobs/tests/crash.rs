@@ -26,7 +26,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -223,6 +223,29 @@ fn run_with_kills(
         .collect()
 }
 
+/// For a failure message: each partition of `topic` as read back (the first and last offset
+/// and the number of records) and as the broker's ListOffsets answers (earliest, latest), to
+/// tell records missing from the topic from records a reader skipped.
+fn partition_spans(bootstrap: &str, topic: &str) -> String {
+    let mut spans: std::collections::BTreeMap<i32, (i64, i64, u64)> = std::collections::BTreeMap::new();
+    for r in read_all(bootstrap, topic) {
+        let s = spans.entry(r.partition).or_insert((i64::MAX, i64::MIN, 0));
+        *s = (s.0.min(r.offset), s.1.max(r.offset), s.2 + 1);
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("test consumer");
+    spans
+        .iter()
+        .map(|(p, (first, last, n))| {
+            let listed = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10));
+            format!("{topic}/{p}: offsets {first}..={last}, {n} records, ListOffsets {listed:?}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn kafka_crash_test(processes: usize) {
     let _serial = one_at_a_time();
     let n = bids_count();
@@ -256,7 +279,17 @@ fn kafka_crash_test(processes: usize) {
     };
     run_with_kills(&args(&clean), processes, &[], &dir.path().join("clean"));
     let clean_rows = output_rows(&bootstrap, &clean, 3);
-    assert_eq!(clean_rows, expected, "the run that never failed");
+    if clean_rows != expected {
+        let got: std::collections::BTreeSet<_> = clean_rows.iter().collect();
+        let missing: Vec<_> = expected.iter().filter(|r| !got.contains(r)).take(5).collect();
+        panic!(
+            "the run that never failed wrote {} results, {} expected; (auction, start, count, \
+             max) missing {missing:?}; {}",
+            clean_rows.len(),
+            expected.len(),
+            partition_spans(&bootstrap, &clean)
+        );
+    }
 
     // The same, killed several times.
     let out = unique("crash-out");
@@ -282,8 +315,9 @@ fn kafka_crash_test(processes: usize) {
         let missing: Vec<_> = want.difference(&got).take(5).collect();
         panic!(
             "the output differs from the run that never failed: {} rows differ; \
-             (auction, start, count, max) extra {extra:?}, missing {missing:?}",
-            got.symmetric_difference(&want).count()
+             (auction, start, count, max) extra {extra:?}, missing {missing:?}; {}",
+            got.symmetric_difference(&want).count(),
+            partition_spans(&bootstrap, &out)
         );
     }
 }

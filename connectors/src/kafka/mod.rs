@@ -39,3 +39,17 @@ pub use config::{
 };
 pub use sink::{dead_letter_headers, KafkaSink};
 pub use source::{KafkaRecord, KafkaSource};
+
+/// Where a reader of a partition starts to read it from its oldest record: offset 0, which a
+/// consumer with `auto.offset.reset=earliest` takes to the oldest record there is when the
+/// records from 0 have been deleted.
+///
+/// Not [`rdkafka::Offset::Beginning`]: that asks the broker (ListOffsets, earliest), and tansu
+/// 0.6 answers with the batch whose object it *stored* first by the clock, not with the lowest
+/// offset. It takes a batch's offset and stores the batch in two steps, so when producers
+/// write one partition at once a later batch can be stored first, and a reader that asked
+/// for the beginning would skip the records before it. (Found by reading
+/// `tansu-storage-0.6.0/src/dynostore.rs`, `list_offsets` and `produce`; the likely cause of
+/// a clean crash-test run that read the output topic without the first results of one
+/// partition.)
+pub const OLDEST: rdkafka::Offset = rdkafka::Offset::Offset(0);

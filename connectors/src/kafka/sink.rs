@@ -464,7 +464,8 @@ impl<T> KafkaSink<T> {
             .set("group.id", "runnel-exactly-once-readback")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("fetch.queue.backoff.ms", "0");
+            .set("fetch.queue.backoff.ms", "0")
+            .set("auto.offset.reset", "earliest");
         if self.config.transactional_id.is_some() {
             // Only committed transactions count as written; an aborted one is written again.
             cfg.set("isolation.level", "read_committed");
@@ -488,7 +489,7 @@ impl<T> KafkaSink<T> {
         for &p in &parts {
             let at = match from.get(&p) {
                 Some(&o) => Offset::Offset(o),
-                None => Offset::Beginning,
+                None => super::OLDEST,
             };
             tpl.add_partition_offset(topic, p, at)
                 .map_err(|e| fail(e.to_string()))?;

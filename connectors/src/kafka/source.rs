@@ -378,7 +378,7 @@ impl<T: Data> Source for KafkaSource<T> {
             .as_ref()
             .is_some_and(|first| !first.contains(&(topic.clone(), p)));
         let start = if discovered {
-            Some(Offset::Beginning)
+            Some(super::OLDEST)
         } else {
             None
         };
@@ -688,7 +688,7 @@ impl WorkerClient {
             // A checkpoint's offset, or the beginning of a partition that appeared while the
             // job ran (it holds only new records).
             _ if start.is_some() => start.expect("checked"),
-            StartAt::Earliest => Offset::Beginning,
+            StartAt::Earliest => super::OLDEST,
             StartAt::Latest => Offset::End,
             StartAt::Timestamp(ts) => {
                 let mut tpl = TopicPartitionList::new();
@@ -743,8 +743,10 @@ impl WorkerClient {
             kafka_time: config.event_time == EventTimeFrom::KafkaTimestamp,
             stop_at_end: config.stop_at_end,
             finished: false,
+            // An explicit offset must be the first one read (the checks for tansu's skips);
+            // from the oldest record, any first offset is right.
             expect: match offset {
-                Offset::Offset(o) => Some(o),
+                Offset::Offset(o) if offset != super::OLDEST => Some(o),
                 _ => None,
             },
             rewind: 10_000,

@@ -111,6 +111,7 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.queue.backoff.ms", "0")
+        .set("auto.offset.reset", "earliest")
         .create()
         .expect("test consumer");
     let md = consumer
@@ -120,7 +121,7 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
     assert!(!parts.is_empty(), "topic {topic} has partitions");
     let mut tpl = TopicPartitionList::new();
     for &p in &parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
+        tpl.add_partition_offset(topic, p, runnel_connectors::kafka::OLDEST)
             .unwrap();
     }
     consumer.assign(&tpl).expect("assign");
