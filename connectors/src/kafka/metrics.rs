@@ -109,9 +109,6 @@ pub(crate) struct ProducerEvents {
     first_failure: Mutex<Option<String>>,
     /// Per partition, the offset after the last record delivered.
     delivered: Mutex<std::collections::BTreeMap<i32, i64>>,
-    /// Records sent with a tag (a record's delivery opaque; 0 is no tag) whose delivery
-    /// librdkafka has not reported yet, per tag.
-    pending: Mutex<std::collections::BTreeMap<usize, u64>>,
 }
 
 impl ProducerEvents {
@@ -121,24 +118,7 @@ impl ProducerEvents {
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             delivered: Mutex::new(Default::default()),
-            pending: Mutex::new(Default::default()),
         }
-    }
-
-    /// `n` records with `tag` (not 0) are about to be sent: they are pending until librdkafka
-    /// reports their delivery, or their failure.
-    pub(crate) fn expect(&self, tag: usize, n: u64) {
-        if n > 0 {
-            if let Ok(mut p) = self.pending.lock() {
-                *p.entry(tag).or_insert(0) += n;
-            }
-        }
-    }
-
-    /// Whether records with `tag` are pending. A record that was expected and then not sent
-    /// (the job fails) stays pending.
-    pub(crate) fn is_pending(&self, tag: usize) -> bool {
-        self.pending.lock().map_or(true, |p| p.contains_key(&tag))
     }
 
     /// Per partition, the offset after the last record delivered so far.
@@ -173,19 +153,9 @@ impl ClientContext for ProducerEvents {
 }
 
 impl ProducerContext for ProducerEvents {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = ();
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
-        if tag != 0 {
-            if let Ok(mut p) = self.pending.lock() {
-                if let Some(n) = p.get_mut(&tag) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        p.remove(&tag);
-                    }
-                }
-            }
-        }
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
         match result {
             Ok(m) => {
                 if let Ok(mut d) = self.delivered.lock() {

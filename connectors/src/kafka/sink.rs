@@ -187,11 +187,6 @@ struct HeldRecord {
 }
 
 /// Exactly-once mode's state (see [`KafkaSinkConfig::exactly_once`]).
-///
-/// A record goes from `open` (its epoch not covered by a checkpoint) to `sealed` (covered by
-/// checkpoint `c`, which is not complete yet) to `out` (checkpoint `c` is complete: being
-/// written) and is forgotten once librdkafka has reported every record of `c` delivered.
-/// A checkpoint keeps `sealed` and `out`: what a restarted run may still have to write.
 #[derive(Debug, Default)]
 struct Eo {
     /// This instance's name in the header: `<sink>/<worker>`.
@@ -200,47 +195,20 @@ struct Eo {
     open: BTreeMap<u64, Vec<HeldRecord>>,
     /// Records covered by a checkpoint, by its id, to write once it is complete.
     sealed: BTreeMap<u64, Vec<HeldRecord>>,
-    /// Records of complete checkpoints, by id, being written or not yet all delivered.
-    out: BTreeMap<u64, Out>,
+    /// Restored: where to start reading back what this instance already wrote.
+    restored_from: Option<BTreeMap<i32, i64>>,
     /// Restored: the `(checkpoint, n)` already in the topic.
     present: HashSet<(u64, u64)>,
     /// Restored: where the previous runs' deliveries ended, per partition.
     delivered_before: BTreeMap<i32, i64>,
-    /// Restored: where to start reading back what this instance already wrote.
-    restored_from: Option<BTreeMap<i32, i64>>,
 }
 
-/// The records of one complete checkpoint, as they are written.
-#[derive(Debug)]
-struct Out {
-    records: Vec<HeldRecord>,
-    /// The next record to send.
-    next: usize,
-    /// Once the first record is sent: per partition, where this instance's deliveries had
-    /// ended then. Every record of this checkpoint lands after that (the topic is append-only),
-    /// so a read-back from there finds all of them that were written.
-    from: Option<BTreeMap<i32, i64>>,
-}
-
-/// What a checkpoint keeps of [`Eo`], as written (by reference).
-#[derive(Serialize)]
-struct EoStateRef<'a> {
-    sealed: BTreeMap<u64, &'a [HeldRecord]>,
-    delivered: &'a BTreeMap<i32, i64>,
-}
-
-/// What a checkpoint keeps of [`Eo`], as read.
-#[derive(Deserialize)]
+/// What a checkpoint keeps of [`Eo`].
+#[derive(Serialize, Deserialize)]
 struct EoState {
-    /// The records of every checkpoint that may not be in the topic yet, by checkpoint.
     sealed: BTreeMap<u64, Vec<HeldRecord>>,
-    /// Per partition, where a read-back of what this instance wrote of them starts.
+    /// Per partition, the offset after the last record this instance had delivered.
     delivered: BTreeMap<i32, i64>,
-}
-
-/// The delivery tag of a checkpoint's records (never 0, which is no tag).
-fn tag_of(checkpoint: u64) -> usize {
-    (checkpoint as usize).wrapping_add(1).max(1)
 }
 
 /// The raw record, as it was read (lossily as UTF-8).
@@ -391,46 +359,16 @@ impl<T> KafkaSink<T> {
         Ok(())
     }
 
-    /// Checkpoint `id` is complete: its records and those of every earlier one go out.
-    fn release(&mut self, id: u64) {
+    /// Writes the records of every sealed checkpoint up to `id`, skipping those a restored
+    /// run found already in the topic.
+    fn send_sealed(&mut self, id: u64) -> Result<()> {
         let later = self.eo.sealed.split_off(&(id.saturating_add(1)));
-        for (c, records) in std::mem::replace(&mut self.eo.sealed, later) {
-            self.eo.out.insert(
-                c,
-                Out {
-                    records,
-                    next: 0,
-                    from: None,
-                },
-            );
-        }
-    }
-
-    /// Per partition, where this instance's deliveries have ended (this run's and, before
-    /// them, the restored runs').
-    fn delivered_now(&self) -> BTreeMap<i32, i64> {
-        let mut delivered = self.eo.delivered_before.clone();
-        if let Some(p) = &self.producer {
-            for (part, next) in p.context().delivered() {
-                let d = delivered.entry(part).or_insert(next);
-                *d = (*d).max(next);
-            }
-        }
-        delivered
-    }
-
-    /// Sends the records of complete checkpoints, in order, skipping those a restored run
-    /// found already in the topic. On a full producer queue it stops and goes on at the next
-    /// call, so the worker reads input meanwhile, unless `block` (closing, or transactional
-    /// mode, which writes a checkpoint in one transaction). Then forgets the checkpoints whose
-    /// records are all delivered.
-    fn pump(&mut self, block: bool) -> Result<()> {
-        let transactional = self.config.transactional_id.is_some();
-        let block = block || transactional;
+        let due = std::mem::replace(&mut self.eo.sealed, later);
         let Some(producer) = self.producer.as_ref() else {
             return Err(self.error("the Kafka sink was written before open".into()));
         };
         let topic = self.config.topic.as_str();
+        let transactional = self.config.transactional_id.is_some();
         let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
         let txn_error = |what: &str, e: KafkaError| Error::Sink {
             sink: self.name.clone(),
@@ -439,33 +377,16 @@ impl<T> KafkaSink<T> {
                 self.config.kafka.bootstrap
             ),
         };
+        // A transaction begins with the first record still to write.
+        let mut begun = false;
         let mut bytes = 0u64;
-        let mut waits = 0u64;
-        let ids: Vec<u64> = self.eo.out.keys().copied().collect();
-        'checkpoints: for ckpt in ids {
-            if self.eo.out[&ckpt].next == self.eo.out[&ckpt].records.len() {
-                continue;
-            }
-            if self.eo.out[&ckpt].from.is_none() {
-                let from = self.delivered_now();
-                let out = self.eo.out.get_mut(&ckpt).expect("listed");
-                let to_send = (0..out.records.len() as u64)
-                    .filter(|n| !self.eo.present.contains(&(ckpt, *n)))
-                    .count() as u64;
-                producer.context().expect(tag_of(ckpt), to_send);
-                out.from = Some(from);
-            }
-            // A transaction begins with the checkpoint's first record still to write.
-            let mut begun = false;
-            let out = self.eo.out.get_mut(&ckpt).expect("listed");
-            while out.next < out.records.len() {
-                let n = out.next;
-                let r = &out.records[n];
+        for (ckpt, records) in due {
+            for (n, r) in records.iter().enumerate() {
                 if self.eo.present.contains(&(ckpt, n as u64)) {
-                    out.next += 1;
                     continue;
                 }
                 let tag = format!("{}:{ckpt}:{n}", self.eo.instance);
+                bytes += r.value.len() as u64;
                 let mut headers = OwnedHeaders::new();
                 for (k, v) in &r.headers {
                     headers = headers.insert(Header {
@@ -477,10 +398,8 @@ impl<T> KafkaSink<T> {
                     key: EXACTLY_ONCE_HEADER,
                     value: Some(tag.as_bytes()),
                 });
-                let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                    BaseRecord::with_opaque_to(topic, tag_of(ckpt))
-                        .payload(&r.value[..])
-                        .headers(headers);
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(topic).payload(&r.value[..]).headers(headers);
                 if let Some(k) = &r.key {
                     record = record.key(&k[..]);
                 }
@@ -495,20 +414,12 @@ impl<T> KafkaSink<T> {
                 }
                 loop {
                     match producer.send(record) {
-                        Ok(()) => {
-                            bytes += r.value.len() as u64;
-                            out.next += 1;
-                            break;
-                        }
+                        Ok(()) => break,
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            waits += 1;
-                            if !block {
-                                break 'checkpoints;
-                            }
                             record = back;
                             producer.poll(Duration::from_millis(5));
                             if producer.context().failures().is_some() {
-                                break 'checkpoints;
+                                break;
                             }
                         }
                         Err((err, _)) => {
@@ -523,29 +434,23 @@ impl<T> KafkaSink<T> {
                     }
                 }
             }
-            if begun {
-                // Commit flushes first: every record of the transaction is delivered or the
-                // commit fails (and the job with it; a restart writes the checkpoint again).
-                if let Err(e) = producer.commit_transaction(timeout) {
-                    let _ = producer.abort_transaction(timeout);
-                    return Err(txn_error("commit", e));
-                }
-                if let Some(t) = &self.transactions {
-                    t.add(1);
-                }
+        }
+        if begun {
+            // Commit flushes first: every record of the transaction is delivered or the
+            // commit fails (and the job with it; a restart writes the checkpoint again).
+            if let Err(e) = producer.commit_transaction(timeout) {
+                let _ = producer.abort_transaction(timeout);
+                return Err(txn_error("commit", e));
+            }
+            if let Some(t) = &self.transactions {
+                t.add(1);
             }
         }
         producer.poll(Duration::ZERO);
-        if let Some((b, w)) = &self.counters {
+        if let Some((b, _)) = &self.counters {
             b.add(bytes);
-            w.add(waits);
         }
-        self.check_deliveries()?;
-        let context = producer.context();
-        self.eo
-            .out
-            .retain(|&c, out| out.next < out.records.len() || context.is_pending(tag_of(c)));
-        Ok(())
+        self.check_deliveries()
     }
 
     /// Reads the topic from `from` (per partition; the beginning where it has none) to its end
@@ -745,9 +650,9 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             // Restored: what this instance already wrote of the checkpoints it holds is in
             // the topic; find it, then write the rest.
             self.eo.present = self.read_back(&from)?;
-            // Every checkpoint a restored state holds is complete.
-            if let Some(&last) = self.eo.sealed.keys().next_back() {
-                self.release(last);
+            let ids: Vec<u64> = self.eo.sealed.keys().copied().collect();
+            if let Some(&last) = ids.last() {
+                self.send_sealed(last)?;
             }
         }
         self.counters = Some((
@@ -756,21 +661,13 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             ctx.metrics
                 .counter(&format!("{}.kafka.queue_full_waits", ctx.name)),
         ));
-        if !self.eo.out.is_empty() {
-            self.pump(false)?;
-        }
         Ok(())
     }
 
     fn write(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
         self.check_deliveries()?;
         if self.config.writes_exactly_once() {
-            self.hold(epoch, records)?;
-            return if self.eo.out.is_empty() {
-                Ok(())
-            } else {
-                self.pump(false)
-            };
+            return self.hold(epoch, records);
         }
         let KafkaSink {
             config,
@@ -804,8 +701,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             }
             key_buf.clear();
             let has_key = key.as_ref().is_some_and(|k| k(&e.data, key_buf));
-            let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(topic, 0).payload(&value[..]);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&value[..]);
             if has_key {
                 record = record.key(&key_buf[..]);
             }
@@ -861,9 +757,6 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
     }
 
     fn epoch_done(&mut self, _epoch: Epoch) -> Result<()> {
-        if !self.eo.out.is_empty() {
-            return self.pump(false);
-        }
         if let Some(p) = &self.producer {
             p.poll(Duration::ZERO);
         }
@@ -874,18 +767,13 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         if !self.config.writes_exactly_once() {
             return Ok(None);
         }
-        // No flush: a complete checkpoint whose records are not all delivered yet stays in
-        // the state (`out`), with where a read-back finds them.
+        // What was written before is delivered (so `delivered` is where a read-back starts).
         if let Some(p) = &self.producer {
-            p.poll(Duration::ZERO);
+            let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
+            p.flush(timeout)
+                .map_err(|e| self.error(format!("cannot flush before a checkpoint: {e}")))?;
         }
         self.check_deliveries()?;
-        if let Some(p) = &self.producer {
-            let context = p.context();
-            self.eo
-                .out
-                .retain(|&c, out| out.next < out.records.len() || context.is_pending(tag_of(c)));
-        }
         let later = self.eo.open.split_off(&(through.0.saturating_add(1)));
         let covered = std::mem::replace(&mut self.eo.open, later);
         if !covered.is_empty() {
@@ -894,24 +782,18 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 sealed.append(&mut records);
             }
         }
-        // A read-back starts where the oldest checkpoint being written started, or where
-        // the deliveries are now, for records not sent yet.
-        let now;
-        let delivered = match self.eo.out.values().find_map(|o| o.from.as_ref()) {
-            Some(from) => from,
-            None => {
-                now = self.delivered_now();
-                &now
+        let mut delivered = self.eo.delivered_before.clone();
+        if let Some(p) = &self.producer {
+            for (part, next) in p.context().delivered() {
+                let d = delivered.entry(part).or_insert(next);
+                *d = (*d).max(next);
             }
+        }
+        let state = EoState {
+            sealed: self.eo.sealed.clone(),
+            delivered,
         };
-        let sealed = self
-            .eo
-            .out
-            .iter()
-            .map(|(&c, o)| (c, &o.records[..]))
-            .chain(self.eo.sealed.iter().map(|(&c, r)| (c, &r[..])))
-            .collect();
-        Ok(Some(encode(&EoStateRef { sealed, delivered })?))
+        Ok(Some(encode(&state)?))
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<()> {
@@ -924,8 +806,7 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
 
     fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
         if self.config.writes_exactly_once() {
-            self.release(id);
-            self.pump(false)?;
+            self.send_sealed(id)?;
         }
         Ok(())
     }
@@ -943,9 +824,6 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                     .map(Vec::len)
                     .sum::<usize>()
             )));
-        }
-        if !self.eo.out.is_empty() {
-            self.pump(true)?;
         }
         let Some(producer) = &self.producer else {
             return Ok(());
