@@ -114,6 +114,39 @@ impl RunOptions {
     }
 }
 
+/// The environment variable that sets how much merge work an idle worker spends on the
+/// arrangements of tables (see `idle_merge_effort`).
+const IDLE_MERGE_EFFORT_ENV: &str = "RUNNEL_IDLE_MERGE_EFFORT";
+
+/// The idle merge effort when [`IDLE_MERGE_EFFORT_ENV`] is not set. Measured in session 14
+/// (BENCHMARKS.md, "Latency at half load"): 1,000 and 10,000 cut the p99 of the queries on
+/// arrangements 3-7 fold; 100,000 is too coarse (each quantum holds the worker longer).
+const DEFAULT_IDLE_MERGE_EFFORT: usize = 1_000;
+
+/// Differential's idle merge effort. With `Some(n)`, an arrangement that is not merged into
+/// one batch keeps its operator scheduled and merges as if `n` records had arrived each time
+/// it runs, so merges advance while the worker has nothing else to do. Without it (`0` in
+/// [`IDLE_MERGE_EFFORT_ENV`]) merges advance only as new batches arrive, and a batch that
+/// needs a level whose merge is not done finishes that merge at once: seconds of work for a
+/// large table, which hold back every result behind them.
+fn idle_merge_effort() -> Result<Option<usize>> {
+    parse_idle_merge_effort(std::env::var(IDLE_MERGE_EFFORT_ENV).ok().as_deref())
+}
+
+/// [`idle_merge_effort`] from the variable's value, if it is set.
+fn parse_idle_merge_effort(value: Option<&str>) -> Result<Option<usize>> {
+    match value {
+        None => Ok(Some(DEFAULT_IDLE_MERGE_EFFORT)),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(Error::Runtime(format!(
+                "{IDLE_MERGE_EFFORT_ENV}={v}: expected a number of records, 0 or more"
+            ))),
+        },
+    }
+}
+
 /// Runs `job` to completion (or until stopped) and returns what it did.
 ///
 /// Errors: an invalid graph or config (before anything runs), a source or sink failure, a bad
@@ -149,9 +182,17 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     } else {
         timely::CommunicationConfig::Thread
     };
+    let mut worker_config = timely::WorkerConfig::default();
+    if let Some(effort) = idle_merge_effort()? {
+        differential_dataflow::configure(
+            &mut worker_config,
+            &differential_dataflow::Config::default()
+                .idle_merge_effort(Some(isize::try_from(effort).unwrap_or(isize::MAX))),
+        );
+    }
     let config = timely::Config {
         communication: comm,
-        worker: timely::WorkerConfig::default(),
+        worker: worker_config,
     };
 
     let metrics = Arc::new(if opts.measure_latency {
@@ -425,6 +466,18 @@ fn progress_loop(metrics: &Metrics, done: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_merge_effort_defaults_turns_off_and_names_a_bad_value() {
+        assert_eq!(parse_idle_merge_effort(None).unwrap(), Some(1_000));
+        assert_eq!(parse_idle_merge_effort(Some("0")).unwrap(), None);
+        assert_eq!(
+            parse_idle_merge_effort(Some(" 5000 ")).unwrap(),
+            Some(5_000)
+        );
+        let err = parse_idle_merge_effort(Some("-3")).unwrap_err().to_string();
+        assert!(err.contains("RUNNEL_IDLE_MERGE_EFFORT=-3"), "{err}");
+    }
 
     /// Two processes of two workers each, connected over TCP as a cluster is, propose four
     /// different origins: every worker comes out with the largest.

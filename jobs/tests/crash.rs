@@ -227,7 +227,8 @@ fn run_with_kills(
 /// and the number of records) and as the broker's ListOffsets answers (earliest, latest), to
 /// tell records missing from the topic from records a reader skipped.
 fn partition_spans(bootstrap: &str, topic: &str) -> String {
-    let mut spans: std::collections::BTreeMap<i32, (i64, i64, u64)> = std::collections::BTreeMap::new();
+    let mut spans: std::collections::BTreeMap<i32, (i64, i64, u64)> =
+        std::collections::BTreeMap::new();
     for r in read_all(bootstrap, topic) {
         let s = spans.entry(r.partition).or_insert((i64::MAX, i64::MIN, 0));
         *s = (s.0.min(r.offset), s.1.max(r.offset), s.2 + 1);
@@ -281,7 +282,11 @@ fn kafka_crash_test(processes: usize) {
     let clean_rows = output_rows(&bootstrap, &clean, 3);
     if clean_rows != expected {
         let got: std::collections::BTreeSet<_> = clean_rows.iter().collect();
-        let missing: Vec<_> = expected.iter().filter(|r| !got.contains(r)).take(5).collect();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|r| !got.contains(r))
+            .take(5)
+            .collect();
         panic!(
             "the run that never failed wrote {} results, {} expected; (auction, start, count, \
              max) missing {missing:?}; {}",
