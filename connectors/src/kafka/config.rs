@@ -116,7 +116,10 @@ impl KafkaConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartAt {
-    /// The oldest record still in the partition (`"earliest"`, the default).
+    /// The oldest record still in the partition (`"earliest"`, the default). Read from
+    /// offset 0 ([`OLDEST`](super::OLDEST)); where retention has deleted it, the librdkafka
+    /// option `auto.offset.reset` (`earliest` unless the passthrough options change it)
+    /// takes the reader to the oldest record there is.
     #[default]
     Earliest,
     /// Only records written after the source opened the partition (`"latest"`).
