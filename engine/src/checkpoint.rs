@@ -231,6 +231,14 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// replayed, and a leftover part or manifest with a reused id would otherwise be mixed into,
     /// or block, the new checkpoints. Manifests go first, newest first.
     fn discard_after(&self, id: Option<u64>) -> Result<()>;
+
+    /// The folder that holds the job's [`DurableLog`]s (the sources' epoch logs), if this store
+    /// keeps them: a folder that outlives the process (local, or a shared filesystem for a
+    /// cluster). `None` (the default): no epoch log, so a job whose sink needs replay
+    /// ([`crate::Sink::replays`]) fails to start with this store.
+    fn log_dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Checks that `name` can be used as a part, job or log name: a safe file name, non-empty, at most
@@ -704,6 +712,10 @@ fn warn_skipped(id: u64, path: &Path, reason: &str) {
 }
 
 impl CheckpointStore for LocalDirStore {
+    fn log_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
     fn write_part(&self, id: u64, part: &str, bytes: &[u8]) -> Result<PartInfo> {
         self.checked_part_path(id, part)?;
         let manifest = self.manifest_path(id);

@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     tables: RefCell<Vec<String>>,
     /// Checkpoints (none when they are off).
     pub(crate) recovery: SharedRecovery,
+    /// A sink of the flow writes epochs as soon as they close ([`crate::Sink::replays`]): the
+    /// sources keep the epoch log and replay it after a restore (see [`crate::epoch_log`]).
+    pub(crate) replay: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -176,6 +179,7 @@ impl<'s> Flow<'s> {
                 sinks_done: RefCell::new(Vec::new()),
                 tables: RefCell::new(Vec::new()),
                 recovery: recovery.map(RefCell::new),
+                replay: Cell::new(false),
             }),
         }
     }

@@ -36,6 +36,7 @@ mod align;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+mod epoch_log;
 pub mod error;
 pub mod event;
 pub mod flow;

@@ -1,8 +1,9 @@
 //! Taking checkpoints while a job runs, and restoring a job from one.
 //!
 //! # The protocol
-//! Checkpoint epochs are the multiples of `every` epochs (the run's checkpoint interval divided
-//! by its epoch interval), so every worker knows them without talking. For checkpoint epoch `c`,
+//! Checkpoint epochs are [`FIRST_CHECKPOINT`] and the multiples of `every` epochs (the run's
+//! checkpoint interval divided by its epoch interval), so every worker knows them without
+//! talking. For checkpoint epoch `c`,
 //! every *participant* of a worker (each source instance, stateful operator instance and sink
 //! instance) hands in its state as of the end of epoch `c`:
 //! * a source when it cuts epoch `c`: for each partition it reads, the offset after the last
@@ -78,6 +79,11 @@ impl CheckpointOptions {
         }
     }
 }
+
+/// The first checkpoint of a fresh run is taken at the end of this epoch (its second), whatever
+/// the interval: a crash soon after the start then resumes from it, and a sink that writes only
+/// once a checkpoint is complete ([`crate::Sink::replays`]) starts writing at once.
+pub const FIRST_CHECKPOINT: u64 = 1;
 
 /// The id of the checkpoint a job takes when its input has ended (every source finished):
 /// after it, only the sinks' last writes remain, so a crash while they happen resumes there.
@@ -219,9 +225,15 @@ impl Recovery {
         self.restored.as_ref().map_or(0, |(id, _)| *id)
     }
 
-    /// Whether `epoch` is a checkpoint epoch.
+    /// The folder of the job's durable logs (the epoch log), if the store keeps them.
+    pub(crate) fn log_dir(&self) -> Option<std::path::PathBuf> {
+        self.store.log_dir().map(|d| d.to_path_buf())
+    }
+
+    /// Whether `epoch` is a checkpoint epoch: [`FIRST_CHECKPOINT`] or a multiple of the
+    /// interval.
     pub(crate) fn is_checkpoint(&self, epoch: u64) -> bool {
-        epoch > 0 && epoch.is_multiple_of(self.every_epochs)
+        epoch == FIRST_CHECKPOINT || (epoch > 0 && epoch.is_multiple_of(self.every_epochs))
     }
 
     /// The checkpoint epochs in `(after, through]`.
@@ -230,8 +242,12 @@ impl Recovery {
             return Vec::new();
         }
         let first = (after / self.every_epochs + 1) * self.every_epochs;
-        (first..=through)
-            .step_by(self.every_epochs as usize)
+        let early =
+            (after < FIRST_CHECKPOINT && FIRST_CHECKPOINT <= through && FIRST_CHECKPOINT < first)
+                .then_some(FIRST_CHECKPOINT);
+        early
+            .into_iter()
+            .chain((first..=through).step_by(self.every_epochs as usize))
             .collect()
     }
 
@@ -432,3 +448,33 @@ pub(crate) fn choose(
 
 /// The flow's handle on recovery (none when checkpoints are off).
 pub(crate) type SharedRecovery = Option<RefCell<Recovery>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `due` lists the epochs in `(after, through]` that `is_checkpoint` accepts: the first
+        /// checkpoint and the multiples of the interval (checked one epoch at a time).
+        #[test]
+        fn due_is_every_checkpoint_epoch_in_the_range(
+            every in 1u64..7,
+            after in 0u64..40,
+            len in 0u64..40,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(crate::LocalDirStore::new(dir.path(), "j").unwrap());
+            let options = CheckpointOptions::new(store, Duration::from_secs(1));
+            let r = Recovery::new(&options, every, "j", 0, 1, None).unwrap();
+            let through = after + len;
+            let brute: Vec<u64> = (after + 1..=through)
+                .filter(|&e| e == 1 || e % every == 0)
+                .collect();
+            prop_assert_eq!(r.due(after, through), brute.clone());
+            let accepted: Vec<u64> =
+                (after + 1..=through).filter(|&e| r.is_checkpoint(e)).collect();
+            prop_assert_eq!(accepted, brute);
+        }
+    }
+}

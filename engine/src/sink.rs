@@ -137,6 +137,17 @@ pub trait Sink<T>: 'static {
         let _ = state;
         Ok(())
     }
+    /// Whether the sink writes the results of an epoch as soon as the epoch is over (at
+    /// [`Sink::epoch_done`]) and counts on replay to recognise them after a crash. Then every
+    /// source of the job keeps the epoch log and, after a restore from checkpoint `c`, cuts
+    /// the epochs after `c` exactly as before (see [`crate::epoch_log`]), so the sink receives
+    /// the same records for each of them (in any order) and can skip those it finds already
+    /// written. The engine promises that when [`Sink::epoch_done`]`(e)` is called, every
+    /// source instance has logged `e` durably. Needs checkpoints, with a store that keeps
+    /// logs ([`crate::CheckpointStore::log_dir`]). Default: `false`.
+    fn replays(&self) -> bool {
+        false
+    }
     /// Checkpoint `id` is complete: every state up to it is durable (a sink that writes only
     /// what a complete checkpoint covers writes it now). Ids increase; the job's final
     /// checkpoint ([`crate::recovery::FINAL`]) comes just before [`Sink::close`].
@@ -165,6 +176,20 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
         checkpoints: shared.recovery.is_some(),
     };
     let done = shared.register_sink();
+    if sink.replays() {
+        shared.replay.set(true);
+        let logs = shared.recovery.as_ref().map(|r| r.borrow().log_dir());
+        if let Some(None) = logs {
+            shared.control.fail(wrap(
+                name,
+                Error::Runtime(
+                    "this sink needs the sources' epoch log, and the checkpoint store keeps no \
+                     logs (use a local or shared folder)"
+                        .into(),
+                ),
+            ));
+        }
+    }
     let kind = std::any::type_name::<S>();
     let mut last_checkpoint = 0;
     let recovery = shared.clone();

@@ -41,6 +41,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 
 use crate::align;
+use crate::epoch_log::{EpochEntry, EpochLog};
 use crate::error::{Error, Result};
 use crate::event::{Data, DeadLetter, Event};
 use crate::flow::{Shared, TStream};
@@ -275,6 +276,13 @@ pub struct Reader<T> {
     offsets: Option<Vec<u64>>,
     /// The reader's promise: no record from now on has an event time below this.
     time_floor: Option<i64>,
+    /// Replay: records at this offset or later belong to a later epoch; they are held in
+    /// `over` / `over_bad` (`u64::MAX`: no limit).
+    limit: u64,
+    /// Records pushed at or past `limit`, with their offsets.
+    over: Vec<(u64, Event<T>)>,
+    /// Bad records at or past `limit`.
+    over_bad: Vec<(u64, String, String, String)>,
 }
 
 impl<T> Reader<T> {
@@ -289,6 +297,9 @@ impl<T> Reader<T> {
             skip_below: 0,
             offsets: None,
             time_floor: None,
+            limit: u64::MAX,
+            over: Vec::new(),
+            over_bad: Vec::new(),
         }
     }
 
@@ -346,7 +357,11 @@ impl<T> Reader<T> {
         // Build the record in the batch and apply the extractor there: taking `&item` before
         // the push would spill it to the stack and copy it back with wider loads than its
         // stores, which stalls store forwarding (most of W0's time per record).
-        if offset < self.skip_below {
+        if offset < self.skip_below || offset >= self.limit {
+            if offset >= self.limit && offset >= self.skip_below {
+                let ts = self.event_time.as_ref().map_or(ts, |f| f(&item));
+                self.over.push((offset, Event { ts, data: item }));
+            }
             return;
         }
         self.events.push(Event { ts, data: item });
@@ -366,7 +381,11 @@ impl<T> Reader<T> {
     /// go into the batch in one `extend`, without the per-record checks of `push_at`.
     #[inline]
     pub fn extend_at(&mut self, records: impl IntoIterator<Item = (i64, u64, T)>) {
-        if self.skip_below > 0 || self.event_time.is_some() || self.offsets.is_some() {
+        if self.skip_below > 0
+            || self.limit != u64::MAX
+            || self.event_time.is_some()
+            || self.offsets.is_some()
+        {
             for (ts, offset, item) in records {
                 self.push_at(ts, offset, item);
             }
@@ -404,6 +423,10 @@ impl<T> Reader<T> {
     /// A record at `offset` that could not be decoded: `location` names where it is
     /// (`file:line`, `topic/partition@offset`), `reason` why, `raw` what it was.
     pub fn bad(&mut self, offset: u64, location: String, reason: String, raw: String) {
+        if offset >= self.limit {
+            self.over_bad.push((offset, location, reason, raw));
+            return;
+        }
         self.bad.push((offset, location, reason, raw));
     }
 }
@@ -520,6 +543,10 @@ struct Part<T> {
     positions: VecDeque<(u64, u64)>,
     /// The last next offset put in `positions`.
     recorded: Option<u64>,
+    /// Replay: records read past the end of the epoch being replayed, for the next epochs.
+    carry: Vec<(u64, Event<T>)>,
+    /// The same, for bad records.
+    carry_bad: Vec<(u64, String, String, String)>,
 }
 
 impl<T: 'static> Part<T> {
@@ -535,7 +562,62 @@ impl<T: 'static> Part<T> {
             next: None,
             positions: VecDeque::new(),
             recorded: None,
+            carry: Vec::new(),
+            carry_bad: Vec::new(),
         }
+    }
+
+    /// Replay: whether the partition has read everything up to `target` (the offset after the
+    /// last record of the epoch being replayed; `None`: it had read nothing by then).
+    fn reached(&self, target: Option<u64>) -> bool {
+        match target {
+            None => true,
+            Some(t) => self.next.is_some_and(|n| n >= t),
+        }
+    }
+
+    /// Replay: moves the records carried over from earlier reads with offsets below `target`
+    /// into `out`, then reads at most up to `target` (records past it are carried over).
+    fn read_to(&mut self, out: &mut Reader<T>, target: u64) -> Result<ReadStatus> {
+        let budget = out.budget;
+        let below = self.carry.partition_point(|(o, _)| *o < target);
+        let later = self.carry.split_off(below);
+        for (o, e) in std::mem::replace(&mut self.carry, later) {
+            out.events.push(e);
+            out.next = o + 1;
+        }
+        let below = self.carry_bad.partition_point(|b| b.0 < target);
+        let later = self.carry_bad.split_off(below);
+        out.bad
+            .extend(std::mem::replace(&mut self.carry_bad, later));
+        if !self.carry.is_empty() || !self.carry_bad.is_empty() {
+            // The reader is past the target already.
+            return Ok(ReadStatus::More);
+        }
+        let at = self.next.unwrap_or(0).max(out.next);
+        if at >= target {
+            return Ok(ReadStatus::More);
+        }
+        // Offsets grow by at least one per record: this many cannot pass the target.
+        out.budget = budget
+            .min((target - at).try_into().unwrap_or(usize::MAX))
+            .max(1);
+        out.limit = target;
+        let status = self.reader.read(out);
+        out.limit = u64::MAX;
+        out.budget = budget;
+        self.carry.append(&mut out.over);
+        self.carry_bad.append(&mut out.over_bad);
+        status
+    }
+
+    /// After a replay: the records carried over go out in the next read.
+    fn release_carry(&mut self, out: &mut Reader<T>) {
+        for (o, e) in self.carry.drain(..) {
+            out.events.push(e);
+            out.next = o + 1;
+        }
+        out.bad.append(&mut self.carry_bad);
     }
 
     /// Notes where the partition is at the end of `epoch`.
@@ -735,6 +817,10 @@ pub(crate) fn build<'s, S: Source>(
         // Since when alignment has held this instance back, and when that was last reported.
         let mut paused_since: Option<Instant> = None;
         let mut last_pause_warning: Option<Instant> = None;
+        // The epoch log (when a sink replays), and the logged epochs still to replay.
+        let mut elog: Option<EpochLog> = None;
+        let mut elog_opened = false;
+        let mut replay: VecDeque<EpochEntry> = VecDeque::new();
 
         move |_frontiers| {
             // A failed run stops reading. On one process it drops its capabilities, so that
@@ -800,6 +886,34 @@ pub(crate) fn build<'s, S: Source>(
                 }
                 last_report = restored_report;
             }
+            if !elog_opened {
+                elog_opened = true;
+                let dir = shared
+                    .replay
+                    .get()
+                    .then_some(())
+                    .and_then(|()| shared.recovery.as_ref().and_then(|r| r.borrow().log_dir()));
+                if let Some(dir) = dir {
+                    match EpochLog::open(&dir, &name, ctx.worker, ctx.workers, resumed_epoch) {
+                        Ok((log, entries)) => {
+                            if !entries.is_empty() {
+                                tracing::info!(
+                                    "source '{name}' on worker {worker}: replaying epochs {} to \
+                                     {} from its epoch log",
+                                    entries[0].epoch,
+                                    entries[entries.len() - 1].epoch
+                                );
+                            }
+                            elog = Some(log);
+                            replay = entries;
+                        }
+                        Err(e) => {
+                            control.fail(e);
+                            give_up!();
+                        }
+                    }
+                }
+            }
             let epoch_deadline = clock.deadline(epoch - *base.get_or_insert(epoch));
             if let Some(r) = &shared.recovery {
                 if let Err(e) = r.borrow_mut().poll() {
@@ -828,6 +942,44 @@ pub(crate) fn build<'s, S: Source>(
                 }
             }
             let ps = parts.as_mut().expect("opened");
+            // Replaying a logged epoch: where each partition ends it.
+            let replaying = match replay.front() {
+                Some(entry) if entry.epoch == epoch => true,
+                Some(entry) => {
+                    control.fail(Error::Runtime(format!(
+                        "source '{name}' on worker {worker}: the epoch log holds epoch {} \
+                         where epoch {epoch} was to be replayed",
+                        entry.epoch
+                    )));
+                    give_up!();
+                }
+                None => false,
+            };
+            let mut targets: Vec<Option<u64>> = Vec::new();
+            if let Some(entry) = replay.front().filter(|_| replaying) {
+                for (logged, ..) in &entry.parts {
+                    if !ps.iter().any(|p| &p.name == logged) {
+                        control.fail(Error::Source {
+                            source_name: name.clone(),
+                            reason: format!(
+                                "replaying epoch {epoch} from the epoch log: partition \
+                                 '{logged}' is not among this worker's partitions"
+                            ),
+                        });
+                        give_up!();
+                    }
+                }
+                targets = ps
+                    .iter()
+                    .map(|p| {
+                        entry
+                            .parts
+                            .iter()
+                            .find(|(n, ..)| *n == p.name)
+                            .map(|&(_, next, _)| next)
+                    })
+                    .collect();
+            }
             // Epochs below the sinks' frontier are complete: tell the readers.
             let complete = shared.sinks_complete();
             for p in ps.iter_mut() {
@@ -846,8 +998,12 @@ pub(crate) fn build<'s, S: Source>(
             let started = Instant::now();
             'rounds: for _round in 0..16 {
                 let mut any_more = false;
-                for p in ps.iter_mut() {
+                for (i, p) in ps.iter_mut().enumerate() {
                     if p.finished {
+                        continue;
+                    }
+                    let target = targets.get(i).copied().flatten();
+                    if replaying && p.reached(target) {
                         continue;
                     }
                     if let Some(until) = p.pending_until {
@@ -859,7 +1015,7 @@ pub(crate) fn build<'s, S: Source>(
                         }
                         p.pending_until = None;
                     }
-                    if let Some(drift) = max_drift {
+                    if let Some(drift) = max_drift.filter(|_| !replaying) {
                         // Watermark alignment: wait for the slowest backlogged partition.
                         if p.max_ts != i64::MIN
                             && options.watermark.watermark(p.max_ts)
@@ -874,7 +1030,16 @@ pub(crate) fn build<'s, S: Source>(
                     if options.event_time.is_none() {
                         reader.ingest = now_ms();
                     }
-                    let status = match p.reader.read(&mut reader) {
+                    let read = match target.filter(|_| replaying) {
+                        Some(t) => p.read_to(&mut reader, t),
+                        None => {
+                            if !p.carry.is_empty() || !p.carry_bad.is_empty() {
+                                p.release_carry(&mut reader);
+                            }
+                            p.reader.read(&mut reader)
+                        }
+                    };
+                    let status = match read {
                         Ok(s) => s,
                         Err(e) => {
                             control.fail(match e {
@@ -952,10 +1117,29 @@ pub(crate) fn build<'s, S: Source>(
                         ReadStatus::Pending => {
                             p.pending_until = Some(Instant::now() + Duration::from_millis(1));
                         }
+                        // Replay cuts where the log says, not where the reader asks.
+                        ReadStatus::CutEpoch if replaying => any_more = true,
                         ReadStatus::CutEpoch => {
                             cut = true;
                         }
-                        ReadStatus::Finished => p.finished = true,
+                        ReadStatus::Finished => {
+                            if replaying && !p.reached(target) {
+                                control.fail(Error::Source {
+                                    source_name: name.clone(),
+                                    reason: format!(
+                                        "replaying epoch {epoch} from the epoch log: partition \
+                                         '{}' ended at offset {} before offset {}, where the \
+                                         epoch ended when it was first read (were records \
+                                         deleted?)",
+                                        p.name,
+                                        p.next.unwrap_or(0),
+                                        target.unwrap_or(0)
+                                    ),
+                                });
+                                give_up!();
+                            }
+                            p.finished = true;
+                        }
                     }
                     p.backlogged = matches!(status, ReadStatus::More | ReadStatus::CutEpoch);
                     if cut {
@@ -998,19 +1182,46 @@ pub(crate) fn build<'s, S: Source>(
             drop(data_out);
             drop(dead_out);
 
+            // A replayed epoch closes once every partition has read up to where it ended.
+            let replayed = replaying
+                && ps
+                    .iter()
+                    .enumerate()
+                    .all(|(i, p)| p.reached(targets.get(i).copied().flatten()));
+            let logged = replay.front().filter(|_| replayed);
             // A discovering source may gain partitions: it never finishes on its own.
-            let all_finished =
-                restored_finished || (discovery.is_none() && ps.iter().all(|p| p.finished));
+            let all_finished = match logged {
+                Some(entry) => entry.finished,
+                None if replaying => false,
+                None => restored_finished || (discovery.is_none() && ps.iter().all(|p| p.finished)),
+            };
             let now = Instant::now();
             // Close the epoch if its end had come when this activation began: then what was
             // there to read at that moment is in it.
-            if cut || all_finished || started >= epoch_deadline {
+            let close = if replaying {
+                replayed
+            } else {
+                cut || all_finished || started >= epoch_deadline
+            };
+            if close {
                 // Close the epoch: note where each partition is, report this instance's
                 // watermark for it, then move on.
                 for p in ps.iter_mut() {
                     p.end_epoch(epoch);
                 }
-                let value = if all_finished {
+                if let Some(entry) = logged {
+                    // The event-time progress as it was (a reader's promises may differ).
+                    for p in ps.iter_mut() {
+                        if let Some(&(_, _, max_ts)) =
+                            entry.parts.iter().find(|(n, ..)| *n == p.name)
+                        {
+                            p.max_ts = max_ts;
+                        }
+                    }
+                }
+                let value = if let Some(entry) = logged {
+                    entry.value
+                } else if all_finished {
                     WmValue::At(WATERMARK_MAX)
                 } else {
                     let mut min: Option<i64> = None;
@@ -1071,6 +1282,42 @@ pub(crate) fn build<'s, S: Source>(
                             control.fail(e);
                             give_up!();
                         }
+                    }
+                }
+                // The epoch log: durable before the epoch closes (see `crate::epoch_log`).
+                if let Some(log) = elog.as_mut() {
+                    let logged_now = if replaying {
+                        replay.pop_front();
+                        if replay.is_empty() {
+                            // Live from here: idleness counts from now.
+                            for p in ps.iter_mut() {
+                                p.last_data = Instant::now();
+                            }
+                        }
+                        Ok(())
+                    } else {
+                        let entry = EpochEntry {
+                            epoch,
+                            workers: ctx.workers as u32,
+                            parts: ps
+                                .iter()
+                                .filter_map(|p| p.next.map(|n| (p.name.clone(), n, p.max_ts)))
+                                .collect(),
+                            value,
+                            finished: all_finished,
+                        };
+                        log.append(&entry)
+                    };
+                    let trimmed = logged_now.and_then(|()| match &shared.recovery {
+                        Some(r) => {
+                            let committed = r.borrow_mut().committed();
+                            log.trim(committed)
+                        }
+                        None => Ok(()),
+                    });
+                    if let Err(e) = trimmed {
+                        control.fail(e);
+                        give_up!();
                     }
                 }
                 if all_finished {

@@ -174,7 +174,10 @@ impl KafkaSink<Vec<u8>> {
     }
 }
 
-/// The header an exactly-once record carries: `<sink>/<worker>:<checkpoint>:<n>`.
+/// The header an exactly-once record carries: `<sink>/<worker>:e<epoch>:<hash>` for a record
+/// written once its epoch was over (the hash, 16 hex digits, is of the record's key, value,
+/// timestamp and headers), or `<sink>/<worker>:<checkpoint>:<n>` for one held until a
+/// checkpoint was complete (before the run's first checkpoint, and with transactions).
 pub const EXACTLY_ONCE_HEADER: &str = "runnel.eo";
 
 /// A record held back in exactly-once mode.
@@ -201,7 +204,63 @@ struct Eo {
     present: HashSet<(u64, u64)>,
     /// Restored: where the previous runs' deliveries ended, per partition.
     delivered_before: BTreeMap<i32, i64>,
+    /// Epochs are written as they end (see `Sink::replays`): once the run was restored
+    /// from a checkpoint, or one was complete in it. Before that, results are held until the
+    /// first checkpoint covers them, as with transactions.
+    live: bool,
+    /// The last epoch the engine said is over.
+    done: Option<u64>,
+    /// Restored: how many records of each `(epoch, hash)` tag are already in the topic.
+    written: std::collections::HashMap<(u64, u64), u32>,
+    /// The newest epoch in `written`.
+    written_through: u64,
 }
+
+/// A record's tag hash (FNV-1a, 64 bits): the same for the same key, value, timestamp and
+/// headers in every run and every build.
+fn tag_hash(r: &HeldRecord) -> u64 {
+    struct Fnv(u64);
+    impl Fnv {
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 ^= u64::from(b);
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        fn field(&mut self, bytes: &[u8]) {
+            self.write(&(bytes.len() as u64).to_le_bytes());
+            self.write(bytes);
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    match &r.key {
+        Some(k) => {
+            h.write(&[1]);
+            h.field(k);
+        }
+        None => h.write(&[0]),
+    }
+    h.field(&r.value);
+    match r.ts {
+        Some(ts) => {
+            h.write(&[1]);
+            h.write(&ts.to_le_bytes());
+        }
+        None => h.write(&[0]),
+    }
+    for (k, v) in &r.headers {
+        h.field(k.as_bytes());
+        h.field(v);
+    }
+    h.0
+}
+
+/// What a read-back found of an instance's records: checkpoint tags `(checkpoint, n)`, and how
+/// many of each epoch tag `(epoch, hash)`.
+type Found = (
+    HashSet<(u64, u64)>,
+    std::collections::HashMap<(u64, u64), u32>,
+);
 
 /// What a checkpoint keeps of [`Eo`].
 #[derive(Serialize, Deserialize)]
@@ -380,6 +439,7 @@ impl<T> KafkaSink<T> {
         // A transaction begins with the first record still to write.
         let mut begun = false;
         let mut bytes = 0u64;
+        let mut waits = 0u64;
         for (ckpt, records) in due {
             for (n, r) in records.iter().enumerate() {
                 if self.eo.present.contains(&(ckpt, n as u64)) {
@@ -387,51 +447,17 @@ impl<T> KafkaSink<T> {
                 }
                 let tag = format!("{}:{ckpt}:{n}", self.eo.instance);
                 bytes += r.value.len() as u64;
-                let mut headers = OwnedHeaders::new();
-                for (k, v) in &r.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(&v[..]),
-                    });
-                }
-                headers = headers.insert(Header {
-                    key: EXACTLY_ONCE_HEADER,
-                    value: Some(tag.as_bytes()),
-                });
-                let mut record: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(topic).payload(&r.value[..]).headers(headers);
-                if let Some(k) = &r.key {
-                    record = record.key(&k[..]);
-                }
-                if let Some(ts) = r.ts {
-                    record = record.timestamp(ts);
-                }
                 if transactional && !begun {
                     producer
                         .begin_transaction()
                         .map_err(|e| txn_error("begin", e))?;
                     begun = true;
                 }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            producer.poll(Duration::from_millis(5));
-                            if producer.context().failures().is_some() {
-                                break;
-                            }
-                        }
-                        Err((err, _)) => {
-                            if begun {
-                                let _ = producer.abort_transaction(timeout);
-                            }
-                            return Err(Error::Sink {
-                                sink: self.name.clone(),
-                                reason: format!("cannot send a record to topic '{topic}': {err}"),
-                            });
-                        }
+                if let Err(e) = self.produce(producer, r, &tag, &mut waits) {
+                    if begun {
+                        let _ = producer.abort_transaction(timeout);
                     }
+                    return Err(e);
                 }
             }
         }
@@ -447,15 +473,104 @@ impl<T> KafkaSink<T> {
             }
         }
         producer.poll(Duration::ZERO);
-        if let Some((b, _)) = &self.counters {
+        if let Some((b, w)) = &self.counters {
             b.add(bytes);
+            w.add(waits);
+        }
+        self.check_deliveries()
+    }
+
+    /// Sends `r` with the exactly-once header `tag`, waiting while the producer queue is full
+    /// (counted in `waits`).
+    fn produce(
+        &self,
+        producer: &BaseProducer<ProducerEvents>,
+        r: &HeldRecord,
+        tag: &str,
+        waits: &mut u64,
+    ) -> Result<()> {
+        let topic = self.config.topic.as_str();
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(&v[..]),
+            });
+        }
+        headers = headers.insert(Header {
+            key: EXACTLY_ONCE_HEADER,
+            value: Some(tag.as_bytes()),
+        });
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).payload(&r.value[..]).headers(headers);
+        if let Some(k) = &r.key {
+            record = record.key(&k[..]);
+        }
+        if let Some(ts) = r.ts {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    *waits += 1;
+                    producer.poll(Duration::from_millis(5));
+                    if producer.context().failures().is_some() {
+                        // The caller's check of deliveries reports it.
+                        return Ok(());
+                    }
+                }
+                Err((err, _)) => {
+                    return Err(Error::Sink {
+                        sink: self.name.clone(),
+                        reason: format!("cannot send a record to topic '{topic}': {err}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes the held records of every epoch up to `through` with their epoch tags, skipping
+    /// those a restored run found already in the topic.
+    fn send_epochs(&mut self, through: u64) -> Result<()> {
+        let later = self.eo.open.split_off(&(through.saturating_add(1)));
+        let due = std::mem::replace(&mut self.eo.open, later);
+        let Some(producer) = self.producer.as_ref() else {
+            return Err(self.error("the Kafka sink was written before open".into()));
+        };
+        let mut bytes = 0u64;
+        let mut waits = 0u64;
+        let mut tag = String::new();
+        let mut written = std::mem::take(&mut self.eo.written);
+        for (epoch, records) in due {
+            for r in &records {
+                let hash = tag_hash(r);
+                if let Some(n) = written.get_mut(&(epoch, hash)).filter(|n| **n > 0) {
+                    *n -= 1;
+                    continue;
+                }
+                use std::fmt::Write as _;
+                tag.clear();
+                let _ = write!(tag, "{}:e{epoch}:{hash:016x}", self.eo.instance);
+                bytes += r.value.len() as u64;
+                self.produce(producer, r, &tag, &mut waits)?;
+            }
+        }
+        if through < self.eo.written_through {
+            self.eo.written = written;
+        }
+        producer.poll(Duration::ZERO);
+        if let Some((b, w)) = &self.counters {
+            b.add(bytes);
+            w.add(waits);
         }
         self.check_deliveries()
     }
 
     /// Reads the topic from `from` (per partition; the beginning where it has none) to its end
     /// and returns the `(checkpoint, n)` of this instance's records in it.
-    fn read_back(&self, from: &BTreeMap<i32, i64>) -> Result<HashSet<(u64, u64)>> {
+    fn read_back(&self, from: &BTreeMap<i32, i64>) -> Result<Found> {
         let kafka = &self.config.kafka;
         let topic = &self.config.topic;
         let fail = |what: String| self.error(format!("reading back topic '{topic}': {what}"));
@@ -497,6 +612,7 @@ impl<T> KafkaSink<T> {
         consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
         let prefix = format!("{}:", self.eo.instance);
         let mut present = HashSet::new();
+        let mut written = std::collections::HashMap::new();
         let mut ended = HashSet::new();
         let mut last = std::time::Instant::now();
         while ended.len() < parts.len() {
@@ -512,12 +628,16 @@ impl<T> KafkaSink<T> {
                         let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
                             continue;
                         };
-                        if let Some(rest) = v.strip_prefix(&prefix) {
-                            if let Some((c, n)) = rest.split_once(':') {
-                                if let (Ok(c), Ok(n)) = (c.parse(), n.parse()) {
-                                    present.insert((c, n));
-                                }
+                        let Some((c, n)) = v.strip_prefix(&prefix).and_then(|r| r.split_once(':'))
+                        else {
+                            continue;
+                        };
+                        if let Some(epoch) = c.strip_prefix('e') {
+                            if let (Ok(e), Ok(h)) = (epoch.parse(), u64::from_str_radix(n, 16)) {
+                                *written.entry((e, h)).or_insert(0u32) += 1;
                             }
+                        } else if let (Ok(c), Ok(n)) = (c.parse(), n.parse()) {
+                            present.insert((c, n));
                         }
                     }
                 }
@@ -534,7 +654,7 @@ impl<T> KafkaSink<T> {
                 )));
             }
         }
-        Ok(present)
+        Ok((present, written))
     }
 
     /// The first delivery failure, as the error the job fails with.
@@ -558,7 +678,10 @@ struct ReadBackEvents;
 
 impl rdkafka::ClientContext for ReadBackEvents {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::warn!("reading back an exactly-once topic: {error}: {reason}");
         }
     }
@@ -649,7 +772,10 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         if let Some(from) = self.eo.restored_from.take() {
             // Restored: what this instance already wrote of the checkpoints it holds is in
             // the topic; find it, then write the rest.
-            self.eo.present = self.read_back(&from)?;
+            let (present, written) = self.read_back(&from)?;
+            self.eo.present = present;
+            self.eo.written_through = written.keys().map(|k| k.0).max().unwrap_or(0);
+            self.eo.written = written;
             let ids: Vec<u64> = self.eo.sealed.keys().copied().collect();
             if let Some(&last) = ids.last() {
                 self.send_sealed(last)?;
@@ -756,7 +882,15 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.check_deliveries()
     }
 
-    fn epoch_done(&mut self, _epoch: Epoch) -> Result<()> {
+    fn replays(&self) -> bool {
+        self.config.exactly_once && self.config.transactional_id.is_none()
+    }
+
+    fn epoch_done(&mut self, epoch: Epoch) -> Result<()> {
+        self.eo.done = Some(epoch.0);
+        if self.eo.live {
+            return self.send_epochs(epoch.0);
+        }
         if let Some(p) = &self.producer {
             p.poll(Duration::ZERO);
         }
@@ -766,6 +900,10 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
     fn snapshot(&mut self, through: Epoch) -> Result<Option<Vec<u8>>> {
         if !self.config.writes_exactly_once() {
             return Ok(None);
+        }
+        if self.eo.live {
+            // Every epoch it covers is written (the last ones, at the input's end, now).
+            self.send_epochs(through.0)?;
         }
         // What was written before is delivered (so `delivered` is where a read-back starts).
         if let Some(p) = &self.producer {
@@ -801,12 +939,22 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.eo.sealed = state.sealed;
         self.eo.delivered_before = state.delivered.clone();
         self.eo.restored_from = Some(state.delivered);
+        // The sources replay the epochs after the checkpoint (see `Sink::replays`).
+        self.eo.live = self.replays();
         Ok(())
     }
 
     fn checkpoint_committed(&mut self, id: u64) -> Result<()> {
         if self.config.writes_exactly_once() {
             self.send_sealed(id)?;
+        }
+        if self.replays() && !self.eo.live {
+            // From the first complete checkpoint on, a crash replays what follows it: write
+            // the epochs that are over, and from now on each as it ends.
+            self.eo.live = true;
+            if let Some(done) = self.eo.done {
+                self.send_epochs(done)?;
+            }
         }
         Ok(())
     }
