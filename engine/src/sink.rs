@@ -137,6 +137,14 @@ pub trait Sink<T>: 'static {
         let _ = state;
         Ok(())
     }
+    /// Whether the sink can hand in its state for the checkpoint of the epochs up to
+    /// `through` now. A sink that waits for the writes of those epochs to be acknowledged
+    /// says not yet; the engine asks again a little later, while the sink goes on receiving
+    /// later epochs, and the checkpoint completes once it has. Default: `true`.
+    fn ready_for_checkpoint(&mut self, through: Epoch) -> Result<bool> {
+        let _ = through;
+        Ok(true)
+    }
     /// Whether the sink writes the results of an epoch as soon as the epoch is over (at
     /// [`Sink::epoch_done`]) and counts on replay to recognise them after a crash. Then every
     /// source of the job keeps the epoch log and, after a restore from checkpoint `c`, cuts
@@ -299,28 +307,41 @@ pub(crate) fn build<'s, T: crate::Data, S: Sink<T>>(
                         metrics.add_latency(h);
                         h.reset();
                     }
-                    // Checkpoints: the state with every record of the epochs before `f`.
-                    if let Some(r) = &recovery.recovery {
-                        let mut r = r.borrow_mut();
-                        let due = r.due(last_checkpoint, f - 1);
-                        for id in due {
-                            let snap = if active {
-                                sink.snapshot(Epoch(id))
-                            } else {
-                                Ok(None)
-                            };
-                            let handed = snap.and_then(|s| match s {
-                                Some(bytes) => r.contribute(id, &name, kind, bytes),
-                                None => r.contribute(id, &name, STATELESS, Vec::new()),
-                            });
-                            if let Err(e) = handed {
-                                control.fail(wrap(&name, e));
-                                sink.abort();
-                                state = SinkState::Closed;
-                                return false;
+                }
+                // Checkpoints: the state with every record of the epochs before `f` (asked
+                // again on later activations while the sink is not ready).
+                if let Some(r) = f.checked_sub(1).and(recovery.recovery.as_ref()) {
+                    let mut r = r.borrow_mut();
+                    let due = r.due(last_checkpoint, f - 1);
+                    for id in due {
+                        if active {
+                            match sink.ready_for_checkpoint(Epoch(id)) {
+                                Ok(true) => {}
+                                Ok(false) => return true,
+                                Err(e) => {
+                                    control.fail(wrap(&name, e));
+                                    sink.abort();
+                                    state = SinkState::Closed;
+                                    return false;
+                                }
                             }
-                            last_checkpoint = id;
                         }
+                        let snap = if active {
+                            sink.snapshot(Epoch(id))
+                        } else {
+                            Ok(None)
+                        };
+                        let handed = snap.and_then(|s| match s {
+                            Some(bytes) => r.contribute(id, &name, kind, bytes),
+                            None => r.contribute(id, &name, STATELESS, Vec::new()),
+                        });
+                        if let Err(e) = handed {
+                            control.fail(wrap(&name, e));
+                            sink.abort();
+                            state = SinkState::Closed;
+                            return false;
+                        }
+                        last_checkpoint = id;
                     }
                 }
             }

@@ -321,12 +321,16 @@ pub struct KafkaSinkConfig {
     /// fails the job (`message.timeout.ms`). Default `"60s"`.
     #[serde(default = "default_delivery_timeout", with = "duration")]
     pub delivery_timeout: Duration,
-    /// Write each result exactly once across crashes and restarts (needs checkpoints): results
-    /// are held until a checkpoint covering them is complete, then written with a header
-    /// naming them; a restarted run reads back what its instance wrote since the checkpoint
-    /// and skips it. Results appear one checkpoint interval later than at least once. No
-    /// Kafka transactions are used unless [`KafkaSinkConfig::transactional_id`] is set.
-    /// Default `false` (at least once).
+    /// Write each result exactly once across crashes and restarts (needs checkpoints), by
+    /// deterministic replay: the sources log where each epoch ended, the sink writes an
+    /// epoch's results once it is over, each with a header naming its epoch and a hash of the
+    /// record, and a restarted run replays the epochs after its checkpoint as they were cut,
+    /// reads back what its instance wrote since the checkpoint and skips it (see the engine's
+    /// `Sink::replays`). Results appear an epoch after their input; before the run's first
+    /// checkpoint they are held until it is complete. No Kafka transactions are used unless
+    /// [`KafkaSinkConfig::transactional_id`] is set (then results are held until each
+    /// checkpoint is complete and written in one transaction). Default `false` (at least
+    /// once).
     #[serde(default)]
     pub exactly_once: bool,
     /// Kafka transactions, for clusters that support them (tansu does not): with a prefix,

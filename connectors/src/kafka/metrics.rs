@@ -107,8 +107,20 @@ pub(crate) struct ProducerEvents {
     pub(crate) client: ClientEvents,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    /// What has been delivered.
+    delivered: Mutex<Deliveries>,
+}
+
+/// What a producer's delivery reports said so far.
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
     /// Per partition, the offset after the last record delivered.
-    delivered: Mutex<std::collections::BTreeMap<i32, i64>>,
+    pub(crate) next: std::collections::BTreeMap<i32, i64>,
+    /// Per epoch (records sent with the epoch as their delivery opaque, see
+    /// [`ProducerEvents::opaque`]): how many were delivered.
+    pub(crate) acked: std::collections::BTreeMap<u64, u64>,
+    /// Per partition and epoch: the smallest offset delivered.
+    pub(crate) first: std::collections::BTreeMap<(i32, u64), i64>,
 }
 
 impl ProducerEvents {
@@ -123,7 +135,24 @@ impl ProducerEvents {
 
     /// Per partition, the offset after the last record delivered so far.
     pub(crate) fn delivered(&self) -> std::collections::BTreeMap<i32, i64> {
-        self.delivered.lock().map(|d| d.clone()).unwrap_or_default()
+        self.delivered
+            .lock()
+            .map(|d| d.next.clone())
+            .unwrap_or_default()
+    }
+
+    /// The delivery opaque of a record of `epoch`, counted per epoch in [`Deliveries`]
+    /// (`0`: not counted).
+    pub(crate) fn opaque(epoch: u64) -> usize {
+        usize::try_from(epoch.saturating_add(1)).unwrap_or(0)
+    }
+
+    /// Runs `f` on what has been delivered.
+    pub(crate) fn with_deliveries<R>(&self, f: impl FnOnce(&mut Deliveries) -> R) -> R {
+        match self.delivered.lock() {
+            Ok(mut d) => f(&mut d),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
     }
 
     /// Records that librdkafka gave up on, and why the first one failed.
@@ -153,14 +182,20 @@ impl ClientContext for ProducerEvents {
 }
 
 impl ProducerContext for ProducerEvents {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         match result {
             Ok(m) => {
                 if let Ok(mut d) = self.delivered.lock() {
-                    let next = d.entry(m.partition()).or_insert(0);
+                    let next = d.next.entry(m.partition()).or_insert(0);
                     *next = (*next).max(m.offset() + 1);
+                    if opaque > 0 {
+                        let epoch = opaque as u64 - 1;
+                        *d.acked.entry(epoch).or_insert(0) += 1;
+                        let first = d.first.entry((m.partition(), epoch)).or_insert(i64::MAX);
+                        *first = (*first).min(m.offset());
+                    }
                 }
             }
             Err((e, msg)) => {

@@ -214,6 +214,17 @@ struct Eo {
     written: std::collections::HashMap<(u64, u64), u32>,
     /// The newest epoch in `written`.
     written_through: u64,
+    /// Time spent sending epochs, and flushing before checkpoints (logged at close).
+    send_time: Duration,
+    flush_time: Duration,
+    /// Waits on a full producer queue while sending epochs (logged at close).
+    send_waits: u64,
+    /// Epochs sent whose records are not all delivered yet, with how many were sent (a
+    /// checkpoint of the epoch waits for them).
+    unacked: BTreeMap<u64, u64>,
+    /// Records of sealed checkpoints were sent since the last flush (they are not counted per
+    /// epoch, so the next checkpoint flushes).
+    sealed_unflushed: bool,
 }
 
 /// A record's tag hash (FNV-1a, 64 bits): the same for the same key, value, timestamp and
@@ -266,7 +277,8 @@ type Found = (
 #[derive(Serialize, Deserialize)]
 struct EoState {
     sealed: BTreeMap<u64, Vec<HeldRecord>>,
-    /// Per partition, the offset after the last record this instance had delivered.
+    /// Per partition, where a read-back starts: after every record this instance delivered
+    /// before the checkpoint, and before every record of a later epoch.
     delivered: BTreeMap<i32, i64>,
 }
 
@@ -453,12 +465,13 @@ impl<T> KafkaSink<T> {
                         .map_err(|e| txn_error("begin", e))?;
                     begun = true;
                 }
-                if let Err(e) = self.produce(producer, r, &tag, &mut waits) {
+                if let Err(e) = self.produce(producer, r, &tag, 0, &mut waits) {
                     if begun {
                         let _ = producer.abort_transaction(timeout);
                     }
                     return Err(e);
                 }
+                self.eo.sealed_unflushed = true;
             }
         }
         if begun {
@@ -480,6 +493,66 @@ impl<T> KafkaSink<T> {
         self.check_deliveries()
     }
 
+    /// Forgets the records of the epochs whose records have all been delivered.
+    fn prune_delivered(&mut self) {
+        let Some(p) = &self.producer else { return };
+        p.poll(Duration::ZERO);
+        let unacked = &mut self.eo.unacked;
+        p.context().with_deliveries(|d| {
+            unacked.retain(|epoch, sent| {
+                let done = d.acked.get(epoch).is_some_and(|n| n >= sent);
+                if done {
+                    d.acked.remove(epoch);
+                }
+                !done
+            });
+        });
+    }
+
+    /// The state of a checkpoint of the epochs up to `through` once the sink writes epochs as
+    /// they end: every record of those epochs is delivered (the engine waited for it, see
+    /// `ready_for_checkpoint`; otherwise, as for the job's final checkpoint, this flushes), and
+    /// the read-back starts before the first delivered record of any later epoch (written
+    /// already when the engine waited, or several checkpoints fell due at once).
+    fn live_snapshot(&mut self, through: u64) -> Result<Vec<u8>> {
+        self.prune_delivered();
+        let undelivered = self.eo.unacked.range(..=through).next().is_some();
+        if std::mem::take(&mut self.eo.sealed_unflushed) || undelivered {
+            if let Some(p) = &self.producer {
+                let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
+                p.flush(timeout)
+                    .map_err(|e| self.error(format!("cannot flush before a checkpoint: {e}")))?;
+            }
+        }
+        self.check_deliveries()?;
+        self.prune_delivered();
+        if self.eo.unacked.range(..=through).next().is_some() {
+            return Err(self.error(format!(
+                "records of epochs up to {through} were still undelivered after a flush"
+            )));
+        }
+        let mut delivered = self.eo.delivered_before.clone();
+        if let Some(p) = &self.producer {
+            p.context().with_deliveries(|d| {
+                for (&part, &next) in &d.next {
+                    delivered.insert(part, next);
+                }
+                for (&(part, epoch), &first) in &d.first {
+                    if epoch > through {
+                        let at = delivered.entry(part).or_insert(first);
+                        *at = (*at).min(first);
+                    }
+                }
+                // Only later epochs matter to later checkpoints.
+                d.first.retain(|&(_, e), _| e > through);
+            });
+        }
+        encode(&EoState {
+            sealed: self.eo.sealed.clone(),
+            delivered,
+        })
+    }
+
     /// Sends `r` with the exactly-once header `tag`, waiting while the producer queue is full
     /// (counted in `waits`).
     fn produce(
@@ -487,6 +560,7 @@ impl<T> KafkaSink<T> {
         producer: &BaseProducer<ProducerEvents>,
         r: &HeldRecord,
         tag: &str,
+        opaque: usize,
         waits: &mut u64,
     ) -> Result<()> {
         let topic = self.config.topic.as_str();
@@ -501,8 +575,10 @@ impl<T> KafkaSink<T> {
             key: EXACTLY_ONCE_HEADER,
             value: Some(tag.as_bytes()),
         });
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).payload(&r.value[..]).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, opaque)
+                .payload(&r.value[..])
+                .headers(headers);
         if let Some(k) = &r.key {
             record = record.key(&k[..]);
         }
@@ -542,8 +618,10 @@ impl<T> KafkaSink<T> {
         let mut bytes = 0u64;
         let mut waits = 0u64;
         let mut tag = String::new();
+        let started = std::time::Instant::now();
         let mut written = std::mem::take(&mut self.eo.written);
         for (epoch, records) in due {
+            let mut sent = 0;
             for r in &records {
                 let hash = tag_hash(r);
                 if let Some(n) = written.get_mut(&(epoch, hash)).filter(|n| **n > 0) {
@@ -554,12 +632,19 @@ impl<T> KafkaSink<T> {
                 tag.clear();
                 let _ = write!(tag, "{}:e{epoch}:{hash:016x}", self.eo.instance);
                 bytes += r.value.len() as u64;
-                self.produce(producer, r, &tag, &mut waits)?;
+                self.produce(producer, r, &tag, ProducerEvents::opaque(epoch), &mut waits)?;
+                sent += 1;
+            }
+            if sent > 0 {
+                // A checkpoint of this epoch waits until they are delivered.
+                self.eo.unacked.insert(epoch, sent);
             }
         }
         if through < self.eo.written_through {
             self.eo.written = written;
         }
+        self.eo.send_time += started.elapsed();
+        self.eo.send_waits += waits;
         producer.poll(Duration::ZERO);
         if let Some((b, w)) = &self.counters {
             b.add(bytes);
@@ -827,7 +912,8 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
             }
             key_buf.clear();
             let has_key = key.as_ref().is_some_and(|k| k(&e.data, key_buf));
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&value[..]);
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, 0).payload(&value[..]);
             if has_key {
                 record = record.key(&key_buf[..]);
             }
@@ -886,10 +972,22 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         self.config.exactly_once && self.config.transactional_id.is_none()
     }
 
+    fn ready_for_checkpoint(&mut self, through: Epoch) -> Result<bool> {
+        if !self.eo.live {
+            return Ok(true);
+        }
+        // Every record of the epochs up to `through` delivered: no flush at the checkpoint.
+        self.check_deliveries()?;
+        self.prune_delivered();
+        Ok(self.eo.unacked.range(..=through.0).next().is_none())
+    }
+
     fn epoch_done(&mut self, epoch: Epoch) -> Result<()> {
         self.eo.done = Some(epoch.0);
         if self.eo.live {
-            return self.send_epochs(epoch.0);
+            self.send_epochs(epoch.0)?;
+            self.prune_delivered();
+            return Ok(());
         }
         if let Some(p) = &self.producer {
             p.poll(Duration::ZERO);
@@ -904,12 +1002,15 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         if self.eo.live {
             // Every epoch it covers is written (the last ones, at the input's end, now).
             self.send_epochs(through.0)?;
+            return self.live_snapshot(through.0).map(Some);
         }
         // What was written before is delivered (so `delivered` is where a read-back starts).
         if let Some(p) = &self.producer {
+            let started = std::time::Instant::now();
             let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
             p.flush(timeout)
                 .map_err(|e| self.error(format!("cannot flush before a checkpoint: {e}")))?;
+            self.eo.flush_time += started.elapsed();
         }
         self.check_deliveries()?;
         let later = self.eo.open.split_off(&(through.0.saturating_add(1)));
@@ -976,6 +1077,17 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         let Some(producer) = &self.producer else {
             return Ok(());
         };
+        if self.config.writes_exactly_once() {
+            tracing::debug!(
+                "sink '{}' ({}): {} ms sending epochs ({} waits on a full queue), {} ms \
+                 flushing before checkpoints",
+                self.name,
+                self.eo.instance,
+                self.eo.send_time.as_millis(),
+                self.eo.send_waits,
+                self.eo.flush_time.as_millis()
+            );
+        }
         // Long enough for librdkafka to deliver or give up on every queued record.
         let timeout = self.config.delivery_timeout + self.config.kafka.request_timeout;
         let flushed = producer.flush(timeout);
