@@ -699,12 +699,39 @@ impl<T> KafkaSink<T> {
         let mut present = HashSet::new();
         let mut written = std::collections::HashMap::new();
         let mut ended = HashSet::new();
+        // A start in the middle of a batch: tansu 0.6 answers from the next batch, skipping
+        // the rest of this one. Until a partition's first record is at or before its start,
+        // seek further back (1, 2, 4, ... records; reading more than needed is harmless).
+        let mut unconfirmed: std::collections::HashMap<i32, (i64, i64)> = parts
+            .iter()
+            .filter_map(|p| from.get(p).filter(|&&o| o > 0).map(|&o| (*p, (o, 1))))
+            .collect();
+        let seek_back = |p: i32, (start, step): &mut (i64, i64)| -> Result<bool> {
+            if *step > *start {
+                return Ok(false);
+            }
+            let at = (*start - *step).max(0);
+            *step = step.saturating_mul(2);
+            consumer
+                .seek(topic, p, Offset::Offset(at), kafka.request_timeout)
+                .map_err(|e| fail(format!("cannot seek partition {p} to {at}: {e}")))?;
+            Ok(true)
+        };
         let mut last = std::time::Instant::now();
         while ended.len() < parts.len() {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last = std::time::Instant::now();
-                    ended.remove(&m.partition());
+                    let p = m.partition();
+                    if let Some(u) = unconfirmed.get_mut(&p) {
+                        if m.offset() > u.0 {
+                            if seek_back(p, u)? {
+                                continue;
+                            }
+                        }
+                        unconfirmed.remove(&p);
+                    }
+                    ended.remove(&p);
                     let Some(hs) = m.headers() else { continue };
                     for h in hs.iter() {
                         if h.key != EXACTLY_ONCE_HEADER {
@@ -727,7 +754,16 @@ impl<T> KafkaSink<T> {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    ended.insert(p);
+                    // No record at or after the start: it is the end, or the rest of a batch
+                    // was skipped.
+                    let again = match unconfirmed.get_mut(&p) {
+                        Some(u) => seek_back(p, u)?,
+                        None => false,
+                    };
+                    if !again {
+                        unconfirmed.remove(&p);
+                        ended.insert(p);
+                    }
                 }
                 Some(Err(e)) => tracing::warn!("reading back topic '{topic}': {e}"),
                 None => {}
