@@ -119,8 +119,6 @@ pub(crate) struct Deliveries {
     /// Per epoch (records sent with the epoch as their delivery opaque, see
     /// [`ProducerEvents::opaque`]): how many were delivered.
     pub(crate) acked: std::collections::BTreeMap<u64, u64>,
-    /// Per partition and epoch: the smallest offset delivered.
-    pub(crate) first: std::collections::BTreeMap<(i32, u64), i64>,
 }
 
 impl ProducerEvents {
@@ -193,8 +191,6 @@ impl ProducerContext for ProducerEvents {
                     if opaque > 0 {
                         let epoch = opaque as u64 - 1;
                         *d.acked.entry(epoch).or_insert(0) += 1;
-                        let first = d.first.entry((m.partition(), epoch)).or_insert(i64::MAX);
-                        *first = (*first).min(m.offset());
                     }
                 }
             }

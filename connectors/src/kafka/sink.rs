@@ -222,6 +222,11 @@ struct Eo {
     /// Epochs sent whose records are not all delivered yet, with how many were sent (a
     /// checkpoint of the epoch waits for them).
     unacked: BTreeMap<u64, u64>,
+    /// Per epoch sent in this run: where each partition's delivered records ended when its
+    /// sending began. Every record of the epoch, and of later ones, lies after; and it is a
+    /// batch boundary (delivery reports come a whole batch at a time), where a read-back can
+    /// start (tansu 0.6 answers a fetch from inside a batch with the next batch).
+    boundaries: BTreeMap<u64, BTreeMap<i32, i64>>,
     /// Records of sealed checkpoints were sent since the last flush (they are not counted per
     /// epoch, so the next checkpoint flushes).
     sealed_unflushed: bool,
@@ -531,22 +536,23 @@ impl<T> KafkaSink<T> {
                 "records of epochs up to {through} were still undelivered after a flush"
             )));
         }
+        // Where a read-back starts: before every record of a later epoch. While the epochs a
+        // restored run found written (by earlier runs, before this run's deliveries) go past
+        // `through`, that is where this run's read-back started.
         let mut delivered = self.eo.delivered_before.clone();
-        if let Some(p) = &self.producer {
-            p.context().with_deliveries(|d| {
-                for (&part, &next) in &d.next {
-                    delivered.insert(part, next);
-                }
-                for (&(part, epoch), &first) in &d.first {
-                    if epoch > through {
-                        let at = delivered.entry(part).or_insert(first);
-                        *at = (*at).min(first);
-                    }
-                }
-                // Only later epochs matter to later checkpoints.
-                d.first.retain(|&(_, e), _| e > through);
-            });
+        if through >= self.eo.written_through {
+            let ends = match self.eo.boundaries.range(through.saturating_add(1)..).next() {
+                Some((_, at)) => at.clone(),
+                None => self
+                    .producer
+                    .as_ref()
+                    .map(|p| p.context().delivered())
+                    .unwrap_or_default(),
+            };
+            delivered.extend(ends);
         }
+        // Only later epochs matter to later checkpoints.
+        self.eo.boundaries = self.eo.boundaries.split_off(&through.saturating_add(1));
         encode(&EoState {
             sealed: self.eo.sealed.clone(),
             delivered,
@@ -621,6 +627,8 @@ impl<T> KafkaSink<T> {
         let started = std::time::Instant::now();
         let mut written = std::mem::take(&mut self.eo.written);
         for (epoch, records) in due {
+            let next = producer.context().delivered();
+            self.eo.boundaries.entry(epoch).or_insert(next);
             let mut sent = 0;
             for r in &records {
                 let hash = tag_hash(r);
@@ -699,37 +707,22 @@ impl<T> KafkaSink<T> {
         let mut present = HashSet::new();
         let mut written = std::collections::HashMap::new();
         let mut ended = HashSet::new();
-        // A start in the middle of a batch: tansu 0.6 answers from the next batch, skipping
-        // the rest of this one. Until a partition's first record is at or before its start,
-        // seek further back (1, 2, 4, ... records; reading more than needed is harmless).
-        let mut unconfirmed: std::collections::HashMap<i32, (i64, i64)> = parts
-            .iter()
-            .filter_map(|p| from.get(p).filter(|&&o| o > 0).map(|&o| (*p, (o, 1))))
-            .collect();
-        let seek_back = |p: i32, (start, step): &mut (i64, i64)| -> Result<bool> {
-            if *step > *start {
-                return Ok(false);
-            }
-            let at = (*start - *step).max(0);
-            *step = step.saturating_mul(2);
-            consumer
-                .seek(topic, p, Offset::Offset(at), kafka.request_timeout)
-                .map_err(|e| fail(format!("cannot seek partition {p} to {at}: {e}")))?;
-            Ok(true)
-        };
+        // Starts are batch boundaries (see `Eo::boundaries`): tansu 0.6 answers a fetch from
+        // inside a batch with the next batch, or with nothing at all in the last one.
+        let mut unchecked: HashSet<i32> = from.keys().copied().collect();
         let mut last = std::time::Instant::now();
         while ended.len() < parts.len() {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last = std::time::Instant::now();
                     let p = m.partition();
-                    if let Some(u) = unconfirmed.get_mut(&p) {
-                        if m.offset() > u.0 {
-                            if seek_back(p, u)? {
-                                continue;
-                            }
-                        }
-                        unconfirmed.remove(&p);
+                    if unchecked.remove(&p) && from.get(&p).is_some_and(|&o| m.offset() > o) {
+                        tracing::warn!(
+                            "reading back topic '{topic}' partition {p} from offset {}: the \
+                             first record is at {} (deleted records, or a start inside a batch)",
+                            from[&p],
+                            m.offset()
+                        );
                     }
                     ended.remove(&p);
                     let Some(hs) = m.headers() else { continue };
@@ -754,24 +747,25 @@ impl<T> KafkaSink<T> {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    // No record at or after the start: it is the end, or the rest of a batch
-                    // was skipped.
-                    let again = match unconfirmed.get_mut(&p) {
-                        Some(u) => seek_back(p, u)?,
-                        None => false,
-                    };
-                    if !again {
-                        unconfirmed.remove(&p);
-                        ended.insert(p);
-                    }
+                    unchecked.remove(&p);
+                    ended.insert(p);
                 }
                 Some(Err(e)) => tracing::warn!("reading back topic '{topic}': {e}"),
                 None => {}
             }
             if last.elapsed() > kafka.request_timeout.max(Duration::from_secs(30)) {
+                let waiting: Vec<String> = parts
+                    .iter()
+                    .filter(|p| !ended.contains(p))
+                    .map(|p| match from.get(p) {
+                        Some(o) => format!("{p} (from offset {o})"),
+                        None => format!("{p} (from the beginning)"),
+                    })
+                    .collect();
                 return Err(fail(format!(
-                    "no record and no end of partition for {} s",
-                    last.elapsed().as_secs()
+                    "no record and no end of partition for {} s on partition(s) {}",
+                    last.elapsed().as_secs(),
+                    waiting.join(", ")
                 )));
             }
         }
