@@ -189,13 +189,66 @@ struct HeldRecord {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+/// A record to send, borrowed.
+struct Outgoing<'a> {
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    ts: Option<i64>,
+    headers: &'a [(String, Vec<u8>)],
+}
+
+/// An epoch's records held in exactly-once mode, encoded one after another into one buffer
+/// (no allocation per record).
+#[derive(Debug, Default)]
+struct EpochRecords {
+    bytes: Vec<u8>,
+    records: Vec<Held>,
+}
+
+/// A record of [`EpochRecords`]: its key (if any), then its value, from `start` in `bytes`.
+#[derive(Debug)]
+struct Held {
+    start: usize,
+    key_len: Option<usize>,
+    value_len: usize,
+    ts: Option<i64>,
+    headers: Vec<(String, Vec<u8>)>,
+    /// [`tag_hash`] of the record.
+    hash: u64,
+}
+
+impl EpochRecords {
+    /// The key and value of `r`.
+    fn parts(&self, r: &Held) -> (Option<&[u8]>, &[u8]) {
+        let key_len = r.key_len.unwrap_or(0);
+        let value = &self.bytes[r.start + key_len..r.start + key_len + r.value_len];
+        (r.key_len.map(|n| &self.bytes[r.start..r.start + n]), value)
+    }
+
+    /// The records as checkpoints keep them.
+    fn into_held_records(self) -> Vec<HeldRecord> {
+        self.records
+            .iter()
+            .map(|r| {
+                let (key, value) = self.parts(r);
+                HeldRecord {
+                    key: key.map(<[u8]>::to_vec),
+                    value: value.to_vec(),
+                    ts: r.ts,
+                    headers: r.headers.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Exactly-once mode's state (see [`KafkaSinkConfig::exactly_once`]).
 #[derive(Debug, Default)]
 struct Eo {
     /// This instance's name in the header: `<sink>/<worker>`.
     instance: String,
     /// Records of epochs no checkpoint covers yet.
-    open: BTreeMap<u64, Vec<HeldRecord>>,
+    open: BTreeMap<u64, EpochRecords>,
     /// Records covered by a checkpoint, by its id, to write once it is complete.
     sealed: BTreeMap<u64, Vec<HeldRecord>>,
     /// Restored: where to start reading back what this instance already wrote.
@@ -232,43 +285,41 @@ struct Eo {
     sealed_unflushed: bool,
 }
 
-/// A record's tag hash (FNV-1a, 64 bits): the same for the same key, value, timestamp and
+/// A record's tag hash (XXH3, 64 bits): the same for the same key, value, timestamp and
 /// headers in every run and every build.
-fn tag_hash(r: &HeldRecord) -> u64 {
-    struct Fnv(u64);
-    impl Fnv {
-        fn write(&mut self, bytes: &[u8]) {
-            for &b in bytes {
-                self.0 ^= u64::from(b);
-                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        fn field(&mut self, bytes: &[u8]) {
-            self.write(&(bytes.len() as u64).to_le_bytes());
-            self.write(bytes);
-        }
+fn tag_hash(
+    key: Option<&[u8]>,
+    value: &[u8],
+    ts: Option<i64>,
+    headers: &[(String, Vec<u8>)],
+) -> u64 {
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    // Whether there is a key and a timestamp, the timestamp, and the number of headers.
+    let mut meta = [0u8; 18];
+    meta[0] = u8::from(key.is_some());
+    if let Some(ts) = ts {
+        meta[1] = 1;
+        meta[2..10].copy_from_slice(&ts.to_le_bytes());
     }
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    match &r.key {
-        Some(k) => {
-            h.write(&[1]);
-            h.field(k);
-        }
-        None => h.write(&[0]),
+    meta[10..].copy_from_slice(&(headers.len() as u64).to_le_bytes());
+    // Each part hashed whole (XXH3 hashes the length too), seeded with what came before.
+    let mut h = xxh3_64_with_seed(value, xxh3_64(&meta));
+    if let Some(k) = key {
+        h = xxh3_64_with_seed(k, h);
     }
-    h.field(&r.value);
-    match r.ts {
-        Some(ts) => {
-            h.write(&[1]);
-            h.write(&ts.to_le_bytes());
-        }
-        None => h.write(&[0]),
+    for (k, v) in headers {
+        h = xxh3_64_with_seed(k.as_bytes(), h);
+        h = xxh3_64_with_seed(v, h);
     }
-    for (k, v) in &r.headers {
-        h.field(k.as_bytes());
-        h.field(v);
+    h
+}
+
+/// Appends `h` as 16 lowercase hex digits.
+fn push_hex(out: &mut Vec<u8>, h: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(DIGITS[((h >> (i * 4)) & 0xf) as usize]);
     }
-    h.0
 }
 
 /// What a read-back found of an instance's records: checkpoint tags `(checkpoint, n)`, and how
@@ -405,12 +456,23 @@ impl<T> KafkaSink<T> {
         }
     }
 
-    /// Exactly-once mode: encodes `records` and holds them until a checkpoint covers them.
+    /// Exactly-once mode: encodes `records` and holds them until their epoch is over (or,
+    /// before the first checkpoint, until a checkpoint covers them).
     fn hold(&mut self, epoch: Epoch, records: &mut Vec<Event<T>>) -> Result<()> {
         let held = self.eo.open.entry(epoch.0).or_default();
         for e in records.drain(..) {
-            let mut value = Vec::new();
-            if let Err(reason) = (self.encode)(&e.data, &mut value) {
+            let start = held.bytes.len();
+            let has_key = self
+                .key
+                .as_ref()
+                .is_some_and(|k| k(&e.data, &mut held.bytes));
+            if !has_key {
+                held.bytes.truncate(start);
+            }
+            let key_len = has_key.then(|| held.bytes.len() - start);
+            let value_start = held.bytes.len();
+            if let Err(reason) = (self.encode)(&e.data, &mut held.bytes) {
+                held.bytes.truncate(start);
                 return Err(Error::Sink {
                     sink: self.name.clone(),
                     reason: format!(
@@ -419,17 +481,21 @@ impl<T> KafkaSink<T> {
                     ),
                 });
             }
-            let mut key = Vec::new();
-            let has_key = self.key.as_ref().is_some_and(|k| k(&e.data, &mut key));
-            held.push(HeldRecord {
-                key: has_key.then_some(key),
-                value,
-                ts: (e.ts >= 0).then_some(e.ts),
-                headers: self
-                    .headers
-                    .as_ref()
-                    .map(|h| h(&e.data))
-                    .unwrap_or_default(),
+            let ts = (e.ts >= 0).then_some(e.ts);
+            let headers = self
+                .headers
+                .as_ref()
+                .map(|h| h(&e.data))
+                .unwrap_or_default();
+            let key = key_len.map(|_| &held.bytes[start..value_start]);
+            let hash = tag_hash(key, &held.bytes[value_start..], ts, &headers);
+            held.records.push(Held {
+                start,
+                key_len,
+                value_len: held.bytes.len() - value_start,
+                ts,
+                headers,
+                hash,
             });
         }
         Ok(())
@@ -463,6 +529,12 @@ impl<T> KafkaSink<T> {
                     continue;
                 }
                 let tag = format!("{}:{ckpt}:{n}", self.eo.instance);
+                let r = Outgoing {
+                    key: r.key.as_deref(),
+                    value: &r.value,
+                    ts: r.ts,
+                    headers: &r.headers,
+                };
                 bytes += r.value.len() as u64;
                 if transactional && !begun {
                     producer
@@ -470,7 +542,7 @@ impl<T> KafkaSink<T> {
                         .map_err(|e| txn_error("begin", e))?;
                     begun = true;
                 }
-                if let Err(e) = self.produce(producer, r, &tag, 0, &mut waits) {
+                if let Err(e) = self.produce(producer, &r, tag.as_bytes(), 0, &mut waits) {
                     if begun {
                         let _ = producer.abort_transaction(timeout);
                     }
@@ -564,14 +636,14 @@ impl<T> KafkaSink<T> {
     fn produce(
         &self,
         producer: &BaseProducer<ProducerEvents>,
-        r: &HeldRecord,
-        tag: &str,
+        r: &Outgoing<'_>,
+        tag: &[u8],
         opaque: usize,
         waits: &mut u64,
     ) -> Result<()> {
         let topic = self.config.topic.as_str();
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
-        for (k, v) in &r.headers {
+        for (k, v) in r.headers {
             headers = headers.insert(Header {
                 key: k,
                 value: Some(&v[..]),
@@ -579,14 +651,14 @@ impl<T> KafkaSink<T> {
         }
         headers = headers.insert(Header {
             key: EXACTLY_ONCE_HEADER,
-            value: Some(tag.as_bytes()),
+            value: Some(tag),
         });
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(topic, opaque)
-                .payload(&r.value[..])
+                .payload(r.value)
                 .headers(headers);
-        if let Some(k) = &r.key {
-            record = record.key(&k[..]);
+        if let Some(k) = r.key {
+            record = record.key(k);
         }
         if let Some(ts) = r.ts {
             record = record.timestamp(ts);
@@ -623,24 +695,40 @@ impl<T> KafkaSink<T> {
         };
         let mut bytes = 0u64;
         let mut waits = 0u64;
-        let mut tag = String::new();
+        let mut tag = Vec::new();
         let started = std::time::Instant::now();
         let mut written = std::mem::take(&mut self.eo.written);
         for (epoch, records) in due {
             let next = producer.context().delivered();
             self.eo.boundaries.entry(epoch).or_insert(next);
+            // The tag: `<instance>:e<epoch>:<hash, 16 hex digits>`.
+            tag.clear();
+            tag.extend_from_slice(format!("{}:e{epoch}:", self.eo.instance).as_bytes());
+            let prefix = tag.len();
             let mut sent = 0;
-            for r in &records {
-                let hash = tag_hash(r);
+            for r in &records.records {
+                let hash = r.hash;
                 if let Some(n) = written.get_mut(&(epoch, hash)).filter(|n| **n > 0) {
                     *n -= 1;
                     continue;
                 }
-                use std::fmt::Write as _;
-                tag.clear();
-                let _ = write!(tag, "{}:e{epoch}:{hash:016x}", self.eo.instance);
-                bytes += r.value.len() as u64;
-                self.produce(producer, r, &tag, ProducerEvents::opaque(epoch), &mut waits)?;
+                tag.truncate(prefix);
+                push_hex(&mut tag, hash);
+                let (key, value) = records.parts(r);
+                let out = Outgoing {
+                    key,
+                    value,
+                    ts: r.ts,
+                    headers: &r.headers,
+                };
+                bytes += value.len() as u64;
+                self.produce(
+                    producer,
+                    &out,
+                    &tag,
+                    ProducerEvents::opaque(epoch),
+                    &mut waits,
+                )?;
                 sent += 1;
             }
             if sent > 0 {
@@ -1047,8 +1135,8 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         let covered = std::mem::replace(&mut self.eo.open, later);
         if !covered.is_empty() {
             let sealed = self.eo.sealed.entry(through.0).or_default();
-            for (_, mut records) in covered {
-                sealed.append(&mut records);
+            for (_, records) in covered {
+                sealed.extend(records.into_held_records());
             }
         }
         let mut delivered = self.eo.delivered_before.clone();
@@ -1099,9 +1187,9 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 self.eo
                     .open
                     .values()
-                    .chain(self.eo.sealed.values())
-                    .map(Vec::len)
+                    .map(|e| e.records.len())
                     .sum::<usize>()
+                    + self.eo.sealed.values().map(Vec::len).sum::<usize>()
             )));
         }
         let Some(producer) = &self.producer else {
@@ -1142,5 +1230,88 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
         if let Some(p) = self.producer.take() {
             p.purge(PurgeConfig::default().queue());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hex_tags_read_as_the_hash(h in any::<u64>()) {
+            let mut out = b"x:".to_vec();
+            push_hex(&mut out, h);
+            prop_assert_eq!(out, format!("x:{h:016x}").into_bytes());
+        }
+
+        /// Held records come back as they went in (key, value, timestamp, headers), each
+        /// with the hash of what it is.
+        #[test]
+        fn held_records_keep_every_part(
+            records in prop::collection::vec(
+                (
+                    prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    -2i64..5,
+                    prop::collection::vec(("[a-c]{0,2}", prop::collection::vec(any::<u8>(), 0..3)), 0..2),
+                ),
+                0..30,
+            )
+        ) {
+            // The record is the key and value, split by what they are.
+            type Rec = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+            let kafka = KafkaConfig::new("127.0.0.1:1");
+            let mut sink = KafkaSink::<Rec>::with_encoder(
+                KafkaSinkConfig::new(kafka, "t"),
+                |r: &Rec, buf: &mut Vec<u8>| {
+                    buf.extend_from_slice(&r.1);
+                    Ok(())
+                },
+            )
+            .key(|r: &Rec| r.0.clone())
+            .headers(|r: &Rec| r.2.clone());
+            let mut events: Vec<Event<Rec>> = records
+                .iter()
+                .map(|(k, v, ts, h)| Event { ts: *ts, data: (k.clone(), v.clone(), h.clone()) })
+                .collect();
+            sink.hold(Epoch(3), &mut events).unwrap();
+            let held = sink.eo.open.remove(&3).unwrap_or_default();
+            let hashes: Vec<u64> = held.records.iter().map(|r| r.hash).collect();
+            let back = held.into_held_records();
+            prop_assert_eq!(back.len(), records.len());
+            for ((b, hash), (k, v, ts, h)) in back.iter().zip(hashes).zip(&records) {
+                prop_assert_eq!(&b.key, k);
+                prop_assert_eq!(&b.value, v);
+                prop_assert_eq!(b.ts, (*ts >= 0).then_some(*ts));
+                prop_assert_eq!(&b.headers, h);
+                prop_assert_eq!(hash, tag_hash(k.as_deref(), v, b.ts, h));
+            }
+        }
+    }
+
+    #[test]
+    fn tag_hashes_tell_records_apart() {
+        let h = |k: Option<&[u8]>, v: &[u8], ts: Option<i64>, hs: &[(String, Vec<u8>)]| {
+            tag_hash(k, v, ts, hs)
+        };
+        let hd = |k: &str, v: &[u8]| (k.to_string(), v.to_vec());
+        let all = [
+            h(None, b"ab", None, &[]),
+            h(Some(b""), b"ab", None, &[]),
+            h(Some(b"a"), b"b", None, &[]),
+            h(Some(b"ab"), b"", None, &[]),
+            h(None, b"ab", Some(0), &[]),
+            h(None, b"ab", Some(1), &[]),
+            h(None, b"ab", None, &[hd("", b"")]),
+            h(None, b"ab", None, &[hd("a", b"b")]),
+            h(None, b"ab", None, &[hd("ab", b"")]),
+            h(None, b"ab", None, &[hd("a", b""), hd("b", b"")]),
+        ];
+        let distinct: HashSet<u64> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:x?}");
+        // The same record, the same hash.
+        assert_eq!(all[7], h(None, b"ab", None, &[hd("a", b"b")]));
     }
 }
