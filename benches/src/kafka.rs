@@ -31,6 +31,7 @@
 //! fresh topics for every run (deleted afterwards, best effort).
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -47,7 +48,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, TopicPartitionList};
@@ -72,7 +73,7 @@ usage: runnel-bench kafka [--bootstrap HOST:PORT] [--records N] [--partitions P]
                           [--rounds R] [--variant copy|filter] [--no-parse] [--json]
                           [--consumer-option KEY=VALUE]... [--producer-option KEY=VALUE]...
                           [--only librdkafka|runnel] [--no-commit] [--probe] [--epoch-ms MS]
-                          [--exactly-once] [--checkpoint-ms MS]
+                          [--exactly-once] [--checkpoint-ms MS] [--baseline-header]
   --bootstrap   a running Kafka-API broker; default: start a tansu of our own (in memory)
   --records     bids in the input topic (default 1000000)
   --partitions  partitions of the input and output topics (default 4)
@@ -89,6 +90,9 @@ usage: runnel-bench kafka [--bootstrap HOST:PORT] [--records N] [--partitions P]
                 folder per run), each checkpoint's results held until it is complete (the
                 baseline stays as it is: it has no way to survive a crash without duplicates)
   --checkpoint-ms runnel's checkpoint interval with --exactly-once (default 1000)
+  --baseline-header  the baseline gives each record a header the size of the exactly-once
+                sink's tag (`runnel.eo`: `out/<thread>:e<n>:<16 hex digits>`), to price the
+                tag apart from the rest of exactly once
   --json        print only a one-line JSON summary on stdout (the rest goes to stderr)
   --consumer-option, --producer-option
                 a librdkafka option for the consumers (producers) of both contenders, after
@@ -152,6 +156,8 @@ pub struct Options {
     pub exactly_once: bool,
     /// runnel's checkpoint interval with `exactly_once`.
     pub checkpoint_every: Duration,
+    /// Whether the baseline gives each record a header like the exactly-once tag.
+    pub baseline_header: bool,
     /// librdkafka options for every consumer, after the source's defaults.
     pub consumer_options: Vec<(String, String)>,
     /// librdkafka options for every producer, after the sink's defaults.
@@ -175,6 +181,7 @@ impl Default for Options {
             epoch: RunOptions::default().epoch_interval,
             exactly_once: false,
             checkpoint_every: Duration::from_secs(1),
+            baseline_header: false,
             consumer_options: vec![(FETCH_WAIT.to_string(), "10".to_string())],
             producer_options: Vec::new(),
         }
@@ -214,6 +221,7 @@ impl Options {
                     o.epoch = Duration::from_millis(value()?.parse().context("--epoch-ms")?)
                 }
                 "--exactly-once" => o.exactly_once = true,
+                "--baseline-header" => o.baseline_header = true,
                 "--checkpoint-ms" => {
                     checkpoint_set = true;
                     o.checkpoint_every =
@@ -626,6 +634,7 @@ fn baseline_worker(
     let mut at_end = BTreeSet::new();
     let (mut read, mut sent) = (0u64, 0u64);
     let mut value = Vec::with_capacity(256);
+    let mut tag = String::new();
     let mut stall = Stall::default();
     let mut phases = Phases::default();
     while at_end.len() < parts.len() {
@@ -655,6 +664,14 @@ fn baseline_worker(
                     BaseRecord::to(output).payload(payload);
                 if let Some(ts) = m.timestamp().to_millis() {
                     record = record.timestamp(ts);
+                }
+                if opts.baseline_header {
+                    tag.clear();
+                    write!(tag, "out/{index}:e{}:{sent:016x}", sent / 100_000)?;
+                    record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: runnel_connectors::kafka::EXACTLY_ONCE_HEADER,
+                        value: Some(tag.as_bytes()),
+                    }));
                 }
                 send(&producer, record)?;
                 sent += 1;

@@ -37,7 +37,7 @@ pub use config::{
     format_duration, parse_duration, Acks, EventTimeFrom, KafkaConfig, KafkaSinkConfig,
     KafkaSourceConfig, StartAt,
 };
-pub use sink::{dead_letter_headers, KafkaSink};
+pub use sink::{dead_letter_headers, KafkaSink, EXACTLY_ONCE_HEADER};
 pub use source::{KafkaRecord, KafkaSource};
 
 /// Where a reader of a partition starts to read it from its oldest record: offset 0, which a
