@@ -13,7 +13,9 @@
 //!   fresh output topic, run by [`runnel_engine::run`] on the same number of workers, with the
 //!   connectors' defaults (so the source also commits completed offsets to its group). With
 //!   `--exactly-once` its sink is the exactly-once one, with checkpoints on (every
-//!   `--checkpoint-ms`, default 1 s): each checkpoint's results wait until it is complete.
+//!   `--checkpoint-ms`, default 1 s): each epoch's results are written once the epoch is over,
+//!   tagged, and replayed from the epoch log after a crash (before the first checkpoint is
+//!   complete they wait for it).
 //!
 //! Both use the connectors' client settings (the consumer's fetch settings, the idempotent
 //! producer with `acks=all`, 5 ms linger, 10,000-record batches, the record's timestamp kept),
@@ -87,7 +89,7 @@ usage: runnel-bench kafka [--bootstrap HOST:PORT] [--records N] [--partitions P]
   --epoch-ms    runnel's epoch interval (default 100, the engine's default)
   --no-commit   runnel's source does not commit offsets to its group (the baseline never does)
   --exactly-once  runnel's sink writes exactly once: checkpoints on (into a fresh temporary
-                folder per run), each checkpoint's results held until it is complete (the
+                folder per run), each epoch's results written once it is over, tagged (the
                 baseline stays as it is: it has no way to survive a crash without duplicates)
   --checkpoint-ms runnel's checkpoint interval with --exactly-once (default 1000)
   --baseline-header  the baseline gives each record a header the size of the exactly-once

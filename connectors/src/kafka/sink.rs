@@ -317,9 +317,12 @@ fn tag_hash(
 /// Appends `h` as 16 lowercase hex digits.
 fn push_hex(out: &mut Vec<u8>, h: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..16).rev() {
-        out.push(DIGITS[((h >> (i * 4)) & 0xf) as usize]);
+    let mut hex = [0u8; 16];
+    for (i, b) in h.to_be_bytes().into_iter().enumerate() {
+        hex[2 * i] = DIGITS[usize::from(b >> 4)];
+        hex[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
     }
+    out.extend_from_slice(&hex);
 }
 
 /// What a read-back found of an instance's records: checkpoint tags `(checkpoint, n)`, and how
@@ -708,7 +711,10 @@ impl<T> KafkaSink<T> {
             let mut sent = 0;
             for r in &records.records {
                 let hash = r.hash;
-                if let Some(n) = written.get_mut(&(epoch, hash)).filter(|n| **n > 0) {
+                let found = (!written.is_empty())
+                    .then(|| written.get_mut(&(epoch, hash)))
+                    .flatten();
+                if let Some(n) = found.filter(|n| **n > 0) {
                     *n -= 1;
                     continue;
                 }
