@@ -19,9 +19,12 @@
 //! is complete. Replay needs the worker count of the run that wrote the log (partitions and keys
 //! are spread by it); a different count is refused with an error.
 //!
-//! Not replayed exactly: event times that are ingestion times (a source without its own event
-//! times and no extractor), and where a partition that is not in the checkpoint starts when its
-//! source starts at the latest offset.
+//! Ingestion times (of records without event times of their own, in a job without an
+//! extractor) are one per epoch while the log is kept: the wall-clock time of the epoch's first
+//! read, logged with the epoch and given again on replay.
+//!
+//! Not replayed exactly: where a partition that is not in the checkpoint starts when its source
+//! starts at the latest offset.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -47,6 +50,9 @@ pub(crate) struct EpochEntry {
     pub(crate) value: WmValue,
     /// Every partition had ended: the source's last epoch.
     pub(crate) finished: bool,
+    /// The ingestion time of the epoch's records that have no event time of their own (one
+    /// per epoch while the log is kept, so that a replay gives them the same), if it read any.
+    pub(crate) ingest: Option<i64>,
 }
 
 /// A source instance's epoch log, open for appending.
@@ -172,6 +178,7 @@ mod tests {
             parts: vec![("t/0".into(), epoch * 10, epoch as i64)],
             value: WmValue::At(epoch as i64),
             finished: false,
+            ingest: Some(epoch as i64 * 100),
         }
     }
 

@@ -257,6 +257,10 @@ struct SourceSnapshot {
 
 const SOURCE_STATE: &str = "runnel.source.v1";
 
+/// The event time of a record carried over to a later epoch in replay that is to get that
+/// epoch's ingestion time.
+const INGEST_LATER: i64 = i64::MIN;
+
 /// The handle a [`PartitionReader`] pushes records into.
 ///
 /// Records leave the source as [`Event`]s (event time and data). Their offsets stay here: the
@@ -347,6 +351,18 @@ impl<T> Reader<T> {
     /// (or is the time the call began, when the job has none).
     #[inline]
     pub fn push(&mut self, offset: u64, item: T) {
+        if offset >= self.limit && offset >= self.skip_below && self.event_time.is_none() {
+            // Replay, past the epoch's end: the record gets the ingestion time of the epoch
+            // it goes out in, as it did when that epoch was cut.
+            self.over.push((
+                offset,
+                Event {
+                    ts: INGEST_LATER,
+                    data: item,
+                },
+            ));
+            return;
+        }
         self.push_at(self.ingest, offset, item);
     }
 
@@ -582,7 +598,10 @@ impl<T: 'static> Part<T> {
         let budget = out.budget;
         let below = self.carry.partition_point(|(o, _)| *o < target);
         let later = self.carry.split_off(below);
-        for (o, e) in std::mem::replace(&mut self.carry, later) {
+        for (o, mut e) in std::mem::replace(&mut self.carry, later) {
+            if e.ts == INGEST_LATER {
+                e.ts = out.ingest;
+            }
             out.events.push(e);
             out.next = o + 1;
         }
@@ -613,7 +632,10 @@ impl<T: 'static> Part<T> {
 
     /// After a replay: the records carried over go out in the next read.
     fn release_carry(&mut self, out: &mut Reader<T>) {
-        for (o, e) in self.carry.drain(..) {
+        for (o, mut e) in self.carry.drain(..) {
+            if e.ts == INGEST_LATER {
+                e.ts = out.ingest;
+            }
             out.events.push(e);
             out.next = o + 1;
         }
@@ -819,6 +841,8 @@ pub(crate) fn build<'s, S: Source>(
         let mut last_pause_warning: Option<Instant> = None;
         // The epoch log (when a sink replays), and the logged epochs still to replay.
         let mut elog: Option<EpochLog> = None;
+        // With the epoch log: the ingestion time of this epoch's records (see `EpochEntry`).
+        let mut epoch_ingest: Option<i64> = None;
         let mut elog_opened = false;
         let mut replay: VecDeque<EpochEntry> = VecDeque::new();
 
@@ -1028,7 +1052,14 @@ pub(crate) fn build<'s, S: Source>(
                         }
                     }
                     if options.event_time.is_none() {
-                        reader.ingest = now_ms();
+                        reader.ingest = match (&elog, replay.front().filter(|_| replaying)) {
+                            (None, _) => now_ms(),
+                            // One ingestion time per epoch, as logged when replaying.
+                            (Some(_), Some(entry)) => {
+                                *epoch_ingest.get_or_insert(entry.ingest.unwrap_or_else(now_ms))
+                            }
+                            (Some(_), None) => *epoch_ingest.get_or_insert_with(now_ms),
+                        };
                     }
                     let read = match target.filter(|_| replaying) {
                         Some(t) => p.read_to(&mut reader, t),
@@ -1204,6 +1235,7 @@ pub(crate) fn build<'s, S: Source>(
                 cut || all_finished || started >= epoch_deadline
             };
             if close {
+                let ingest = epoch_ingest.take();
                 // Close the epoch: note where each partition is, report this instance's
                 // watermark for it, then move on.
                 for p in ps.iter_mut() {
@@ -1305,6 +1337,7 @@ pub(crate) fn build<'s, S: Source>(
                                 .collect(),
                             value,
                             finished: all_finished,
+                            ingest,
                         };
                         log.append(&entry)
                     };
