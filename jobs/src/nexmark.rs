@@ -7,10 +7,12 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Queries whose answer changes as input arrives (q3, q4, q6, q9, q18, q19, q20) are built on
+//! Queries whose answer changes as input arrives (q3, q4, q6, q18, q19, q20) are built on
 //! updating tables ([`runnel_engine::table`], differential dataflow) and write a changelog:
 //! each row is `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run
-//! with checkpoints off (table state is not checkpointed yet). q17 updates its rows too, as
+//! with checkpoints off (table state is not checkpointed yet). q9 writes the same changelog
+//! from a stateful operator of its own, which closes each auction when the watermark passes
+//! its expiry (see [`q9`]), and is checkpointed. q17 updates its rows too, as
 //! upserts: each row replaces the previous one of its auction and day
 //! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
@@ -30,7 +32,7 @@
 //! | `day_start` | 0 | q15-q17: days start this many milliseconds after midnight UTC (57600000: midnight in UTC+8) |
 //! | `side_input` | generated | q13 only: a file of `key,value` lines to join with (see [`read_side_input`]); else [`generated_side_input`] of [`SIDE_INPUT_ROWS`] rows |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
@@ -43,7 +45,10 @@ use runnel_connectors::nexmark::{
     Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person, Text,
 };
 use runnel_connectors::{BlackholeSink, FileSink, FileSource, PartitionedFileSink, StdoutSink};
-use runnel_engine::{Data, Error, Flow, Job, Result, SourceOptions, Stream, Table};
+use runnel_engine::{
+    Change, Data, Either, Emitter, EpochLogic, Error, Flow, Job, Result, SourceOptions, Stream,
+    Table, Watermark,
+};
 use runnel_operators::prelude::*;
 
 /// The queries implemented, in order (each is the job `nexmark-q<N>`).
@@ -89,7 +94,11 @@ pub fn jobs() -> Vec<Job> {
             "q8 new users: people who opened an auction in the 10 s window they joined in",
             q8,
         ),
-        table_job(9, "q9 winning bids: every auction with its winning bid (updating)", q9),
+        stream_job(
+            9,
+            "q9 winning bids: every auction with its winning bid (updating, closed at expiry)",
+            q9,
+        ),
         q10_job(),
         stream_job(11, "q11 user sessions: bids per bidder per session (10 s gap)", q11),
         stream_job(
@@ -646,51 +655,263 @@ pub struct Q9 {
     pub bid_time: i64,
 }
 
-/// q9, winning bids: every auction with its winning bid, the highest made while it was open,
-/// the earliest of those on a tie (Flink's `ROW_NUMBER() ... ORDER BY price DESC, dateTime`).
-/// Updating.
-pub fn q9<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q9>> {
+/// q9, winning bids: every auction with its winning bid, the highest made while it was open
+/// (`date_time <= bid time <= expires`), the earliest of those on a tie, then the larger
+/// bidder (Flink's `ROW_NUMBER() ... ORDER BY price DESC, dateTime`, made deterministic).
+///
+/// Updating: at the end of each epoch, an auction whose winner changed has its previous row
+/// retracted and the new one inserted. Unlike Flink's query, whose join keeps every bid and
+/// auction for ever, the state is bounded by the watermark, as the reference's (Beam's)
+/// `WinningBids` closes an auction when it expires:
+/// * a record behind the watermark (its event time below the watermark that held when its epoch
+///   began) is late: counted and dropped, as in every windowed operator of runnel;
+/// * an auction is kept, with its winner so far, until the watermark passes its `expires`.
+///   Its row is final then (a bid that could still change it would be late) and its state is
+///   dropped;
+/// * a bid whose auction has not arrived waits until the watermark passes the bid's time
+///   (that auction, should it come later, is itself late).
+///
+/// So on in-order input (the generator) nothing is late and the answer is the unbounded
+/// join's, while the state is the open auctions (about [`NUM_IN_FLIGHT_AUCTIONS`]
+/// with the generator) and the bids waiting for theirs. The state is the operator's, so this
+/// query, unlike the table queries, runs with checkpoints and exactly-once sinks.
+///
+/// An auction id that comes again while its first auction is open is dropped with a warning
+/// (Nexmark's ids are unique).
+///
+/// [`NUM_IN_FLIGHT_AUCTIONS`]: runnel_connectors::nexmark::NUM_IN_FLIGHT_AUCTIONS
+pub fn q9<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q9>>> {
     let auctions = auctions(events)
         .map(|a| {
             (
                 a.id,
-                a.seller,
-                a.category,
-                a.reserve,
-                a.date_time,
-                a.expires,
+                OpenAuction {
+                    seller: a.seller,
+                    category: a.category,
+                    reserve: a.reserve,
+                    opened: a.date_time,
+                    expires: a.expires,
+                    best: None,
+                },
             )
         })
-        .to_table()
-        .key_by(|a| a.0);
+        .key_by(|a| a.0)
+        .map_values(|(_, a)| a);
     let bids = bids(events)
-        .map(|b| (b.auction, b.bidder, b.price, b.date_time))
-        .to_table()
-        .key_by(|b| b.0);
+        .map(|b| {
+            (
+                b.auction,
+                WinBid {
+                    price: b.price,
+                    at: b.date_time,
+                    bidder: b.bidder,
+                },
+            )
+        })
+        .key_by(|b| b.0)
+        .map_values(|(_, b)| b);
     Ok(auctions
-        .join(&bids)
-        .filter(|(_, (_, _, _, _, opened, expires), (_, _, _, at))| opened <= at && at <= expires)
-        .map(
-            |(id, (_, seller, category, reserve, _, expires), (_, bidder, price, at))| Q9 {
-                id,
-                seller,
-                category,
-                reserve,
-                expires,
-                bidder,
-                price,
-                bid_time: at,
+        .connect(&bids)
+        .stateful("winning-bids", false, WinningBids::default())?
+        .0)
+}
+
+/// An auction that q9 keeps open, with its winning bid so far.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenAuction {
+    seller: u64,
+    category: u64,
+    reserve: u64,
+    opened: i64,
+    expires: i64,
+    best: Option<WinBid>,
+}
+
+/// A bid as q9 weighs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct WinBid {
+    price: u64,
+    at: i64,
+    bidder: u64,
+}
+
+impl WinBid {
+    /// Whether this bid wins over `other`: the higher price, then the earlier time, then the
+    /// larger bidder (a total order, so the winner does not depend on arrival order).
+    fn beats(&self, other: &WinBid) -> bool {
+        (self.price, std::cmp::Reverse(self.at), self.bidder)
+            > (other.price, std::cmp::Reverse(other.at), other.bidder)
+    }
+}
+
+impl OpenAuction {
+    /// Takes `b` into account; whether it is the new winner.
+    fn offer(&mut self, b: WinBid) -> bool {
+        let open = self.opened <= b.at && b.at <= self.expires;
+        let wins = open && self.best.is_none_or(|best| b.beats(&best));
+        if wins {
+            self.best = Some(b);
+        }
+        wins
+    }
+
+    fn row(&self, id: u64, b: &WinBid) -> Q9 {
+        Q9 {
+            id,
+            seller: self.seller,
+            category: self.category,
+            reserve: self.reserve,
+            expires: self.expires,
+            bidder: b.bidder,
+            price: b.price,
+            bid_time: b.at,
+        }
+    }
+}
+
+/// What q9 checkpoints: the open auctions and the bids waiting for theirs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WinningBidsState {
+    open: BTreeMap<u64, OpenAuction>,
+    waiting: BTreeMap<u64, Vec<WinBid>>,
+}
+
+/// q9's operator (see [`q9`]).
+#[derive(Debug, Default)]
+struct WinningBids {
+    state: WinningBidsState,
+    /// `(expires, id)` of every open auction.
+    by_expiry: BTreeSet<(i64, u64)>,
+    /// `(time, auction)` of every waiting bid.
+    waiting_by_time: BTreeSet<(i64, u64)>,
+    /// The auctions whose winner may have changed in this epoch: their winner when the epoch
+    /// began, and the newest event time among the records that changed it.
+    changed: BTreeMap<u64, (Option<WinBid>, i64)>,
+}
+
+type Q9In = (u64, Either<OpenAuction, WinBid>);
+
+impl WinningBids {
+    fn rebuild_indexes(&mut self) {
+        self.by_expiry = self
+            .state
+            .open
+            .iter()
+            .map(|(id, a)| (a.expires, *id))
+            .collect();
+        self.waiting_by_time = self
+            .state
+            .waiting
+            .iter()
+            .flat_map(|(id, bids)| bids.iter().map(move |b| (b.at, *id)))
+            .collect();
+    }
+}
+
+impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
+    fn on_record(
+        &mut self,
+        r: runnel_engine::Event<Q9In>,
+        wm: Watermark,
+        out: &mut Emitter<Q9In, Change<Q9>>,
+    ) {
+        if r.ts < wm {
+            out.late(r, 1);
+            return;
+        }
+        let ts = r.ts;
+        let (id, side) = r.data;
+        match side {
+            Either::Left(mut auction) => {
+                if self.state.open.contains_key(&id) {
+                    tracing::warn!(
+                        auction = id,
+                        "q9: an auction id came again while open; dropped"
+                    );
+                    return;
+                }
+                let mut newest = ts;
+                if let Some(bids) = self.state.waiting.remove(&id) {
+                    for b in bids {
+                        self.waiting_by_time.remove(&(b.at, id));
+                        if auction.offer(b) {
+                            newest = newest.max(b.at);
+                        }
+                    }
+                }
+                self.by_expiry.insert((auction.expires, id));
+                self.state.open.insert(id, auction);
+                let entry = self.changed.entry(id).or_insert((None, newest));
+                entry.1 = entry.1.max(newest);
+            }
+            Either::Right(b) => match self.state.open.get_mut(&id) {
+                Some(auction) => {
+                    let before = auction.best;
+                    if auction.offer(b) {
+                        let entry = self.changed.entry(id).or_insert((before, ts));
+                        entry.1 = entry.1.max(ts);
+                    }
+                }
+                None => {
+                    self.state.waiting.entry(id).or_default().push(b);
+                    self.waiting_by_time.insert((b.at, id));
+                }
             },
-        )
-        .key_by(|q| q.id)
-        .reduce_to("winning-bid", |_, rows| {
-            rows.iter()
-                .map(|(q, _)| *q)
-                .max_by(|a, b| a.price.cmp(&b.price).then(b.bid_time.cmp(&a.bid_time)))
-                .cloned()
-        })?
-        .into_table()
-        .map(|(_, q)| q))
+        }
+    }
+
+    fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<Q9In, Change<Q9>>) {
+        for (id, (before, ts)) in std::mem::take(&mut self.changed) {
+            let Some(auction) = self.state.open.get(&id) else {
+                continue;
+            };
+            if auction.best == before {
+                continue;
+            }
+            if let Some(b) = before {
+                out.emit(runnel_engine::Event::new(
+                    ts,
+                    Change::Retract(auction.row(id, &b)),
+                ));
+            }
+            if let Some(b) = auction.best {
+                out.emit(runnel_engine::Event::new(
+                    ts,
+                    Change::Insert(auction.row(id, &b)),
+                ));
+            }
+        }
+        // Auctions the watermark has passed are final; bids waiting behind it can no longer
+        // meet an auction that is not late.
+        let open = self.by_expiry.split_off(&(wm, 0));
+        for (_, id) in std::mem::replace(&mut self.by_expiry, open) {
+            self.state.open.remove(&id);
+        }
+        let waiting = self.waiting_by_time.split_off(&(wm, 0));
+        for (_, id) in std::mem::replace(&mut self.waiting_by_time, waiting) {
+            if let Some(bids) = self.state.waiting.get_mut(&id) {
+                bids.retain(|b| b.at >= wm);
+                if bids.is_empty() {
+                    self.state.waiting.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        runnel_engine::recovery::encode(&self.state)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        self.state = runnel_engine::recovery::decode(state)?;
+        self.changed.clear();
+        self.rebuild_indexes();
+        Ok(())
+    }
+
+    fn state_kind(&self) -> String {
+        "runnel.nexmark.q9/winning-bids.v1".to_string()
+    }
 }
 
 /// The job `nexmark-q10`: q10 into partitioned files under the `dir` setting, or, without
