@@ -389,12 +389,12 @@ fn q8_finds_people_who_sold_in_the_window_they_joined() {
     assert_eq!(run_stream(nexmark::q8), want);
 }
 
-#[test]
-fn q9_pairs_each_auction_with_its_winning_bid() {
-    let events = all_events();
-    let bids = bids(&events);
+/// q9 by brute force: per auction, the highest bid made while it was open, the earliest on a
+/// tie.
+fn q9_reference(events: &[Event]) -> Vec<Q9> {
+    let bids = bids(events);
     let mut want = Vec::new();
-    for a in auctions(&events) {
+    for a in auctions(events) {
         let mut best: Option<&Bid> = None;
         for b in bids
             .iter()
@@ -421,10 +421,80 @@ fn q9_pairs_each_auction_with_its_winning_bid() {
             });
         }
     }
-    let want = sorted(want);
+    sorted(want)
+}
+
+#[test]
+fn q9_pairs_each_auction_with_its_winning_bid() {
+    let want = q9_reference(&all_events());
     assert!(want.len() > 100);
     // Many epochs, so winners change and auctions close while the run goes on.
     assert_eq!(final_rows(run_stream_in_order(nexmark::q9)), want);
+}
+
+/// q9's state is checkpointed: a run stopped after its second checkpoint and resumed from the
+/// latest writes a changelog file (both runs' lines, each once) that applies, in order, to
+/// the brute-force answer.
+#[test]
+fn q9_resumes_from_a_checkpoint_with_each_change_once() {
+    use runnel_connectors::FileSink;
+    use runnel_engine::checkpoint::{CheckpointStore, LocalDirStore};
+    use runnel_engine::{CheckpointOptions, Restore};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "q9").unwrap());
+    let out = dir.path().join("q9.jsonl");
+    let path = out.clone();
+    // 60,000 events at 100,000 per second of wall time: the first run is stopped midway.
+    let job = Job::new("q9", "q9 with checkpoints", move |flow| {
+        let events = flow.source(
+            "events",
+            NexmarkGenerator::new(config().rate(100_000)),
+            SourceOptions::new(),
+        )?;
+        nexmark::q9(&events)?.sink("out", FileSink::json(&path))
+    });
+    let options = || RunOptions {
+        epoch_interval: Duration::from_millis(10),
+        checkpoint: Some(CheckpointOptions {
+            store: store.clone(),
+            every: Duration::from_millis(50),
+            keep: 2,
+            restore: Restore::Latest,
+        }),
+        ..RunOptions::workers(2)
+    };
+    let first = options();
+    let stop = first.stop.clone();
+    let watch = store.clone();
+    let watcher = std::thread::spawn(move || {
+        let t = Instant::now();
+        while watch.list().map(|l| l.len()).unwrap_or(0) < 2 {
+            assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    run(&job, first).expect("the first run");
+    watcher.join().unwrap();
+    assert!(store.latest().unwrap().expect("a checkpoint").epoch > 0);
+
+    let summary = run(&job, options()).expect("the resumed run");
+    assert!(
+        summary.events_in < 60_000,
+        "the resumed run reads only what comes after the checkpoint ({})",
+        summary.events_in
+    );
+    assert_eq!(summary.late, 0);
+    let changes: Vec<Change<Q9>> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(final_rows(changes), q9_reference(&all_events()));
 }
 
 fn auction(id: u64, opened: i64, expires: i64) -> Event {
