@@ -8,7 +8,8 @@
 //! `count`) keep their output up to date by exchanging *changes*, as Flink's dynamic tables
 //! and Kafka Streams' KTables do.
 //!
-//! * [`Stream::to_table`] makes every record of a stream a row inserted for good.
+//! * [`Stream::to_table`] makes every record of a stream a row inserted for good, and
+//!   [`Stream::apply_changes`] makes a stream of [`Change`]s the table they describe.
 //! * [`Table::key_by`] gives a [`KeyedTable`]; [`KeyedTable::join`] matches rows with equal keys
 //!   of two tables (differential's `join`, on arrangements of both sides), and
 //!   [`KeyedTable::reduce`] maps every key's rows to output rows (differential's `reduce`), with
@@ -157,6 +158,88 @@ impl<'s, T: Row> Stream<'s, T> {
             }
         });
         let name = self.shared.auto_name("to_table");
+        self.shared.consume(self.node);
+        self.shared.note_table(&name);
+        let node = self
+            .shared
+            .add_node(name, at, true)
+            .expect("auto names are unique");
+        Table {
+            coll: inner.as_collection(),
+            wm: self.wm.clone(),
+            sources: self.sources.clone(),
+            node,
+            shared: self.shared.clone(),
+            seen: Rc::new(vec![cell]),
+        }
+    }
+}
+
+impl<'s, T: Row> Stream<'s, Change<T>> {
+    /// The table that this changelog describes (Flink's `fromChangelogStream`): each
+    /// [`Change::Insert`] adds its row at its epoch, each [`Change::Retract`] takes one copy
+    /// away. A stateful operator that keeps its own bounded state (q9's auctions closed at
+    /// expiry) can so feed tables downstream. A retraction of a row that is not there leaves
+    /// the row with a negative count, which the operators downstream see as it is: the stream
+    /// must retract only what it inserted before, as [`Table::changelog`] does.
+    ///
+    /// ```
+    /// use runnel_engine::testing::{Collector, TestItem, TestSource};
+    /// use runnel_engine::{run, Change, Job, RunOptions, SourceOptions};
+    ///
+    /// let out = Collector::new();
+    /// let sink = out.clone();
+    /// let job = Job::new("changes", "a changelog made a table", move |flow| {
+    ///     let row = |k: &str, v: u64| (k.to_string(), v);
+    ///     let input = vec![vec![
+    ///         TestItem::At(1, Change::Insert(row("a", 1))),
+    ///         TestItem::At(2, Change::Insert(row("b", 2))),
+    ///         TestItem::Cut,
+    ///         TestItem::At(3, Change::Retract(row("a", 1))),
+    ///     ]];
+    ///     flow.source("changes", TestSource::new(input), SourceOptions::new())?
+    ///         .apply_changes()
+    ///         .key_by(|_| ())
+    ///         .reduce_to("sum", |_, rows| {
+    ///             Some(rows.iter().map(|((_, v), n)| *v * *n as u64).sum::<u64>())
+    ///         })?
+    ///         .into_table()
+    ///         .sink("out", sink.sink())
+    /// });
+    /// run(&job, RunOptions::workers(2)).unwrap();
+    /// // The sum is 3 after the first epoch, then 2 once ("a", 1) is retracted.
+    /// let sums: Vec<u64> = out.data().iter().filter(|c| c.is_insert()).map(|c| c.row().1).collect();
+    /// assert_eq!(sums, vec![3, 2]);
+    /// ```
+    #[track_caller]
+    pub fn apply_changes(&self) -> Table<'s, T> {
+        let at = Location::caller();
+        let cell = Rc::new(Cell::new(i64::MIN));
+        let seen = cell.clone();
+        let inner = self
+            .data
+            .clone()
+            .unary(Pipeline, "apply_changes", move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, batch| {
+                        let Some(&t) = cap.least() else { return };
+                        let mut max = seen.get();
+                        let mut rows: Vec<(T, u64, isize)> = batch
+                            .drain(..)
+                            .map(|e| {
+                                max = max.max(e.ts);
+                                match e.data {
+                                    Change::Insert(row) => (row, t, 1),
+                                    Change::Retract(row) => (row, t, -1),
+                                }
+                            })
+                            .collect();
+                        seen.set(max);
+                        output.session(&cap).give_container(&mut rows);
+                    });
+                }
+            });
+        let name = self.shared.auto_name("apply_changes");
         self.shared.consume(self.node);
         self.shared.note_table(&name);
         let node = self

@@ -419,28 +419,17 @@ pub fn q3<'s>(events: &Stream<'s, Event>) -> Table<'s, Q3> {
 /// price)`, where the price is the highest of the bids made while the auction was open
 /// (`date_time <= bid time <= expires`, as Flink's q4 and q6). Updating: a higher bid replaces
 /// the winner. Unlike Nexmark's `WinningBids` in Beam, the reserve is not checked (Flink's
-/// queries do not either) and an auction counts before it closes.
+/// queries do not either) and an auction counts before it closes. Built on q9's operator
+/// ([`q9`]: auctions closed when the watermark passes their expiry, records behind the
+/// watermark late), so the tables downstream hold one row per auction, not every bid.
 fn winning_bids<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, (u64, u64, u64, i64, u64)>> {
-    let auctions = auctions(events)
-        .map(|a| (a.id, a.seller, a.category, a.date_time, a.expires))
-        .to_table()
-        .key_by(|a| a.0);
-    let bids = bids(events)
-        .map(|b| (b.auction, b.price, b.date_time))
-        .to_table()
-        .key_by(|b| b.0);
-    Ok(auctions
-        .join(&bids)
-        .filter(|(_, (_, _, _, opened, expires), (_, _, at))| opened <= at && at <= expires)
-        .map(|(id, (_, seller, category, _, expires), (_, price, _))| {
-            ((id, seller, category, expires), price)
+    let row = |q: Q9| (q.id, q.seller, q.category, q.expires, q.price);
+    Ok(q9(events)?
+        .map(move |c| match c {
+            Change::Insert(q) => Change::Insert(row(q)),
+            Change::Retract(q) => Change::Retract(row(q)),
         })
-        .key_by(|r| r.0)
-        .reduce_to("winning-bids", |_, rows| {
-            rows.iter().map(|((_, price), _)| *price).max()
-        })?
-        .into_table()
-        .map(|((id, seller, category, expires), price)| (id, seller, category, expires, price)))
+        .apply_changes())
 }
 
 /// One q4 result.
