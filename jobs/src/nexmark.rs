@@ -7,12 +7,12 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Queries whose answer changes as input arrives (q3, q4, q6, q18, q19, q20) are built on
+//! Queries whose answer changes as input arrives (q3, q6, q18, q19, q20) are built on
 //! updating tables ([`runnel_engine::table`], differential dataflow) and write a changelog:
 //! each row is `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run
-//! with checkpoints off (table state is not checkpointed yet). q9 writes the same changelog
-//! from a stateful operator of its own, which closes each auction when the watermark passes
-//! its expiry (see [`q9`]), and is checkpointed. q17 updates its rows too, as
+//! with checkpoints off (table state is not checkpointed yet). q9 and q4 write the same
+//! changelog from stateful operators of their own (q9 closes each auction when the watermark
+//! passes its expiry, see [`q9`]), whose state is checkpointed. q17 updates its rows too, as
 //! upserts: each row replaces the previous one of its auction and day
 //! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
@@ -73,11 +73,7 @@ pub fn jobs() -> Vec<Job> {
             "q3 local item suggestion: sellers in OR, ID or CA of category-10 auctions (updating join)",
             |e| Ok(q3(e)),
         ),
-        table_job(
-            4,
-            "q4 average winning bid per category (updating)",
-            q4,
-        ),
+        stream_job(4, "q4 average winning bid per category (updating)", q4),
         stream_job(
             5,
             "q5 hot items: the auctions with the most bids per 10 s window sliding by 2 s",
@@ -442,23 +438,90 @@ pub struct Q4 {
 }
 
 /// q4, average price for a category: the average of the winning bids (see the note on
-/// `winning_bids` in the source) of the auctions of each category. Updating.
-pub fn q4<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Q4>> {
-    Ok(winning_bids(events)?
-        .key_by(|w| w.2)
-        .reduce_to("avg-per-category", |_, rows| {
-            let (mut sum, mut n) = (0u128, 0u128);
-            for ((_, _, _, _, price), r) in rows {
-                sum += *price as u128 * *r as u128;
-                n += *r as u128;
+/// `winning_bids` in the source) of the auctions of each category. Updating: at the end of
+/// each epoch in which a category's average changed, its old row is retracted and the new
+/// one inserted.
+///
+/// Built on q9's operator (auctions closed at expiry, records behind the watermark late), and
+/// the averages are a running sum and count per category that q9's changes add to and take
+/// from, so an epoch costs what changed in it (a table `reduce` would go over every winner of
+/// a category each time one changes). Both operators' state is checkpointed.
+pub fn q4<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q4>>> {
+    Ok(q9(events)?
+        .key_by(|c| c.row().category)
+        .stateful("avg-per-category", false, CategoryAverages::default())?
+        .0)
+}
+
+/// q4's operator: per category, the sum and the number of the winning prices.
+#[derive(Debug, Default)]
+struct CategoryAverages {
+    totals: BTreeMap<u64, (i128, i64)>,
+    /// The categories changed in this epoch: their average when it began, and the newest
+    /// event time among the changes.
+    changed: BTreeMap<u64, (Option<u64>, i64)>,
+}
+
+fn average((sum, n): (i128, i64)) -> Option<u64> {
+    (n > 0).then(|| u64::try_from(sum / i128::from(n)).unwrap_or(0))
+}
+
+impl EpochLogic<(u64, Change<Q9>), Change<Q4>> for CategoryAverages {
+    fn on_record(
+        &mut self,
+        r: runnel_engine::Event<(u64, Change<Q9>)>,
+        _wm: Watermark,
+        _out: &mut Emitter<(u64, Change<Q9>), Change<Q4>>,
+    ) {
+        // Changes are never late: q9 emitted them from records that were not.
+        let (category, change) = r.data;
+        let total = self.totals.entry(category).or_default();
+        let entry = self
+            .changed
+            .entry(category)
+            .or_insert((average(*total), r.ts));
+        entry.1 = entry.1.max(r.ts);
+        let d = change.diff();
+        total.0 += i128::from(change.row().price) * i128::from(d);
+        total.1 += d;
+    }
+
+    fn on_epoch_end(&mut self, _wm: Watermark, out: &mut Emitter<(u64, Change<Q9>), Change<Q4>>) {
+        for (category, (before, ts)) in std::mem::take(&mut self.changed) {
+            let total = self.totals.get(&category).copied().unwrap_or_default();
+            let after = average(total);
+            if total.1 == 0 {
+                self.totals.remove(&category);
             }
-            (n > 0).then(|| (sum / n) as u64)
-        })?
-        .into_table()
-        .map(|(category, avg_price)| Q4 {
-            category,
-            avg_price,
-        }))
+            if after == before {
+                continue;
+            }
+            let row = |avg_price| Q4 {
+                category,
+                avg_price,
+            };
+            if let Some(avg) = before {
+                out.emit(runnel_engine::Event::new(ts, Change::Retract(row(avg))));
+            }
+            if let Some(avg) = after {
+                out.emit(runnel_engine::Event::new(ts, Change::Insert(row(avg))));
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        runnel_engine::recovery::encode(&self.totals)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        self.totals = runnel_engine::recovery::decode(state)?;
+        self.changed.clear();
+        Ok(())
+    }
+
+    fn state_kind(&self) -> String {
+        "runnel.nexmark.q4/category-averages.v1".to_string()
+    }
 }
 
 /// One q5 result.
