@@ -137,19 +137,32 @@ impl<'s, T: Row> Stream<'s, T> {
     /// at its epoch and never retracted.
     #[track_caller]
     pub fn to_table(&self) -> Table<'s, T> {
-        let at = Location::caller();
+        self.rows_to_table("to_table", Location::caller(), |t| (t, 1))
+    }
+}
+
+impl<'s, T: Data> Stream<'s, T> {
+    /// The table of `row(record)` for every record of this stream: the row, with its diff,
+    /// at the record's epoch (an operator named `op`).
+    fn rows_to_table<U: Row>(
+        &self,
+        op: &'static str,
+        at: &'static Location<'static>,
+        row: impl Fn(T) -> (U, isize) + 'static,
+    ) -> Table<'s, U> {
         let cell = Rc::new(Cell::new(i64::MIN));
         let seen = cell.clone();
-        let inner = self.data.clone().unary(Pipeline, "to_table", move |_, _| {
+        let inner = self.data.clone().unary(Pipeline, op, move |_, _| {
             move |input, output| {
                 input.for_each(|cap, batch| {
                     let Some(&t) = cap.least() else { return };
                     let mut max = seen.get();
-                    let mut rows: Vec<(T, u64, isize)> = batch
+                    let mut rows: Vec<(U, u64, isize)> = batch
                         .drain(..)
                         .map(|e| {
                             max = max.max(e.ts);
-                            (e.data, t, 1)
+                            let (r, d) = row(e.data);
+                            (r, t, d)
                         })
                         .collect();
                     seen.set(max);
@@ -157,7 +170,7 @@ impl<'s, T: Row> Stream<'s, T> {
                 });
             }
         });
-        let name = self.shared.auto_name("to_table");
+        let name = self.shared.auto_name(op);
         self.shared.consume(self.node);
         self.shared.note_table(&name);
         let node = self
@@ -213,47 +226,10 @@ impl<'s, T: Row> Stream<'s, Change<T>> {
     /// ```
     #[track_caller]
     pub fn apply_changes(&self) -> Table<'s, T> {
-        let at = Location::caller();
-        let cell = Rc::new(Cell::new(i64::MIN));
-        let seen = cell.clone();
-        let inner = self
-            .data
-            .clone()
-            .unary(Pipeline, "apply_changes", move |_, _| {
-                move |input, output| {
-                    input.for_each(|cap, batch| {
-                        let Some(&t) = cap.least() else { return };
-                        let mut max = seen.get();
-                        let mut rows: Vec<(T, u64, isize)> = batch
-                            .drain(..)
-                            .map(|e| {
-                                max = max.max(e.ts);
-                                match e.data {
-                                    Change::Insert(row) => (row, t, 1),
-                                    Change::Retract(row) => (row, t, -1),
-                                }
-                            })
-                            .collect();
-                        seen.set(max);
-                        output.session(&cap).give_container(&mut rows);
-                    });
-                }
-            });
-        let name = self.shared.auto_name("apply_changes");
-        self.shared.consume(self.node);
-        self.shared.note_table(&name);
-        let node = self
-            .shared
-            .add_node(name, at, true)
-            .expect("auto names are unique");
-        Table {
-            coll: inner.as_collection(),
-            wm: self.wm.clone(),
-            sources: self.sources.clone(),
-            node,
-            shared: self.shared.clone(),
-            seen: Rc::new(vec![cell]),
-        }
+        self.rows_to_table("apply_changes", Location::caller(), |c| match c {
+            Change::Insert(row) => (row, 1),
+            Change::Retract(row) => (row, -1),
+        })
     }
 }
 
