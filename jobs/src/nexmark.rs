@@ -744,6 +744,7 @@ pub fn q9<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q9>>> {
                     opened: a.date_time,
                     expires: a.expires,
                     best: None,
+                    newest: i64::MIN,
                 },
             )
         })
@@ -777,6 +778,11 @@ struct OpenAuction {
     opened: i64,
     expires: i64,
     best: Option<WinBid>,
+    /// The newest event time among the records applied to it since its row last changed
+    /// (the auction's, and the times of its bids made while it was open, winning or not):
+    /// the event time of its next change, the same whatever order an epoch's records come in
+    /// (exactly-once sinks need that: a replayed epoch must give the same records).
+    newest: i64,
 }
 
 /// A bid as q9 weighs it.
@@ -800,6 +806,9 @@ impl OpenAuction {
     /// Takes `b` into account; whether it is the new winner.
     fn offer(&mut self, b: WinBid) -> bool {
         let open = self.opened <= b.at && b.at <= self.expires;
+        if open {
+            self.newest = self.newest.max(b.at);
+        }
         let wins = open && self.best.is_none_or(|best| b.beats(&best));
         if wins {
             self.best = Some(b);
@@ -836,9 +845,9 @@ struct WinningBids {
     by_expiry: BTreeSet<(i64, u64)>,
     /// `(time, auction)` of every waiting bid.
     waiting_by_time: BTreeSet<(i64, u64)>,
-    /// The auctions whose winner may have changed in this epoch: their winner when the epoch
-    /// began, and the newest event time among the records that changed it.
-    changed: BTreeMap<u64, (Option<WinBid>, i64)>,
+    /// The auctions whose winner may have changed in this epoch, with their winner when the
+    /// epoch began.
+    changed: BTreeMap<u64, Option<WinBid>>,
 }
 
 type Q9In = (u64, Either<OpenAuction, WinBid>);
@@ -882,26 +891,22 @@ impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
                     );
                     return;
                 }
-                let mut newest = ts;
+                auction.newest = ts;
                 if let Some(bids) = self.state.waiting.remove(&id) {
                     for b in bids {
                         self.waiting_by_time.remove(&(b.at, id));
-                        if auction.offer(b) {
-                            newest = newest.max(b.at);
-                        }
+                        auction.offer(b);
                     }
                 }
                 self.by_expiry.insert((auction.expires, id));
                 self.state.open.insert(id, auction);
-                let entry = self.changed.entry(id).or_insert((None, newest));
-                entry.1 = entry.1.max(newest);
+                self.changed.insert(id, None);
             }
             Either::Right(b) => match self.state.open.get_mut(&id) {
                 Some(auction) => {
                     let before = auction.best;
                     if auction.offer(b) {
-                        let entry = self.changed.entry(id).or_insert((before, ts));
-                        entry.1 = entry.1.max(ts);
+                        self.changed.entry(id).or_insert(before);
                     }
                 }
                 None => {
@@ -913,13 +918,14 @@ impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
     }
 
     fn on_epoch_end(&mut self, wm: Watermark, out: &mut Emitter<Q9In, Change<Q9>>) {
-        for (id, (before, ts)) in std::mem::take(&mut self.changed) {
-            let Some(auction) = self.state.open.get(&id) else {
+        for (id, before) in std::mem::take(&mut self.changed) {
+            let Some(auction) = self.state.open.get_mut(&id) else {
                 continue;
             };
             if auction.best == before {
                 continue;
             }
+            let ts = std::mem::replace(&mut auction.newest, i64::MIN);
             if let Some(b) = before {
                 out.emit(runnel_engine::Event::new(
                     ts,

@@ -606,22 +606,27 @@ fn q9_closes_auctions_at_expiry_and_counts_late_records() {
         }
     };
     use Change::{Insert, Retract};
-    let want: Vec<Vec<Change<Q9>>> = vec![
-        vec![Insert(row(1, 11, 10, 110))],
+    // Each change's event time is the newest among the auction's records (and its bids made
+    // while it was open) since its row last changed.
+    let want: Vec<Vec<(i64, Change<Q9>)>> = vec![
+        vec![(110, Insert(row(1, 11, 10, 110)))],
         vec![
-            Insert(row(1, 12, 30, 150)),
-            Insert(row(2, 21, 50, 130)),
-            Retract(row(1, 11, 10, 110)),
+            (150, Insert(row(1, 12, 30, 150))),
+            (150, Retract(row(1, 11, 10, 110))),
+            (130, Insert(row(2, 21, 50, 130))),
         ],
-        vec![Insert(row(2, 22, 60, 250)), Retract(row(2, 21, 50, 130))],
+        vec![
+            (260, Insert(row(2, 22, 60, 250))),
+            (260, Retract(row(2, 21, 50, 130))),
+        ],
     ];
     // The changes of each epoch that had any, in epoch order.
-    let mut by_epoch: BTreeMap<_, Vec<Change<Q9>>> = BTreeMap::new();
+    let mut by_epoch: BTreeMap<_, Vec<(i64, Change<Q9>)>> = BTreeMap::new();
     for (epoch, ev) in out.events() {
-        by_epoch.entry(epoch).or_default().push(ev.data);
+        by_epoch.entry(epoch).or_default().push((ev.ts, ev.data));
     }
-    let got: Vec<Vec<Change<Q9>>> = by_epoch.into_values().map(sorted).collect();
-    let want: Vec<Vec<Change<Q9>>> = want.into_iter().map(sorted).collect();
+    let got: Vec<Vec<(i64, Change<Q9>)>> = by_epoch.into_values().map(sorted).collect();
+    let want: Vec<Vec<(i64, Change<Q9>)>> = want.into_iter().map(sorted).collect();
     assert_eq!(got, want);
 }
 
