@@ -728,8 +728,15 @@ pub struct Q9 {
 /// with the generator) and the bids waiting for theirs. The state is the operator's, so this
 /// query, unlike the table queries, runs with checkpoints and exactly-once sinks.
 ///
-/// An auction id that comes again while its first auction is open is dropped with a warning
-/// (Nexmark's ids are unique).
+/// The records' event times must be their `date_time`s (as [`events`] gives them): lateness
+/// is judged on the event time, expiry and waiting on `expires` and the bids' `date_time`.
+///
+/// Not handled (Nexmark's ids are unique): an auction id that comes again while its first
+/// auction is open is dropped with a warning, not counted, and which of two such auctions in
+/// one epoch is kept depends on their order; an id that comes again after its first auction
+/// closed opens a second auction, with a row of its own. Bids that never meet an open auction
+/// (theirs is late, never comes, or has closed) leave no row and are not counted, as rows
+/// without a match in a join.
 ///
 /// [`NUM_IN_FLIGHT_AUCTIONS`]: runnel_connectors::nexmark::NUM_IN_FLIGHT_AUCTIONS
 pub fn q9<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q9>>> {
@@ -968,7 +975,7 @@ impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q9/winning-bids.v1".to_string()
+        "runnel.nexmark.q9/winning-bids.v2".to_string()
     }
 }
 
