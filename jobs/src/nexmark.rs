@@ -840,9 +840,11 @@ impl OpenAuction {
 /// What q9 checkpoints: the open auctions and the bids waiting for theirs.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct WinningBidsState {
-    open: BTreeMap<u64, OpenAuction>,
-    waiting: BTreeMap<u64, Vec<WinBid>>,
+    open: FxMap<u64, OpenAuction>,
+    waiting: FxMap<u64, Vec<WinBid>>,
 }
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// q9's operator (see [`q9`]).
 #[derive(Debug, Default)]
@@ -850,8 +852,8 @@ struct WinningBids {
     state: WinningBidsState,
     /// `(expires, id)` of every open auction.
     by_expiry: BTreeSet<(i64, u64)>,
-    /// `(time, auction)` of every waiting bid.
-    waiting_by_time: BTreeSet<(i64, u64)>,
+    /// The earliest time among the waiting bids (when the watermark passes it, some go).
+    waiting_since: i64,
     /// The auctions whose winner may have changed in this epoch, with their winner when the
     /// epoch began.
     changed: BTreeMap<u64, Option<WinBid>>,
@@ -867,12 +869,14 @@ impl WinningBids {
             .iter()
             .map(|(id, a)| (a.expires, *id))
             .collect();
-        self.waiting_by_time = self
+        self.waiting_since = self
             .state
             .waiting
-            .iter()
-            .flat_map(|(id, bids)| bids.iter().map(move |b| (b.at, *id)))
-            .collect();
+            .values()
+            .flatten()
+            .map(|b| b.at)
+            .min()
+            .unwrap_or(i64::MAX);
     }
 }
 
@@ -901,7 +905,6 @@ impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
                 auction.newest = ts;
                 if let Some(bids) = self.state.waiting.remove(&id) {
                     for b in bids {
-                        self.waiting_by_time.remove(&(b.at, id));
                         auction.offer(b);
                     }
                 }
@@ -918,7 +921,7 @@ impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
                 }
                 None => {
                     self.state.waiting.entry(id).or_default().push(b);
-                    self.waiting_by_time.insert((b.at, id));
+                    self.waiting_since = self.waiting_since.min(b.at);
                 }
             },
         }
@@ -952,14 +955,14 @@ impl EpochLogic<Q9In, Change<Q9>> for WinningBids {
         for (_, id) in std::mem::replace(&mut self.by_expiry, open) {
             self.state.open.remove(&id);
         }
-        let waiting = self.waiting_by_time.split_off(&(wm, 0));
-        for (_, id) in std::mem::replace(&mut self.waiting_by_time, waiting) {
-            if let Some(bids) = self.state.waiting.get_mut(&id) {
+        if self.waiting_since < wm {
+            let mut since = i64::MAX;
+            self.state.waiting.retain(|_, bids| {
                 bids.retain(|b| b.at >= wm);
-                if bids.is_empty() {
-                    self.state.waiting.remove(&id);
-                }
-            }
+                since = bids.iter().map(|b| b.at).fold(since, i64::min);
+                !bids.is_empty()
+            });
+            self.waiting_since = since;
         }
     }
 
