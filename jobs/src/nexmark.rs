@@ -7,12 +7,13 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Queries whose answer changes as input arrives (q3, q6, q18, q19, q20) are built on
+//! Queries whose answer changes as input arrives (q3, q6, q18, q19) are built on
 //! updating tables ([`runnel_engine::table`], differential dataflow) and write a changelog:
 //! each row is `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run
-//! with checkpoints off (table state is not checkpointed yet). q9 and q4 write the same
+//! with checkpoints off (table state is not checkpointed yet). q9, q4 and q20 write the same
 //! changelog from stateful operators of their own (q9 closes each auction when the watermark
-//! passes its expiry, see [`q9`]), whose state is checkpointed. q17 updates its rows too, as
+//! passes its expiry, see [`q9`]; q20 is a hash join whose rows are only inserted, see
+//! [`q20`]), whose state is checkpointed. q17 updates its rows too, as
 //! upserts: each row replaces the previous one of its auction and day
 //! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
@@ -125,10 +126,10 @@ pub fn jobs() -> Vec<Job> {
         ),
         table_job(18, "q18 last bid: each bidder's latest bid on each auction (updating)", q18),
         table_job(19, "q19 auction top-k: the 10 highest bids of each auction (updating)", q19),
-        table_job(
+        stream_job(
             20,
-            "q20 expand bid with auction: bids on category-10 auctions with the auction (updating join)",
-            |e| Ok(q20(e)),
+            "q20 expand bid with auction: bids on category-10 auctions with the auction (join)",
+            q20,
         ),
         stream_job(21, "q21 channel ids: bids from a known channel, with its id", |e| {
             Ok(q21(e))
@@ -1930,35 +1931,106 @@ pub struct Q20 {
 /// WHERE A.category = 10;
 /// ```
 ///
-/// An unwindowed join, as Flink's regular join: a bid and its auction meet whichever arrives
-/// first. Only category-10 auctions are kept, but every bid is (its auction may come later),
-/// so memory grows with the bids. Its rows are only ever inserted (neither side is ever
-/// retracted), each once both sides are there. Unlike q9, a bid counts whether or not it was
-/// made while the auction was open, as in Flink's query.
-pub fn q20<'s>(events: &Stream<'s, Event>) -> Table<'s, Q20> {
-    let bids = bids(events).to_table().key_by(|b| b.auction);
+/// An unwindowed join, as Flink's regular join: a bid and an auction with its id meet
+/// whichever arrives first, whatever their times (nothing is late, and a bid counts whether or
+/// not it was made while the auction was open, unlike q9). Its rows are only ever inserted,
+/// each once both sides are there, so it is a symmetric hash join ([`ExpandBids`]) rather than
+/// a differential join: an update costs a hash lookup, and no arrangement is merged. Its
+/// changelog is the same as the updating join's (inserts only), each row stamped with the
+/// newer of its bid's and its auction's event times (so the same whatever order they came
+/// in, as exactly-once sinks need).
+///
+/// Only category-10 auctions are kept, but every bid is (an auction with its id may come
+/// later, and the join, like Flink's, does not assume that ids are unique), so the state grows
+/// with the bids, as Flink's does. The state is checkpointed; a checkpoint writes all of it.
+pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
     let auctions = auctions(events)
         .filter(|a| a.category == 10)
-        .to_table()
-        .key_by(|a| a.id);
-    bids.join(&auctions).map(|(_, b, a)| Q20 {
+        .key_by(|a| a.id)
+        .map_values(|a| a);
+    let bids = bids(events).key_by(|b| b.auction).map_values(|b| b);
+    Ok(auctions
+        .connect(&bids)
+        .stateful("expand-bids", false, ExpandBids::default())?
+        .0)
+}
+
+/// q20's operator (see [`q20`]): the category-10 auctions and every bid, by auction id, each
+/// with its event time.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ExpandBids {
+    auctions: FxMap<u64, Vec<(i64, Auction)>>,
+    bids: FxMap<u64, Vec<(i64, Bid)>>,
+}
+
+type Q20In = (u64, Either<Auction, Bid>);
+
+fn q20_row(b: &Bid, a: &Auction) -> Q20 {
+    Q20 {
         auction: b.auction,
         bidder: b.bidder,
         price: b.price,
-        channel: b.channel,
-        url: b.url,
+        channel: b.channel.clone(),
+        url: b.url.clone(),
         bid_date_time: b.date_time,
-        bid_extra: b.extra,
-        item_name: a.item_name,
-        description: a.description,
+        bid_extra: b.extra.clone(),
+        item_name: a.item_name.clone(),
+        description: a.description.clone(),
         initial_bid: a.initial_bid,
         reserve: a.reserve,
         auction_date_time: a.date_time,
         expires: a.expires,
         seller: a.seller,
         category: a.category,
-        auction_extra: a.extra,
-    })
+        auction_extra: a.extra.clone(),
+    }
+}
+
+impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
+    fn on_record(
+        &mut self,
+        r: runnel_engine::Event<Q20In>,
+        _wm: Watermark,
+        out: &mut Emitter<Q20In, Change<Q20>>,
+    ) {
+        let ts = r.ts;
+        let (id, side) = r.data;
+        match side {
+            Either::Left(auction) => {
+                for (at, b) in self.bids.get(&id).into_iter().flatten() {
+                    out.emit(runnel_engine::Event::new(
+                        ts.max(*at),
+                        Change::Insert(q20_row(b, &auction)),
+                    ));
+                }
+                self.auctions.entry(id).or_default().push((ts, auction));
+            }
+            Either::Right(bid) => {
+                for (at, a) in self.auctions.get(&id).into_iter().flatten() {
+                    out.emit(runnel_engine::Event::new(
+                        ts.max(*at),
+                        Change::Insert(q20_row(&bid, a)),
+                    ));
+                }
+                self.bids.entry(id).or_default().push((ts, bid));
+            }
+        }
+    }
+
+    fn on_epoch_end(&mut self, _wm: Watermark, _out: &mut Emitter<Q20In, Change<Q20>>) {}
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        runnel_engine::recovery::encode(self)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        *self = runnel_engine::recovery::decode(state)?;
+        Ok(())
+    }
+
+    fn state_kind(&self) -> String {
+        "runnel.nexmark.q20/expand-bids.v1".to_string()
+    }
 }
 
 /// One q21 result.

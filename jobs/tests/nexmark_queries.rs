@@ -1285,7 +1285,7 @@ fn q20_joins_bids_with_their_category_10_auctions() {
         want.len(),
         all_bids.len()
     );
-    let changes = run_changelog(|e| Ok(nexmark::q20(e)));
+    let changes = run_stream_in_order(nexmark::q20);
     assert!(
         changes.iter().all(Change::is_insert),
         "a join of inserts retracts nothing"
