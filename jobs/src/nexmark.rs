@@ -1959,8 +1959,41 @@ pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
 /// with its event time.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ExpandBids {
-    auctions: FxMap<u64, Vec<(i64, Auction)>>,
-    bids: FxMap<u64, Vec<(i64, Bid)>>,
+    auctions: Sharded<Vec<(i64, Auction)>>,
+    bids: Sharded<Vec<(i64, Bid)>>,
+}
+
+/// A map from `u64` split into `2^SHARD_BITS` hash maps by the key's hash, so that a growing
+/// map rehashes one small part at a time: one large map stops the worker for the whole
+/// rehash, which grows with the state (q20 at 2.3M events/s: p99 316 ms with one map).
+#[derive(Debug, Serialize, Deserialize)]
+struct Sharded<V> {
+    shards: Vec<FxMap<u64, V>>,
+}
+
+const SHARD_BITS: u32 = 8;
+
+impl<V> Default for Sharded<V> {
+    fn default() -> Self {
+        Sharded {
+            shards: (0..1 << SHARD_BITS).map(|_| FxMap::default()).collect(),
+        }
+    }
+}
+
+impl<V: Default> Sharded<V> {
+    fn shard(k: u64) -> usize {
+        // Another multiplier than the maps' own hasher, so each shard's keys still spread.
+        (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize
+    }
+
+    fn get(&self, k: u64) -> Option<&V> {
+        self.shards[Self::shard(k)].get(&k)
+    }
+
+    fn entry(&mut self, k: u64) -> &mut V {
+        self.shards[Self::shard(k)].entry(k).or_default()
+    }
 }
 
 type Q20In = (u64, Either<Auction, Bid>);
@@ -1997,22 +2030,22 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
         let (id, side) = r.data;
         match side {
             Either::Left(auction) => {
-                for (at, b) in self.bids.get(&id).into_iter().flatten() {
+                for (at, b) in self.bids.get(id).into_iter().flatten() {
                     out.emit(runnel_engine::Event::new(
                         ts.max(*at),
                         Change::Insert(q20_row(b, &auction)),
                     ));
                 }
-                self.auctions.entry(id).or_default().push((ts, auction));
+                self.auctions.entry(id).push((ts, auction));
             }
             Either::Right(bid) => {
-                for (at, a) in self.auctions.get(&id).into_iter().flatten() {
+                for (at, a) in self.auctions.get(id).into_iter().flatten() {
                     out.emit(runnel_engine::Event::new(
                         ts.max(*at),
                         Change::Insert(q20_row(&bid, a)),
                     ));
                 }
-                self.bids.entry(id).or_default().push((ts, bid));
+                self.bids.entry(id).push((ts, bid));
             }
         }
     }
