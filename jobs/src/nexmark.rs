@@ -23,6 +23,7 @@
 //! |---|---|---|
 //! | `events` | 10,000,000 | generator: events in total |
 //! | `rate` | 0 (unpaced) | generator: events per second of wall time; event times then follow the wall clock (for latency) |
+//! | `wall_clock` | true | generator with `rate`: `false` keeps the event times the generator's own (from its fixed base, at `rate` per second), so a run resumed from a checkpoint replays the same events; latency is then not measured |
 //! | `seed` | the generator's | generator: seed |
 //! | `partitions` | one per worker | generator: partitions |
 //! | `file` | none | read events from this JSON-lines file (or comma-separated files) instead |
@@ -229,7 +230,7 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
             o
         }
     };
-    let generator_keys = ["events", "rate", "seed", "partitions"];
+    let generator_keys = ["events", "rate", "wall_clock", "seed", "partitions"];
     if file.is_some() || bootstrap.is_some() {
         if let Some(k) = generator_keys.iter().find(|k| cfg.contains(k)) {
             return Err(invalid(format!(
@@ -262,14 +263,15 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
                     .map_err(|_| invalid(format!("seed: '{seed}' is not a number")))?;
                 config = config.seed(seed);
             }
+            let wall_clock: bool = cfg.get("wall_clock", true)?;
             if rate > 0 {
-                // Paced: event time follows the wall clock, so latency can be measured from it.
-                // Every worker of every process starts from the same base: the end of the
-                // run's first epoch, which the processes of a cluster agree on.
-                config = config
-                    .rate(rate)
-                    .event_rate(rate)
-                    .wall_clock_base_ms(flow.start_ms());
+                config = config.rate(rate).event_rate(rate);
+                if wall_clock {
+                    // Event time follows the wall clock, so latency can be measured from it.
+                    // Every worker of every process starts from the same base: the end of the
+                    // run's first epoch, which the processes of a cluster agree on.
+                    config = config.wall_clock_base_ms(flow.start_ms());
+                }
             }
             flow.source(
                 "events",

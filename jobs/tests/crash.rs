@@ -7,18 +7,23 @@
 //!   tansu and writes its windows to a topic in exactly-once mode, on 2 workers and on 2
 //!   processes x 2 workers; the test reads the output topic with a plain consumer.
 //! * Files: `w2-tumbling` (rate-limited so that the kills land mid-run) writes its windows to a
-//!   file.
+//!   file; `nexmark-q9`, `nexmark-q4` and `nexmark-q20` (paced, with the generator's own event times) write
+//!   their changelogs to a file, which applied in order must give the brute-force table, each
+//!   row once.
 //!
 //! The kill delays come from a seed, printed by each test; `RUNNEL_CRASH_SEED=N` replays them.
 
 #![allow(dead_code)] // the shared Kafka helpers (common/kafka.rs) hold more than these tests use
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig};
+use runnel_jobs::nexmark::{Q20, Q4, Q9};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -477,4 +482,191 @@ fn checkpoints_are_listed_and_an_older_one_can_be_chosen() {
     let s = summary(&o);
     assert!(s["events_in"].as_u64().unwrap() < n, "{s}");
     assert_eq!(file_rows(&out), reference(n));
+}
+
+/// A changelog file (`{"op":"insert"|"retract","row":{..}}` per line) applied in order: each
+/// row (as its JSON text) with its count. A retraction of a row that is not there fails.
+fn apply_changelog(path: &Path) -> BTreeMap<String, i64> {
+    let text = std::fs::read_to_string(path).expect("the output file");
+    let mut rows: BTreeMap<String, i64> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let change: Value = serde_json::from_str(line).expect("a JSON change");
+        let row = change["row"].to_string();
+        let n = rows.entry(row.clone()).or_default();
+        match change["op"].as_str() {
+            Some("insert") => *n += 1,
+            Some("retract") => *n -= 1,
+            op => panic!("line {}: op {op:?}", i + 1),
+        }
+        assert!(
+            *n >= 0,
+            "line {}: {row} retracted before it was inserted",
+            i + 1
+        );
+    }
+    rows.retain(|_, n| *n != 0);
+    rows
+}
+
+/// The winning bid of every auction that had a bid while it was open, by brute force over a
+/// hash map of bids by auction (q9's rule: highest price, then earliest, then largest bidder).
+fn nexmark_winners(events: &[Event]) -> Vec<(Auction, Bid)> {
+    let mut by_auction: HashMap<u64, Vec<&Bid>> = HashMap::new();
+    for e in events {
+        if let Event::Bid(b) = e {
+            by_auction.entry(b.auction).or_default().push(b);
+        }
+    }
+    let mut out = Vec::new();
+    for e in events {
+        let Event::Auction(a) = e else { continue };
+        let best = by_auction
+            .get(&a.id)
+            .into_iter()
+            .flatten()
+            .filter(|b| a.date_time <= b.date_time && b.date_time <= a.expires)
+            .max_by_key(|b| (b.price, std::cmp::Reverse(b.date_time), b.bidder));
+        if let Some(b) = best {
+            out.push(((**a).clone(), (*b).clone()));
+        }
+    }
+    out
+}
+
+/// `runnel run nexmark-<query>` on `n` generated events, paced (with the generator's own event
+/// times, so that a resumed run reads the same events), writing its changelog to a file, with
+/// checkpoints every 300 ms and SIGKILLs; the changelog applied in order must be `want`, each
+/// row once.
+fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>) {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("changes.jsonl");
+    let args: Vec<String> = [
+        "run",
+        &format!("nexmark-{query}"),
+        "--set",
+        &format!("events={n}"),
+        "--set",
+        &format!("rate={}", n / 3),
+        "--set",
+        "wall_clock=false",
+        "--set",
+        &format!("sink=file:{}", out.display()),
+        "--checkpoint-every",
+        "300ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let kills = delays(seed(), 4);
+    let summaries = run_with_kills(&args, 1, &kills, &dir.path().join("state"));
+    eprintln!(
+        "the last run read {} of {n} events",
+        summaries[0]["events_in"].as_u64().unwrap()
+    );
+    let got = apply_changelog(&out);
+    let mut want_rows: BTreeMap<String, i64> = BTreeMap::new();
+    for row in want {
+        *want_rows.entry(row.to_string()).or_default() += 1;
+    }
+    assert_eq!(got, want_rows);
+}
+
+/// The events `nexmark_crash_test` runs on: the generator's with `n` events on 2 partitions
+/// (one per worker), paced at `n / 3` per second, whose event time then advances at that rate.
+fn nexmark_events(n: u64) -> Vec<Event> {
+    NexmarkConfig::new(n)
+        .partitions(2)
+        .event_rate(n / 3)
+        .iter()
+        .collect()
+}
+
+#[test]
+fn nexmark_q9_changes_are_exactly_once_after_sigkills() {
+    let n = 1_200_000;
+    let want: Vec<Value> = nexmark_winners(&nexmark_events(n))
+        .into_iter()
+        .map(|(a, b)| {
+            serde_json::to_value(Q9 {
+                id: a.id,
+                seller: a.seller,
+                category: a.category,
+                reserve: a.reserve,
+                expires: a.expires,
+                bidder: b.bidder,
+                price: b.price,
+                bid_time: b.date_time,
+            })
+            .unwrap()
+        })
+        .collect();
+    assert!(want.len() > 10_000, "{} auctions with a winner", want.len());
+    nexmark_crash_test("q9", n, want);
+}
+
+#[test]
+fn nexmark_q4_changes_are_exactly_once_after_sigkills() {
+    let n = 1_200_000;
+    let mut per_category: BTreeMap<u64, (u128, u128)> = BTreeMap::new();
+    for (a, b) in nexmark_winners(&nexmark_events(n)) {
+        let (sum, count) = per_category.entry(a.category).or_default();
+        *sum += u128::from(b.price);
+        *count += 1;
+    }
+    let want: Vec<Value> = per_category
+        .into_iter()
+        .map(|(category, (sum, count))| {
+            serde_json::to_value(Q4 {
+                category,
+                avg_price: (sum / count) as u64,
+            })
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(want.len(), 5, "categories 10 to 14");
+    nexmark_crash_test("q4", n, want);
+}
+
+#[test]
+fn nexmark_q20_rows_are_exactly_once_after_sigkills() {
+    let n = 450_000;
+    let events = nexmark_events(n);
+    let category_10: HashMap<u64, &Auction> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Auction(a) if a.category == 10 => Some((a.id, &**a)),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<Value> = events
+        .iter()
+        .filter_map(|e| {
+            let Event::Bid(b) = e else { return None };
+            let a = category_10.get(&b.auction)?;
+            Some(
+                serde_json::to_value(Q20 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    channel: b.channel.clone(),
+                    url: b.url.clone(),
+                    bid_date_time: b.date_time,
+                    bid_extra: b.extra.clone(),
+                    item_name: a.item_name.clone(),
+                    description: a.description.clone(),
+                    initial_bid: a.initial_bid,
+                    reserve: a.reserve,
+                    auction_date_time: a.date_time,
+                    expires: a.expires,
+                    seller: a.seller,
+                    category: a.category,
+                    auction_extra: a.extra.clone(),
+                })
+                .unwrap(),
+            )
+        })
+        .collect();
+    assert!(want.len() > 10_000, "{} rows", want.len());
+    nexmark_crash_test("q20", n, want);
 }
