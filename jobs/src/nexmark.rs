@@ -13,7 +13,8 @@
 //! with checkpoints off (table state is not checkpointed yet). q9, q4 and q20 write the same
 //! changelog from stateful operators of their own (q9 closes each auction when the watermark
 //! passes its expiry, see [`q9`]; q20 is a hash join whose rows are only inserted, see
-//! [`q20`]), whose state is checkpointed. q17 updates its rows too, as
+//! [`q20`]), whose state is checkpointed (but `nexmark-q20` runs without checkpoints: its
+//! state is every bid, and a checkpoint writes all of it). q17 updates its rows too, as
 //! upserts: each row replaces the previous one of its auction and day
 //! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
@@ -61,6 +62,12 @@ pub const QUERIES: [usize; 23] = [
 /// Why the table queries run without checkpoints.
 const NO_CHECKPOINTS: &str = "its updating tables live in differential arrangements, which \
                               checkpoints do not cover yet";
+
+/// Why `nexmark-q20` runs without checkpoints.
+const Q20_NO_CHECKPOINTS: &str = "its state is every bid, kept for ever as in Flink's regular \
+                                  join, and a checkpoint writes all of it each time (10 s \
+                                  checkpoints ran out of 24 GB of memory at 60M events); \
+                                  incremental checkpoints are not built yet";
 
 /// Every Nexmark job.
 pub fn jobs() -> Vec<Job> {
@@ -131,7 +138,8 @@ pub fn jobs() -> Vec<Job> {
             20,
             "q20 expand bid with auction: bids on category-10 auctions with the auction (join)",
             q20,
-        ),
+        )
+        .without_checkpoints(Q20_NO_CHECKPOINTS),
         stream_job(21, "q21 channel ids: bids from a known channel, with its id", |e| {
             Ok(q21(e))
         }),
@@ -1944,7 +1952,9 @@ pub struct Q20 {
 ///
 /// Only category-10 auctions are kept, but every bid is (an auction with its id may come
 /// later, and the join, like Flink's, does not assume that ids are unique), so the state grows
-/// with the bids, as Flink's does. The state is checkpointed; a checkpoint writes all of it.
+/// with the bids, as Flink's does. The operator's state can be checkpointed, but a checkpoint
+/// writes all of it, so the job `nexmark-q20` runs without checkpoints (a long run's snapshots
+/// would outgrow memory; Flink keeps such state in RocksDB with incremental checkpoints).
 pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
     let auctions = auctions(events)
         .filter(|a| a.category == 10)

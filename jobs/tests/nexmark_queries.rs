@@ -521,6 +521,11 @@ fn q4_resumes_from_a_checkpoint_with_each_change_once() {
     assert_eq!(stop_and_resume(nexmark::q4), q4_reference());
 }
 
+#[test]
+fn q20_resumes_from_a_checkpoint_with_each_row_once() {
+    assert_eq!(stop_and_resume(nexmark::q20), q20_reference());
+}
+
 fn auction(id: u64, opened: i64, expires: i64) -> Event {
     Event::Auction(Box::new(Auction {
         id,
@@ -1238,17 +1243,16 @@ fn q19_keeps_the_ten_highest_bids_per_auction() {
     assert_eq!(run_table(nexmark::q19), want);
 }
 
-#[test]
-fn q20_joins_bids_with_their_category_10_auctions() {
+/// q20 by brute force: each bid with the category-10 auction of its id.
+fn q20_reference() -> Vec<Q20> {
     let events = all_events();
     let by_id: HashMap<u64, Auction> = auctions(&events)
         .into_iter()
         .filter(|a| a.category == 10)
         .map(|a| (a.id, a))
         .collect();
-    let all_bids = bids(&events);
-    let want = sorted(
-        all_bids
+    sorted(
+        bids(&events)
             .iter()
             .filter_map(|b| {
                 let a = by_id.get(&b.auction)?;
@@ -1272,7 +1276,13 @@ fn q20_joins_bids_with_their_category_10_auctions() {
                 })
             })
             .collect(),
-    );
+    )
+}
+
+#[test]
+fn q20_joins_bids_with_their_category_10_auctions() {
+    let all_bids = bids(&all_events());
+    let want = q20_reference();
     let joined: BTreeSet<u64> = want.iter().map(|q| q.auction).collect();
     assert!(
         joined.len() > 50,
