@@ -2,7 +2,8 @@
 //!
 //! * **Throughput**, events read per second of wall time, over the whole run and over its
 //!   steady state: from the moment 10% of the events had been read to the moment 90% had
-//!   (sampled every 50 ms), which leaves out start-up and the drain at the end.
+//!   (sampled every 50 ms), which leaves out start-up and the drain at the end; and over each
+//!   tenth of the input, which shows a query that slows down as its state grows.
 //! * **Per core**: throughput divided by the cores the run could use (worker threads, at most
 //!   the machine's cores).
 //! * **Latency**, from an hdrhistogram of every result: the wall-clock time at which a sink was
@@ -46,6 +47,9 @@ pub struct BenchReport {
     pub steady_events_per_sec: Option<f64>,
     /// `events_per_sec` per core used.
     pub events_per_sec_per_core: f64,
+    /// Events per second over each tenth of the input, in order (empty for runs too short
+    /// to sample): shows a query that slows down as its state grows.
+    pub events_per_sec_by_tenth: Vec<f64>,
     /// Latency in ms (`None` when event times are not wall-clock times).
     pub latency_ms: Option<Latency>,
     /// Peak resident memory of the process, MB.
@@ -68,6 +72,38 @@ pub fn steady_rate(samples: &[(f64, u64)], total: u64) -> Option<f64> {
         return None;
     }
     Some((last.1 - first.1) as f64 / dt)
+}
+
+/// Events per second over each tenth of `total`: the time at which `k * total / 10` events
+/// had been read is interpolated linearly between the samples around it. Empty when the
+/// samples do not reach `total` or a tenth took under 50 ms (one sampling interval).
+pub fn rate_by_tenth(samples: &[(f64, u64)], total: u64) -> Vec<f64> {
+    let at = |n: u64| -> Option<f64> {
+        let i = samples.iter().position(|s| s.1 >= n)?;
+        let (t1, n1) = samples[i];
+        if i == 0 || n1 == n {
+            return Some(t1);
+        }
+        let (t0, n0) = samples[i - 1];
+        Some(t0 + (t1 - t0) * (n - n0) as f64 / (n1 - n0) as f64)
+    };
+    let marks: Option<Vec<(u64, f64)>> = (0..=10u64)
+        .map(|k| {
+            let n = u64::try_from(u128::from(total) * u128::from(k) / 10).unwrap_or(u64::MAX);
+            at(n).map(|t| (n, t))
+        })
+        .collect();
+    let Some(marks) = marks.filter(|_| total >= 10) else {
+        return Vec::new();
+    };
+    let rates: Vec<f64> = marks
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) as f64 / (w[1].1 - w[0].1))
+        .collect();
+    if marks.windows(2).any(|w| w[1].1 - w[0].1 < 0.05) {
+        return Vec::new();
+    }
+    rates
 }
 
 /// The process's peak resident set, in MB, from `/proc/self/status` (Linux).
@@ -100,6 +136,7 @@ impl BenchReport {
             wall_secs: summary.wall_secs,
             events_per_sec: summary.events_per_sec,
             steady_events_per_sec: steady_rate(&summary.samples, summary.events_in),
+            events_per_sec_by_tenth: rate_by_tenth(&summary.samples, summary.events_in),
             events_per_sec_per_core: summary.events_per_sec / used as f64,
             latency_ms: if latency_valid {
                 summary.latency.clone()
@@ -125,7 +162,7 @@ impl std::fmt::Display for BenchReport {
         writeln!(
             f,
             "{}: {} events in {:.2} s on {} worker(s) x {} process(es), {} core(s): {} events/s \
-             (steady state {}), {} events/s per core; {} results, {} late",
+             (steady state {}), {} events/s per core; {} results, {} late{}",
             self.job,
             self.events,
             self.wall_secs,
@@ -137,7 +174,14 @@ impl std::fmt::Display for BenchReport {
                 .map_or("n/a: run too short".to_string(), m),
             m(self.events_per_sec_per_core),
             self.results,
-            self.late
+            self.late,
+            if self.events_per_sec_by_tenth.is_empty() {
+                String::new()
+            } else {
+                let tenths: Vec<String> =
+                    self.events_per_sec_by_tenth.iter().map(|&r| m(r)).collect();
+                format!("\nevents/s by tenth of the input: {}", tenths.join(" "))
+            }
         )?;
         match &self.latency_ms {
             Some(l) => writeln!(
@@ -186,5 +230,32 @@ mod tests {
         assert_eq!(steady_rate(&samples, total), Some(1000.0));
         assert_eq!(steady_rate(&samples[..2], total), None);
         assert_eq!(steady_rate(&[], 0), None);
+    }
+
+    #[test]
+    fn rate_by_tenth_follows_a_run_that_slows_down() {
+        // 1000 events: 500 events/s for the first 600, then 100 events/s, sampled every 0.1 s.
+        let count_at = |t: f64| -> u64 {
+            if t <= 1.2 {
+                (500.0 * t).round() as u64
+            } else {
+                (600.0 + 100.0 * (t - 1.2)).round().min(1000.0) as u64
+            }
+        };
+        let samples: Vec<(f64, u64)> = (0..=53)
+            .map(|i| i as f64 / 10.0)
+            .map(|t| (t, count_at(t)))
+            .collect();
+        let rates = rate_by_tenth(&samples, 1000);
+        let expected = [
+            500.0, 500.0, 500.0, 500.0, 500.0, 500.0, 100.0, 100.0, 100.0, 100.0,
+        ];
+        assert_eq!(rates.len(), 10);
+        for (got, want) in rates.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{rates:?}");
+        }
+        // Samples that stop short of the total, or no events: nothing.
+        assert!(rate_by_tenth(&samples[..20], 1000).is_empty());
+        assert!(rate_by_tenth(&[(0.0, 0)], 0).is_empty());
     }
 }

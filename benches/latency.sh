@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Latency at a fraction of peak load, for every Nexmark query, on 2 workers. For each query:
+#   1. its peak: an unpaced run of PEAK_EVENTS events (default 20M);
+#   2. a paced run at FRACTION of that peak for SECONDS seconds (`--rate R --events SECONDS*R`).
+#      When that is more events than step 1 read, the peak is measured again over as many
+#      events first (queries whose state grows slow down as it grows) and R recomputed.
+# Prints a markdown row per query: the peak, the rate, p50 / p99 / p99.9 / max from event time
+# to result (ms), the results measured (and how many were ahead of the clock), peak RSS, and
+# whether p99 is within one epoch (100 ms) plus 50 ms, the shared plan's bar.
+#   benches/latency.sh [SECONDS] [FRACTION]     (QUERIES="5 8" benches/latency.sh ... runs only those)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-30}"
+fraction="${2:-0.5}"
+peak_events="${PEAK_EVENTS:-20000000}"
+cargo build --release -q --bin runnel
+bench() {
+    local q="$1"
+    shift
+    local out=() dir=""
+    # q10 writes its files (every bid) into a temporary directory, removed after the run.
+    if [ "$q" = 10 ]; then
+        dir=$(mktemp -d)
+        out=(--set "dir=$dir")
+    fi
+    ./target/release/runnel bench "nexmark-q$q" --workers 2 --json "$@" "${out[@]}"
+    if [ -n "$dir" ]; then rm -rf "$dir"; fi
+}
+echo "| query | peak (M ev/s, over events) | rate (ev/s) | events | p50 | p99 | p99.9 | max | results (ahead) | peak RSS (MB) | p99 <= 150 ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22}; do
+    peak_n="$peak_events"
+    peak=$(bench "$q" --events "$peak_n" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_per_sec"])')
+    rate=$(python3 -c "print(int(float('$peak') * $fraction / 1000) * 1000)")
+    events=$((rate * seconds))
+    if [ "$events" -gt "$peak_n" ]; then
+        peak_n="$events"
+        peak=$(bench "$q" --events "$peak_n" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_per_sec"])')
+        rate=$(python3 -c "print(int(float('$peak') * $fraction / 1000) * 1000)")
+        events=$((rate * seconds))
+    fi
+    line=$(bench "$q" --rate "$rate" --events "$events")
+    python3 - "$q" "$peak" "$peak_n" "$rate" "$events" "$line" <<'PY'
+import json, sys
+q, peak, peak_n, rate, events = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+r = json.loads(sys.argv[6])
+l = r.get("latency_ms")
+rss = r.get("peak_rss_mb") or 0
+if l:
+    ok = "yes" if l["p99"] <= 150 else "**no**"
+    cells = f"{l['p50']} | {l['p99']} | {l['p999']} | {l['max']} | {l['count']:,} ({l['ahead']:,})"
+else:
+    ok, cells = "n/a", "n/a | n/a | n/a | n/a | n/a"
+print(f"| q{q} | {peak/1e6:.2f} ({peak_n/1e6:.0f}M) | {rate:,} | {events:,} | {cells} | {rss:.0f} | {ok} |")
+PY
+done
