@@ -7,14 +7,15 @@
 //! `nexmark-flink/src/main/resources/queries/q*.sql`); where runnel's differ, the function
 //! says how.
 //!
-//! Queries whose answer changes as input arrives (q3, q6, q18, q19) are built on
+//! Queries whose answer changes as input arrives (q3, q6, q19) are built on
 //! updating tables ([`runnel_engine::table`], differential dataflow) and write a changelog:
 //! each row is `{"op":"insert","row":...}` or `{"op":"retract","row":...}`. Those jobs run
-//! with checkpoints off (table state is not checkpointed yet). q9, q4 and q20 write the same
-//! changelog from stateful operators of their own (q9 closes each auction when the watermark
-//! passes its expiry, see [`q9`]; q20 is a hash join whose rows are only inserted, see
-//! [`q20`]), whose state is checkpointed (but `nexmark-q20` runs without checkpoints: its
-//! state is every bid, and a checkpoint writes all of it). q17 updates its rows too, as
+//! with checkpoints off (table state is not checkpointed yet). q9, q4, q18 and q20 write the
+//! same changelog from stateful operators of their own (q9 closes each auction when the
+//! watermark passes its expiry, see [`q9`]; q18 keeps a row per bidder and auction, see
+//! [`q18`]; q20 is a hash join whose rows are only inserted, see [`q20`]), whose state is
+//! checkpointed (but `nexmark-q18` and `nexmark-q20` run without checkpoints: their state
+//! grows with the bids, for ever, and a checkpoint writes all of it). q17 updates its rows too, as
 //! upserts: each row replaces the previous one of its auction and day
 //! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
@@ -36,7 +37,7 @@
 //! | `side_input` | generated | q13 only: a file of `key,value` lines to join with (see [`read_side_input`]); else [`generated_side_input`] of [`SIDE_INPUT_ROWS`] rows |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasherDefault, Hash};
 use std::time::Duration;
 
 use rustc_hash::FxHasher;
@@ -68,6 +69,13 @@ const Q20_NO_CHECKPOINTS: &str = "its state is every bid, kept for ever as in Fl
                                   join, and a checkpoint writes all of it each time (10 s \
                                   checkpoints ran out of 24 GB of memory at 60M events); \
                                   incremental checkpoints are not built yet";
+
+/// Why `nexmark-q18` runs without checkpoints.
+const Q18_NO_CHECKPOINTS: &str = "its state is a row for every bidder and auction that met, \
+                                  kept for ever as in Flink, and a checkpoint writes all of it \
+                                  each time (as q20's, which ran out of 24 GB of memory with \
+                                  10 s checkpoints at 60M events); incremental checkpoints are \
+                                  not built yet";
 
 /// Every Nexmark job.
 pub fn jobs() -> Vec<Job> {
@@ -132,7 +140,12 @@ pub fn jobs() -> Vec<Job> {
             "q17 auction statistics per day: counts by price rank, min, max, avg, sum (upserts)",
             q17_days,
         ),
-        table_job(18, "q18 last bid: each bidder's latest bid on each auction (updating)", q18),
+        stream_job(
+            18,
+            "q18 last bid: each bidder's latest bid on each auction (updating)",
+            q18,
+        )
+        .without_checkpoints(Q18_NO_CHECKPOINTS),
         table_job(19, "q19 auction top-k: the 10 highest bids of each auction (updating)", q19),
         stream_job(
             20,
@@ -1783,27 +1796,81 @@ fn later_bid(a: &Bid, b: &Bid) -> std::cmp::Ordering {
 /// WHERE rank_number <= 1;
 /// ```
 ///
-/// Updating: a later bid of the pair replaces its row (a retraction, then an insertion).
+/// Updating: a later bid of the pair replaces its row (a retraction, then an insertion), at the
+/// end of the epoch in which it arrived.
 /// Differences from Flink's:
 /// * Ties. Flink plans this as a deduplication on the event time (keep the last row), where of
 ///   two bids of a pair at the same millisecond the one that arrives later wins, which depends
 ///   on scheduling. Here the later bid is the larger by `(date_time, price, channel, url,
 ///   extra)`, the same in every run; two bids equal in all of those are one row.
-/// * State. Flink keeps one row per pair; the reduce here keeps every bid in its input
-///   arrangement (a later bid may only be added, but differential's `reduce` keeps its input
-///   whole), so memory grows with the bids, as in q4, q6 and q9.
-pub fn q18<'s>(events: &Stream<'s, Event>) -> Result<Table<'s, Bid>> {
+/// * State. As Flink's, one row per pair, kept for ever (a later bid of the pair may still
+///   come), in memory ([`LastBids`]); its changes are stamped with the event time of the
+///   newest bid that replaced the row in the epoch. Nothing is late.
+pub fn q18<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Bid>>> {
     Ok(bids(events)
-        .to_table()
         .key_by(|b| (b.bidder, b.auction))
-        .reduce_to("last-bid-per-pair", |_, rows| {
-            rows.iter()
-                .map(|(b, _)| *b)
-                .max_by(|a, b| later_bid(a, b))
-                .cloned()
-        })?
-        .into_table()
-        .map(|(_, b)| b))
+        .map_values(|b| b)
+        .stateful("last-bid-per-pair", false, LastBids::default())?
+        .0)
+}
+
+/// q18's operator (see [`q18`]): each `(bidder, auction)` pair's row, and the pairs whose row
+/// changed in the current epoch.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LastBids {
+    /// The pair's latest bid so far (`None` only in the moment of its first).
+    rows: Sharded<(u64, u64), Option<Bid>>,
+    /// Pairs whose row changed this epoch: the row at the epoch's start (`None`: the pair is
+    /// new), and the event time of the newest bid that replaced it.
+    changed: FxMap<(u64, u64), (Option<Bid>, i64)>,
+}
+
+type Q18In = ((u64, u64), Bid);
+
+impl EpochLogic<Q18In, Change<Bid>> for LastBids {
+    fn on_record(
+        &mut self,
+        r: runnel_engine::Event<Q18In>,
+        _wm: Watermark,
+        _out: &mut Emitter<Q18In, Change<Bid>>,
+    ) {
+        let (key, bid) = r.data;
+        let row = self.rows.entry(key);
+        if row
+            .as_ref()
+            .is_some_and(|b| later_bid(&bid, b) != std::cmp::Ordering::Greater)
+        {
+            return;
+        }
+        let old = row.replace(bid);
+        let (_, ts) = self.changed.entry(key).or_insert((old, r.ts));
+        *ts = (*ts).max(r.ts);
+    }
+
+    fn on_epoch_end(&mut self, _wm: Watermark, out: &mut Emitter<Q18In, Change<Bid>>) {
+        for (key, (old, ts)) in self.changed.drain() {
+            let Some(new) = self.rows.get(&key).cloned().flatten() else {
+                continue;
+            };
+            if let Some(old) = old {
+                out.emit(runnel_engine::Event::new(ts, Change::Retract(old)));
+            }
+            out.emit(runnel_engine::Event::new(ts, Change::Insert(new)));
+        }
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        runnel_engine::recovery::encode(self)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        *self = runnel_engine::recovery::decode(state)?;
+        Ok(())
+    }
+
+    fn state_kind(&self) -> String {
+        "runnel.nexmark.q18/last-bids.v1".to_string()
+    }
 }
 
 /// One q19 result: a bid among the ten highest of its auction, with its rank.
@@ -1981,7 +2048,7 @@ struct ExpandBids {
 #[derive(Debug, Serialize, Deserialize)]
 struct Lists<T> {
     /// Key -> its newest node, as index + 1.
-    heads: Sharded<u32>,
+    heads: Sharded<u64, u32>,
     chunks: Vec<Vec<Node<T>>>,
     len: u32,
 }
@@ -2032,7 +2099,7 @@ impl<T> Lists<T> {
 
     /// The records of `key`, newest first.
     fn get(&self, key: u64) -> impl Iterator<Item = (i64, &T)> {
-        let mut at = self.heads.get(key).copied().unwrap_or(0);
+        let mut at = self.heads.get(&key).copied().unwrap_or(0);
         std::iter::from_fn(move || {
             let i = at.checked_sub(1)? as usize;
             let node = &self.chunks[i / CHUNK][i % CHUNK];
@@ -2042,18 +2109,38 @@ impl<T> Lists<T> {
     }
 }
 
-/// A map from `u64` split into `2^SHARD_BITS` hash maps by the key's hash, so that a growing
-/// map rehashes one small part at a time: one large map stops the worker for the whole
-/// rehash, which grows with the state (q20 at 2.3M events/s, p99: 264-430 ms against 316-605
-/// ms with one map).
+/// A map split into `2^SHARD_BITS` hash maps by the key's hash, so that a growing map rehashes
+/// one small part at a time: one large map stops the worker for the whole rehash, which grows
+/// with the state (q20 at 2.3M events/s, p99: 264-430 ms against 316-605 ms with one map).
 #[derive(Debug, Serialize, Deserialize)]
-struct Sharded<V> {
-    shards: Vec<FxMap<u64, V>>,
+#[serde(bound(
+    serialize = "K: Serialize + Eq + Hash, V: Serialize",
+    deserialize = "K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>"
+))]
+struct Sharded<K, V> {
+    shards: Vec<FxMap<K, V>>,
 }
 
 const SHARD_BITS: u32 = 8;
 
-impl<V> Default for Sharded<V> {
+/// A key of a [`Sharded`] map: the 64 bits that choose its shard.
+trait ShardKey: Copy + Eq + Hash {
+    fn spread(&self) -> u64;
+}
+
+impl ShardKey for u64 {
+    fn spread(&self) -> u64 {
+        *self
+    }
+}
+
+impl ShardKey for (u64, u64) {
+    fn spread(&self) -> u64 {
+        self.0.rotate_left(32) ^ self.1
+    }
+}
+
+impl<K, V> Default for Sharded<K, V> {
     fn default() -> Self {
         Sharded {
             shards: (0..1 << SHARD_BITS).map(|_| FxMap::default()).collect(),
@@ -2061,18 +2148,18 @@ impl<V> Default for Sharded<V> {
     }
 }
 
-impl<V: Default> Sharded<V> {
-    fn shard(k: u64) -> usize {
+impl<K: ShardKey, V: Default> Sharded<K, V> {
+    fn shard(k: &K) -> usize {
         // Another multiplier than the maps' own hasher, so each shard's keys still spread.
-        (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize
+        (k.spread().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_BITS)) as usize
     }
 
-    fn get(&self, k: u64) -> Option<&V> {
-        self.shards[Self::shard(k)].get(&k)
+    fn get(&self, k: &K) -> Option<&V> {
+        self.shards[Self::shard(k)].get(k)
     }
 
-    fn entry(&mut self, k: u64) -> &mut V {
-        self.shards[Self::shard(k)].entry(k).or_default()
+    fn entry(&mut self, k: K) -> &mut V {
+        self.shards[Self::shard(&k)].entry(k).or_default()
     }
 }
 

@@ -1,5 +1,5 @@
-//! Property tests of the Nexmark operators that keep state of their own (q9's winning bids and
-//! q20's bid-auction join) on out-of-order input, against reference models written here over
+//! Property tests of the Nexmark operators that keep state of their own (q9's winning bids,
+//! q18's last bid per bidder and auction, and q20's bid-auction join) on out-of-order input, against reference models written here over
 //! plain vectors from the documented semantics:
 //!
 //! * one source with one partition, epochs cut only by its `TestItem::Cut`s, bounded
@@ -16,6 +16,10 @@
 //!   newest time among the auction and its counting bids applied since its row last changed.
 //!   Auction ids are unique here (the later repeats are removed from the input), as q9
 //!   documents it assumes;
+//! * **q18**: nothing is late; a pair's row after an epoch is the latest of all its bids so far
+//!   by `(date_time, price, channel, url, extra)`. Whenever it differs from the row after the
+//!   epoch before, the epoch emits the old row retracted (if there was one) and the new one
+//!   inserted, both stamped with the new row's time (event times are the bids' times here);
 //! * **q20**: nothing is late; every pair of a bid and a category-10 auction with its id is
 //!   inserted once, in the epoch where the later of the two arrives, stamped with the newer of
 //!   their times. Ids repeat here.
@@ -32,6 +36,8 @@ use runnel_connectors::nexmark::{Auction, Bid, Event};
 use runnel_engine::testing::{Collector, TestItem, TestSource};
 use runnel_engine::{run, Change, Data, Job, Stream};
 use runnel_jobs::nexmark::{self, Q20, Q9};
+
+type PairKey = (u64, u64);
 
 use common::*;
 
@@ -284,8 +290,71 @@ fn q20_reference(steps: &[Step], b: i64) -> ByEpoch<Q20> {
     non_empty(out)
 }
 
+// ---------------------------------------------------------------------------------------------
+// q18's reference.
+// ---------------------------------------------------------------------------------------------
+
+fn q18_reference(steps: &[Step], b: i64) -> ByEpoch<Bid> {
+    let (eps, _) = epochs(steps, b);
+    let mut seen: Vec<Bid> = Vec::new();
+    let mut before: BTreeMap<PairKey, Bid> = BTreeMap::new();
+    let mut out = Vec::new();
+    for ep in &eps {
+        for (_, ev) in ep {
+            if let Event::Bid(bid) = ev {
+                seen.push(bid.clone());
+            }
+        }
+        // Every pair's latest bid, from all bids so far.
+        let mut after: BTreeMap<PairKey, Bid> = BTreeMap::new();
+        for bid in &seen {
+            let order = |b: &Bid| {
+                (
+                    b.date_time,
+                    b.price,
+                    b.channel.to_string(),
+                    b.url.to_string(),
+                    b.extra.to_string(),
+                )
+            };
+            let row = after
+                .entry((bid.bidder, bid.auction))
+                .or_insert_with(|| bid.clone());
+            if order(bid) > order(row) {
+                *row = bid.clone();
+            }
+        }
+        let mut changes = Vec::new();
+        for (key, new) in &after {
+            match before.get(key) {
+                Some(old) if old == new => {}
+                Some(old) => {
+                    changes.push((new.date_time, Change::Retract(old.clone())));
+                    changes.push((new.date_time, Change::Insert(new.clone())));
+                }
+                None => changes.push((new.date_time, Change::Insert(new.clone()))),
+            }
+        }
+        out.push(changes);
+        before = after;
+    }
+    non_empty(out)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(32)))]
+
+    /// q18 on out-of-order input: each epoch's changes of the pairs' latest bids, with their
+    /// event times; nothing late.
+    #[test]
+    fn q18_matches_the_reference_epoch_by_epoch(items in partition(80), b in bound()) {
+        let steps = steps(&items);
+        let want = (0, q18_reference(&steps, b));
+        for workers in [1, 2] {
+            let got = run_query(&steps, b, workers, nexmark::q18);
+            prop_assert_eq!(&got, &want, "{} workers", workers);
+        }
+    }
 
     /// q9 on out-of-order input: the changes of each epoch with their event times, and the
     /// late count.
@@ -312,14 +381,16 @@ proptest! {
     }
 }
 
-/// The model above is not empty-handed: over a fixed seed's worth of cases, q9's reference
-/// produces changes, retractions and late records, and q20's produces pairs.
+/// The models above are not empty-handed: over a fixed seed's worth of cases, q9's reference
+/// produces changes, retractions and late records, q20's produces pairs, and q18's replaces
+/// rows.
 #[test]
 fn the_references_see_changes_late_records_and_pairs() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (mut changes, mut retracts, mut late, mut pairs) = (0, 0, 0, 0);
+    let mut q18_retracts = 0;
     for _ in 0..64 {
         let items = partition(80)
             .new_tree(&mut runner)
@@ -334,9 +405,15 @@ fn the_references_see_changes_late_records_and_pairs() {
             retracts += usize::from(!c.is_insert());
         }
         pairs += q20_reference(&steps, b).iter().flatten().count();
+        q18_retracts += q18_reference(&steps, b)
+            .iter()
+            .flatten()
+            .filter(|(_, c)| !c.is_insert())
+            .count();
     }
     assert!(changes > 50, "{changes} q9 changes");
     assert!(retracts > 5, "{retracts} q9 retractions");
     assert!(late > 5, "{late} late records");
     assert!(pairs > 50, "{pairs} q20 pairs");
+    assert!(q18_retracts > 50, "{q18_retracts} q18 retractions");
 }
