@@ -69,7 +69,7 @@ pub use source::{
     BadRecordPolicy, PartitionId, PartitionReader, ReadStatus, Reader, Source, SourceContext,
     SourceOptions,
 };
-pub use state::KeyedState;
+pub use state::{KeyedState, StaggeredMap};
 pub use stateful::{Emitter, EpochLogic, LocalEpochLogic};
 pub use table::{Change, KeyedTable, Row, Table};
 pub use time::{Epoch, EventTime, Watermark};

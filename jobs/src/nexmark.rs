@@ -50,8 +50,8 @@ use runnel_connectors::nexmark::{
 };
 use runnel_connectors::{BlackholeSink, FileSink, FileSource, PartitionedFileSink, StdoutSink};
 use runnel_engine::{
-    Change, Data, Either, Emitter, EpochLogic, Error, Flow, Job, Result, SourceOptions, Stream,
-    Table, Watermark,
+    Change, Data, Either, Emitter, EpochLogic, Error, Flow, Job, Result, SourceOptions,
+    StaggeredMap, Stream, Table, Watermark,
 };
 use runnel_operators::prelude::*;
 
@@ -1818,7 +1818,7 @@ pub fn q18<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Bid>>> {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct LastBids {
     /// The pair's latest bid so far (`None` only in the moment of its first).
-    rows: Sharded<(u64, u64), Option<Bid>>,
+    rows: StaggeredMap<(u64, u64), Option<Bid>>,
 }
 
 type Q18In = ((u64, u64), Bid);
@@ -1831,7 +1831,7 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         out: &mut Emitter<Q18In, Change<Bid>>,
     ) {
         let (key, bid) = r.data;
-        let row = self.rows.entry(key);
+        let row = self.rows.entry(key).or_default();
         if row
             .as_ref()
             .is_some_and(|b| later_bid(&bid, b) != std::cmp::Ordering::Greater)
@@ -1856,7 +1856,7 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q18/last-bids.v3".to_string()
+        "runnel.nexmark.q18/last-bids.v4".to_string()
     }
 }
 
@@ -2035,7 +2035,7 @@ struct ExpandBids {
 #[derive(Debug, Serialize, Deserialize)]
 struct Lists<T> {
     /// Key -> its newest node, as index + 1.
-    heads: Sharded<u64, u32>,
+    heads: StaggeredMap<u64, u32>,
     chunks: Vec<Vec<Node<T>>>,
     len: u32,
 }
@@ -2054,7 +2054,7 @@ const CHUNK: usize = 1 << 15;
 impl<T> Default for Lists<T> {
     fn default() -> Self {
         Lists {
-            heads: Sharded::default(),
+            heads: StaggeredMap::default(),
             chunks: Vec::new(),
             len: 0,
         }
@@ -2063,7 +2063,7 @@ impl<T> Default for Lists<T> {
 
 impl<T> Lists<T> {
     fn push(&mut self, key: u64, ts: i64, item: T) {
-        let head = self.heads.entry(key);
+        let head = self.heads.entry(key).or_default();
         let node = Node {
             ts,
             next: *head,
@@ -2093,82 +2093,6 @@ impl<T> Lists<T> {
             at = node.next;
             Some((node.ts, &node.item))
         })
-    }
-}
-
-/// A map split into `2^SHARD_BITS` hash maps by the key's hash, so that a growing map rehashes
-/// one small part at a time: one large map stops the worker for the whole rehash, which grows
-/// with the state (q20 at 2.3M events/s, p99: 264-430 ms against 316-605 ms with one map).
-/// The shards get unequal shares of the keys (see [`stagger`]), so that they do not all
-/// double at once: equal shares grow in step, and 256 rehashes in a row stopped the worker as
-/// one map's rehash would (q18 at 494K events/s, p99 210 ms).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(bound(
-    serialize = "K: Serialize + Eq + Hash, V: Serialize",
-    deserialize = "K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>"
-))]
-struct Sharded<K, V> {
-    shards: Vec<FxMap<K, V>>,
-}
-
-const SHARD_BITS: u32 = 8;
-
-/// The shard of each value of a hash's top 16 bits: shard `i` gets a share of them
-/// proportional to `2^(i / 256)`, so the shares run from 1 to 2 in even steps of their
-/// logarithm, and as the keys grow, the shards reach their next doubling one after another
-/// over the whole time it takes the map to double.
-fn stagger() -> &'static [u8; 1 << 16] {
-    static TABLE: std::sync::OnceLock<Box<[u8; 1 << 16]>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let shards = f64::from(1u32 << SHARD_BITS);
-        let mut t = Box::new([0u8; 1 << 16]);
-        for (j, slot) in t.iter_mut().enumerate() {
-            // The cumulative share of shards below `i` is `2^(i / 256) - 1`.
-            let u = (j as f64 + 0.5) / f64::from(1u32 << 16);
-            *slot = (shards * (1.0 + u).log2()).floor().min(shards - 1.0) as u8;
-        }
-        t
-    })
-}
-
-/// A key of a [`Sharded`] map: the 64 bits that choose its shard.
-trait ShardKey: Copy + Eq + Hash {
-    fn spread(&self) -> u64;
-}
-
-impl ShardKey for u64 {
-    fn spread(&self) -> u64 {
-        *self
-    }
-}
-
-impl ShardKey for (u64, u64) {
-    fn spread(&self) -> u64 {
-        self.0.rotate_left(32) ^ self.1
-    }
-}
-
-impl<K, V> Default for Sharded<K, V> {
-    fn default() -> Self {
-        Sharded {
-            shards: (0..1 << SHARD_BITS).map(|_| FxMap::default()).collect(),
-        }
-    }
-}
-
-impl<K: ShardKey, V: Default> Sharded<K, V> {
-    fn shard(k: &K) -> usize {
-        // Another multiplier than the maps' own hasher, so each shard's keys still spread.
-        let h = k.spread().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        usize::from(stagger()[(h >> 48) as usize])
-    }
-
-    fn get(&self, k: &K) -> Option<&V> {
-        self.shards[Self::shard(k)].get(k)
-    }
-
-    fn entry(&mut self, k: K) -> &mut V {
-        self.shards[Self::shard(&k)].entry(k).or_default()
     }
 }
 
@@ -2238,7 +2162,7 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q20/expand-bids.v3".to_string()
+        "runnel.nexmark.q20/expand-bids.v4".to_string()
     }
 }
 
@@ -2332,30 +2256,4 @@ pub fn q22<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q22> {
             dir3,
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every shard gets keys, and the shares grow from the first shard to the last by a
-    /// factor of about 2 (so their doublings are spread over one doubling of the map).
-    #[test]
-    fn stagger_spreads_the_shards_shares_from_one_to_two() {
-        let mut share = vec![0u32; 1 << SHARD_BITS];
-        for &s in stagger().iter() {
-            share[usize::from(s)] += 1;
-        }
-        assert!(share.iter().all(|&n| n > 0), "{share:?}");
-        assert!(share.windows(2).all(|w| w[1] + 2 >= w[0]), "{share:?}");
-        let ratio = f64::from(share[255]) / f64::from(share[0]);
-        assert!((1.9..2.1).contains(&ratio), "{ratio}: {share:?}");
-        // And keys of a sharded map land where the table says, and are found there.
-        let mut m: Sharded<u64, u32> = Sharded::default();
-        for k in 0..10_000u64 {
-            *m.entry(k) += 1;
-        }
-        assert_eq!(m.shards.iter().map(|s| s.len()).sum::<usize>(), 10_000);
-        assert!((0..10_000u64).all(|k| m.get(&k) == Some(&1)));
-    }
 }

@@ -820,11 +820,11 @@ fn q10_job_writes_under_dir() {
     assert!(err.to_string().contains("either dir"), "{err}");
 }
 
-#[test]
-fn q11_counts_bids_per_bidder_session() {
+/// q11 by brute force: each bidder's bid times, sorted, cut where two are 10 s or more apart.
+fn q11_reference(bids: impl Iterator<Item = (u64, i64)>) -> Vec<Q11> {
     let mut times: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
-    for b in bids(&all_events()) {
-        times.entry(b.bidder).or_default().push(b.date_time);
+    for (bidder, t) in bids {
+        times.entry(bidder).or_default().push(t);
     }
     let mut want = Vec::new();
     for (bidder, mut ts) in times {
@@ -850,9 +850,38 @@ fn q11_counts_bids_per_bidder_session() {
             end: last + 10_000,
         });
     }
-    let want = sorted(want);
+    sorted(want)
+}
+
+#[test]
+fn q11_counts_bids_per_bidder_session() {
+    let want = q11_reference(bids(&all_events()).iter().map(|b| (b.bidder, b.date_time)));
     assert!(want.iter().any(|s| s.bid_count > 1));
     assert_eq!(run_stream(nexmark::q11), want);
+}
+
+/// q11 with more bidders in open sessions at once than a worker's session state keeps in one
+/// map (it splits into staggered shards at 16,384 keys): 6M events at 250,000 events/s of
+/// event time, about 50,000 sessions open at once (25,000 on each of the 2 workers), and
+/// sessions closing throughout the run.
+#[test]
+fn q11_sessions_of_many_bidders_at_once() {
+    let config = NexmarkConfig::new(6_000_000).event_rate(250_000).seed(11);
+    let bids = config.iter().filter_map(|e| match e {
+        Event::Bid(b) => Some((b.bidder, b.date_time)),
+        _ => None,
+    });
+    let want = q11_reference(bids);
+    let open_at_10s = want
+        .iter()
+        .filter(|s| s.start <= config.timestamp(2_500_000) && config.timestamp(2_500_000) < s.end)
+        .count();
+    assert!(
+        open_at_10s > 2 * 16_384,
+        "{open_at_10s} sessions open at once"
+    );
+    assert!(want.iter().any(|s| s.end < config.timestamp(5_000_000)));
+    assert_eq!(run_stream_on(config, nexmark::q11), want);
 }
 
 fn wall_clock_ms() -> i64 {
