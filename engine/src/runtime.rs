@@ -243,6 +243,11 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
 
     let job2 = job.clone();
     let (metrics2, control2) = (metrics.clone(), control.clone());
+    // Set by a worker that panicked: the other workers of the process may wait for it for
+    // ever (its dataflow no longer reports progress), so the run leaves them, as a cluster's
+    // failed process does.
+    let panicked = Arc::new(AtomicBool::new(false));
+    let panicked2 = panicked.clone();
     let epoch_interval = opts.epoch_interval;
     let checkpoint = opts.checkpoint.clone();
     let alignment = Arc::new(crate::align::Registry::new(opts.workers, opts.processes));
@@ -317,6 +322,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
             } else {
                 Error::Runtime(format!("worker {index} panicked: {msg}"))
             });
+            panicked2.store(true, Ordering::SeqCst);
             std::panic::resume_unwind(payload);
         }
     })
@@ -344,14 +350,22 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 }));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if processes > 1 && control.aborted() {
+                let worker_panicked = panicked.load(Ordering::SeqCst);
+                if (processes > 1 && control.aborted()) || worker_panicked {
                     let at = aborted_at.get_or_insert_with(Instant::now);
                     if at.elapsed() >= CLUSTER_ABORT_GRACE {
                         done.store(true, Ordering::SeqCst);
-                        tracing::warn!(
-                            "this process failed; the other processes of the cluster fail \
-                             when it exits"
-                        );
+                        if processes > 1 {
+                            tracing::warn!(
+                                "this process failed; the other processes of the cluster \
+                                 fail when it exits"
+                            );
+                        } else {
+                            tracing::warn!(
+                                "a worker panicked; the run leaves the workers that still \
+                                 wait for it"
+                            );
+                        }
                         return Err(control.take_error().unwrap_or_else(|| {
                             Error::Runtime("the run failed without an error".into())
                         }));
@@ -404,8 +418,9 @@ fn is_lost_peer(msg: &str) -> bool {
     msg.contains("MergeQueue poisoned") || msg.contains("timely communication error")
 }
 
-/// How long a process of a cluster whose run failed waits for its workers to stop before it
-/// leaves them (they may wait for the other processes, which do not know of the failure).
+/// How long a process of a cluster whose run failed, or a process one of whose workers
+/// panicked, waits for its workers to stop before it leaves them (they may wait for the other
+/// processes, which do not know of the failure, or for the worker that panicked).
 const CLUSTER_ABORT_GRACE: Duration = Duration::from_secs(3);
 
 /// The largest of the `proposal`s of all workers of the computation, every process's included:

@@ -1,5 +1,5 @@
 //! Job validation errors, per-partition watermarks (minimum over partitions), idle partitions,
-//! and a failing sink stopping the job with its name.
+//! a failing sink stopping the job with its name, and a worker's panic failing the run.
 
 use std::time::{Duration, Instant};
 
@@ -293,4 +293,40 @@ proptest::proptest! {
         got.sort_unstable();
         proptest::prop_assert_eq!(got, want);
     }
+}
+
+/// A worker whose operator panics fails the run with the panic's message, in a process of
+/// several workers whose others still wait for its progress (before, the run waited for them
+/// for ever).
+#[test]
+fn a_panic_on_one_worker_fails_the_run() {
+    let parts = vec![
+        vec![TestItem::At(1, 1u64), TestItem::At(2, 2)],
+        vec![TestItem::At(3, 3u64), TestItem::At(4, 4)],
+    ];
+    let job = Job::new("panics", "", move |flow| {
+        flow.source(
+            "numbers",
+            TestSource::new(parts.clone()),
+            SourceOptions::new(),
+        )?
+        .map(|x: u64| {
+            assert!(x != 3, "record {x} is poison");
+            x
+        })
+        .key_by(|x: &u64| *x)
+        .window(Tumbling::of(Duration::from_millis(10)))
+        .aggregate(Count)?
+        .map(|r| r.value)
+        .sink("out", Collector::<u64>::new().sink())
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(&job, opts(2)).map(|_| ()));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run ends within a minute");
+    let err = got.expect_err("the run fails");
+    assert!(err.to_string().contains("record 3 is poison"), "{err}");
 }
