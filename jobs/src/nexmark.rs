@@ -2026,7 +2026,8 @@ pub struct Q20 {
 ///
 /// Only category-10 auctions are kept, but every bid is (an auction with its id may come
 /// later, and the join, like Flink's, does not assume that ids are unique), so the state grows
-/// with the bids, as Flink's does. The operator's state can be checkpointed, but a checkpoint
+/// with the bids, as Flink's does: 64 bytes a bid (its node and [`KeptBid`], whose channel and
+/// url are an index into the distinct pairs), plus whatever the bid's `extra` owns. The operator's state can be checkpointed, but a checkpoint
 /// writes all of it, so the job `nexmark-q20` runs without checkpoints (a long run's snapshots
 /// would outgrow memory; Flink keeps such state in RocksDB with incremental checkpoints).
 pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
@@ -2042,16 +2043,78 @@ pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
 }
 
 /// q20's operator (see [`q20`]): the category-10 auctions and every bid, by auction id, each
-/// with its event time.
+/// with its event time. A bid is kept as a [`KeptBid`] (64 bytes with its node, against 120
+/// for the whole [`Bid`]): q20's state is mostly bids, and on a machine that provides memory
+/// on first touch its growth is what q20's latency pays for.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ExpandBids {
     auctions: Lists<Auction>,
-    bids: Lists<Bid>,
+    /// Each bid with its channel and url as an index into `channel_urls`.
+    bids: Lists<KeptBid>,
+    channel_urls: ChannelUrls,
 }
 
-/// Records by key, each with its event time: chains of nodes in chunks that never move (no
-/// per-key vector with its spare capacity and its copies as it grows; q20's state is mostly
-/// these nodes).
+/// A bid as q20 keeps it: its auction is its key in [`Lists`], its channel and url the
+/// node's `aux`, an index into [`ChannelUrls`].
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptBid {
+    bidder: u64,
+    price: u64,
+    date_time: i64,
+    extra: Text,
+}
+
+/// The distinct `(channel, url)` pairs of the bids (a few thousand in Nexmark: one url per
+/// channel), each stored once.
+#[derive(Debug, Default)]
+struct ChannelUrls {
+    ids: HashMap<(Text, Text), u32, BuildHasherDefault<FxHasher>>,
+    all: Vec<(Text, Text)>,
+}
+
+/// Past this many distinct pairs, new ones are stored without looking for them again (input
+/// whose urls are all different costs a slot per bid, not a hash map that grows with it).
+const CHANNEL_URLS_DEDUP: usize = 1 << 20;
+
+impl ChannelUrls {
+    /// The index of `pair`, stored if it is new.
+    fn id(&mut self, pair: (Text, Text)) -> u32 {
+        if let Some(&id) = self.ids.get(&pair) {
+            return id;
+        }
+        let id = u32::try_from(self.all.len()).expect("fewer than 2^32 channels and urls");
+        if self.all.len() < CHANNEL_URLS_DEDUP {
+            self.ids.insert(pair.clone(), id);
+        }
+        self.all.push(pair);
+        id
+    }
+
+    fn from_all(all: Vec<(Text, Text)>) -> Self {
+        let mut ids = HashMap::default();
+        for (i, pair) in all.iter().enumerate().take(CHANNEL_URLS_DEDUP) {
+            ids.entry(pair.clone()).or_insert(i as u32);
+        }
+        ChannelUrls { ids, all }
+    }
+}
+
+/// A checkpoint keeps the pairs in order (their indices are in the bids).
+impl Serialize for ChannelUrls {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.all.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Vec::<(Text, Text)>::deserialize(d).map(ChannelUrls::from_all)
+    }
+}
+
+/// Records by key, each with its event time and a `u32` of the caller's (`aux`): chains of
+/// nodes in chunks that never move (no per-key vector with its spare capacity and its copies
+/// as it grows; q20's state is mostly these nodes).
 #[derive(Debug, Serialize, Deserialize)]
 struct Lists<T> {
     /// Key -> its newest node, as index + 1.
@@ -2065,11 +2128,17 @@ struct Node<T> {
     ts: i64,
     /// The key's next older node, as index + 1 (0: none).
     next: u32,
+    /// The caller's (it fills the space `next` leaves before an 8-byte aligned `item`).
+    aux: u32,
     item: T,
 }
 
 /// Nodes per chunk of [`Lists`].
 const CHUNK: usize = 1 << 15;
+
+// A kept bid's node is 64 bytes (the whole `Bid`'s was 120).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Node<KeptBid>>() == 64);
 
 impl<T> Default for Lists<T> {
     fn default() -> Self {
@@ -2082,11 +2151,12 @@ impl<T> Default for Lists<T> {
 }
 
 impl<T> Lists<T> {
-    fn push(&mut self, key: u64, ts: i64, item: T) {
+    fn push(&mut self, key: u64, ts: i64, aux: u32, item: T) {
         let head = self.heads.entry(key).or_default();
         let node = Node {
             ts,
             next: *head,
+            aux,
             item,
         };
         match self.chunks.last_mut() {
@@ -2104,27 +2174,28 @@ impl<T> Lists<T> {
         *head = self.len;
     }
 
-    /// The records of `key`, newest first.
-    fn get(&self, key: u64) -> impl Iterator<Item = (i64, &T)> {
+    /// The records of `key` with their times and `aux`, newest first.
+    fn get(&self, key: u64) -> impl Iterator<Item = (i64, u32, &T)> {
         let mut at = self.heads.get(&key).copied().unwrap_or(0);
         std::iter::from_fn(move || {
             let i = at.checked_sub(1)? as usize;
             let node = &self.chunks[i / CHUNK][i % CHUNK];
             at = node.next;
-            Some((node.ts, &node.item))
+            Some((node.ts, node.aux, &node.item))
         })
     }
 }
 
 type Q20In = (u64, Either<Auction, Bid>);
 
-fn q20_row(b: &Bid, a: &Auction) -> Q20 {
+/// The row of the bid `b` on auction `id`, with its `(channel, url)`, and the auction `a`.
+fn q20_row(id: u64, b: &KeptBid, (channel, url): &(Text, Text), a: &Auction) -> Q20 {
     Q20 {
-        auction: b.auction,
+        auction: id,
         bidder: b.bidder,
         price: b.price,
-        channel: b.channel.clone(),
-        url: b.url.clone(),
+        channel: channel.clone(),
+        url: url.clone(),
         bid_date_time: b.date_time,
         bid_extra: b.extra.clone(),
         item_name: a.item_name.clone(),
@@ -2150,22 +2221,40 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
         let (id, side) = r.data;
         match side {
             Either::Left(auction) => {
-                for (at, b) in self.bids.get(id) {
+                for (at, cu, b) in self.bids.get(id) {
+                    let pair = &self.channel_urls.all[cu as usize];
                     out.emit(runnel_engine::Event::new(
                         ts.max(at),
-                        Change::Insert(q20_row(b, &auction)),
+                        Change::Insert(q20_row(id, b, pair, &auction)),
                     ));
                 }
-                self.auctions.push(id, ts, auction);
+                self.auctions.push(id, ts, 0, auction);
             }
             Either::Right(bid) => {
-                for (at, a) in self.auctions.get(id) {
+                let Bid {
+                    auction: _,
+                    bidder,
+                    price,
+                    channel,
+                    url,
+                    date_time,
+                    extra,
+                } = bid;
+                let cu = self.channel_urls.id((channel, url));
+                let kept = KeptBid {
+                    bidder,
+                    price,
+                    date_time,
+                    extra,
+                };
+                let pair = &self.channel_urls.all[cu as usize];
+                for (at, _, a) in self.auctions.get(id) {
                     out.emit(runnel_engine::Event::new(
                         ts.max(at),
-                        Change::Insert(q20_row(&bid, a)),
+                        Change::Insert(q20_row(id, &kept, pair, a)),
                     ));
                 }
-                self.bids.push(id, ts, bid);
+                self.bids.push(id, ts, cu, kept);
             }
         }
     }
@@ -2182,7 +2271,7 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q20/expand-bids.v4".to_string()
+        "runnel.nexmark.q20/expand-bids.v5".to_string()
     }
 }
 
@@ -2276,4 +2365,40 @@ pub fn q22<'s>(events: &Stream<'s, Event>) -> Stream<'s, Q22> {
             dir3,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every index gives back its pair, repeats get the first index while pairs are looked
+    /// for, and past the limit every pair gets a new one; a checkpoint round trip keeps the
+    /// indices.
+    #[test]
+    fn channel_urls_give_each_pair_back() {
+        let pair = |i: usize| -> (Text, Text) { (format!("c{i}").into(), format!("u{i}").into()) };
+        let mut cu = ChannelUrls::default();
+        let mut ids = Vec::new();
+        for i in 0..CHANNEL_URLS_DEDUP + 10 {
+            ids.push(cu.id(pair(i)));
+        }
+        // Repeats of a pair below the limit, and of one past it.
+        let again = cu.id(pair(7));
+        let past = cu.id(pair(CHANNEL_URLS_DEDUP + 3));
+        assert_eq!(again, ids[7]);
+        assert_ne!(past, ids[CHANNEL_URLS_DEDUP + 3]);
+        let distinct: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let back: ChannelUrls =
+            runnel_engine::recovery::decode(&runnel_engine::recovery::encode(&cu).unwrap())
+                .unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(cu.all[id as usize], pair(i));
+            assert_eq!(back.all[id as usize], pair(i));
+        }
+        assert_eq!(back.all[past as usize], pair(CHANNEL_URLS_DEDUP + 3));
+        let mut back = back;
+        assert_eq!(back.id(pair(7)), ids[7]);
+        assert_eq!(back.ids.len(), CHANNEL_URLS_DEDUP);
+    }
 }

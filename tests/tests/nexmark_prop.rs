@@ -68,8 +68,9 @@ fn to_event((ts, k, v): Rec) -> Event {
             auction: id,
             bidder: v % 3,
             price: (v / 3) % 4,
-            channel: "c".into(),
-            url: "u".into(),
+            // Owned, and a url per `v % 5`, not per channel: q20 keeps the pairs apart.
+            channel: format!("c{}", v % 4).into(),
+            url: format!("u{}", v % 5).into(),
             date_time: ts,
             extra: format!("{v}").into(),
         })
