@@ -2027,9 +2027,10 @@ pub struct Q20 {
 /// Only category-10 auctions are kept, but every bid is (an auction with its id may come
 /// later, and the join, like Flink's, does not assume that ids are unique), so the state grows
 /// with the bids, as Flink's does: 64 bytes a bid (its node and [`KeptBid`], whose channel and
-/// url are an index into the distinct pairs), plus whatever the bid's `extra` owns. The operator's state can be checkpointed, but a checkpoint
-/// writes all of it, so the job `nexmark-q20` runs without checkpoints (a long run's snapshots
-/// would outgrow memory; Flink keeps such state in RocksDB with incremental checkpoints).
+/// url are an index into the distinct pairs), plus whatever the bid's `extra` owns. The
+/// operator's state can be checkpointed, but a checkpoint writes all of it, so the job
+/// `nexmark-q20` runs without checkpoints (a long run's snapshots would outgrow memory; Flink
+/// keeps such state in RocksDB with incremental checkpoints).
 pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
     let auctions = auctions(events)
         .filter(|a| a.category == 10)
