@@ -17,7 +17,10 @@
 //!   the run is paced with `--rate`, with more than 1% of results ahead of the clock). Results
 //!   ahead of the clock (in a paced run, the windows that the end of the input closed before
 //!   their time) are counted and left out of the percentiles.
-//! * **Peak RSS** of the process (`VmHWM`).
+//! * **Peak RSS** of the process (`VmHWM`), and the **minor page faults** of the run (each a
+//!   page the process touched for the first time, or again after giving it back; on a VM that
+//!   provides memory on first touch, each costs the host's work), and the memory touched
+//!   before the run with `--pretouch` (see [`crate::memory`]).
 
 use serde::Serialize;
 
@@ -54,6 +57,10 @@ pub struct BenchReport {
     pub latency_ms: Option<Latency>,
     /// Peak resident memory of the process, MB.
     pub peak_rss_mb: Option<f64>,
+    /// Minor page faults of the process during the run (after `--pretouch`), when known.
+    pub minor_faults: Option<u64>,
+    /// Memory touched before the run (`--pretouch`), MB; 0 without.
+    pub pretouch_mb: u64,
     /// Late records.
     pub late: u64,
 }
@@ -144,6 +151,8 @@ impl BenchReport {
                 None
             },
             peak_rss_mb: peak_rss_mb(),
+            minor_faults: None,
+            pretouch_mb: 0,
             late: summary.late,
         }
     }
@@ -205,9 +214,16 @@ impl std::fmt::Display for BenchReport {
             )?,
         }
         match self.peak_rss_mb {
-            Some(r) => write!(f, "peak RSS {r:.0} MB"),
-            None => write!(f, "peak RSS n/a"),
+            Some(r) => write!(f, "peak RSS {r:.0} MB")?,
+            None => write!(f, "peak RSS n/a")?,
         }
+        if let Some(n) = self.minor_faults {
+            write!(f, ", {n} minor page faults during the run")?;
+        }
+        if self.pretouch_mb > 0 {
+            write!(f, " ({} MB touched before it)", self.pretouch_mb)?;
+        }
+        Ok(())
     }
 }
 

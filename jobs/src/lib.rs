@@ -20,6 +20,7 @@ pub mod bench;
 pub mod clickstream;
 pub mod kafka_bids;
 pub mod kafka_tools;
+pub mod memory;
 pub mod nexmark;
 pub mod wordcount;
 pub mod workloads;

@@ -83,6 +83,13 @@ struct BenchArgs {
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
+    /// Before the job starts, write SIZE of memory (like 4G) and free it, and keep freed memory
+    /// in the allocator for the whole run (MIMALLOC_PURGE_DELAY=-1), as the JVM's
+    /// -XX:+AlwaysPreTouch does: for machines (VMs) that provide memory slowly on first touch,
+    /// so that a job whose state grows does not wait for it. The process holds at least SIZE
+    /// until it ends.
+    #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
+    pretouch: Option<u64>,
 }
 
 /// Where this process sits in a cluster.
@@ -155,6 +162,13 @@ struct RunArgs {
     /// times, waiting 1, 2, 4, ... (at most 30) seconds first.
     #[arg(long, default_value_t = 0, value_name = "N")]
     restart: u32,
+    /// Before the job starts, write SIZE of memory (like 4G) and free it, and keep freed memory
+    /// in the allocator for the whole run (MIMALLOC_PURGE_DELAY=-1), as the JVM's
+    /// -XX:+AlwaysPreTouch does: for machines (VMs) that provide memory slowly on first touch,
+    /// so that a job whose state grows does not wait for it. The process holds at least SIZE
+    /// until it ends.
+    #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
+    pretouch: Option<u64>,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -265,12 +279,57 @@ fn main() -> ExitCode {
         .init();
     quiet_lost_connection_panics();
     let cli = Cli::parse();
+    if let Err(e) = keep_freed_memory_if_pretouched(&cli) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// With `--pretouch`, the allocator must keep freed memory, and mimalloc reads that setting
+/// only when the process starts: so unless the variable is set, this runs the same command
+/// again in this process (exec) with it set. It does not return when it does.
+fn keep_freed_memory_if_pretouched(cli: &Cli) -> anyhow::Result<()> {
+    use runnel_jobs::memory::{keeps_freed_memory, PURGE_DELAY_VAR};
+    let pretouch = match &cli.command {
+        Command::Run(a) => a.pretouch,
+        Command::Bench(a) => a.pretouch,
+        _ => None,
+    };
+    if pretouch.is_none() || keeps_freed_memory() {
+        return Ok(());
+    }
+    if let Ok(v) = std::env::var(PURGE_DELAY_VAR) {
+        bail!(
+            "--pretouch keeps freed memory in the allocator ({PURGE_DELAY_VAR}=-1), but \
+             {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
+        );
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("--pretouch: where this binary is")?;
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(PURGE_DELAY_VAR, "-1")
+        .exec();
+    Err(e).with_context(|| format!("--pretouch: running {} again", exe.display()))
+}
+
+/// Touches `bytes` before a run (`--pretouch`), on the allocator that keeps freed memory.
+fn pretouch(bytes: Option<u64>) {
+    if let Some(b) = bytes.filter(|&b| b > 0) {
+        let start = std::time::Instant::now();
+        runnel_jobs::memory::pretouch(b);
+        tracing::info!(
+            "touched {} MB before the run in {:.1} s",
+            b >> 20,
+            start.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -345,13 +404,20 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         measure_latency: true,
         sample_every: Some(Duration::from_millis(50)),
     };
+    pretouch(args.pretouch);
+    let faults_before = runnel_jobs::memory::minor_faults();
     let summary = run(job, opts)?;
+    let faults_after = runnel_jobs::memory::minor_faults();
     let paced = args.rate.is_some_and(|r| r > 0)
         || args
             .set
             .iter()
             .any(|kv| kv.starts_with("rate=") && kv != "rate=0");
-    let report = BenchReport::new(&summary, paced);
+    let mut report = BenchReport::new(&summary, paced);
+    report.minor_faults = faults_before
+        .zip(faults_after)
+        .map(|(b, a)| a.saturating_sub(b));
+    report.pretouch_mb = args.pretouch.unwrap_or(0) >> 20;
     if !args.json {
         eprintln!("{report}");
     }
@@ -414,6 +480,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
             args.cluster.processes
         );
     }
+    pretouch(args.pretouch);
     let mut restarts = 0;
     let summary = loop {
         match run(job, opts.clone()) {

@@ -584,3 +584,66 @@ fn restart_retries_a_failing_job_n_times_then_fails() {
         "the error of each of the 3 runs: {err}"
     );
 }
+
+/// `--pretouch`: the memory written before the run stays in the process and the run's state
+/// grows into it instead of into new pages. The reference is the same paced run without it
+/// (3 s, longer than mimalloc's default 1 s wait before it gives freed memory back, so a run
+/// whose allocator did not keep the memory faults its pages in again). Transparent huge pages
+/// are off in both (mimalloc's `MIMALLOC_ALLOW_THP=0`), so that a fault is a 4 KiB page.
+#[test]
+fn pretouched_memory_is_kept_and_the_run_grows_into_it() {
+    let bench = |extra: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .env("MIMALLOC_ALLOW_THP", "0")
+            .env_remove("MIMALLOC_PURGE_DELAY")
+            .args(["bench", "nexmark-q20", "--workers", "1", "--json"])
+            .args(["--rate", "500000", "--events", "1500000"])
+            .args(extra)
+            .output()
+            .expect("runnel runs")
+    };
+    let plain = summary(&bench(&[]));
+    let touched = summary(&bench(&["--pretouch", "512M"]));
+    let mb = |v: &Value| v["peak_rss_mb"].as_f64().expect("peak RSS");
+    let faults = |v: &Value| v["minor_faults"].as_u64().expect("minor faults");
+    let (need, faults_plain) = (mb(&plain), faults(&plain));
+    // The run needs less than it is given, and more than a few pages.
+    assert!(need < 400.0 && faults_plain > 5_000, "{plain}");
+    assert_eq!(touched["pretouch_mb"], 512);
+    assert_eq!(touched["results"], plain["results"]);
+    // Touched: the process held the 512 MiB ...
+    assert!(mb(&touched) >= 512.0, "{touched}");
+    // ... and reused them: it did not take what the run needs on top of them ...
+    assert!(
+        mb(&touched) < 512.0 + need / 2.0,
+        "{touched} against {plain}"
+    );
+    // ... because they were still there: the run faulted in few new pages.
+    assert!(
+        faults(&touched) * 4 < faults_plain,
+        "{touched} against {plain}"
+    );
+
+    // An allocator told otherwise is an error that names the setting; so is a bad size.
+    let o = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env("MIMALLOC_PURGE_DELAY", "10")
+        .args([
+            "bench",
+            "nexmark-q0",
+            "--events",
+            "1000",
+            "--pretouch",
+            "1M",
+        ])
+        .output()
+        .expect("runnel runs");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("MIMALLOC_PURGE_DELAY is set to `10`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = runnel(&["run", "nexmark-q0", "--pretouch", "4X"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("`4X` is not a size"), "{}", stderr(&o));
+}
