@@ -8,6 +8,9 @@
 # to result (ms), the results measured (and how many were ahead of the clock), peak RSS, and
 # whether p99 is within one epoch (100 ms) plus 50 ms, the shared plan's bar.
 #   benches/latency.sh [SECONDS] [FRACTION]     (QUERIES="5 8" benches/latency.sh ... runs only those)
+# PRETOUCH=SIZE (like 4G) gives the paced runs `--pretouch SIZE`; PRETOUCH=auto gives each the
+# peak run's peak RSS plus a quarter. With COMPARE=1 each paced run is made twice, without and
+# then with PRETOUCH, one row each (the pretouch column says which).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
@@ -26,31 +29,48 @@ bench() {
     ./target/release/runnel bench "nexmark-q$q" --workers 2 --json "$@" "${out[@]}"
     if [ -n "$dir" ]; then rm -rf "$dir"; fi
 }
-echo "| query | peak (M ev/s, over events) | rate (ev/s) | events | p50 | p99 | p99.9 | max | results (ahead) | peak RSS (MB) | p99 <= 150 ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+pretouch="${PRETOUCH:-}"
+compare="${COMPARE:-0}"
+echo "| query | peak (M ev/s, over events) | rate (ev/s) | events | pretouch (MB) | p50 | p99 | p99.9 | max | results (ahead) | peak RSS (MB) | minor faults | p99 <= 150 ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22}; do
     peak_n="$peak_events"
-    peak=$(bench "$q" --events "$peak_n" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_per_sec"])')
+    peak_line=$(bench "$q" --events "$peak_n")
+    peak=$(echo "$peak_line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_per_sec"])')
     rate=$(python3 -c "print(int(float('$peak') * $fraction / 1000) * 1000)")
     events=$((rate * seconds))
     if [ "$events" -gt "$peak_n" ]; then
         peak_n="$events"
-        peak=$(bench "$q" --events "$peak_n" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_per_sec"])')
+        peak_line=$(bench "$q" --events "$peak_n")
+        peak=$(echo "$peak_line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_per_sec"])')
         rate=$(python3 -c "print(int(float('$peak') * $fraction / 1000) * 1000)")
         events=$((rate * seconds))
     fi
-    line=$(bench "$q" --rate "$rate" --events "$events")
-    python3 - "$q" "$peak" "$peak_n" "$rate" "$events" "$line" <<'PY'
+    size="$pretouch"
+    if [ "$pretouch" = auto ]; then
+        size=$(echo "$peak_line" | python3 -c 'import json,sys; print(str(int((json.load(sys.stdin)["peak_rss_mb"] or 0) * 1.25) + 1) + "M")')
+    fi
+    runs=("$size")
+    if [ "$compare" = 1 ] && [ -n "$size" ]; then runs=("" "$size"); fi
+    for s in "${runs[@]}"; do
+        flags=()
+        if [ -n "$s" ]; then flags=(--pretouch "$s"); fi
+        line=$(bench "$q" --rate "$rate" --events "$events" "${flags[@]}")
+        python3 - "$q" "$peak" "$peak_n" "$rate" "$events" "$line" <<'PY'
 import json, sys
 q, peak, peak_n, rate, events = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 r = json.loads(sys.argv[6])
 l = r.get("latency_ms")
 rss = r.get("peak_rss_mb") or 0
+faults = r.get("minor_faults")
+faults = f"{faults:,}" if faults is not None else "n/a"
+touched = r.get("pretouch_mb") or 0
 if l:
     ok = "yes" if l["p99"] <= 150 else "**no**"
     cells = f"{l['p50']} | {l['p99']} | {l['p999']} | {l['max']} | {l['count']:,} ({l['ahead']:,})"
 else:
     ok, cells = "n/a", "n/a | n/a | n/a | n/a | n/a"
-print(f"| q{q} | {peak/1e6:.2f} ({peak_n/1e6:.0f}M) | {rate:,} | {events:,} | {cells} | {rss:.0f} | {ok} |")
+print(f"| q{q} | {peak/1e6:.2f} ({peak_n/1e6:.0f}M) | {rate:,} | {events:,} | {touched:,} | {cells} | {rss:.0f} | {faults} | {ok} |")
 PY
+    done
 done
