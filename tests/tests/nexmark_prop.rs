@@ -20,6 +20,12 @@
 //!   `(date_time, price, channel, url, extra)` (or the pair's first) replaces it: its epoch
 //!   emits the old row retracted (if there was one) and the bid inserted, both stamped with
 //!   the bid's time;
+//! * **q19**: nothing is late; after each epoch, an auction's top ten is the first ten of all
+//!   its bids so far, ordered by price (highest first), then `date_time`, then `(bidder,
+//!   channel, url, extra)`, each numbered by its place; every place whose bid differs from the
+//!   previous epoch's top ten emits the old row retracted and the new one inserted, stamped with
+//!   the newest time among the epoch's bids in the new top ten (the bids it holds more often
+//!   than the old one);
 //! * **q20**: nothing is late; every pair of a bid and a category-10 auction with its id is
 //!   inserted once, in the epoch where the later of the two arrives, stamped with the newer of
 //!   their times. Ids repeat here.
@@ -35,7 +41,7 @@ use proptest::prelude::*;
 use runnel_connectors::nexmark::{Auction, Bid, Event};
 use runnel_engine::testing::{Collector, TestItem, TestSource};
 use runnel_engine::{run, Change, Data, Job, Stream};
-use runnel_jobs::nexmark::{self, Q20, Q9};
+use runnel_jobs::nexmark::{self, Q19, Q20, Q9};
 
 type PairKey = (u64, u64);
 
@@ -326,6 +332,84 @@ fn q18_reference(steps: &[Step], b: i64) -> ByEpoch<Bid> {
     non_empty(out)
 }
 
+// ---------------------------------------------------------------------------------------------
+// q19's reference.
+// ---------------------------------------------------------------------------------------------
+
+fn q19_reference(steps: &[Step], b: i64) -> ByEpoch<Q19> {
+    let (eps, _) = epochs(steps, b);
+    let ten = |bids: &[Bid]| -> Vec<Bid> {
+        let mut v = bids.to_vec();
+        v.sort_by_key(|b| {
+            (
+                std::cmp::Reverse(b.price),
+                b.date_time,
+                b.bidder,
+                b.channel.to_string(),
+                b.url.to_string(),
+                b.extra.to_string(),
+            )
+        });
+        v.truncate(10);
+        v
+    };
+    let row = |b: &Bid, place: usize| Q19 {
+        auction: b.auction,
+        bidder: b.bidder,
+        price: b.price,
+        channel: b.channel.clone(),
+        url: b.url.clone(),
+        date_time: b.date_time,
+        extra: b.extra.clone(),
+        rank_number: place as u64 + 1,
+    };
+    let mut all: BTreeMap<u64, Vec<Bid>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for ep in &eps {
+        let mut changes = Vec::new();
+        let mut auctions = BTreeSet::new();
+        for (_, ev) in ep {
+            if let Event::Bid(bid) = ev {
+                auctions.insert(bid.auction);
+            }
+        }
+        let before: BTreeMap<u64, Vec<Bid>> = auctions
+            .iter()
+            .map(|a| (*a, ten(all.get(a).map_or(&[][..], |v| v))))
+            .collect();
+        for (_, ev) in ep {
+            if let Event::Bid(bid) = ev {
+                all.entry(bid.auction).or_default().push(bid.clone());
+            }
+        }
+        for (a, old) in before {
+            let new = ten(&all[&a]);
+            let count = |v: &[Bid], x: &Bid| v.iter().filter(|y| *y == x).count();
+            let Some(stamp) = new
+                .iter()
+                .filter(|x| count(&new, x) > count(&old, x))
+                .map(|x| x.date_time)
+                .max()
+            else {
+                continue;
+            };
+            for place in 0..10 {
+                if old.get(place) == new.get(place) {
+                    continue;
+                }
+                if let Some(x) = old.get(place) {
+                    changes.push((stamp, Change::Retract(row(x, place))));
+                }
+                if let Some(x) = new.get(place) {
+                    changes.push((stamp, Change::Insert(row(x, place))));
+                }
+            }
+        }
+        out.push(changes);
+    }
+    non_empty(out)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(32)))]
 
@@ -353,6 +437,18 @@ proptest! {
         }
     }
 
+    /// q19 on out-of-order input: each epoch's changes of the auctions' top tens, with their
+    /// event times; nothing late.
+    #[test]
+    fn q19_matches_the_reference_epoch_by_epoch(items in partition(80), b in bound()) {
+        let steps = steps(&items);
+        let want = (0, q19_reference(&steps, b));
+        for workers in [1, 2] {
+            let got = run_query(&steps, b, workers, nexmark::q19);
+            prop_assert_eq!(&got, &want, "{} workers", workers);
+        }
+    }
+
     /// q20 on out-of-order input with repeated auction ids: every pair once, in the epoch
     /// where it is complete, with the newer event time; nothing late.
     #[test]
@@ -375,7 +471,7 @@ fn the_references_see_changes_late_records_and_pairs() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (mut changes, mut retracts, mut late, mut pairs) = (0, 0, 0, 0);
-    let mut q18_retracts = 0;
+    let (mut q18_retracts, mut q19_shifts) = (0, 0);
     for _ in 0..64 {
         let items = partition(80)
             .new_tree(&mut runner)
@@ -395,10 +491,26 @@ fn the_references_see_changes_late_records_and_pairs() {
             .flatten()
             .filter(|(_, c)| !c.is_insert())
             .count();
+        // A row retracted at one place and inserted at the next: a bid passed by a better one.
+        for epoch in q19_reference(&steps, b) {
+            q19_shifts += epoch
+                .iter()
+                .filter(|(_, c)| match c {
+                    Change::Retract(r) => epoch.iter().any(|(_, d)| match d {
+                        Change::Insert(s) => {
+                            s.rank_number == r.rank_number + 1 && s.extra == r.extra
+                        }
+                        Change::Retract(_) => false,
+                    }),
+                    Change::Insert(_) => false,
+                })
+                .count();
+        }
     }
     assert!(changes > 50, "{changes} q9 changes");
     assert!(retracts > 5, "{retracts} q9 retractions");
     assert!(late > 5, "{late} late records");
     assert!(pairs > 50, "{pairs} q20 pairs");
     assert!(q18_retracts > 50, "{q18_retracts} q18 retractions");
+    assert!(q19_shifts > 50, "{q19_shifts} q19 rows moved down a place");
 }
