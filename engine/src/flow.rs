@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     pub(crate) control: Arc<Control>,
     /// When the sources close their epochs.
     pub(crate) epoch_clock: crate::source::EpochClock,
+    /// Backpressure: how many epochs a source may be ahead of the oldest epoch this worker's
+    /// sinks have not finished (see [`crate::RunOptions::max_in_flight`]).
+    pub(crate) epochs_in_flight: u64,
     /// Watermark alignment between the source instances of this process.
     pub(crate) alignment: Arc<Registry>,
     graph: RefCell<Graph>,
@@ -163,6 +166,7 @@ impl<'s> Flow<'s> {
         metrics: Arc<Metrics>,
         control: Arc<Control>,
         epoch_clock: crate::source::EpochClock,
+        epochs_in_flight: u64,
         alignment: Arc<Registry>,
         recovery: Option<Recovery>,
     ) -> Self {
@@ -174,6 +178,7 @@ impl<'s> Flow<'s> {
                 metrics,
                 control,
                 epoch_clock,
+                epochs_in_flight,
                 alignment,
                 graph: RefCell::new(Graph::default()),
                 sinks_done: RefCell::new(Vec::new()),

@@ -63,7 +63,7 @@ pub use flow::{Flow, KeyedStream, Stream, WithLate};
 pub use job::{Job, Registry};
 pub use metrics::{Counter, Latency, Metrics, RunSummary};
 pub use recovery::{CheckpointOptions, Restore};
-pub use runtime::{run, RunOptions};
+pub use runtime::{run, RunOptions, DEFAULT_MAX_IN_FLIGHT};
 pub use sink::{Routing, Sink, SinkContext};
 pub use source::{
     BadRecordPolicy, PartitionId, PartitionReader, ReadStatus, Reader, Source, SourceContext,

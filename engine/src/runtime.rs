@@ -68,6 +68,13 @@ pub struct RunOptions {
     pub config: JobConfig,
     /// How often sources close an epoch.
     pub epoch_interval: Duration,
+    /// Backpressure: how far, in time, a source may read ahead of the epochs its job's sinks
+    /// have finished. A source whose current epoch is that many epoch intervals (at least
+    /// one) past the oldest epoch still unfinished at the sinks reads nothing until they catch
+    /// up, so that a worker held up (writing a checkpoint, a slow operator, a long pause) does
+    /// not make the others' input pile up in memory without bound. Flink bounds the same thing
+    /// with its network buffers. `None`: no bound.
+    pub max_in_flight: Option<Duration>,
     /// Print a progress line to stderr once a second (only when stderr is a terminal).
     pub progress: bool,
     /// Set to true to stop the run cleanly (Ctrl-C).
@@ -90,6 +97,7 @@ impl Default for RunOptions {
             hosts: Vec::new(),
             config: JobConfig::new(),
             epoch_interval: Duration::from_millis(100),
+            max_in_flight: Some(DEFAULT_MAX_IN_FLIGHT),
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
             checkpoint: None,
@@ -98,6 +106,9 @@ impl Default for RunOptions {
         }
     }
 }
+
+/// [`RunOptions::max_in_flight`] by default: ten epochs of 100 ms.
+pub const DEFAULT_MAX_IN_FLIGHT: Duration = Duration::from_secs(1);
 
 impl RunOptions {
     /// `workers` threads in one process.
@@ -111,6 +122,18 @@ impl RunOptions {
     pub fn config(mut self, config: JobConfig) -> Self {
         self.config = config;
         self
+    }
+}
+
+/// How many epochs a source may be ahead of the oldest epoch its sinks have not finished (see
+/// [`RunOptions::max_in_flight`]): at least one, `u64::MAX` for no bound.
+fn epochs_in_flight(max_in_flight: Option<Duration>, interval: Duration) -> u64 {
+    match max_in_flight {
+        None => u64::MAX,
+        Some(d) => {
+            let interval = interval.as_micros().max(1);
+            (d.as_micros().div_ceil(interval)).clamp(1, u64::MAX as u128) as u64
+        }
     }
 }
 
@@ -249,6 +272,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let panicked = Arc::new(AtomicBool::new(false));
     let panicked2 = panicked.clone();
     let epoch_interval = opts.epoch_interval;
+    let epochs_in_flight = epochs_in_flight(opts.max_in_flight, epoch_interval);
     let checkpoint = opts.checkpoint.clone();
     let alignment = Arc::new(crate::align::Registry::new(opts.workers, opts.processes));
     // The epoch schedule, fixed by the first worker to build its dataflow: after the processes
@@ -297,6 +321,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 metrics2.clone(),
                 control2.clone(),
                 epoch_clock,
+                epochs_in_flight,
                 alignment.clone(),
                 recovery,
             );

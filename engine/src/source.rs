@@ -794,6 +794,8 @@ pub(crate) fn build<'s, S: Source>(
     }
     let mut sent: Option<(i64, Instant)> = None;
     let paused_counter = metrics.counter(&format!("{name}.alignment_waits"));
+    let held_counter = metrics.counter(&format!("{name}.backpressure_waits"));
+    let in_flight = shared.epochs_in_flight;
 
     let discovery = source.discovery_interval();
     // A restored run: where each partition was, and the epoch to continue after.
@@ -839,6 +841,9 @@ pub(crate) fn build<'s, S: Source>(
         // Since when alignment has held this instance back, and when that was last reported.
         let mut paused_since: Option<Instant> = None;
         let mut last_pause_warning: Option<Instant> = None;
+        // Since when backpressure has held this instance back, and when that was last reported.
+        let mut held_since: Option<Instant> = None;
+        let mut last_held_warning: Option<Instant> = None;
         // The epoch log (when a sink replays), and the logged epochs still to replay.
         let mut elog: Option<EpochLog> = None;
         // With the epoch log: the ingestion time of this epoch's records (see `EpochEntry`).
@@ -1012,6 +1017,27 @@ pub(crate) fn build<'s, S: Source>(
                     give_up!();
                 }
             }
+            // Backpressure: the sinks have not finished the epochs `in_flight` before this one
+            // (a worker writing a checkpoint, a slow operator): read nothing until they have,
+            // so that what the others send them does not pile up without bound.
+            if epoch >= complete.saturating_add(in_flight) {
+                held_counter.add(1);
+                let since = *held_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= LONG_PAUSE
+                    && last_held_warning.is_none_or(|t: Instant| t.elapsed() >= LONG_PAUSE)
+                {
+                    last_held_warning = Some(Instant::now());
+                    tracing::warn!(
+                        "source '{name}' on worker {worker} has waited {} s for the job's sinks: \
+                         it is at epoch {epoch}, they have not finished epoch {complete} (at \
+                         most {in_flight} epochs may be in flight)",
+                        since.elapsed().as_secs()
+                    );
+                }
+                activator.activate_after(Duration::from_millis(1));
+                return true;
+            }
+            held_since = None;
             let mut cut = false;
             let mut worked = false;
             let mut paused = false;

@@ -77,6 +77,11 @@ struct BenchArgs {
     /// How often sources close an epoch, in milliseconds.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_ms: u64,
+    /// Backpressure: a source reads at most this far (in epochs' time) ahead of the oldest epoch
+    /// the job's sinks have not finished, so that a worker held up (writing a checkpoint, a slow
+    /// operator) does not make the others' input pile up in memory; "0s" for no bound.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_in_flight: Duration,
     /// Take checkpoints this often (default: off, "0s"), into a temporary folder.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     checkpoint_every: Duration,
@@ -90,6 +95,11 @@ struct BenchArgs {
     /// until it ends.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
+}
+
+/// `--max-in-flight`: "0s" turns the bound off.
+fn in_flight(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 /// Where this process sits in a cluster.
@@ -152,6 +162,11 @@ struct RunArgs {
     /// How often sources close an epoch, in milliseconds.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_ms: u64,
+    /// Backpressure: a source reads at most this far (in epochs' time) ahead of the oldest epoch
+    /// the job's sinks have not finished, so that a worker held up (writing a checkpoint, a slow
+    /// operator) does not make the others' input pile up in memory; "0s" for no bound.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_in_flight: Duration,
     /// Print the summary as one JSON line (for scripts).
     #[arg(long)]
     json: bool,
@@ -398,6 +413,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         hosts,
         config,
         epoch_interval: Duration::from_millis(args.epoch_ms),
+        max_in_flight: in_flight(args.max_in_flight),
         progress: !args.json,
         stop: stop_on_ctrl_c()?,
         checkpoint,
@@ -466,6 +482,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
         hosts,
         config,
         epoch_interval: Duration::from_millis(args.epoch_ms),
+        max_in_flight: in_flight(args.max_in_flight),
         progress: !args.quiet && !args.json,
         stop: stop_on_ctrl_c()?,
         checkpoint,
