@@ -152,7 +152,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         let restored = r.restored_state(name, &kind).and_then(|state| match state {
             None => Ok(()),
             Some(bytes) => {
-                let (t, l): (TrackerState, Vec<u8>) = decode(&bytes)?;
+                let (t, l): (TrackerState, serde_bytes::ByteBuf) = decode(&bytes)?;
                 tracker.restore(t);
                 logic.restore(&l)
             }
@@ -200,11 +200,17 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             if due.is_empty() {
                 return Ok(());
             }
-            let bytes = encode(&(tracker.state(), logic.snapshot()?))?;
-            for id in due {
+            // The operator's bytes as one byte string: a copy, and the same format as a
+            // `Vec<u8>` (which bincode writes byte by byte).
+            let state = logic.snapshot()?;
+            let bytes = encode(&(tracker.state(), serde_bytes::Bytes::new(&state)))?;
+            drop(state);
+            let (&newest, older) = due.split_last().expect("not empty");
+            for &id in older {
                 r.contribute(id, &name, &kind, bytes.clone())?;
-                *last = id;
             }
+            r.contribute(newest, &name, &kind, bytes)?;
+            *last = newest;
             Ok(())
         };
 

@@ -15,8 +15,9 @@
 //! watermark passes its expiry, see [`q9`]; q18 keeps a row per bidder and auction, see
 //! [`q18`]; q19 keeps the top ten bids of each auction, see [`q19`]; q20 is a hash join whose
 //! rows are only inserted, see [`q20`]), whose state is
-//! checkpointed (but `nexmark-q18`, `nexmark-q19` and `nexmark-q20` run without checkpoints: their state
-//! grows with the bids, for ever, and a checkpoint writes all of it). q17 updates its rows too, as
+//! checkpointed. Their state grows with the bids, for ever, and a checkpoint writes all of it,
+//! so on a long run their checkpoints take seconds each and cost much of the throughput (see
+//! BENCHMARKS.md, "Checkpoints"); incremental checkpoints are not built. q17 updates its rows too, as
 //! upserts: each row replaces the previous one of its auction and day
 //! ([`runnel_operators::Windowed::aggregate_updating`], whose state is checkpointed).
 //!
@@ -64,25 +65,6 @@ pub const QUERIES: [usize; 23] = [
 /// Why the table queries run without checkpoints.
 const NO_CHECKPOINTS: &str = "its updating tables live in differential arrangements, which \
                               checkpoints do not cover yet";
-
-/// Why `nexmark-q20` runs without checkpoints.
-const Q20_NO_CHECKPOINTS: &str = "its state is every bid, kept for ever as in Flink's regular \
-                                  join, and a checkpoint writes all of it each time (10 s \
-                                  checkpoints ran out of 24 GB of memory at 60M events); \
-                                  incremental checkpoints are not built yet";
-
-/// Why `nexmark-q18` runs without checkpoints.
-const Q18_NO_CHECKPOINTS: &str = "its state is a row for every bidder and auction that met, \
-                                  kept for ever as in Flink, and a checkpoint writes all of it \
-                                  each time (as q20's, which ran out of 24 GB of memory with \
-                                  10 s checkpoints at 60M events); incremental checkpoints are \
-                                  not built yet";
-
-/// Why `nexmark-q19` runs without checkpoints.
-const Q19_NO_CHECKPOINTS: &str = "its state is the top ten bids of every auction, kept for ever \
-                                  as in Flink, and a checkpoint writes all of it each time (1 s \
-                                  and 3 s checkpoints ran out of 24 GB of memory at 40M events); \
-                                  incremental checkpoints are not built yet";
 
 /// Every Nexmark job.
 pub fn jobs() -> Vec<Job> {
@@ -151,20 +133,17 @@ pub fn jobs() -> Vec<Job> {
             18,
             "q18 last bid: each bidder's latest bid on each auction (updating)",
             q18,
-        )
-        .without_checkpoints(Q18_NO_CHECKPOINTS),
+        ),
         stream_job(
             19,
             "q19 auction top-k: the 10 highest bids of each auction (updating)",
             q19,
-        )
-        .without_checkpoints(Q19_NO_CHECKPOINTS),
+        ),
         stream_job(
             20,
             "q20 expand bid with auction: bids on category-10 auctions with the auction (join)",
             q20,
-        )
-        .without_checkpoints(Q20_NO_CHECKPOINTS),
+        ),
         stream_job(21, "q21 channel ids: bids from a known channel, with its id", |e| {
             Ok(q21(e))
         }),
@@ -1932,9 +1911,9 @@ const Q19_TOP: usize = 10;
 /// epoch leaves no trace). A change is stamped with the newest event time among the bids of
 /// the epoch that are in the new top ten. Nothing is late: every bid counts, whenever it
 /// comes. Like Flink's rank operator on an insert-only input (`AppendOnlyTopNFunction`), the
-/// state is the top ten of each auction, not every bid. The operator's state is checkpointed,
-/// but `nexmark-q19` runs with checkpoints off: its state grows with the auctions, for ever,
-/// and a checkpoint writes all of it (as q18's and q20's). One difference
+/// state is the top ten of each auction, not every bid. The operator's state is checkpointed;
+/// it grows with the auctions, for ever, and a checkpoint writes all of it (as q18's and
+/// q20's). One difference
 /// from Flink's: ties. Flink ranks the earlier arrival first among bids of equal price; here
 /// the earlier `date_time` ranks higher, then the smaller `(bidder, channel, url, extra)`, the
 /// same in every run. Two bids equal in every field take two places.
@@ -2180,9 +2159,8 @@ pub struct Q20 {
 /// later, and the join, like Flink's, does not assume that ids are unique), so the state grows
 /// with the bids, as Flink's does: 64 bytes a bid (its node and [`KeptBid`], whose channel and
 /// url are an index into the distinct pairs), plus whatever the bid's `extra` owns. The
-/// operator's state can be checkpointed, but a checkpoint writes all of it, so the job
-/// `nexmark-q20` runs without checkpoints (a long run's snapshots would outgrow memory; Flink
-/// keeps such state in RocksDB with incremental checkpoints).
+/// operator's state is checkpointed, and a checkpoint writes all of it (Flink keeps such state
+/// in RocksDB, whose incremental checkpoints write only what changed).
 pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
     let auctions = auctions(events)
         .filter(|a| a.category == 10)

@@ -460,3 +460,105 @@ fn a_stopped_updating_job_resumes_with_its_running_results() {
     }
     assert_eq!(last, want);
 }
+
+/// A store whose writes of a part fail from checkpoint `fail_from` on, as a full disk's would;
+/// everything else is the local folder's.
+#[derive(Debug)]
+struct FailingStore {
+    inner: LocalDirStore,
+    fail_from: u64,
+}
+
+impl CheckpointStore for FailingStore {
+    fn write_part(
+        &self,
+        id: u64,
+        part: &str,
+        bytes: &[u8],
+    ) -> runnel_engine::Result<runnel_engine::PartInfo> {
+        if id >= self.fail_from {
+            return Err(Error::Io {
+                path: format!("chk-{id}/part-{part}.bin").into(),
+                source: std::io::Error::other("no space left on the test's device"),
+            });
+        }
+        self.inner.write_part(id, part, bytes)
+    }
+    fn has_part(&self, id: u64, part: &str) -> bool {
+        self.inner.has_part(id, part)
+    }
+    fn commit(
+        &self,
+        id: u64,
+        epoch: u64,
+        parts: &[String],
+        meta: BTreeMap<String, String>,
+    ) -> runnel_engine::Result<runnel_engine::CheckpointInfo> {
+        self.inner.commit(id, epoch, parts, meta)
+    }
+    fn list(&self) -> runnel_engine::Result<Vec<runnel_engine::CheckpointInfo>> {
+        self.inner.list()
+    }
+    fn latest(&self) -> runnel_engine::Result<Option<runnel_engine::CheckpointInfo>> {
+        self.inner.latest()
+    }
+    fn newest_complete_id(&self) -> runnel_engine::Result<Option<u64>> {
+        self.inner.newest_complete_id()
+    }
+    fn get(&self, id: u64) -> runnel_engine::Result<runnel_engine::CheckpointInfo> {
+        self.inner.get(id)
+    }
+    fn read_part(&self, id: u64, part: &str) -> runnel_engine::Result<Vec<u8>> {
+        self.inner.read_part(id, part)
+    }
+    fn retain(&self, keep: usize) -> runnel_engine::Result<()> {
+        self.inner.retain(keep)
+    }
+    fn clear(&self) -> runnel_engine::Result<()> {
+        self.inner.clear()
+    }
+    fn scan(&self) -> runnel_engine::Result<Vec<runnel_engine::checkpoint::CheckpointEntry>> {
+        self.inner.scan()
+    }
+    fn next_id(&self) -> runnel_engine::Result<u64> {
+        self.inner.next_id()
+    }
+    fn discard(&self, id: u64) -> runnel_engine::Result<()> {
+        self.inner.discard(id)
+    }
+    fn discard_after(&self, id: Option<u64>) -> runnel_engine::Result<()> {
+        self.inner.discard_after(id)
+    }
+}
+
+#[test]
+fn a_checkpoint_part_that_cannot_be_written_fails_the_run_with_the_stores_error() {
+    // Parts are written off the workers' threads: the error must still end the run, naming
+    // the file, rather than leave checkpoints that never complete.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let store = Arc::new(FailingStore {
+        inner: LocalDirStore::new(dir.path().join("state"), "ckpt").unwrap(),
+        fail_from: 2,
+    });
+    let opts = RunOptions {
+        workers: 2,
+        epoch_interval: Duration::from_millis(10),
+        checkpoint: Some(CheckpointOptions {
+            store: store.clone(),
+            every: Duration::from_millis(50),
+            keep: 2,
+            restore: Restore::Fresh,
+        }),
+        ..Default::default()
+    };
+    let err = run(&job(&out, 100_000, false), opts).expect_err("the run fails");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no space left on the test's device") && msg.contains("part-w"),
+        "the run failed with: {msg}"
+    );
+    // The first checkpoint was written and committed; none after it.
+    let ids: Vec<u64> = store.list().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![1]);
+}
