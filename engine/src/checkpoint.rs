@@ -162,6 +162,20 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// or if checkpoint `id` is already complete.
     fn write_part(&self, id: u64, part: &str, bytes: &[u8]) -> Result<PartInfo>;
 
+    /// [`write_part`](Self::write_part) from what `write` writes into a writer, so that a large
+    /// part need not be held in memory whole before it goes to storage. The default collects
+    /// the bytes and calls `write_part`.
+    fn write_part_with(
+        &self,
+        id: u64,
+        part: &str,
+        write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<PartInfo> {
+        let mut bytes = Vec::new();
+        write(&mut bytes)?;
+        self.write_part(id, part, &bytes)
+    }
+
     /// Whether part `part` of checkpoint `id` has been written (used by a coordinator that polls).
     fn has_part(&self, id: u64, part: &str) -> bool;
 
@@ -341,24 +355,75 @@ fn create_dir_durable(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dir/name` atomically: temporary file, fsync, rename, fsync of `dir`.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(dir, name, &mut |w| {
+        w.write_all(bytes)
+            .map_err(|e| Error::io(dir.join(tmp_name(name)), e))
+    })
+    .map(|_| ())
+}
+
+/// [`write_atomic`] from what `write` writes, through a buffer; returns the size and CRC-32 of
+/// what was written.
+fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+) -> Result<(u64, u32)> {
     let tmp = dir.join(tmp_name(name));
     let fin = dir.join(name);
     let written = (|| {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        // Buffered before the checksum: small writes are gathered, and checksummed in bulk.
+        let mut out = io::BufWriter::with_capacity(
+            1 << 20,
+            Checksummed {
+                inner: f,
+                size: 0,
+                crc: crc32fast::Hasher::new(),
+            },
+        );
+        write(&mut out)?;
+        let Checksummed {
+            inner: f,
+            size,
+            crc,
+        } = out
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
-        fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))
+        fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+        Ok((size, crc.finalize()))
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    written?;
-    sync_dir(dir)
+    let info = written?;
+    sync_dir(dir)?;
+    Ok(info)
+}
+
+/// A writer that counts and checksums what goes through it.
+struct Checksummed<W> {
+    inner: W,
+    size: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The size and CRC-32 of a file, read in chunks.
@@ -444,6 +509,37 @@ pub struct LocalDirStore {
 }
 
 impl LocalDirStore {
+    /// The folder for part `part` of checkpoint `id`, created durably, if the part may be
+    /// written (a safe name, the checkpoint not complete).
+    fn part_dir(&self, id: u64, part: &str) -> Result<PathBuf> {
+        self.checked_part_path(id, part)?;
+        let manifest = self.manifest_path(id);
+        if manifest.exists() {
+            return Err(ck_err(
+                manifest,
+                format!(
+                    "checkpoint {id} is already complete; its part '{part}' cannot be rewritten"
+                ),
+            ));
+        }
+        let dir = self.checkpoint_dir(id);
+        create_dir_durable(&dir)?;
+        Ok(dir)
+    }
+
+    /// Notes a part this handle wrote, for the commit (which then need not read it back).
+    fn remember_part(&self, id: u64, part: &str, size: u64, crc32: u32) -> PartInfo {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the parts of checkpoints still in progress are remembered.
+        written.retain(|(other, _), _| *other + 16 > id);
+        written.insert((id, part.to_string()), (size, crc32));
+        PartInfo {
+            name: part.to_string(),
+            size,
+            crc32,
+        }
+    }
+
     /// The store of job `job` under `state_dir` ([`DEFAULT_STATE_DIR`] when the user gives none);
     /// creates `<state_dir>/<job>` if needed. Fails if `job` is not a safe folder name (see
     /// [`check_name`]) or the folder cannot be created.
@@ -717,29 +813,20 @@ impl CheckpointStore for LocalDirStore {
     }
 
     fn write_part(&self, id: u64, part: &str, bytes: &[u8]) -> Result<PartInfo> {
-        self.checked_part_path(id, part)?;
-        let manifest = self.manifest_path(id);
-        if manifest.exists() {
-            return Err(ck_err(
-                manifest,
-                format!(
-                    "checkpoint {id} is already complete; its part '{part}' cannot be rewritten"
-                ),
-            ));
-        }
-        let dir = self.checkpoint_dir(id);
-        create_dir_durable(&dir)?;
+        let dir = self.part_dir(id, part)?;
         write_atomic(&dir, &format!("part-{part}.bin"), bytes)?;
-        let info = PartInfo {
-            name: part.to_string(),
-            size: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
-        };
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the parts of checkpoints still in progress are remembered.
-        written.retain(|(other, _), _| *other + 16 > id);
-        written.insert((id, part.to_string()), (info.size, info.crc32));
-        Ok(info)
+        Ok(self.remember_part(id, part, bytes.len() as u64, crc32fast::hash(bytes)))
+    }
+
+    fn write_part_with(
+        &self,
+        id: u64,
+        part: &str,
+        write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<PartInfo> {
+        let dir = self.part_dir(id, part)?;
+        let (size, crc32) = write_atomic_with(&dir, &format!("part-{part}.bin"), write)?;
+        Ok(self.remember_part(id, part, size, crc32))
     }
 
     fn has_part(&self, id: u64, part: &str) -> bool {

@@ -139,8 +139,9 @@ pub(crate) struct Recovery {
 /// Encodes and writes a worker's checkpoint parts on a thread of its own, so that the worker
 /// goes on with its epochs while a large part is encoded, checksummed and written to disk (the
 /// asynchronous phase of a Flink snapshot). The worker still takes its operators' state itself,
-/// at the checkpoint's epoch. At most one part waits while another is written: a worker whose
-/// parts come faster than the disk takes them waits for it, and memory holds at most two.
+/// at the checkpoint's epoch. A part is handed over only once the one before it is written: a
+/// worker whose parts come faster than the disk takes them waits for it, and the writer holds
+/// one part (it encodes it into the file as it goes, without a copy of it whole).
 /// A failed write fails the run at the worker's next [`Recovery::poll`] or hand-in.
 struct PartWriter {
     store: Arc<dyn CheckpointStore>,
@@ -165,16 +166,17 @@ impl PartWriter {
     fn write(&mut self, id: u64, part: Part) -> Result<()> {
         self.check()?;
         if self.queue.is_none() {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Part)>(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Part)>(0);
             let (store, name, failed) =
                 (self.store.clone(), self.name.clone(), self.failed.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("runnel-checkpoint-{name}"))
                 .spawn(move || {
                     for (id, part) in rx {
-                        let written = encode(&part).and_then(|bytes| {
-                            drop(part);
-                            store.write_part(id, &name, &bytes)
+                        // Encoded straight into the file: the part is not copied whole.
+                        let written = store.write_part_with(id, &name, &mut |w| {
+                            bincode::serialize_into(w, &part)
+                                .map_err(|e| Error::Runtime(format!("cannot write state: {e}")))
                         });
                         if let Err(e) = written {
                             *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -233,6 +235,31 @@ fn now_ms() -> i64 {
 /// Serializes a state (bincode).
 pub fn encode<T: Serialize>(t: &T) -> Result<Vec<u8>> {
     bincode::serialize(t).map_err(|e| Error::Runtime(format!("cannot serialize state: {e}")))
+}
+
+/// Serializes a state (bincode, as [`encode`]) at the end of `out`, which first grows by
+/// exactly its size: a large state is written once, into one allocation.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, t: &T) -> Result<()> {
+    let err = |e: bincode::Error| Error::Runtime(format!("cannot serialize state: {e}"));
+    let size = bincode::serialized_size(t).map_err(err)?;
+    out.reserve(size as usize);
+    bincode::serialize_into(out, t).map_err(err)
+}
+
+/// What [`encode`] makes of `(head, bytes)` with `bytes` a byte string, where `body` writes the
+/// bytes at the end of the vector it is given: the body is written in place, not copied.
+pub(crate) fn encode_with_body<H: Serialize>(
+    head: &H,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+) -> Result<Vec<u8>> {
+    let mut out = encode(head)?;
+    // A byte string: its length as a little-endian u64 (bincode's default), then the bytes.
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]);
+    body(&mut out)?;
+    let len = (out.len() - at - 8) as u64;
+    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
 }
 
 /// Deserializes a state [`encode`] wrote.
@@ -572,7 +599,18 @@ mod tests {
         let state = encode(&(7u64, serde_bytes::Bytes::new(&bytes))).unwrap();
         assert_eq!(state, encode(&(7u64, bytes.clone())).unwrap());
         let (w, back): (u64, serde_bytes::ByteBuf) = decode(&state).unwrap();
-        assert_eq!((w, back.into_vec()), (7, bytes));
+        assert_eq!((w, back.into_vec()), (7, bytes.clone()));
+        // The same, with the operator's bytes written in place after the head.
+        let head = ("head", 7u64);
+        let in_place = encode_with_body(&head, |out| {
+            out.extend_from_slice(&bytes);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(in_place, encode(&(head, bytes.clone())).unwrap());
+        let mut into = b"before".to_vec();
+        encode_into(&mut into, &head).unwrap();
+        assert_eq!(into, [b"before".to_vec(), encode(&head).unwrap()].concat());
     }
 
     proptest! {

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::event::{Data, Event};
 use crate::flow::{Shared, TStream};
 use crate::metrics::{Counter, Metrics};
-use crate::recovery::{decode, encode, FINAL};
+use crate::recovery::{decode, encode_with_body, FINAL};
 use crate::time::Watermark;
 use crate::watermark::{TrackerState, WatermarkTracker, WmReport};
 
@@ -92,6 +92,13 @@ pub trait EpochLogic<I, O>: 'static {
     /// The whole state, for a checkpoint (see [`crate::recovery`]); [`crate::recovery::encode`]
     /// serializes any serde value.
     fn snapshot(&self) -> Result<Vec<u8>>;
+    /// [`EpochLogic::snapshot`] written at the end of `out`. The default copies the snapshot;
+    /// a logic with a large state writes it in place ([`crate::recovery::encode_into`]), so that
+    /// a checkpoint does not hold it twice.
+    fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&self.snapshot()?);
+        Ok(())
+    }
     /// Replaces the state with one [`EpochLogic::snapshot`] wrote (restoring a checkpoint).
     fn restore(&mut self, state: &[u8]) -> Result<()>;
     /// The state's type, checked when a checkpoint is restored: a logic whose snapshot another
@@ -200,11 +207,9 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             if due.is_empty() {
                 return Ok(());
             }
-            // The operator's bytes as one byte string: a copy, and the same format as a
-            // `Vec<u8>` (which bincode writes byte by byte).
-            let state = logic.snapshot()?;
-            let bytes = encode(&(tracker.state(), serde_bytes::Bytes::new(&state)))?;
-            drop(state);
+            // The watermark state, then the operator's bytes as a byte string written in place
+            // (what `encode(&(tracker.state(), Vec<u8>))` makes, without copying the bytes).
+            let bytes = encode_with_body(&tracker.state(), |out| logic.snapshot_into(out))?;
             let (&newest, older) = due.split_last().expect("not empty");
             for &id in older {
                 r.contribute(id, &name, &kind, bytes.clone())?;

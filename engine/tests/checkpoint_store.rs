@@ -281,6 +281,49 @@ fn round_trip_gives_back_exactly_what_was_written() {
 }
 
 #[test]
+fn a_part_written_piece_by_piece_is_the_same_as_one_written_whole() {
+    // `write_part_with` streams a part through a buffer and checksums it as it goes: the file,
+    // its size and CRC must be what the pieces make together, and the checkpoint reads back.
+    let tmp = Scratch::new("streamed");
+    let store = LocalDirStore::new(&tmp.0, "my-job").unwrap();
+    let whole = content(1, "big", (3 << 20) + 12_345);
+    // Pieces of uneven sizes, some larger than the buffer.
+    let cuts = [
+        0,
+        1,
+        7,
+        4096,
+        5000,
+        (1 << 20) + 3,
+        (2 << 20) + 9,
+        whole.len(),
+    ];
+    let info = store
+        .write_part_with(1, "big", &mut |w| {
+            for pair in cuts.windows(2) {
+                w.write_all(&whole[pair[0]..pair[1]])
+                    .map_err(|e| Error::Runtime(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(info, part_info("big", &whole));
+    store.write_part(1, "small", b"x").unwrap();
+    store
+        .commit(1, 1, &names(&["big", "small"]), meta(1))
+        .unwrap();
+    assert_eq!(store.read_part(1, "big").unwrap(), whole);
+    // A writer that fails leaves no part behind.
+    let failed = store.write_part_with(2, "big", &mut |w| {
+        w.write_all(&whole[..1000])
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        Err(Error::Runtime("the state could not be encoded".into()))
+    });
+    assert!(failed.is_err());
+    assert!(!store.has_part(2, "big"));
+}
+
+#[test]
 fn misuse_is_refused_with_the_path_in_the_error() {
     let tmp = Scratch::new("misuse");
     assert!(LocalDirStore::new(&tmp.0, "../escape").is_err());

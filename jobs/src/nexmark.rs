@@ -1861,6 +1861,10 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         runnel_engine::recovery::encode(self)
     }
 
+    fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        runnel_engine::recovery::encode_into(out, self)
+    }
+
     fn restore(&mut self, state: &[u8]) -> Result<()> {
         *self = runnel_engine::recovery::decode(state)?;
         Ok(())
@@ -2087,6 +2091,10 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
 
     fn snapshot(&self) -> Result<Vec<u8>> {
         runnel_engine::recovery::encode(self)
+    }
+
+    fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        runnel_engine::recovery::encode_into(out, self)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<()> {
@@ -2394,6 +2402,10 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
 
     fn snapshot(&self) -> Result<Vec<u8>> {
         runnel_engine::recovery::encode(self)
+    }
+
+    fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        runnel_engine::recovery::encode_into(out, self)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<()> {
