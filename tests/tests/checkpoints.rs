@@ -76,11 +76,16 @@ fn read_lines(path: &Path) -> Vec<(u64, i64, u64, u64)> {
 }
 
 fn options(store: &Arc<LocalDirStore>, restore: Restore) -> RunOptions {
+    options_on(store.clone(), restore)
+}
+
+/// [`options`] with any store.
+fn options_on(store: Arc<dyn CheckpointStore>, restore: Restore) -> RunOptions {
     RunOptions {
         workers: 2,
         epoch_interval: Duration::from_millis(10),
         checkpoint: Some(CheckpointOptions {
-            store: store.clone(),
+            store,
             every: Duration::from_millis(50),
             keep: 2,
             restore,
@@ -541,17 +546,7 @@ fn a_checkpoint_part_that_cannot_be_written_fails_the_run_with_the_stores_error(
         inner: LocalDirStore::new(dir.path().join("state"), "ckpt").unwrap(),
         fail_from: 2,
     });
-    let opts = RunOptions {
-        workers: 2,
-        epoch_interval: Duration::from_millis(10),
-        checkpoint: Some(CheckpointOptions {
-            store: store.clone(),
-            every: Duration::from_millis(50),
-            keep: 2,
-            restore: Restore::Fresh,
-        }),
-        ..Default::default()
-    };
+    let opts = options_on(store.clone(), Restore::Fresh);
     let err = run(&job(&out, 100_000, false), opts).expect_err("the run fails");
     let msg = err.to_string();
     assert!(
