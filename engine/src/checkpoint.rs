@@ -179,6 +179,10 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// Whether part `part` of checkpoint `id` has been written (used by a coordinator that polls).
     fn has_part(&self, id: u64, part: &str) -> bool;
 
+    /// The names of the parts of checkpoint `id` written so far (complete or not), in no
+    /// particular order; none if there is no such checkpoint.
+    fn part_names(&self, id: u64) -> Result<Vec<String>>;
+
     /// Makes checkpoint `id` complete: verifies each named part exists (and records its size and
     /// CRC-32: from what this handle wrote, or as read back from storage), and writes the manifest atomically (temp, fsync, rename,
     /// fsync dir). Only now does it count. Fails if a part is missing, a name repeats, or the
@@ -355,7 +359,7 @@ fn create_dir_durable(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dir/name` atomically: temporary file, fsync, rename, fsync of `dir`.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(dir, name, &mut |w| {
+    write_atomic_with(dir, name, false, &mut |w| {
         w.write_all(bytes)
             .map_err(|e| Error::io(dir.join(tmp_name(name)), e))
     })
@@ -363,20 +367,18 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// [`write_atomic`] from what `write` writes, through a buffer; returns the size and CRC-32 of
-/// what was written.
+/// what was written. `direct`: past the page cache where the system allows it (see
+/// [`PartFile`]), for large parts.
 fn write_atomic_with(
     dir: &Path,
     name: &str,
+    direct: bool,
     write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
 ) -> Result<(u64, u32)> {
     let tmp = dir.join(tmp_name(name));
     let fin = dir.join(name);
     let written = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
+        let f = PartFile::create(&tmp, direct).map_err(|e| Error::io(&tmp, e))?;
         // Buffered before the checksum: small writes are gathered, and checksummed in bulk.
         let mut out = io::BufWriter::with_capacity(
             1 << 20,
@@ -394,6 +396,7 @@ fn write_atomic_with(
         } = out
             .into_inner()
             .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        let f = f.finish().map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
         fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
@@ -405,6 +408,134 @@ fn write_atomic_with(
     let info = written?;
     sync_dir(dir)?;
     Ok(info)
+}
+
+/// The alignment of O_DIRECT writes: their memory, offsets and lengths.
+const DIRECT_BLOCK: usize = 4096;
+/// How much a direct [`PartFile`] gathers per write.
+const DIRECT_CHUNK: usize = 8 << 20;
+
+/// A new file for a checkpoint part. With `direct` on Linux it is written past the page cache
+/// (O_DIRECT), in aligned chunks: a large part then costs its writer thread the disk's time,
+/// not a copy of every byte into the kernel's cache. On this project's 2-core VM, 2 GB took 0.25
+/// CPU seconds that way against 4-6 s through the cache with `fsync`
+/// (`dd bs=8M oflag=direct` against `conv=fsync`), CPU the workers need. Where the file system
+/// refuses O_DIRECT (tmpfs, some network file systems) or a direct write fails, it writes
+/// through the cache instead.
+struct PartFile {
+    file: File,
+    path: PathBuf,
+    /// Direct mode: a buffer with an aligned chunk at `buf[start..start + DIRECT_CHUNK]`, and
+    /// how much of the chunk is filled.
+    direct: Option<(Vec<u8>, usize, usize)>,
+    /// Bytes in the file.
+    written: u64,
+}
+
+impl PartFile {
+    fn create(path: &Path, direct: bool) -> io::Result<Self> {
+        let plain = |path: &Path| {
+            // `create`, not `create_new`: a refused O_DIRECT open may have created the file.
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+        };
+        #[cfg(target_os = "linux")]
+        if direct {
+            use std::os::unix::fs::OpenOptionsExt;
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+            {
+                Ok(file) => {
+                    let buf = vec![0u8; DIRECT_CHUNK + DIRECT_BLOCK];
+                    let start =
+                        (DIRECT_BLOCK - buf.as_ptr() as usize % DIRECT_BLOCK) % DIRECT_BLOCK;
+                    return Ok(PartFile {
+                        file,
+                        path: path.to_path_buf(),
+                        direct: Some((buf, start, 0)),
+                        written: 0,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = direct;
+        Ok(PartFile {
+            file: plain(path)?,
+            path: path.to_path_buf(),
+            direct: None,
+            written: 0,
+        })
+    }
+
+    /// Writes the first `len` bytes of the direct chunk, padded with zeros to whole blocks.
+    fn write_chunk(&mut self, len: usize) -> io::Result<()> {
+        let (mut buf, start, _) = self.direct.take().expect("direct");
+        let padded = len.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+        buf[start + len..start + padded].fill(0);
+        if self.file.write_all(&buf[start..start + padded]).is_err() {
+            // The file system took the open but not the write: the rest goes through the cache
+            // (from the chunk's start, over whatever part of it was written).
+            let mut file = OpenOptions::new().write(true).open(&self.path)?;
+            file.seek(SeekFrom::Start(self.written))?;
+            file.write_all(&buf[start..start + len])?;
+            self.written += len as u64;
+            // A failed direct write may have left padding past the end.
+            file.set_len(self.written)?;
+            self.file = file;
+            return Ok(());
+        }
+        self.written += len as u64;
+        self.direct = Some((buf, start, 0));
+        Ok(())
+    }
+
+    /// Writes what is left, and returns the file to sync (cut to its size: a direct write
+    /// ends on a whole block).
+    fn finish(mut self) -> io::Result<File> {
+        if let Some((_, _, len)) = self.direct {
+            if len > 0 {
+                self.write_chunk(len)?;
+                if self.direct.is_some() {
+                    self.file.set_len(self.written)?;
+                }
+            }
+        }
+        Ok(self.file)
+    }
+}
+
+impl Write for PartFile {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Some((buf, start, len)) = &mut self.direct else {
+            let n = self.file.write(data)?;
+            self.written += n as u64;
+            return Ok(n);
+        };
+        let n = data.len().min(DIRECT_CHUNK - *len);
+        buf[*start + *len..*start + *len + n].copy_from_slice(&data[..n]);
+        *len += n;
+        if *len == DIRECT_CHUNK {
+            self.write_chunk(DIRECT_CHUNK)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // A direct chunk is written when full or at the end (writes must be whole blocks).
+        if self.direct.is_none() {
+            self.file.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// A writer that counts and checksums what goes through it.
@@ -825,12 +956,35 @@ impl CheckpointStore for LocalDirStore {
         write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
     ) -> Result<PartInfo> {
         let dir = self.part_dir(id, part)?;
-        let (size, crc32) = write_atomic_with(&dir, &format!("part-{part}.bin"), write)?;
+        let (size, crc32) = write_atomic_with(&dir, &format!("part-{part}.bin"), true, write)?;
         Ok(self.remember_part(id, part, size, crc32))
     }
 
     fn has_part(&self, id: u64, part: &str) -> bool {
         check_name(part).is_ok() && self.part_path(id, part).is_file()
+    }
+
+    fn part_names(&self, id: u64) -> Result<Vec<String>> {
+        let dir = self.checkpoint_dir(id);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            // Temporary files start with '.', so they do not match.
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|f| f.strip_prefix("part-"))
+                .and_then(|f| f.strip_suffix(".bin"))
+            {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
     }
 
     fn commit(
@@ -1368,6 +1522,73 @@ impl DurableLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parts written in pieces through `write_part_with` (on Linux past the page cache, in
+    /// aligned chunks with the last one padded and cut) read back as the bytes given, with
+    /// the size and CRC-32 computed here, whatever their size against the block and chunk
+    /// sizes; in a folder on the disk and, where there is one, on tmpfs (which may refuse
+    /// O_DIRECT: then the page cache is used). Also lists the parts written.
+    #[test]
+    fn parts_of_any_size_read_back_whole_on_disk_and_on_tmpfs() {
+        let mut roots = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            roots.push(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+        let sizes = [
+            0,
+            1,
+            DIRECT_BLOCK - 1,
+            DIRECT_BLOCK,
+            DIRECT_BLOCK + 1,
+            DIRECT_CHUNK - 1,
+            DIRECT_CHUNK,
+            DIRECT_CHUNK + 5_000,
+            3 * DIRECT_CHUNK + 17,
+        ];
+        for root in &roots {
+            let store = LocalDirStore::new(root.path(), "job").unwrap();
+            let mut names = Vec::new();
+            for (i, &size) in sizes.iter().enumerate() {
+                let bytes: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
+                let name = format!("p{i}");
+                // Pieces of uneven sizes, some larger than the writer's buffers.
+                let info = store
+                    .write_part_with(1, &name, &mut |w| {
+                        let mut rest = &bytes[..];
+                        let mut piece = 1;
+                        while !rest.is_empty() {
+                            let n = piece.min(rest.len());
+                            w.write_all(&rest[..n]).map_err(|e| Error::io("test", e))?;
+                            rest = &rest[n..];
+                            piece = piece * 7 + 3;
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(
+                    (info.size, info.crc32),
+                    (size as u64, crc32fast::hash(&bytes))
+                );
+                names.push(name);
+            }
+            let mut listed = store.part_names(1).unwrap();
+            listed.sort();
+            let mut want = names.clone();
+            want.sort();
+            assert_eq!(listed, want);
+            assert!(store.part_names(2).unwrap().is_empty());
+            store.commit(1, 1, &names, BTreeMap::new()).unwrap();
+            for (i, &size) in sizes.iter().enumerate() {
+                let bytes: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
+                let read = store.read_part(1, &format!("p{i}")).unwrap();
+                assert!(
+                    read == bytes,
+                    "part p{i} of {size} bytes in {:?}",
+                    root.path()
+                );
+            }
+        }
+    }
 
     #[test]
     fn names_that_are_not_safe_file_names_are_refused() {

@@ -66,7 +66,17 @@ pub struct CheckpointOptions {
     pub keep: usize,
     /// Which one to start from.
     pub restore: Restore,
+    /// A stateful operator whose last state took more than this many bytes writes its next
+    /// states into parts of their own, straight from its state to the store (see
+    /// [`STREAM_STATE_ABOVE`]); smaller states travel in the worker's part.
+    pub stream_above: usize,
 }
+
+/// The default [`CheckpointOptions::stream_above`]: 16 MiB. A state written into a part of its
+/// own costs a file and an fsync of its own, so small states are not; a large one would
+/// otherwise be encoded into memory first, a second copy of the state, which on a VM that
+/// provides memory on first touch cost more than writing it (4 s per GB).
+pub const STREAM_STATE_ABOVE: usize = 16 << 20;
 
 impl CheckpointOptions {
     /// Checkpoints in `store` every `every`, keeping 3, resuming from the latest.
@@ -76,6 +86,7 @@ impl CheckpointOptions {
             every,
             keep: 3,
             restore: Restore::Latest,
+            stream_above: STREAM_STATE_ABOVE,
         }
     }
 }
@@ -88,6 +99,19 @@ pub const FIRST_CHECKPOINT: u64 = 1;
 /// The id of the checkpoint a job takes when its input has ended (every source finished):
 /// after it, only the sinks' last writes remain, so a crash while they happen resumes there.
 pub const FINAL: u64 = u64::MAX / 2;
+
+/// The key, in a worker's part, of the entry that names the parts of their own that operators
+/// wrote their state into ([`Recovery::contribute_streamed`]): a map from operator name to part
+/// name. It starts with a NUL character, which no operator name is expected to hold.
+const STREAMED: &str = "\u{0}streamed";
+
+/// A stateful operator's state restored from a checkpoint.
+pub(crate) enum Stored {
+    /// In the worker's part: `encode(&(TrackerState, bytes))`.
+    Inline(Vec<u8>),
+    /// In a part of its own: the watermark state's bincode, then the operator's bytes to the end.
+    Streamed(Vec<u8>),
+}
 
 /// One operator's state in a worker's part.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -114,6 +138,12 @@ pub(crate) struct Recovery {
     participants: usize,
     /// Checkpoints being assembled on this worker.
     pending: BTreeMap<u64, Part>,
+    /// For each of them, the operators whose state went into a part of its own, and that part.
+    streamed: BTreeMap<u64, BTreeMap<String, String>>,
+    /// Stateful operators registered (each numbers the parts of its own by its index).
+    stateful: usize,
+    /// See [`CheckpointOptions::stream_above`].
+    stream_above: usize,
     /// The last state of participants that have ended (a source whose partitions are all
     /// read), with the epoch it ended in: their entry in every checkpoint from that epoch on,
     /// so that the worker's parts go on being written while other workers run.
@@ -246,6 +276,13 @@ pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, t: &T) -> Result<()> {
     bincode::serialize_into(out, t).map_err(err)
 }
 
+/// Serializes a state (bincode, as [`encode`]) into a writer, as it goes: for
+/// [`crate::EpochLogic::snapshot_to`].
+pub fn encode_to<T: Serialize>(out: &mut dyn std::io::Write, t: &T) -> Result<()> {
+    bincode::serialize_into(out, t)
+        .map_err(|e| Error::Runtime(format!("cannot serialize state: {e}")))
+}
+
 /// What [`encode`] makes of `(head, bytes)` with `bytes` a byte string, where `body` writes the
 /// bytes at the end of the vector it is given: the body is written in place, not copied.
 pub(crate) fn encode_with_body<H: Serialize>(
@@ -298,6 +335,9 @@ impl Recovery {
             workers,
             participants: 0,
             pending: BTreeMap::new(),
+            streamed: BTreeMap::new(),
+            stateful: 0,
+            stream_above: options.stream_above,
             ended: BTreeMap::new(),
             awaiting: BTreeSet::new(),
             committed: restored.as_ref().map_or(0, |(id, _)| *id),
@@ -337,6 +377,19 @@ impl Recovery {
     /// Registers a participant (at build time).
     pub(crate) fn register(&mut self) {
         self.participants += 1;
+    }
+
+    /// Registers a stateful operator (at build time): its index among them on this worker,
+    /// which names the parts it writes its state into.
+    pub(crate) fn register_stateful(&mut self) -> usize {
+        self.participants += 1;
+        self.stateful += 1;
+        self.stateful - 1
+    }
+
+    /// Whether a state whose last snapshot took `last` bytes is written into a part of its own.
+    pub(crate) fn streams(&self, last: usize) -> bool {
+        last > self.stream_above
     }
 
     /// The epoch the run resumes after (0 for a fresh run).
@@ -391,11 +444,30 @@ impl Recovery {
         }
     }
 
+    /// The state stateful operator `name` had in the restored checkpoint, if any, checked
+    /// against `kind`: in the worker's part, or read from the part of its own it was written to.
+    pub(crate) fn restored_stateful(&mut self, name: &str, kind: &str) -> Result<Option<Stored>> {
+        let Some(bytes) = self.restored_state(name, kind)? else {
+            return Ok(None);
+        };
+        let Some((id, part)) = &self.restored else {
+            return Ok(None);
+        };
+        let own = match part.get(STREAMED) {
+            Some(e) => decode::<BTreeMap<String, String>>(&e.bytes)?.remove(name),
+            None => None,
+        };
+        match own {
+            None => Ok(Some(Stored::Inline(bytes))),
+            Some(own) => Ok(Some(Stored::Streamed(self.store.read_part(*id, &own)?))),
+        }
+    }
+
     /// Warns about restored state no operator claimed (called once the flow is built).
     pub(crate) fn report_unclaimed(&self) {
         if let Some((id, part)) = &self.restored {
             for name in part.keys() {
-                if !self.claimed.contains(name) {
+                if name != STREAMED && !self.claimed.contains(name) {
                     tracing::warn!(
                         "checkpoint {id} has state for operator '{name}', which the job no \
                          longer has; it is ignored"
@@ -429,6 +501,42 @@ impl Recovery {
             },
         );
         self.try_complete(id)
+    }
+
+    /// Stateful operator `name`, the `index`th registered ([`Recovery::register_stateful`]),
+    /// hands in its state for checkpoint `id` by writing it, with `write`, into a part of its
+    /// own, straight to the store: the watermark state's bincode, then the operator's bytes to
+    /// the end (what [`Stored::Streamed`] holds on restore). The part is durable when this
+    /// returns (the worker waits for the disk: no copy of the state is made); the worker's own
+    /// part names it. Returns the bytes written.
+    pub(crate) fn contribute_streamed(
+        &mut self,
+        id: u64,
+        name: &str,
+        kind: &str,
+        index: usize,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> Result<()>,
+    ) -> Result<u64> {
+        if id <= self.resumed_epoch() {
+            return Ok(0);
+        }
+        self.started
+            .entry(id)
+            .or_insert_with(std::time::Instant::now);
+        let own = format!("w{}-s{index}", self.worker);
+        let t = std::time::Instant::now();
+        let info = self.store.write_part_with(id, &own, write)?;
+        tracing::debug!(
+            "checkpoint {id}: {name} wrote {} bytes into part {own} in {} ms",
+            info.size,
+            t.elapsed().as_millis()
+        );
+        self.streamed
+            .entry(id)
+            .or_default()
+            .insert(name.to_string(), own);
+        self.contribute(id, name, kind, Vec::new())?;
+        Ok(info.size)
     }
 
     /// Participant `name` has ended at `epoch` with this last state: it stands as its entry
@@ -473,8 +581,18 @@ impl Recovery {
                 part.insert(name.clone(), entry.clone());
             }
         }
+        if let Some(streamed) = self.streamed.remove(&id) {
+            part.insert(
+                STREAMED.to_string(),
+                Entry {
+                    kind: "runnel.streamed-parts".to_string(),
+                    bytes: encode(&streamed)?,
+                },
+            );
+        }
         // Older checkpoints this worker could not finish will never be: drop them.
         self.pending.retain(|&k, _| k > id);
+        self.streamed.retain(|&k, _| k > id);
         self.writer.write(id, part)?;
         if self.worker == 0 {
             self.awaiting.insert(id);
@@ -498,6 +616,13 @@ impl Recovery {
         let Some(&newest) = ready.last() else {
             return Ok(());
         };
+        // The parts operators wrote their state into, which every worker wrote before its own.
+        let mut parts = parts;
+        for p in self.store.part_names(newest)? {
+            if !parts.contains(&p) {
+                parts.push(p);
+            }
+        }
         let mut meta = BTreeMap::new();
         meta.insert("job".to_string(), self.job.clone());
         meta.insert("workers".to_string(), self.workers.to_string());

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::event::{Data, Event};
 use crate::flow::{Shared, TStream};
 use crate::metrics::{Counter, Metrics};
-use crate::recovery::{decode, encode_with_body, FINAL};
+use crate::recovery::{decode, encode_with_body, Stored, FINAL};
 use crate::time::Watermark;
 use crate::watermark::{TrackerState, WatermarkTracker, WmReport};
 
@@ -99,6 +99,14 @@ pub trait EpochLogic<I, O>: 'static {
         out.extend_from_slice(&self.snapshot()?);
         Ok(())
     }
+    /// [`EpochLogic::snapshot`] written into `out`, for a state large enough to go into a part
+    /// of its own (see [`crate::CheckpointOptions::stream_above`]). The default writes the
+    /// snapshot; a logic with a large state encodes it straight into `out`
+    /// (`bincode::serialize_into`), with no copy of it in memory.
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        out.write_all(&self.snapshot()?)
+            .map_err(|e| crate::Error::Runtime(format!("cannot write state: {e}")))
+    }
     /// Replaces the state with one [`EpochLogic::snapshot`] wrote (restoring a checkpoint).
     fn restore(&mut self, state: &[u8]) -> Result<()>;
     /// The state's type, checked when a checkpoint is restored: a logic whose snapshot another
@@ -152,18 +160,32 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
     // Checkpoints: this operator's state as of the end of each checkpoint epoch.
     let mut last_checkpoint = 0;
     let mut restore_error = None;
+    // This operator's index among the worker's stateful ones, and its last state's size.
+    let mut index = 0;
+    let mut last_size = 0;
     if let Some(r) = &shared.recovery {
         let mut r = r.borrow_mut();
-        r.register();
+        index = r.register_stateful();
         last_checkpoint = r.resumed_epoch();
-        let restored = r.restored_state(name, &kind).and_then(|state| match state {
-            None => Ok(()),
-            Some(bytes) => {
-                let (t, l): (TrackerState, serde_bytes::ByteBuf) = decode(&bytes)?;
-                tracker.restore(t);
-                logic.restore(&l)
-            }
-        });
+        let restored = r
+            .restored_stateful(name, &kind)
+            .and_then(|state| match state {
+                None => Ok(()),
+                Some(Stored::Inline(bytes)) => {
+                    last_size = bytes.len();
+                    let (t, l): (TrackerState, serde_bytes::ByteBuf) = decode(&bytes)?;
+                    tracker.restore(t);
+                    logic.restore(&l)
+                }
+                Some(Stored::Streamed(bytes)) => {
+                    last_size = bytes.len();
+                    let mut rest: &[u8] = &bytes;
+                    let t: TrackerState = bincode::deserialize_from(&mut rest)
+                        .map_err(|e| crate::Error::Runtime(format!("cannot read state: {e}")))?;
+                    tracker.restore(t);
+                    logic.restore(rest)
+                }
+            });
         if let Err(e) = restored {
             restore_error = Some(e);
         }
@@ -188,6 +210,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         // be exactly that after epoch `through`.
         let checkpoint = move |through: u64,
                                last: &mut u64,
+                               last_size: &mut usize,
                                logic: &L,
                                tracker: &WatermarkTracker|
               -> Result<()> {
@@ -207,9 +230,26 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             if due.is_empty() {
                 return Ok(());
             }
+            if r.streams(*last_size) {
+                // A large state: written from the state itself into a part of its own, once
+                // per checkpoint due (more than one only when the interval is a few epochs).
+                let state = tracker.state();
+                for &id in &due {
+                    let size = r.contribute_streamed(id, &name, &kind, index, &mut |out| {
+                        bincode::serialize_into(&mut *out, &state).map_err(|e| {
+                            crate::Error::Runtime(format!("cannot write state: {e}"))
+                        })?;
+                        logic.snapshot_to(out)
+                    })?;
+                    *last_size = size as usize;
+                }
+                *last = *due.last().expect("not empty");
+                return Ok(());
+            }
             // The watermark state, then the operator's bytes as a byte string written in place
             // (what `encode(&(tracker.state(), Vec<u8>))` makes, without copying the bytes).
             let bytes = encode_with_body(&tracker.state(), |out| logic.snapshot_into(out))?;
+            *last_size = bytes.len();
             let (&newest, older) = due.split_last().expect("not empty");
             for &id in older {
                 r.contribute(id, &name, &kind, bytes.clone())?;
@@ -273,7 +313,13 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                 // `e` are applied on arrival only once the frontier reached `e`, after the
                 // checkpoints below it were taken at the end of an earlier activation).
                 if e > 0 {
-                    if let Err(err) = checkpoint(e - 1, &mut last_checkpoint, &logic, &tracker) {
+                    if let Err(err) = checkpoint(
+                        e - 1,
+                        &mut last_checkpoint,
+                        &mut last_size,
+                        &logic,
+                        &tracker,
+                    ) {
                         control.fail(err);
                     }
                 }
@@ -302,7 +348,13 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                 f.saturating_sub(1)
             };
             if f > 0 {
-                if let Err(err) = checkpoint(through, &mut last_checkpoint, &logic, &tracker) {
+                if let Err(err) = checkpoint(
+                    through,
+                    &mut last_checkpoint,
+                    &mut last_size,
+                    &logic,
+                    &tracker,
+                ) {
                     control.fail(err);
                 }
             }

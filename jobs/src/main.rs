@@ -404,6 +404,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
             every: args.checkpoint_every,
             keep: 3,
             restore: Restore::Fresh,
+            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
         })
     };
     let opts = RunOptions {

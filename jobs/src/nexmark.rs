@@ -1865,6 +1865,10 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         runnel_engine::recovery::encode_into(out, self)
     }
 
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        runnel_engine::recovery::encode_to(out, self)
+    }
+
     fn restore(&mut self, state: &[u8]) -> Result<()> {
         *self = runnel_engine::recovery::decode(state)?;
         Ok(())
@@ -2095,6 +2099,10 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
 
     fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<()> {
         runnel_engine::recovery::encode_into(out, self)
+    }
+
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        runnel_engine::recovery::encode_to(out, self)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<()> {
@@ -2406,6 +2414,10 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
 
     fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<()> {
         runnel_engine::recovery::encode_into(out, self)
+    }
+
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        runnel_engine::recovery::encode_to(out, self)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<()> {

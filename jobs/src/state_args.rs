@@ -58,6 +58,7 @@ impl StateArgs {
                 (false, Some(id)) => Restore::Id(id),
                 (false, None) => Restore::Latest,
             },
+            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
         }))
     }
 }

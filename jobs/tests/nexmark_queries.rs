@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
+use runnel_engine::recovery::STREAM_STATE_ABOVE;
 use runnel_engine::testing::Collector;
 use runnel_engine::{run, Change, Data, Job, JobConfig, RunOptions, SourceOptions, Stream, Table};
 use runnel_jobs::nexmark::{
@@ -444,9 +445,12 @@ fn q9_pairs_each_auction_with_its_winning_bid() {
 
 /// Runs `query` with checkpoints on the generator, paced so that the run is stopped (after
 /// its second checkpoint) midway, resumes it from the latest checkpoint, and returns its
-/// changelog file applied (both runs' lines, each once).
+/// changelog file applied (both runs' lines, each once). `stream_above`: see
+/// [`runnel_engine::CheckpointOptions::stream_above`]; at 0 every state after the first
+/// checkpoint's goes into parts of its own, and the resumed run reads them back.
 fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
     query: for<'s> fn(&Stream<'s, Event>) -> runnel_engine::Result<Stream<'s, Change<O>>>,
+    stream_above: usize,
 ) -> Vec<O> {
     use runnel_connectors::FileSink;
     use runnel_engine::checkpoint::{CheckpointStore, LocalDirStore};
@@ -475,6 +479,7 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
             every: Duration::from_millis(50),
             keep: 2,
             restore: Restore::Latest,
+            stream_above,
         }),
         ..RunOptions::workers(2)
     };
@@ -491,7 +496,20 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
     });
     run(&job, first).expect("the first run");
     watcher.join().unwrap();
-    assert!(store.latest().unwrap().expect("a checkpoint").epoch > 0);
+    let latest = store.latest().unwrap().expect("a checkpoint");
+    assert!(latest.epoch > 0);
+    // Each worker's stateful operators wrote their state into parts of their own, or none did.
+    let own = latest
+        .parts
+        .iter()
+        .filter(|p| p.name.contains("-s"))
+        .count();
+    let expected = if stream_above == 0 {
+        own >= 2
+    } else {
+        own == 0
+    };
+    assert!(expected, "{own} parts of their own: {latest:?}");
 
     let summary = run(&job, options()).expect("the resumed run");
     assert!(
@@ -512,25 +530,33 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
 /// answer, each change once (fails when q9's restore drops its state).
 #[test]
 fn q9_resumes_from_a_checkpoint_with_each_change_once() {
-    assert_eq!(stop_and_resume(nexmark::q9), q9_reference(&all_events()));
+    assert_eq!(
+        stop_and_resume(nexmark::q9, STREAM_STATE_ABOVE),
+        q9_reference(&all_events())
+    );
 }
 
 /// q18's rows are checkpointed: stopped and resumed, its changelog applies to the brute-force
-/// answer, each change once (fails when q18's restore drops its state).
+/// answer, each change once (fails when q18's restore drops its state). Its state goes into
+/// parts of its own (streamed), as a large state does.
 #[test]
 fn q18_resumes_from_a_checkpoint_with_each_change_once() {
-    assert_eq!(stop_and_resume(nexmark::q18), q18_reference());
+    assert_eq!(stop_and_resume(nexmark::q18, 0), q18_reference());
 }
 
 /// q4's state (q9's and the running averages) is checkpointed, as q9's.
 #[test]
 fn q4_resumes_from_a_checkpoint_with_each_change_once() {
-    assert_eq!(stop_and_resume(nexmark::q4), q4_reference());
+    assert_eq!(
+        stop_and_resume(nexmark::q4, STREAM_STATE_ABOVE),
+        q4_reference()
+    );
 }
 
+/// q20's state, streamed into parts of its own, as q18's.
 #[test]
 fn q20_resumes_from_a_checkpoint_with_each_row_once() {
-    assert_eq!(stop_and_resume(nexmark::q20), q20_reference());
+    assert_eq!(stop_and_resume(nexmark::q20, 0), q20_reference());
 }
 
 fn auction(id: u64, opened: i64, expires: i64) -> Event {
@@ -1297,7 +1323,7 @@ fn q19_keeps_the_ten_highest_bids_per_auction() {
 /// brute-force answer, each change once (fails when q19's restore drops its state).
 #[test]
 fn q19_resumes_from_a_checkpoint_with_each_change_once() {
-    assert_eq!(stop_and_resume(nexmark::q19), q19_reference());
+    assert_eq!(stop_and_resume(nexmark::q19, 0), q19_reference());
 }
 
 /// q20 by brute force: each bid with the category-10 auction of its id.

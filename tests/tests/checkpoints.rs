@@ -89,6 +89,7 @@ fn options_on(store: Arc<dyn CheckpointStore>, restore: Restore) -> RunOptions {
             every: Duration::from_millis(50),
             keep: 2,
             restore,
+            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
         }),
         ..Default::default()
     }
@@ -491,6 +492,9 @@ impl CheckpointStore for FailingStore {
     }
     fn has_part(&self, id: u64, part: &str) -> bool {
         self.inner.has_part(id, part)
+    }
+    fn part_names(&self, id: u64) -> runnel_engine::Result<Vec<String>> {
+        self.inner.part_names(id)
     }
     fn commit(
         &self,

@@ -110,6 +110,7 @@ fn options(store: &Arc<LocalDirStore>) -> RunOptions {
             every: Duration::from_secs(30),
             keep: 2,
             restore: Restore::Latest,
+            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
         }),
         ..Default::default()
     }
