@@ -176,6 +176,25 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         self.write_part(id, part, &bytes)
     }
 
+    /// Whether this store can [`link_part`](Self::link_part). The default: no.
+    fn links_parts(&self) -> bool {
+        false
+    }
+
+    /// Makes `part`, a part written into checkpoint `from` (complete or not) and still there,
+    /// a part of checkpoint `to` as well, under the same name, without writing its bytes again
+    /// (an incremental checkpoint keeps the parts it builds on this way); the returned info is
+    /// the one to commit. Each checkpoint then holds its parts whatever happens to the other's:
+    /// deleting one leaves the other whole. Fails if the part is not in `from` with `part`'s
+    /// size, or if `to` is complete. The default fails: see [`links_parts`](Self::links_parts).
+    fn link_part(&self, from: u64, to: u64, part: &PartInfo) -> Result<PartInfo> {
+        let _ = (from, to);
+        Err(Error::Runtime(format!(
+            "this checkpoint store cannot link part '{}' into another checkpoint",
+            part.name
+        )))
+    }
+
     /// Whether part `part` of checkpoint `id` has been written (used by a coordinator that polls).
     fn has_part(&self, id: u64, part: &str) -> bool;
 
@@ -960,6 +979,47 @@ impl CheckpointStore for LocalDirStore {
         Ok(self.remember_part(id, part, size, crc32))
     }
 
+    fn links_parts(&self) -> bool {
+        true
+    }
+
+    fn link_part(&self, from: u64, to: u64, part: &PartInfo) -> Result<PartInfo> {
+        let name = &part.name;
+        let src = self.checked_part_path(from, name)?;
+        let size = fs::metadata(&src).map_err(|e| Error::io(&src, e))?.len();
+        if size != part.size {
+            return Err(ck_err(
+                &src,
+                format!(
+                    "part '{name}' of checkpoint {from} is {size} bytes, not the {} to link",
+                    part.size
+                ),
+            ));
+        }
+        let dir = self.part_dir(to, name)?;
+        let file = format!("part-{name}.bin");
+        let tmp = dir.join(tmp_name(&file));
+        // A hard link, renamed into place (replacing a part of the same name, as a rewrite
+        // does); a copy where the file system has no hard links.
+        if fs::hard_link(&src, &tmp).is_err() {
+            let copied = (|| {
+                fs::copy(&src, &tmp)?;
+                File::open(&tmp)?.sync_all()
+            })();
+            if let Err(e) = copied {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(&tmp, e));
+            }
+        }
+        let fin = dir.join(&file);
+        if let Err(e) = fs::rename(&tmp, &fin) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&fin, e));
+        }
+        sync_dir(&dir)?;
+        Ok(self.remember_part(to, name, part.size, part.crc32))
+    }
+
     fn has_part(&self, id: u64, part: &str) -> bool {
         check_name(part).is_ok() && self.part_path(id, part).is_file()
     }
@@ -1522,6 +1582,50 @@ impl DurableLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part linked into a later checkpoint reads back from it after the checkpoint it was
+    /// written into is deleted (retained away), and a later one links it on from there; a
+    /// part linked with the wrong size, or into a complete checkpoint, is refused.
+    #[test]
+    fn a_linked_part_outlives_the_checkpoint_it_was_written_into() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(root.path(), "job").unwrap();
+        assert!(store.links_parts());
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let base = store.write_part(1, "base", &bytes).unwrap();
+        store.write_part(1, "w0", b"one").unwrap();
+        store
+            .commit(1, 1, &["base".into(), "w0".into()], BTreeMap::new())
+            .unwrap();
+        let linked = store.link_part(1, 2, &base).unwrap();
+        assert_eq!(linked, base);
+        store.write_part(2, "w0", b"two").unwrap();
+        store
+            .commit(2, 2, &["base".into(), "w0".into()], BTreeMap::new())
+            .unwrap();
+        // Checkpoint 2 complete, keep 1: checkpoint 1 goes.
+        store.retain(1).unwrap();
+        assert!(!store.checkpoint_dir(1).exists());
+        assert_eq!(store.read_part(2, "base").unwrap(), bytes);
+        // Linked on into 3, which is committed with it; 2 deleted in turn.
+        store.link_part(2, 3, &base).unwrap();
+        store.write_part(3, "w0", b"three").unwrap();
+        let info = store
+            .commit(3, 3, &["base".into(), "w0".into()], BTreeMap::new())
+            .unwrap();
+        assert_eq!(info.part("base"), Some(&base));
+        store.retain(1).unwrap();
+        assert!(!store.checkpoint_dir(2).exists());
+        assert_eq!(store.get(3).unwrap().part("base"), Some(&base));
+        assert_eq!(store.read_part(3, "base").unwrap(), bytes);
+        // Refused: a size that is not the file's; a complete target.
+        let wrong = PartInfo {
+            size: base.size + 1,
+            ..base.clone()
+        };
+        assert!(store.link_part(3, 4, &wrong).is_err());
+        assert!(store.link_part(3, 3, &base).is_err());
+    }
 
     /// Parts written in pieces through `write_part_with` (on Linux past the page cache, in
     /// aligned chunks with the last one padded and cut) read back as the bytes given, with

@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointInfo, CheckpointStore};
+use crate::checkpoint::{CheckpointInfo, CheckpointStore, PartInfo};
 use crate::error::{Error, Result};
 use crate::metrics::{Counter, Metrics};
 
@@ -70,7 +70,18 @@ pub struct CheckpointOptions {
     /// states into parts of their own, straight from its state to the store (see
     /// [`STREAM_STATE_ABOVE`]); smaller states travel in the worker's part.
     pub stream_above: usize,
+    /// Incremental checkpoints (on by default): a state written into parts of its own whose
+    /// logic tracks its changes ([`crate::EpochLogic::tracks_changes`]) is written whole once,
+    /// then as what changed since the checkpoint before, in a chain of parts that each later
+    /// checkpoint links to ([`CheckpointStore::link_part`]), until the changes add up to twice
+    /// the whole state's size or [`MAX_CHAIN`] parts; then whole again. Off: every checkpoint
+    /// writes every state whole. Needs a store that links parts.
+    pub incremental: bool,
 }
+
+/// The most parts a chain of an incremental state holds (the whole state and its changes)
+/// before the state is written whole again.
+pub const MAX_CHAIN: usize = 32;
 
 /// The default [`CheckpointOptions::stream_above`]: 16 MiB. A state written into a part of its
 /// own costs a file and an fsync of its own, so small states are not; a large one would
@@ -87,6 +98,7 @@ impl CheckpointOptions {
             keep: 3,
             restore: Restore::Latest,
             stream_above: STREAM_STATE_ABOVE,
+            incremental: true,
         }
     }
 }
@@ -101,16 +113,57 @@ pub const FIRST_CHECKPOINT: u64 = 1;
 pub const FINAL: u64 = u64::MAX / 2;
 
 /// The key, in a worker's part, of the entry that names the parts of their own that operators
-/// wrote their state into ([`Recovery::contribute_streamed`]): a map from operator name to part
-/// name. It starts with a NUL character, which no operator name is expected to hold.
+/// wrote their state into ([`Recovery::contribute_streamed`]): a map from operator name to
+/// its [`Chain`]'s parts. It starts with a NUL character, which no operator name is expected to
+/// hold.
 const STREAMED: &str = "\u{0}streamed";
+
+/// A stateful operator's state in parts of its own: the whole state as of one checkpoint,
+/// then, for each later checkpoint, what changed since the one before. Every part is linked
+/// into each checkpoint after the one it was written in, so a checkpoint's folder holds the
+/// whole chain it needs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Chain {
+    /// The checkpoint whose folder holds the parts (the last one they went into).
+    at: u64,
+    /// The whole state's part, then the changes' parts, oldest first.
+    parts: Vec<PartInfo>,
+}
+
+impl Chain {
+    /// The bytes of the chain's parts: about the state's size (more, when changes overlap).
+    pub(crate) fn size(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
+    }
+
+    /// Whether the next state may go in as changes: the chain has a whole state, fewer than
+    /// [`MAX_CHAIN`] parts, and changes that add up to less than twice it (so a restore reads
+    /// at most three times the state, and a state that grows is written whole each time it
+    /// has tripled).
+    pub(crate) fn takes_changes(&self) -> bool {
+        match self.parts.split_first() {
+            None => false,
+            Some((whole, changes)) => {
+                self.parts.len() < MAX_CHAIN
+                    && changes.iter().map(|p| p.size).sum::<u64>() < 2 * whole.size
+            }
+        }
+    }
+}
 
 /// A stateful operator's state restored from a checkpoint.
 pub(crate) enum Stored {
     /// In the worker's part: `encode(&(TrackerState, bytes))`.
     Inline(Vec<u8>),
-    /// In a part of its own: the watermark state's bincode, then the operator's bytes to the end.
-    Streamed(Vec<u8>),
+    /// In parts of their own: the first's bytes (the watermark state's bincode, then the
+    /// operator's whole state to the end); the names of the others, each the watermark
+    /// state's bincode then the operator's changes, to read in order
+    /// ([`Recovery::read_restored_part`]); and the chain to go on from.
+    Streamed {
+        first: Vec<u8>,
+        changes: Vec<String>,
+        chain: Chain,
+    },
 }
 
 /// One operator's state in a worker's part.
@@ -138,12 +191,14 @@ pub(crate) struct Recovery {
     participants: usize,
     /// Checkpoints being assembled on this worker.
     pending: BTreeMap<u64, Part>,
-    /// For each of them, the operators whose state went into a part of its own, and that part.
-    streamed: BTreeMap<u64, BTreeMap<String, String>>,
+    /// For each of them, the operators whose state went into parts of their own, and those.
+    streamed: BTreeMap<u64, BTreeMap<String, Vec<PartInfo>>>,
     /// Stateful operators registered (each numbers the parts of its own by its index).
     stateful: usize,
     /// See [`CheckpointOptions::stream_above`].
     stream_above: usize,
+    /// See [`CheckpointOptions::incremental`] (and whether the store links parts).
+    incremental: bool,
     /// The last state of participants that have ended (a source whose partitions are all
     /// read), with the epoch it ended in: their entry in every checkpoint from that epoch on,
     /// so that the worker's parts go on being written while other workers run.
@@ -338,6 +393,7 @@ impl Recovery {
             streamed: BTreeMap::new(),
             stateful: 0,
             stream_above: options.stream_above,
+            incremental: options.incremental && options.store.links_parts(),
             ended: BTreeMap::new(),
             awaiting: BTreeSet::new(),
             committed: restored.as_ref().map_or(0, |(id, _)| *id),
@@ -390,6 +446,11 @@ impl Recovery {
     /// Whether a state whose last snapshot took `last` bytes is written into a part of its own.
     pub(crate) fn streams(&self, last: usize) -> bool {
         last > self.stream_above
+    }
+
+    /// Whether states in parts of their own may go in as changes ([`Chain`]).
+    pub(crate) fn incremental(&self) -> bool {
+        self.incremental
     }
 
     /// The epoch the run resumes after (0 for a fresh run).
@@ -454,13 +515,30 @@ impl Recovery {
             return Ok(None);
         };
         let own = match part.get(STREAMED) {
-            Some(e) => decode::<BTreeMap<String, String>>(&e.bytes)?.remove(name),
+            Some(e) => decode::<BTreeMap<String, Vec<PartInfo>>>(&e.bytes)?.remove(name),
             None => None,
         };
         match own {
             None => Ok(Some(Stored::Inline(bytes))),
-            Some(own) => Ok(Some(Stored::Streamed(self.store.read_part(*id, &own)?))),
+            Some(parts) => {
+                let Some(whole) = parts.first() else {
+                    return Err(Error::Runtime(format!(
+                        "checkpoint {id}: operator '{name}' has an empty chain of parts"
+                    )));
+                };
+                Ok(Some(Stored::Streamed {
+                    first: self.store.read_part(*id, &whole.name)?,
+                    changes: parts[1..].iter().map(|p| p.name.clone()).collect(),
+                    chain: Chain { at: *id, parts },
+                }))
+            }
         }
+    }
+
+    /// A part of the checkpoint this worker was restored from.
+    pub(crate) fn read_restored_part(&self, part: &str) -> Result<Vec<u8>> {
+        let id = self.resumed_epoch();
+        self.store.read_part(id, part)
     }
 
     /// Warns about restored state no operator claimed (called once the flow is built).
@@ -505,38 +583,57 @@ impl Recovery {
 
     /// Stateful operator `name`, the `index`th registered ([`Recovery::register_stateful`]),
     /// hands in its state for checkpoint `id` by writing it, with `write`, into a part of its
-    /// own, straight to the store: the watermark state's bincode, then the operator's bytes to
-    /// the end (what [`Stored::Streamed`] holds on restore). The part is durable when this
-    /// returns (the worker waits for the disk: no copy of the state is made); the worker's own
-    /// part names it. Returns the bytes written.
+    /// own, straight to the store: the watermark state's bincode, then the operator's whole
+    /// state, or with `changes` what changed since the last part of `chain`, to the end (what
+    /// [`Stored::Streamed`] holds on restore). With `changes`, the chain's parts are linked
+    /// into checkpoint `id` first and the new part goes at its end; without, the new part
+    /// starts a new chain. The part is durable when this returns (the worker waits for the
+    /// disk: no copy of the state is made); the worker's own part names the chain. Returns
+    /// the bytes written, or `None` for a checkpoint this run resumed after (nothing written).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn contribute_streamed(
         &mut self,
         id: u64,
         name: &str,
         kind: &str,
         index: usize,
+        chain: &mut Chain,
+        changes: bool,
         write: &mut dyn FnMut(&mut dyn std::io::Write) -> Result<()>,
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         if id <= self.resumed_epoch() {
-            return Ok(0);
+            return Ok(None);
         }
         self.started
             .entry(id)
             .or_insert_with(std::time::Instant::now);
-        let own = format!("w{}-s{index}", self.worker);
         let t = std::time::Instant::now();
+        if changes {
+            for p in &chain.parts {
+                self.store.link_part(chain.at, id, p)?;
+            }
+        }
+        // Named by the checkpoint it is written in, so that a chain's parts differ.
+        let own = format!("w{}-s{index}-{id}", self.worker);
         let info = self.store.write_part_with(id, &own, write)?;
         tracing::debug!(
-            "checkpoint {id}: {name} wrote {} bytes into part {own} in {} ms",
+            "checkpoint {id}: {name} wrote {} bytes into part {own} ({}) in {} ms",
             info.size,
+            if changes { "changes" } else { "whole" },
             t.elapsed().as_millis()
         );
+        let size = info.size;
+        if !changes {
+            chain.parts.clear();
+        }
+        chain.parts.push(info);
+        chain.at = id;
         self.streamed
             .entry(id)
             .or_default()
-            .insert(name.to_string(), own);
+            .insert(name.to_string(), chain.parts.clone());
         self.contribute(id, name, kind, Vec::new())?;
-        Ok(info.size)
+        Ok(Some(size))
     }
 
     /// Participant `name` has ended at `epoch` with this last state: it stands as its entry

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::event::{Data, Event};
 use crate::flow::{Shared, TStream};
 use crate::metrics::{Counter, Metrics};
-use crate::recovery::{decode, encode_with_body, Stored, FINAL};
+use crate::recovery::{decode, encode_with_body, Chain, Stored, FINAL};
 use crate::time::Watermark;
 use crate::watermark::{TrackerState, WatermarkTracker, WmReport};
 
@@ -45,7 +45,7 @@ pub struct Emitter<I, O> {
 }
 
 impl<I, O> Emitter<I, O> {
-    fn new(keep_late: bool, late_counter: Arc<Counter>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(keep_late: bool, late_counter: Arc<Counter>, metrics: Arc<Metrics>) -> Self {
         Emitter {
             out: Batcher::default(),
             late: Batcher::default(),
@@ -53,6 +53,11 @@ impl<I, O> Emitter<I, O> {
             late_counter,
             metrics,
         }
+    }
+
+    /// Every result emitted so far (for [`crate::testing::run_epoch`]).
+    pub(crate) fn take_out(&mut self) -> Vec<Event<O>> {
+        self.out.take_all()
     }
 
     /// Emits a result.
@@ -109,6 +114,42 @@ pub trait EpochLogic<I, O>: 'static {
     }
     /// Replaces the state with one [`EpochLogic::snapshot`] wrote (restoring a checkpoint).
     fn restore(&mut self, state: &[u8]) -> Result<()>;
+    /// Whether the logic keeps track of what changes in its state, for incremental checkpoints
+    /// (see [`crate::CheckpointOptions::incremental`]): then a large state is written whole
+    /// once and then, at each later checkpoint, only what changed, with
+    /// [`EpochLogic::snapshot_changes_to`]. The default: no, every checkpoint writes it whole.
+    ///
+    /// # Contract
+    /// The engine calls [`EpochLogic::mark_snapshot`] right after the state went into a
+    /// checkpoint whole ([`EpochLogic::snapshot_to`]) or was restored from one (whole, then
+    /// changes); before the first such call the logic need not track anything (so a run
+    /// without checkpoints pays nothing). [`EpochLogic::snapshot_changes_to`] writes what
+    /// changed since the last mark or the last changes written, then starts tracking anew. On
+    /// restore, [`EpochLogic::restore`] gets the whole state, then
+    /// [`EpochLogic::restore_changes`] each changes written after it, in order; the logic
+    /// promises that the state it ends with equals the one it had when the last changes were
+    /// written. Changes should hold no more than the part of the state they describe, or a
+    /// chain costs more than whole states (the engine writes the state whole again once the
+    /// changes add up to twice its size).
+    fn tracks_changes(&self) -> bool {
+        false
+    }
+    /// The state just went into a checkpoint whole, or was restored: track changes from here.
+    fn mark_snapshot(&mut self) {}
+    /// What changed since the last mark or changes written, written into `out`; tracks anew.
+    fn snapshot_changes_to(&mut self, out: &mut dyn std::io::Write) -> Result<()> {
+        let _ = out;
+        Err(crate::Error::Runtime(
+            "this operator does not track the changes of its state".into(),
+        ))
+    }
+    /// Applies changes [`EpochLogic::snapshot_changes_to`] wrote to the state restored so far.
+    fn restore_changes(&mut self, changes: &[u8]) -> Result<()> {
+        let _ = changes;
+        Err(crate::Error::Runtime(
+            "this operator does not track the changes of its state".into(),
+        ))
+    }
     /// The state's type, checked when a checkpoint is restored: a logic whose snapshot another
     /// can read must return the same name. Name the types that are serialized (keys,
     /// accumulators), never a closure's type, which changes whenever the job's code moves.
@@ -160,13 +201,19 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
     // Checkpoints: this operator's state as of the end of each checkpoint epoch.
     let mut last_checkpoint = 0;
     let mut restore_error = None;
-    // This operator's index among the worker's stateful ones, and its last state's size.
+    // This operator's index among the worker's stateful ones, its last state's size, and
+    // the chain of parts its state is in (when it is large).
     let mut index = 0;
     let mut last_size = 0;
+    let mut chain = Chain::default();
     if let Some(r) = &shared.recovery {
         let mut r = r.borrow_mut();
         index = r.register_stateful();
         last_checkpoint = r.resumed_epoch();
+        let read_tracker = |rest: &mut &[u8]| -> Result<TrackerState> {
+            bincode::deserialize_from(rest)
+                .map_err(|e| crate::Error::Runtime(format!("cannot read state: {e}")))
+        };
         let restored = r
             .restored_stateful(name, &kind)
             .and_then(|state| match state {
@@ -177,13 +224,28 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     tracker.restore(t);
                     logic.restore(&l)
                 }
-                Some(Stored::Streamed(bytes)) => {
-                    last_size = bytes.len();
-                    let mut rest: &[u8] = &bytes;
-                    let t: TrackerState = bincode::deserialize_from(&mut rest)
-                        .map_err(|e| crate::Error::Runtime(format!("cannot read state: {e}")))?;
-                    tracker.restore(t);
-                    logic.restore(rest)
+                Some(Stored::Streamed {
+                    first,
+                    changes,
+                    chain: restored,
+                }) => {
+                    let mut rest: &[u8] = &first;
+                    tracker.restore(read_tracker(&mut rest)?);
+                    logic.restore(rest)?;
+                    drop(first);
+                    // Each part of changes holds the watermark state as of its checkpoint.
+                    for part in &changes {
+                        let bytes = r.read_restored_part(part)?;
+                        let mut rest: &[u8] = &bytes;
+                        tracker.restore(read_tracker(&mut rest)?);
+                        logic.restore_changes(rest)?;
+                    }
+                    if logic.tracks_changes() {
+                        logic.mark_snapshot();
+                    }
+                    last_size = restored.size() as usize;
+                    chain = restored;
+                    Ok(())
                 }
             });
         if let Err(e) = restored {
@@ -211,7 +273,8 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
         let checkpoint = move |through: u64,
                                last: &mut u64,
                                last_size: &mut usize,
-                               logic: &L,
+                               chain: &mut Chain,
+                               logic: &mut L,
                                tracker: &WatermarkTracker|
               -> Result<()> {
             let Some(r) = &shared.recovery else {
@@ -232,20 +295,42 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             }
             if r.streams(*last_size) {
                 // A large state: written from the state itself into a part of its own, once
-                // per checkpoint due (more than one only when the interval is a few epochs).
+                // per checkpoint due (more than one only when the interval is a few epochs):
+                // whole, or what changed since the chain's last part.
                 let state = tracker.state();
+                let incremental = r.incremental() && logic.tracks_changes();
                 for &id in &due {
-                    let size = r.contribute_streamed(id, &name, &kind, index, &mut |out| {
-                        bincode::serialize_into(&mut *out, &state).map_err(|e| {
-                            crate::Error::Runtime(format!("cannot write state: {e}"))
-                        })?;
-                        logic.snapshot_to(out)
-                    })?;
-                    *last_size = size as usize;
+                    let changes = incremental && chain.takes_changes();
+                    let written = r.contribute_streamed(
+                        id,
+                        &name,
+                        &kind,
+                        index,
+                        chain,
+                        changes,
+                        &mut |out| {
+                            bincode::serialize_into(&mut *out, &state).map_err(|e| {
+                                crate::Error::Runtime(format!("cannot write state: {e}"))
+                            })?;
+                            if changes {
+                                logic.snapshot_changes_to(out)
+                            } else {
+                                logic.snapshot_to(out)
+                            }
+                        },
+                    )?;
+                    if written.is_some() {
+                        if incremental && !changes {
+                            logic.mark_snapshot();
+                        }
+                        *last_size = chain.size() as usize;
+                    }
                 }
                 *last = *due.last().expect("not empty");
                 return Ok(());
             }
+            // A state that goes inline starts any later chain afresh.
+            *chain = Chain::default();
             // The watermark state, then the operator's bytes as a byte string written in place
             // (what `encode(&(tracker.state(), Vec<u8>))` makes, without copying the bytes).
             let bytes = encode_with_body(&tracker.state(), |out| logic.snapshot_into(out))?;
@@ -317,7 +402,8 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                         e - 1,
                         &mut last_checkpoint,
                         &mut last_size,
-                        &logic,
+                        &mut chain,
+                        &mut logic,
                         &tracker,
                     ) {
                         control.fail(err);
@@ -352,7 +438,8 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     through,
                     &mut last_checkpoint,
                     &mut last_size,
-                    &logic,
+                    &mut chain,
+                    &mut logic,
                     &tracker,
                 ) {
                     control.fail(err);

@@ -85,6 +85,10 @@ struct BenchArgs {
     /// Take checkpoints this often (default: off, "0s"), into a temporary folder.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     checkpoint_every: Duration,
+    /// Write every checkpoint's large states whole, instead of incrementally (only what
+    /// changed since the checkpoint before, for operators that track it).
+    #[arg(long)]
+    full_checkpoints: bool,
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
@@ -405,6 +409,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
             keep: 3,
             restore: Restore::Fresh,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
+            incremental: !args.full_checkpoints,
         })
     };
     let opts = RunOptions {

@@ -35,6 +35,10 @@ pub struct StateArgs {
     /// Resume from this checkpoint instead of the last one (see `runnel checkpoints JOB`).
     #[arg(long, value_name = "ID")]
     pub from_checkpoint: Option<u64>,
+    /// Write every checkpoint's large states whole, instead of incrementally (only what
+    /// changed since the checkpoint before, for operators that track it).
+    #[arg(long)]
+    pub full_checkpoints: bool,
 }
 
 impl StateArgs {
@@ -59,6 +63,7 @@ impl StateArgs {
                 (false, None) => Restore::Latest,
             },
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
+            incremental: !self.full_checkpoints,
         }))
     }
 }

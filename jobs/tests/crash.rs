@@ -7,9 +7,10 @@
 //!   tansu and writes its windows to a topic in exactly-once mode, on 2 workers and on 2
 //!   processes x 2 workers; the test reads the output topic with a plain consumer.
 //! * Files: `w2-tumbling` (rate-limited so that the kills land mid-run) writes its windows to a
-//!   file; `nexmark-q9` and `nexmark-q4` (paced, with the generator's own event times) write
-//!   their changelogs to a file, which applied in order must give the brute-force table, each
-//!   row once.
+//!   file; `nexmark-q9`, `nexmark-q4` and `nexmark-q20` (paced, with the generator's own event
+//!   times) write their changelogs to a file, which applied in order must give the brute-force
+//!   table, each row once. q20's state grows past the size at which it goes into parts of its
+//!   own, so its checkpoints are incremental chains (a whole state, then changes).
 //!
 //! The kill delays come from a seed, printed by each test; `RUNNEL_CRASH_SEED=N` replays them.
 
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig};
-use runnel_jobs::nexmark::{Q4, Q9};
+use runnel_jobs::nexmark::{Q20, Q4, Q9};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -626,4 +627,51 @@ fn nexmark_q4_changes_are_exactly_once_after_sigkills() {
         .collect();
     assert_eq!(want.len(), 5, "categories 10 to 14");
     nexmark_crash_test("q4", n, want);
+}
+
+/// q20's state (every bid, the category-10 auctions) grows to about 40 MB per worker here,
+/// past the 16 MiB from which a state goes into parts of its own: its later checkpoints are
+/// chains of a whole state and changes, which the kills land in and restarts restore.
+#[test]
+fn nexmark_q20_rows_are_exactly_once_after_sigkills() {
+    let n = 1_200_000;
+    let events = nexmark_events(n);
+    let mut auctions: HashMap<u64, Vec<&Auction>> = HashMap::new();
+    for e in &events {
+        if let Event::Auction(a) = e {
+            if a.category == 10 {
+                auctions.entry(a.id).or_default().push(a);
+            }
+        }
+    }
+    let mut want = Vec::new();
+    for e in &events {
+        if let Event::Bid(b) = e {
+            for a in auctions.get(&b.auction).into_iter().flatten() {
+                want.push(
+                    serde_json::to_value(Q20 {
+                        auction: b.auction,
+                        bidder: b.bidder,
+                        price: b.price,
+                        channel: b.channel.clone(),
+                        url: b.url.clone(),
+                        bid_date_time: b.date_time,
+                        bid_extra: b.extra.clone(),
+                        item_name: a.item_name.clone(),
+                        description: a.description.clone(),
+                        initial_bid: a.initial_bid,
+                        reserve: a.reserve,
+                        auction_date_time: a.date_time,
+                        expires: a.expires,
+                        seller: a.seller,
+                        category: a.category,
+                        auction_extra: a.extra.clone(),
+                    })
+                    .unwrap(),
+                );
+            }
+        }
+    }
+    assert!(want.len() > 100_000, "{} rows", want.len());
+    nexmark_crash_test("q20", n, want);
 }

@@ -477,26 +477,53 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
         checkpoint: Some(CheckpointOptions {
             store: store.clone(),
             every: Duration::from_millis(50),
-            keep: 2,
+            // Enough that the one the watcher picks is there when the run has stopped.
+            keep: 5,
             restore: Restore::Latest,
             stream_above,
+            incremental: true,
         }),
         ..RunOptions::workers(2)
     };
     let first = options();
     let stop = first.stop.clone();
     let watch = store.clone();
+    // Parts of their own in a checkpoint: the most any operator of a worker has (a chain of
+    // its whole state and the changes after it), named `w<worker>-s<operator>-<checkpoint>`.
+    let longest_chain = |info: &runnel_engine::CheckpointInfo| {
+        let mut chains = std::collections::BTreeMap::new();
+        for p in &info.parts {
+            if let Some((chain, _)) = p.name.rsplit_once('-').filter(|_| p.name.contains("-s")) {
+                *chains.entry(chain.to_string()).or_insert(0) += 1;
+            }
+        }
+        chains.into_values().max().unwrap_or(0)
+    };
+    // Stops the run after two checkpoints, and with streamed state once one has changes after
+    // a whole state: the one the second run resumes from (the latest, otherwise).
     let watcher = std::thread::spawn(move || {
         let t = Instant::now();
-        while watch.list().map(|l| l.len()).unwrap_or(0) < 2 {
+        let chained = loop {
+            if let Ok(l) = watch.list() {
+                if l.len() >= 2 && stream_above > 0 {
+                    break None;
+                }
+                if let Some(c) = l.iter().rev().find(|c| longest_chain(c) >= 2) {
+                    break Some(c.id);
+                }
+            }
             assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            std::thread::sleep(Duration::from_millis(2));
+        };
         stop.store(true, Ordering::SeqCst);
+        chained
     });
     run(&job, first).expect("the first run");
-    watcher.join().unwrap();
-    let latest = store.latest().unwrap().expect("a checkpoint");
+    let chained = watcher.join().unwrap();
+    let latest = match chained {
+        Some(id) => store.get(id).unwrap(),
+        None => store.latest().unwrap().expect("a checkpoint"),
+    };
     assert!(latest.epoch > 0);
     // Each worker's stateful operators wrote their state into parts of their own, or none did.
     let own = latest
@@ -511,7 +538,11 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
     };
     assert!(expected, "{own} parts of their own: {latest:?}");
 
-    let summary = run(&job, options()).expect("the resumed run");
+    let mut resume = options();
+    if let Some(id) = chained {
+        resume.checkpoint.as_mut().expect("on").restore = Restore::Id(id);
+    }
+    let summary = run(&job, resume).expect("the resumed run");
     assert!(
         0 < summary.events_in && summary.events_in < 60_000,
         "the resumed run reads only what comes after the checkpoint ({})",

@@ -90,6 +90,7 @@ fn options_on(store: Arc<dyn CheckpointStore>, restore: Restore) -> RunOptions {
             keep: 2,
             restore,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
+            incremental: true,
         }),
         ..Default::default()
     }

@@ -111,6 +111,7 @@ fn options(store: &Arc<LocalDirStore>) -> RunOptions {
             keep: 2,
             restore: Restore::Latest,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
+            incremental: true,
         }),
         ..Default::default()
     }
