@@ -73,8 +73,9 @@ pub struct CheckpointOptions {
     /// Incremental checkpoints (on by default): a state written into parts of its own whose
     /// logic tracks its changes ([`crate::EpochLogic::tracks_changes`]) is written whole once,
     /// then as what changed since the checkpoint before, in a chain of parts that each later
-    /// checkpoint links to ([`CheckpointStore::link_part`]), until the changes add up to twice
-    /// the whole state's size or [`MAX_CHAIN`] parts; then whole again. Off: every checkpoint
+    /// checkpoint links to ([`CheckpointStore::link_part`]), until the chain's parts add up
+    /// to twice the state's size (estimated from [`crate::EpochLogic::state_size_hint`]) or
+    /// [`MAX_CHAIN`] parts; then whole again. Off: every checkpoint
     /// writes every state whole. Needs a store that links parts.
     pub incremental: bool,
 }
@@ -128,6 +129,9 @@ pub(crate) struct Chain {
     at: u64,
     /// The whole state's part, then the changes' parts, oldest first.
     parts: Vec<PartInfo>,
+    /// Encoded bytes per byte of the logic's size hint ([`crate::EpochLogic::state_size_hint`]),
+    /// as measured when the state was last written whole (or restored).
+    scale: Option<f64>,
 }
 
 impl Chain {
@@ -136,17 +140,31 @@ impl Chain {
         self.parts.iter().map(|p| p.size).sum()
     }
 
-    /// Whether the next state may go in as changes: the chain has a whole state, fewer than
-    /// [`MAX_CHAIN`] parts, and changes that add up to less than twice it (so a restore reads
-    /// at most three times the state, and a state that grows is written whole each time it
-    /// has tripled).
-    pub(crate) fn takes_changes(&self) -> bool {
-        match self.parts.split_first() {
-            None => false,
-            Some((whole, changes)) => {
-                self.parts.len() < MAX_CHAIN
-                    && changes.iter().map(|p| p.size).sum::<u64>() < 2 * whole.size
-            }
+    /// Whether the chain has a whole state and fewer than [`MAX_CHAIN`] parts.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.parts.is_empty() && self.parts.len() < MAX_CHAIN
+    }
+
+    /// Notes the logic's size hint when the chain was started or restored: from here on the
+    /// state's encoded size is estimated from the hint.
+    pub(crate) fn calibrate(&mut self, hint: Option<u64>) {
+        self.scale = hint
+            .filter(|&h| h > 0)
+            .map(|h| self.size() as f64 / h as f64);
+    }
+
+    /// Whether the next state may go in as changes: the chain has room, and its parts add up
+    /// to less than twice the state's encoded size, estimated from the logic's size hint
+    /// `hint` (so that a restore reads at most twice the state: a state that grows keeps its
+    /// chain, one whose keys change over and over is soon written whole again). Without a
+    /// hint, the changes must add up to less than twice the whole state's part.
+    pub(crate) fn takes_changes(&self, hint: Option<u64>) -> bool {
+        let Some((whole, changes)) = self.parts.split_first().filter(|_| self.has_room()) else {
+            return false;
+        };
+        match (self.scale, hint) {
+            (Some(scale), Some(hint)) => (self.size() as f64) < 2.0 * scale * hint as f64,
+            _ => changes.iter().map(|p| p.size).sum::<u64>() < 2 * whole.size,
         }
     }
 }
@@ -529,7 +547,11 @@ impl Recovery {
                 Ok(Some(Stored::Streamed {
                     first: self.store.read_part(*id, &whole.name)?,
                     changes: parts[1..].iter().map(|p| p.name.clone()).collect(),
-                    chain: Chain { at: *id, parts },
+                    chain: Chain {
+                        at: *id,
+                        parts,
+                        scale: None,
+                    },
                 }))
             }
         }

@@ -136,6 +136,15 @@ pub trait EpochLogic<I, O>: 'static {
     }
     /// The state just went into a checkpoint whole, or was restored: track changes from here.
     fn mark_snapshot(&mut self) {}
+    /// A cheap estimate of the state's size (any unit proportional to its encoded size, such
+    /// as the bytes it takes in memory), for incremental checkpoints: with it, a state that
+    /// grows keeps its chain of changes, and one whose keys change over and over (so that its
+    /// changes repeat each other) is written whole again once its chain is twice its size.
+    /// `None` (the default): written whole again once its changes add up to twice its last
+    /// whole part (a state that grows is then written whole each time it has tripled).
+    fn state_size_hint(&self) -> Option<u64> {
+        None
+    }
     /// What changed since the last mark or changes written, written into `out`; tracks anew.
     fn snapshot_changes_to(&mut self, out: &mut dyn std::io::Write) -> Result<()> {
         let _ = out;
@@ -240,11 +249,12 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                         tracker.restore(read_tracker(&mut rest)?);
                         logic.restore_changes(rest)?;
                     }
-                    if logic.tracks_changes() {
+                    if r.incremental() && logic.tracks_changes() {
                         logic.mark_snapshot();
                     }
                     last_size = restored.size() as usize;
                     chain = restored;
+                    chain.calibrate(logic.state_size_hint());
                     Ok(())
                 }
             });
@@ -293,14 +303,20 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             if due.is_empty() {
                 return Ok(());
             }
-            if r.streams(*last_size) {
-                // A large state: written from the state itself into a part of its own, once
-                // per checkpoint due (more than one only when the interval is a few epochs):
-                // whole, or what changed since the chain's last part.
+            let incremental = r.incremental() && logic.tracks_changes();
+            if incremental || r.streams(*last_size) {
+                // A large state, or one that can go in as changes (which may grow large
+                // before the next checkpoint: its chain starts at once): written from the
+                // state itself into a part of its own, once per checkpoint due (more than one
+                // only when the interval is a few epochs): whole, or what changed since the
+                // chain's last part. The final checkpoint (the input has ended; it is read
+                // only if the run fails during its last writes) takes changes whenever the
+                // chain has room, whatever their size.
                 let state = tracker.state();
-                let incremental = r.incremental() && logic.tracks_changes();
                 for &id in &due {
-                    let changes = incremental && chain.takes_changes();
+                    let hint = logic.state_size_hint();
+                    let changes = incremental
+                        && (chain.takes_changes(hint) || (id == FINAL && chain.has_room()));
                     let written = r.contribute_streamed(
                         id,
                         &name,
@@ -322,6 +338,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     if written.is_some() {
                         if incremental && !changes {
                             logic.mark_snapshot();
+                            chain.calibrate(hint);
                         }
                         *last_size = chain.size() as usize;
                     }

@@ -1928,6 +1928,10 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         true
     }
 
+    fn state_size_hint(&self) -> Option<u64> {
+        Some((self.len() * std::mem::size_of::<Bid>()) as u64)
+    }
+
     fn mark_snapshot(&mut self) {
         let rows = self.len();
         self.changes = Some(RowChanges {
@@ -2235,6 +2239,11 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
 
     fn tracks_changes(&self) -> bool {
         true
+    }
+
+    fn state_size_hint(&self) -> Option<u64> {
+        // Most auctions that get bids fill their ten places.
+        Some((self.tops.len() * Q19_TOP * std::mem::size_of::<TopBid>()) as u64)
     }
 
     fn mark_snapshot(&mut self) {
@@ -2649,6 +2658,13 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
 
     fn tracks_changes(&self) -> bool {
         true
+    }
+
+    fn state_size_hint(&self) -> Option<u64> {
+        Some(
+            u64::from(self.auctions.len) * std::mem::size_of::<Node<Auction>>() as u64
+                + u64::from(self.bids.len) * std::mem::size_of::<Node<KeptBid>>() as u64,
+        )
     }
 
     fn mark_snapshot(&mut self) {
