@@ -816,6 +816,50 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn part(size: u64) -> PartInfo {
+        PartInfo {
+            name: format!("p{size}"),
+            size,
+            crc32: 0,
+        }
+    }
+
+    /// A chain's growth by checkpoints of `changes` bytes each, with the size hint growing by
+    /// `hint_step` per checkpoint from `hint0` (the whole part is 100 bytes): how many
+    /// checkpoints go in as changes before it must be written whole again, at most 100.
+    fn changes_taken(hint0: u64, hint_step: u64, changes: u64, with_hint: bool) -> usize {
+        let mut chain = Chain {
+            at: 1,
+            parts: vec![part(100)],
+            scale: None,
+        };
+        chain.calibrate(with_hint.then_some(hint0));
+        let mut hint = hint0;
+        for n in 0..100 {
+            hint += hint_step;
+            if !chain.takes_changes(with_hint.then_some(hint)) {
+                return n;
+            }
+            chain.parts.push(part(changes));
+        }
+        100
+    }
+
+    /// The chain policy, worked by hand: a state that grows as its changes are written (each
+    /// a tenth of the first state) keeps its chain until it has [`MAX_CHAIN`] parts; one whose
+    /// changes rewrite the same keys (the hint stays) is written whole once its parts add up
+    /// to twice it (100 bytes whole, 40 of changes each: 100 + 3 x 40 = 220 >= 200 after 3);
+    /// without a hint, once the changes add up to twice the whole part (5 x 40 = 200).
+    #[test]
+    fn a_growing_state_keeps_its_chain_and_a_churning_one_is_rewritten() {
+        assert_eq!(changes_taken(1000, 100, 10, true), MAX_CHAIN - 1);
+        assert_eq!(changes_taken(1000, 0, 40, true), 3);
+        assert_eq!(changes_taken(1000, 0, 40, false), 5);
+        assert_eq!(changes_taken(1000, 100, 40, false), 5);
+        let empty = Chain::default();
+        assert!(!empty.has_room() && !empty.takes_changes(Some(1)));
+    }
+
     /// An entry as it was written before its bytes were a byte string.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct ByteByByte {
