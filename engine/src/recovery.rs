@@ -68,7 +68,9 @@ pub struct CheckpointOptions {
     pub restore: Restore,
     /// A stateful operator whose last state took more than this many bytes writes its next
     /// states into parts of their own, straight from its state to the store (see
-    /// [`STREAM_STATE_ABOVE`]); smaller states travel in the worker's part.
+    /// [`STREAM_STATE_ABOVE`]); smaller states travel in the worker's part. With
+    /// [`CheckpointOptions::incremental`], an operator that tracks its changes writes into
+    /// parts of its own from its first checkpoint on, whatever its size.
     pub stream_above: usize,
     /// Incremental checkpoints (on by default): a state written into parts of its own whose
     /// logic tracks its changes ([`crate::EpochLogic::tracks_changes`]) is written whole once,
