@@ -176,9 +176,9 @@ pub(crate) enum Stored {
     /// In the worker's part: `encode(&(TrackerState, bytes))`.
     Inline(Vec<u8>),
     /// In parts of their own: the first's bytes (the watermark state's bincode, then the
-    /// operator's whole state to the end); the names of the others, each the watermark
-    /// state's bincode then the operator's changes, to read in order
-    /// ([`Recovery::read_restored_part`]); and the chain to go on from.
+    /// operator's whole state to the end); the names of the others, each a part of changes
+    /// ([`Segment`], [`read_changes`]), to read in order ([`Recovery::read_restored_part`]);
+    /// and the chain to go on from.
     Streamed {
         first: Vec<u8>,
         changes: Vec<String>,
@@ -330,6 +330,226 @@ impl Drop for PartWriter {
     }
 }
 
+/// The first bytes of a part of changes ([`Segment`]): what it is, and its format's version.
+pub(crate) const CHANGES_MAGIC: &[u8; 8] = b"RNLCHG\x01\n";
+
+/// A record of a part of changes holding a logic's changes
+/// ([`crate::EpochLogic::snapshot_changes_into`]).
+const RECORD_CHANGES: u8 = 0;
+/// The last record of a part of changes: the watermark state as of its checkpoint.
+const RECORD_TRACKER: u8 = 1;
+
+/// Buffers a [`Segment`] has: one being filled by the worker, the others on their way to disk.
+const SEGMENT_BUFFERS: usize = 3;
+
+/// A part of changes being written while the job runs (as Flink's changelog state backend
+/// writes a state's changes continuously, so that a checkpoint has little left to write): the
+/// operator's changes are taken at the end of each epoch between two checkpoints
+/// ([`Segment::append`]), encoded into a buffer on the worker's thread, and written to the
+/// store by a thread of the segment's own; the checkpoint only adds its last epoch's changes
+/// and the watermark state ([`Segment::finish`]) and waits for those to be durable. A few
+/// buffers go back and forth (their memory is reused, not provided fresh every epoch); the
+/// worker waits for one when the disk is slower than its changes.
+///
+/// The part: [`CHANGES_MAGIC`], then records, each a tag byte, its length (`u64`, little
+/// endian) and its bytes: changes ([`RECORD_CHANGES`]), in the order taken, then the
+/// watermark state ([`RECORD_TRACKER`]), last ([`read_changes`] reads it back). It is written
+/// into the folder of the checkpoint it is meant for (the next one when it starts); if another
+/// comes first (the final checkpoint), it is linked into that one.
+pub(crate) struct Segment {
+    /// The checkpoint whose folder the part is written in, and the part's name.
+    id: u64,
+    name: String,
+    queue: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Result<PartInfo>>>,
+    /// The worker's time spent taking and encoding changes, and waiting for buffers.
+    spent: Duration,
+    waited: Duration,
+    records: u64,
+}
+
+impl Segment {
+    fn start(
+        store: Arc<dyn CheckpointStore>,
+        id: u64,
+        name: String,
+        mut spare: Vec<Vec<u8>>,
+    ) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(SEGMENT_BUFFERS);
+        let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
+        let part = name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("runnel-changes-{name}"))
+            .spawn(move || {
+                store.write_part_with(id, &part, &mut |w| {
+                    let io = |e: std::io::Error| {
+                        Error::Runtime(format!("cannot write the changes of part {part}: {e}"))
+                    };
+                    w.write_all(CHANGES_MAGIC).map_err(io)?;
+                    for buf in rx.iter() {
+                        w.write_all(&buf).map_err(io)?;
+                        // The worker may have finished: then the buffer is not needed.
+                        let _ = free_tx.send(buf);
+                    }
+                    Ok(())
+                })
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the changes writer: {e}")))?;
+        Ok(Segment {
+            id,
+            name,
+            queue: Some(tx),
+            free,
+            spare: {
+                spare.resize_with(SEGMENT_BUFFERS, Vec::new);
+                spare
+            },
+            thread: Some(thread),
+            spent: Duration::ZERO,
+            waited: Duration::ZERO,
+            records: 0,
+        })
+    }
+
+    /// Appends a record of `tag` whose bytes `write` writes, and hands it to the writer.
+    fn record(&mut self, tag: u8, write: &mut dyn FnMut(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        let t = std::time::Instant::now();
+        let mut buf = match self.spare.pop() {
+            Some(buf) => buf,
+            // Every buffer is on its way to disk: wait for one (the writer ended if none comes).
+            None => match self.free.recv() {
+                Ok(buf) => buf,
+                Err(_) => return Err(self.failure()),
+            },
+        };
+        self.waited += t.elapsed();
+        buf.clear();
+        buf.push(tag);
+        buf.extend_from_slice(&[0; 8]);
+        write(&mut buf)?;
+        let len = (buf.len() - 9) as u64;
+        buf[1..9].copy_from_slice(&len.to_le_bytes());
+        let queue = self.queue.as_ref().expect("not finished");
+        if queue.send(buf).is_err() {
+            return Err(self.failure());
+        }
+        self.spent += t.elapsed();
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Appends the changes `write` writes ([`crate::EpochLogic::snapshot_changes_into`]).
+    pub(crate) fn append(
+        &mut self,
+        write: &mut dyn FnMut(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        self.record(RECORD_CHANGES, write)
+    }
+
+    /// Ends the part with the watermark state `tracker` (its bincode) and waits for it to be
+    /// durable: the checkpoint folder it is in and its info. `spare` gets the buffers back,
+    /// for the next segment (their memory is then not provided afresh).
+    pub(crate) fn finish(
+        mut self,
+        tracker: &[u8],
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<(u64, PartInfo)> {
+        self.record(RECORD_TRACKER, &mut |w| {
+            w.extend_from_slice(tracker);
+            Ok(())
+        })?;
+        self.queue = None;
+        let info = self.join()?;
+        spare.extend(self.spare.drain(..).chain(self.free.try_iter()));
+        tracing::debug!(
+            "part {}: {} records of changes, {} bytes; the worker spent {} ms on them, {} ms \
+             of it waiting for the disk",
+            self.name,
+            self.records - 1,
+            info.size,
+            self.spent.as_millis(),
+            self.waited.as_millis()
+        );
+        Ok((self.id, info))
+    }
+
+    /// The writer's result, once it has ended.
+    fn join(&mut self) -> Result<PartInfo> {
+        self.queue = None;
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(Error::Runtime(format!(
+                    "the changes writer of part {} panicked",
+                    self.name
+                )))
+            }),
+            None => Err(Error::Runtime(format!(
+                "the changes writer of part {} has already ended",
+                self.name
+            ))),
+        }
+    }
+
+    /// Why the writer ended early.
+    fn failure(&mut self) -> Error {
+        match self.join() {
+            Err(e) => e,
+            Ok(_) => Error::Runtime(format!(
+                "the changes writer of part {} ended early",
+                self.name
+            )),
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // An abandoned segment (the run failed): its part is finished but never committed.
+        self.queue = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The records of a part of changes ([`Segment`]), `part` naming it in errors: each changes
+/// record, in order, and the watermark state's bytes (the last record).
+pub(crate) fn read_changes<'a>(
+    part: &str,
+    mut bytes: &'a [u8],
+) -> Result<(Vec<&'a [u8]>, &'a [u8])> {
+    let bad = |what: &str| Error::Runtime(format!("part {part} of changes is unreadable: {what}"));
+    let Some(rest) = bytes.strip_prefix(CHANGES_MAGIC.as_slice()) else {
+        return Err(bad(
+            "it does not start as a part of changes of this version does",
+        ));
+    };
+    bytes = rest;
+    let mut changes = Vec::new();
+    loop {
+        if bytes.len() < 9 {
+            return Err(bad("it ends before its watermark state"));
+        }
+        let tag = bytes[0];
+        let len = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let Some(body) = usize::try_from(len).ok().and_then(|l| bytes[9..].get(..l)) else {
+            return Err(bad(&format!(
+                "a record of {len} bytes at byte {} goes past its end",
+                CHANGES_MAGIC.len() + (bytes.as_ptr() as usize - rest.as_ptr() as usize)
+            )));
+        };
+        bytes = &bytes[9 + body.len()..];
+        match tag {
+            RECORD_CHANGES => changes.push(body),
+            RECORD_TRACKER if bytes.is_empty() => return Ok((changes, body)),
+            RECORD_TRACKER => return Err(bad("bytes follow its watermark state")),
+            t => return Err(bad(&format!("a record has the unknown tag {t}"))),
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -349,6 +569,14 @@ pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, t: &T) -> Result<()> {
     let size = bincode::serialized_size(t).map_err(err)?;
     out.reserve(size as usize);
     bincode::serialize_into(out, t).map_err(err)
+}
+
+/// Serializes a state (bincode, as [`encode`]) at the end of `out`, which grows as it goes
+/// (no pass to size it first, as [`encode_into`] makes): for a buffer that is reused, as
+/// [`crate::EpochLogic::snapshot_changes_into`] gets.
+pub fn encode_onto<T: Serialize>(out: &mut Vec<u8>, t: &T) -> Result<()> {
+    bincode::serialize_into(out, t)
+        .map_err(|e| Error::Runtime(format!("cannot serialize state: {e}")))
 }
 
 /// Serializes a state (bincode, as [`encode`]) into a writer, as it goes: for
@@ -489,6 +717,32 @@ impl Recovery {
         epoch == FIRST_CHECKPOINT || (epoch > 0 && epoch.is_multiple_of(self.every_epochs))
     }
 
+    /// The first checkpoint epoch after `after`.
+    pub(crate) fn next_checkpoint(&self, after: u64) -> u64 {
+        if after < FIRST_CHECKPOINT {
+            FIRST_CHECKPOINT
+        } else {
+            (after / self.every_epochs + 1) * self.every_epochs
+        }
+    }
+
+    /// Starts the part of changes that stateful operator `index` writes for the checkpoint
+    /// `id` ([`Segment`]; a later one if another comes first). It writes into the store from
+    /// a thread of its own.
+    pub(crate) fn start_segment(
+        &self,
+        index: usize,
+        id: u64,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<Segment> {
+        Segment::start(
+            self.store.clone(),
+            id,
+            format!("w{}-s{index}-{id}", self.worker),
+            std::mem::take(spare),
+        )
+    }
+
     /// The checkpoint epochs in `(after, through]`.
     pub(crate) fn due(&self, after: u64, through: u64) -> Vec<u64> {
         if through <= after || through >= u64::MAX - 1 {
@@ -606,15 +860,12 @@ impl Recovery {
     }
 
     /// Stateful operator `name`, the `index`th registered ([`Recovery::register_stateful`]),
-    /// hands in its state for checkpoint `id` by writing it, with `write`, into a part of its
-    /// own, straight to the store: the watermark state's bincode, then the operator's whole
-    /// state, or with `changes` what changed since the last part of `chain`, to the end (what
-    /// [`Stored::Streamed`] holds on restore). With `changes`, the chain's parts are linked
-    /// into checkpoint `id` first and the new part goes at its end; without, the new part
-    /// starts a new chain. The part is durable when this returns (the worker waits for the
-    /// disk: no copy of the state is made); the worker's own part names the chain. Returns
-    /// the bytes written, or `None` for a checkpoint this run resumed after (nothing written).
-    #[allow(clippy::too_many_arguments)]
+    /// hands in its whole state for checkpoint `id` by writing it, with `write`, into a part
+    /// of its own, straight to the store: the watermark state's bincode, then the operator's
+    /// whole state, to the end (what [`Stored::Streamed`] holds first on restore). The part
+    /// starts a new chain. It is durable when this returns (the worker waits for the disk: no
+    /// copy of the state is made); the worker's own part names the chain. Returns the bytes
+    /// written, or `None` for a checkpoint this run resumed after (nothing written).
     pub(crate) fn contribute_streamed(
         &mut self,
         id: u64,
@@ -622,8 +873,42 @@ impl Recovery {
         kind: &str,
         index: usize,
         chain: &mut Chain,
-        changes: bool,
         write: &mut dyn FnMut(&mut dyn std::io::Write) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        if id <= self.resumed_epoch() {
+            return Ok(None);
+        }
+        let t = std::time::Instant::now();
+        // Named by the checkpoint it is written in, so that a chain's parts differ.
+        let own = format!("w{}-s{index}-{id}", self.worker);
+        self.started
+            .entry(id)
+            .or_insert_with(std::time::Instant::now);
+        let info = self.store.write_part_with(id, &own, write)?;
+        tracing::debug!(
+            "checkpoint {id}: {name} wrote {} bytes into part {own} (whole) in {} ms",
+            info.size,
+            t.elapsed().as_millis()
+        );
+        chain.parts.clear();
+        self.add_to_chain(id, name, kind, chain, info)
+    }
+
+    /// Stateful operator `name` hands in its state for checkpoint `id` as the changes since
+    /// the last part of `chain`: `segment`, which ends here and becomes the chain's last
+    /// part. The chain's parts, and the segment's if it went into another checkpoint's
+    /// folder, are linked into checkpoint `id`. Returns the bytes of the segment, or `None`
+    /// for a checkpoint this run resumed after (nothing kept).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn contribute_changes(
+        &mut self,
+        id: u64,
+        name: &str,
+        kind: &str,
+        chain: &mut Chain,
+        segment: Segment,
+        tracker: &[u8],
+        spare: &mut Vec<Vec<u8>>,
     ) -> Result<Option<u64>> {
         if id <= self.resumed_epoch() {
             return Ok(None);
@@ -632,24 +917,33 @@ impl Recovery {
             .entry(id)
             .or_insert_with(std::time::Instant::now);
         let t = std::time::Instant::now();
-        if changes {
-            for p in &chain.parts {
-                self.store.link_part(chain.at, id, p)?;
-            }
+        let (at, info) = segment.finish(tracker, spare)?;
+        for p in &chain.parts {
+            self.store.link_part(chain.at, id, p)?;
         }
-        // Named by the checkpoint it is written in, so that a chain's parts differ.
-        let own = format!("w{}-s{index}-{id}", self.worker);
-        let info = self.store.write_part_with(id, &own, write)?;
+        let info = if at == id {
+            info
+        } else {
+            self.store.link_part(at, id, &info)?
+        };
         tracing::debug!(
-            "checkpoint {id}: {name} wrote {} bytes into part {own} ({}) in {} ms",
+            "checkpoint {id}: {name} wrote {} bytes into part {} (changes; waited {} ms)",
             info.size,
-            if changes { "changes" } else { "whole" },
+            info.name,
             t.elapsed().as_millis()
         );
+        self.add_to_chain(id, name, kind, chain, info)
+    }
+
+    fn add_to_chain(
+        &mut self,
+        id: u64,
+        name: &str,
+        kind: &str,
+        chain: &mut Chain,
+        info: PartInfo,
+    ) -> Result<Option<u64>> {
         let size = info.size;
-        if !changes {
-            chain.parts.clear();
-        }
         chain.parts.push(info);
         chain.at = id;
         self.streamed
@@ -860,6 +1154,132 @@ mod tests {
         assert_eq!(changes_taken(1000, 100, 40, false), 5);
         let empty = Chain::default();
         assert!(!empty.has_room() && !empty.takes_changes(Some(1)));
+    }
+
+    /// Records of changes of assorted sizes (empty, small, larger than the others), more of
+    /// them than a segment has buffers, so that buffers come back from the writer and are
+    /// filled again; each record's bytes say which record it is.
+    fn records() -> Vec<Vec<u8>> {
+        (0..20u32)
+            .map(|i| {
+                let len = [0, 1, 9, 4096, 100_000][i as usize % 5] + i as usize;
+                (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+            })
+            .collect()
+    }
+
+    /// A part of changes, read back as a reader would split it by hand: the magic, then
+    /// (tag, little-endian length, bytes) records.
+    fn split_by_hand(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        assert_eq!(&bytes[..8], b"RNLCHG\x01\n");
+        let mut at = 8;
+        let mut out = Vec::new();
+        while at < bytes.len() {
+            let len = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().unwrap()) as usize;
+            out.push((bytes[at], bytes[at + 9..at + 9 + len].to_vec()));
+            at += 9 + len;
+        }
+        out
+    }
+
+    /// A segment's part holds the changes appended, in order, then the watermark state; it is
+    /// durable in the folder of the checkpoint it was started for once `finish` returns, and
+    /// linked into another checkpoint (the final one, which came first) it reads the same.
+    /// The buffers come back for the next segment.
+    #[test]
+    fn a_part_of_changes_holds_its_records_in_order_then_the_watermark_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(crate::LocalDirStore::new(dir.path(), "j").unwrap());
+        let store: Arc<dyn CheckpointStore> = local.clone();
+        // Read as files: the checkpoints are not committed.
+        let read = |id: u64, name: &str| {
+            std::fs::read(local.checkpoint_dir(id).join(format!("part-{name}.bin"))).unwrap()
+        };
+        let mut spare = Vec::new();
+        let mut segment = Segment::start(store.clone(), 7, "w0-s0-7".into(), Vec::new()).unwrap();
+        for r in records() {
+            segment
+                .append(&mut |out| {
+                    out.extend_from_slice(&r);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let (at, info) = segment.finish(b"tracker", &mut spare).unwrap();
+        assert_eq!((at, info.name.as_str()), (7, "w0-s0-7"));
+        assert_eq!(spare.len(), SEGMENT_BUFFERS);
+        let bytes = read(7, "w0-s0-7");
+        assert_eq!(bytes.len() as u64, info.size);
+        let mut expected: Vec<(u8, Vec<u8>)> = records().into_iter().map(|r| (0, r)).collect();
+        expected.push((1, b"tracker".to_vec()));
+        assert_eq!(split_by_hand(&bytes), expected);
+        let (changes, tracker) = read_changes("w0-s0-7", &bytes).unwrap();
+        assert_eq!(changes, records());
+        assert_eq!(tracker, b"tracker");
+
+        let linked = store.link_part(7, FINAL, &info).unwrap();
+        assert_eq!(read(FINAL, &linked.name), bytes);
+
+        // The next segment, on the buffers given back: an empty part of changes.
+        let next = Segment::start(store.clone(), 8, "w0-s0-8".into(), spare).unwrap();
+        let mut spare = Vec::new();
+        next.finish(b"t", &mut spare).unwrap();
+        let bytes = read(8, "w0-s0-8");
+        assert_eq!(split_by_hand(&bytes), vec![(1, b"t".to_vec())]);
+    }
+
+    /// A part of changes cut short, with bytes after its watermark state, or of another kind
+    /// is refused with an error that names it.
+    #[test]
+    fn a_damaged_part_of_changes_is_refused_by_name() {
+        let mut good = CHANGES_MAGIC.to_vec();
+        for (tag, body) in [(0u8, &b"abc"[..]), (1, b"wm")] {
+            good.push(tag);
+            good.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            good.extend_from_slice(body);
+        }
+        assert!(read_changes("p", &good).is_ok());
+        let err = |bytes: &[u8]| read_changes("w1-s2-30", bytes).unwrap_err().to_string();
+        for cut in [0, 5, 8, 12, 19, good.len() - 1] {
+            let e = err(&good[..cut]);
+            assert!(e.contains("part w1-s2-30"), "{e}");
+        }
+        assert!(err(&good[..8]).contains("ends before its watermark state"));
+        assert!(err(&good[..good.len() - 1]).contains("goes past its end"));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(err(&longer).contains("bytes follow"));
+        let mut tagged = good.clone();
+        tagged[8] = 7;
+        assert!(err(&tagged).contains("unknown tag 7"));
+        // A part of changes as session 24 wrote it: the watermark state first.
+        assert!(err(&good[8..]).contains("does not start as"));
+    }
+
+    /// A segment whose part cannot be written fails at the next append or at its end, with
+    /// the store's error (a file stands where the checkpoint's folder goes).
+    #[test]
+    fn a_part_of_changes_that_cannot_be_written_fails_with_the_stores_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::LocalDirStore::new(dir.path(), "j").unwrap());
+        std::fs::write(store.checkpoint_dir(5), b"not a folder").unwrap();
+        let mut segment = Segment::start(store.clone(), 5, "w0-s0-5".into(), Vec::new()).unwrap();
+        let mut failed = None;
+        for r in records() {
+            if let Err(e) = segment.append(&mut |out| {
+                out.extend_from_slice(&r);
+                Ok(())
+            }) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => segment.finish(b"t", &mut Vec::new()).unwrap_err(),
+        };
+        let path = store.checkpoint_dir(5).display().to_string();
+        assert!(e.to_string().contains(&path), "{e}");
     }
 
     /// An entry as it was written before its bytes were a byte string.

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::event::{Data, Event};
 use crate::flow::{Shared, TStream};
 use crate::metrics::{Counter, Metrics};
-use crate::recovery::{decode, encode_with_body, Chain, Stored, FINAL};
+use crate::recovery::{decode, encode_with_body, read_changes, Chain, Segment, Stored, FINAL};
 use crate::time::Watermark;
 use crate::watermark::{TrackerState, WatermarkTracker, WmReport};
 
@@ -116,21 +116,23 @@ pub trait EpochLogic<I, O>: 'static {
     fn restore(&mut self, state: &[u8]) -> Result<()>;
     /// Whether the logic keeps track of what changes in its state, for incremental checkpoints
     /// (see [`crate::CheckpointOptions::incremental`]): then a large state is written whole
-    /// once and then, at each later checkpoint, only what changed, with
-    /// [`EpochLogic::snapshot_changes_to`]. The default: no, every checkpoint writes it whole.
+    /// once and then only what changed, with [`EpochLogic::snapshot_changes_into`]. The
+    /// default: no, every checkpoint writes it whole.
     ///
     /// # Contract
     /// The engine calls [`EpochLogic::mark_snapshot`] right after the state went into a
     /// checkpoint whole ([`EpochLogic::snapshot_to`]) or was restored from one (whole, then
     /// changes); before the first such call the logic need not track anything (so a run
-    /// without checkpoints pays nothing). [`EpochLogic::snapshot_changes_to`] writes what
-    /// changed since the last mark or the last changes written, then starts tracking anew. On
-    /// restore, [`EpochLogic::restore`] gets the whole state, then
-    /// [`EpochLogic::restore_changes`] each changes written after it, in order; the logic
-    /// promises that the state it ends with equals the one it had when the last changes were
-    /// written. Changes should hold no more than the part of the state they describe, or a
-    /// chain costs more than whole states (the engine writes the state whole again once the
-    /// changes add up to twice its size).
+    /// without checkpoints pays nothing). [`EpochLogic::snapshot_changes_into`] writes what
+    /// changed since the last mark or the last changes written, then starts tracking anew.
+    /// Between two checkpoints the engine takes the changes at the end of every epoch and
+    /// writes them to disk in the background, so that a checkpoint has only its last epoch's
+    /// left to write: taking them must cost what changed, not the state's size. On restore,
+    /// [`EpochLogic::restore`] gets the whole state, then [`EpochLogic::restore_changes`]
+    /// each changes written after it, in order; the logic promises that the state it ends
+    /// with equals the one it had when the last changes were written. Changes should hold no
+    /// more than the part of the state they describe, or a chain costs more than whole states
+    /// (the engine writes the state whole again once the changes add up to twice its size).
     fn tracks_changes(&self) -> bool {
         false
     }
@@ -145,14 +147,15 @@ pub trait EpochLogic<I, O>: 'static {
     fn state_size_hint(&self) -> Option<u64> {
         None
     }
-    /// What changed since the last mark or changes written, written into `out`; tracks anew.
-    fn snapshot_changes_to(&mut self, out: &mut dyn std::io::Write) -> Result<()> {
+    /// What changed since the last mark or changes written, written at the end of `out`
+    /// (`bincode::serialize_into(out, ..)`); tracks anew.
+    fn snapshot_changes_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let _ = out;
         Err(crate::Error::Runtime(
             "this operator does not track the changes of its state".into(),
         ))
     }
-    /// Applies changes [`EpochLogic::snapshot_changes_to`] wrote to the state restored so far.
+    /// Applies changes [`EpochLogic::snapshot_changes_into`] wrote to the state restored so far.
     fn restore_changes(&mut self, changes: &[u8]) -> Result<()> {
         let _ = changes;
         Err(crate::Error::Runtime(
@@ -215,10 +218,14 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
     let mut index = 0;
     let mut last_size = 0;
     let mut chain = Chain::default();
+    // The part of changes being written, and the buffers the last one gave back.
+    let mut segment: (Option<Segment>, Vec<Vec<u8>>) = (None, Vec::new());
+    let mut flushed = 0;
     if let Some(r) = &shared.recovery {
         let mut r = r.borrow_mut();
         index = r.register_stateful();
         last_checkpoint = r.resumed_epoch();
+        flushed = last_checkpoint;
         let read_tracker = |rest: &mut &[u8]| -> Result<TrackerState> {
             bincode::deserialize_from(rest)
                 .map_err(|e| crate::Error::Runtime(format!("cannot read state: {e}")))
@@ -242,12 +249,15 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     tracker.restore(read_tracker(&mut rest)?);
                     logic.restore(rest)?;
                     drop(first);
-                    // Each part of changes holds the watermark state as of its checkpoint.
+                    // Each part of changes holds the changes of the epochs up to its
+                    // checkpoint, in order, and the watermark state as of that checkpoint.
                     for part in &changes {
                         let bytes = r.read_restored_part(part)?;
-                        let mut rest: &[u8] = &bytes;
-                        tracker.restore(read_tracker(&mut rest)?);
-                        logic.restore_changes(rest)?;
+                        let (records, mut t) = read_changes(part, &bytes)?;
+                        for record in records {
+                            logic.restore_changes(record)?;
+                        }
+                        tracker.restore(read_tracker(&mut t)?);
                     }
                     if r.incremental() && logic.tracks_changes() {
                         logic.mark_snapshot();
@@ -279,11 +289,16 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             control.fail(e);
         }
         // Hands in the state for every checkpoint epoch in `(last, through]`; the state must
-        // be exactly that after epoch `through`.
+        // be exactly that after epoch `through`. Between checkpoints, a state that goes in as
+        // changes writes them at the end of each epoch into `segment`, the part of changes
+        // the next checkpoint ends (`flushed`: the last epoch whose changes went in).
+        #[allow(clippy::too_many_arguments)]
         let checkpoint = move |through: u64,
                                last: &mut u64,
                                last_size: &mut usize,
                                chain: &mut Chain,
+                               segment: &mut (Option<Segment>, Vec<Vec<u8>>),
+                               flushed: &mut u64,
                                logic: &mut L,
                                tracker: &WatermarkTracker|
               -> Result<()> {
@@ -300,41 +315,59 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             } else {
                 r.due(*last, through)
             };
+            let incremental = r.incremental() && logic.tracks_changes();
             if due.is_empty() {
+                // Not a checkpoint: the changes of the epochs since the last go to disk now,
+                // in the background, if the next checkpoint is to take changes.
+                if incremental && through > *flushed && through != FINAL {
+                    *flushed = through;
+                    let (segment, spare) = segment;
+                    if segment.is_none() && chain.takes_changes(logic.state_size_hint()) {
+                        let next = r.next_checkpoint(*last);
+                        *segment = Some(r.start_segment(index, next, spare)?);
+                    }
+                    if let Some(s) = segment {
+                        s.append(&mut |out| logic.snapshot_changes_into(out))?;
+                    }
+                }
                 return Ok(());
             }
-            let incremental = r.incremental() && logic.tracks_changes();
             if incremental || r.streams(*last_size) {
                 // A large state, or one that can go in as changes (which may grow large
                 // before the next checkpoint: its chain starts at once): written from the
                 // state itself into a part of its own, once per checkpoint due (more than one
                 // only when the interval is a few epochs): whole, or what changed since the
-                // chain's last part. The final checkpoint (the input has ended; it is read
-                // only if the run fails during its last writes) takes changes whenever the
-                // chain has room, whatever their size.
+                // chain's last part (most of it written already, epoch by epoch, into the
+                // segment this checkpoint ends). The final checkpoint (the input has ended;
+                // it is read only if the run fails during its last writes) takes changes
+                // whenever the chain has room, whatever their size.
                 let state = tracker.state();
+                let (segment, spare) = segment;
                 for &id in &due {
+                    if id <= r.resumed_epoch() {
+                        continue;
+                    }
                     let hint = logic.state_size_hint();
                     let changes = incremental
-                        && (chain.takes_changes(hint) || (id == FINAL && chain.has_room()));
-                    let written = r.contribute_streamed(
-                        id,
-                        &name,
-                        &kind,
-                        index,
-                        chain,
-                        changes,
-                        &mut |out| {
+                        && (segment.is_some()
+                            || chain.takes_changes(hint)
+                            || (id == FINAL && chain.has_room()));
+                    let written = if changes {
+                        let mut s = match segment.take() {
+                            Some(s) => s,
+                            None => r.start_segment(index, id, spare)?,
+                        };
+                        s.append(&mut |out| logic.snapshot_changes_into(out))?;
+                        let t = crate::recovery::encode(&state)?;
+                        r.contribute_changes(id, &name, &kind, chain, s, &t, spare)?
+                    } else {
+                        r.contribute_streamed(id, &name, &kind, index, chain, &mut |out| {
                             bincode::serialize_into(&mut *out, &state).map_err(|e| {
                                 crate::Error::Runtime(format!("cannot write state: {e}"))
                             })?;
-                            if changes {
-                                logic.snapshot_changes_to(out)
-                            } else {
-                                logic.snapshot_to(out)
-                            }
-                        },
-                    )?;
+                            logic.snapshot_to(out)
+                        })?
+                    };
                     if written.is_some() {
                         if incremental && !changes {
                             logic.mark_snapshot();
@@ -344,6 +377,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     }
                 }
                 *last = *due.last().expect("not empty");
+                *flushed = (*flushed).max(*last);
                 return Ok(());
             }
             // A state that goes inline starts any later chain afresh.
@@ -420,6 +454,8 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                         &mut last_checkpoint,
                         &mut last_size,
                         &mut chain,
+                        &mut segment,
+                        &mut flushed,
                         &mut logic,
                         &tracker,
                     ) {
@@ -456,6 +492,8 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                     &mut last_checkpoint,
                     &mut last_size,
                     &mut chain,
+                    &mut segment,
+                    &mut flushed,
                     &mut logic,
                     &tracker,
                 ) {

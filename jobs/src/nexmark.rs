@@ -1826,13 +1826,28 @@ struct LastBids {
     changes: Option<RowChanges>,
 }
 
-/// The changes of a [`LastBids`] since its last mark.
-#[derive(Debug)]
+/// The changes of a [`LastBids`] since its last mark or changes written (what a checkpoint
+/// takes at every epoch's end costs what changed, not the state's size).
+#[derive(Debug, Default)]
 struct RowChanges {
     /// Rows at the mark; those from here on are new.
     rows: usize,
     /// A bit per row below `rows`: replaced since the mark.
     replaced: Vec<u64>,
+    /// The rows whose bit is set.
+    list: Vec<usize>,
+}
+
+impl RowChanges {
+    /// Tracks anew from a state of `rows` rows (the bits kept, cleared).
+    fn reset(&mut self, rows: usize) {
+        for &i in &self.list {
+            self.replaced[i / 64] = 0;
+        }
+        self.list.clear();
+        self.rows = rows;
+        self.replaced.resize(rows.div_ceil(64), 0);
+    }
 }
 
 /// [`LastBids`]' changes as written: rows at the mark, the bids of the rows added since, and
@@ -1883,8 +1898,9 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
                 let old = std::mem::replace(last, bid.clone());
                 out.emit(runnel_engine::Event::new(r.ts, Change::Retract(old)));
                 if let Some(c) = &mut self.changes {
-                    if i < c.rows {
+                    if i < c.rows && c.replaced[i / 64] & (1 << (i % 64)) == 0 {
                         c.replaced[i / 64] |= 1 << (i % 64);
+                        c.list.push(i);
                     }
                 }
             }
@@ -1934,30 +1950,23 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
 
     fn mark_snapshot(&mut self) {
         let rows = self.len();
-        self.changes = Some(RowChanges {
-            rows,
-            replaced: vec![0; rows.div_ceil(64)],
-        });
+        self.changes
+            .get_or_insert_with(RowChanges::default)
+            .reset(rows);
     }
 
-    fn snapshot_changes_to(&mut self, out: &mut dyn std::io::Write) -> Result<()> {
-        let Some(c) = &self.changes else {
+    fn snapshot_changes_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let Some(c) = &mut self.changes else {
             return Err(runnel_engine::Error::Runtime(
                 "q18's changes were asked for before its state was marked".into(),
             ));
         };
+        c.list.sort_unstable();
+        let c = self.changes.as_ref().expect("checked above");
         let added: Vec<&Bid> = (c.rows..self.len()).map(|i| self.bid(i)).collect();
-        let mut replaced = Vec::new();
-        for (w, &word) in c.replaced.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let i = w * 64 + bits.trailing_zeros() as usize;
-                replaced.push((i as u64, self.bid(i)));
-                bits &= bits - 1;
-            }
-        }
+        let replaced: Vec<(u64, &Bid)> = c.list.iter().map(|&i| (i as u64, self.bid(i))).collect();
         let changes: LastBidsChanges<&Bid> = (c.rows as u64, added, replaced);
-        runnel_engine::recovery::encode_to(out, &changes)?;
+        runnel_engine::recovery::encode_onto(out, &changes)?;
         self.mark_snapshot();
         Ok(())
     }
@@ -2072,12 +2081,10 @@ struct TopBids {
     #[serde(skip)]
     before: FxMap<u64, Vec<TopBid>>,
     /// For incremental checkpoints, once marked: the pairs at the mark, and the auctions whose
-    /// top ten changed since.
+    /// top ten changed since (once per epoch they changed in).
     #[serde(skip)]
-    changes: Option<(usize, FxSet<u64>)>,
+    changes: Option<(usize, Vec<u64>)>,
 }
-
-type FxSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// [`TopBids`]' changes as written: the pairs at the mark, the pairs added since, and the
 /// changed auctions' top tens.
@@ -2181,7 +2188,7 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
         let mut before = std::mem::take(&mut self.before);
         for (auction, old) in before.drain() {
             if let Some((_, changed)) = &mut self.changes {
-                changed.insert(auction);
+                changed.push(auction);
             }
             let new = &self.tops[&auction];
             // The newest of the epoch's bids in the new top ten: what the new one holds more
@@ -2247,25 +2254,28 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
     }
 
     fn mark_snapshot(&mut self) {
-        self.changes = Some((self.pairs.all.len(), FxSet::default()));
+        let (pairs, changed) = self.changes.get_or_insert_with(Default::default);
+        *pairs = self.pairs.all.len();
+        changed.clear();
     }
 
-    fn snapshot_changes_to(&mut self, out: &mut dyn std::io::Write) -> Result<()> {
-        let Some((pairs, changed)) = &self.changes else {
+    fn snapshot_changes_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let Some((_, changed)) = &mut self.changes else {
             return Err(runnel_engine::Error::Runtime(
                 "q19's changes were asked for before its state was marked".into(),
             ));
         };
-        let mut tops: Vec<(u64, &Vec<TopBid>)> =
-            changed.iter().map(|a| (*a, &self.tops[a])).collect();
-        // In auction order: the same state gives the same bytes.
-        tops.sort_unstable_by_key(|(a, _)| *a);
+        // In auction order, each once: the same state gives the same bytes.
+        changed.sort_unstable();
+        changed.dedup();
+        let (pairs, changed) = self.changes.as_ref().expect("checked above");
+        let tops: Vec<(u64, &Vec<TopBid>)> = changed.iter().map(|a| (*a, &self.tops[a])).collect();
         let changes: TopBidsChanges<&(Text, Text), &Vec<TopBid>> = (
             *pairs as u64,
             self.pairs.all[*pairs..].iter().collect(),
             tops,
         );
-        runnel_engine::recovery::encode_to(out, &changes)?;
+        runnel_engine::recovery::encode_onto(out, &changes)?;
         self.mark_snapshot();
         Ok(())
     }
@@ -2368,7 +2378,7 @@ pub fn q20<'s>(events: &Stream<'s, Event>) -> Result<Stream<'s, Change<Q20>>> {
 ///
 /// Incremental checkpoints: its state only grows (nodes and pairs are appended; only the
 /// lists' heads change), so its changes are the nodes and pairs added since the mark, and the
-/// heads whole (a few percent of the state).
+/// nodes' keys (restoring them moves the heads).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ExpandBids {
     auctions: Lists<Auction>,
@@ -2380,8 +2390,9 @@ struct ExpandBids {
     marked: Option<(u32, u32, usize)>,
 }
 
-/// A [`Lists`]' changes as written: its length at the mark, the nodes added since, its heads.
-type ListChanges<N, H> = (u32, Vec<N>, H);
+/// A [`Lists`]' changes as written: its length at the mark, the nodes added since, and their
+/// keys.
+type ListChanges<N, K> = (u32, Vec<N>, K);
 
 /// [`ExpandBids`]' changes as written: the auctions', the bids', the pairs at the mark and
 /// the pairs added since.
@@ -2463,6 +2474,9 @@ struct Lists<T> {
     heads: StaggeredMap<u64, u32>,
     chunks: Vec<Vec<Node<T>>>,
     len: u32,
+    /// Once marked: the keys of the nodes added since the mark or the changes written.
+    #[serde(skip)]
+    added: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -2488,6 +2502,7 @@ impl<T> Default for Lists<T> {
             heads: StaggeredMap::default(),
             chunks: Vec::new(),
             len: 0,
+            added: None,
         }
     }
 }
@@ -2506,6 +2521,14 @@ impl<T> Lists<T> {
             .checked_add(1)
             .expect("fewer than 2^32 records per worker");
         self.push_node(node);
+        if let Some(added) = &mut self.added {
+            added.push(key);
+        }
+    }
+
+    /// Tracks the keys of the nodes added from here on (anew).
+    fn mark(&mut self) {
+        self.added.get_or_insert_with(Vec::new).clear();
     }
 
     /// Adds `node` at the end (its `next` and the heads are the caller's).
@@ -2524,27 +2547,46 @@ impl<T> Lists<T> {
             .expect("fewer than 2^32 records per worker");
     }
 
-    /// The nodes added after the first `len`, and the heads.
-    fn changes_since(&self, len: u32) -> ListChanges<&Node<T>, &StaggeredMap<u64, u32>> {
+    /// The nodes added after the first `len` (the length at the mark), and their keys.
+    fn changes_since(&self, len: u32) -> ListChanges<&Node<T>, &[u64]> {
         let nodes = (len as usize..self.len as usize)
             .map(|i| &self.chunks[i / CHUNK][i % CHUNK])
             .collect();
-        (len, nodes, &self.heads)
+        (len, nodes, self.added.as_deref().unwrap_or_default())
     }
 
     /// Applies what [`Lists::changes_since`] gave.
-    fn apply(&mut self, changes: ListChanges<Node<T>, StaggeredMap<u64, u32>>) -> Result<()> {
-        let (len, nodes, heads) = changes;
+    fn apply(&mut self, changes: ListChanges<Node<T>, Vec<u64>>) -> Result<()> {
+        let (len, nodes, keys) = changes;
+        let bad = |what: String| {
+            Err(runnel_engine::Error::Runtime(format!(
+                "q20's changes {what}"
+            )))
+        };
         if len != self.len {
-            return Err(runnel_engine::Error::Runtime(format!(
-                "q20's changes are for lists of {len} records, not of {}",
+            return bad(format!(
+                "are for lists of {len} records, not of {}",
                 self.len
-            )));
+            ));
         }
-        for node in nodes {
+        if keys.len() != nodes.len() {
+            return bad(format!(
+                "have {} nodes and {} keys",
+                nodes.len(),
+                keys.len()
+            ));
+        }
+        for (node, key) in nodes.into_iter().zip(keys) {
+            let head = self.heads.entry(key).or_default();
+            if node.next != *head {
+                return bad(format!(
+                    "add a node of key {key} after node {}, not after its newest, {}",
+                    node.next, *head
+                ));
+            }
+            *head = self.len + 1;
             self.push_node(node);
         }
-        self.heads = heads;
         Ok(())
     }
 
@@ -2673,9 +2715,11 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
             self.bids.len,
             self.channel_urls.all.len(),
         ));
+        self.auctions.mark();
+        self.bids.mark();
     }
 
-    fn snapshot_changes_to(&mut self, out: &mut dyn std::io::Write) -> Result<()> {
+    fn snapshot_changes_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let Some((auctions, bids, pairs)) = self.marked else {
             return Err(runnel_engine::Error::Runtime(
                 "q20's changes were asked for before its state was marked".into(),
@@ -2687,16 +2731,15 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
             pairs as u64,
             self.channel_urls.all[pairs..].iter().collect(),
         );
-        runnel_engine::recovery::encode_to(out, &changes)?;
+        runnel_engine::recovery::encode_onto(out, &changes)?;
         self.mark_snapshot();
         Ok(())
     }
 
     fn restore_changes(&mut self, changes: &[u8]) -> Result<()> {
-        type Heads = StaggeredMap<u64, u32>;
         let (auctions, bids, pairs, added): ExpandBidsChanges<
-            ListChanges<Node<Auction>, Heads>,
-            ListChanges<Node<KeptBid>, Heads>,
+            ListChanges<Node<Auction>, Vec<u64>>,
+            ListChanges<Node<KeptBid>, Vec<u64>>,
             (Text, Text),
         > = runnel_engine::recovery::decode(changes)?;
         if pairs != self.channel_urls.all.len() as u64 {
@@ -2863,7 +2906,7 @@ mod tests {
                 live.mark_snapshot();
                 chain.clear();
             } else {
-                live.snapshot_changes_to(&mut part).unwrap();
+                live.snapshot_changes_into(&mut part).unwrap();
             }
             chain.push(part);
             let mut restored = L::default();

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig, NexmarkGenerator, Person};
+use runnel_engine::checkpoint::PartInfo;
 use runnel_engine::recovery::STREAM_STATE_ABOVE;
 use runnel_engine::testing::Collector;
 use runnel_engine::{run, Change, Data, Job, JobConfig, RunOptions, SourceOptions, Stream, Table};
@@ -476,7 +477,9 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
         epoch_interval: Duration::from_millis(10),
         checkpoint: Some(CheckpointOptions {
             store: store.clone(),
-            every: Duration::from_millis(50),
+            // Every 7 epochs: the input (600 ms, 60 epochs) ends between two checkpoints,
+            // so the final one takes changes written for the next, which never comes.
+            every: Duration::from_millis(70),
             // Enough that the one the watcher picks is there when the run has stopped.
             keep: 5,
             restore: Restore::Latest,
@@ -539,9 +542,15 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
     assert!(expected, "{own} parts of their own: {latest:?}");
 
     let mut resume = options();
+    let resume_on = resume.checkpoint.as_mut().expect("on");
     if let Some(id) = chained {
-        resume.checkpoint.as_mut().expect("on").restore = Restore::Id(id);
+        resume_on.restore = Restore::Id(id);
     }
+    // The resumed run runs to its end, which clears its checkpoints: on this store it keeps
+    // them, so that its final checkpoint can be restored below.
+    resume_on.store = Arc::new(KeepsCheckpoints(
+        LocalDirStore::new(dir.path().join("state"), "q").unwrap(),
+    ));
     let summary = run(&job, resume).expect("the resumed run");
     assert!(
         0 < summary.events_in && summary.events_in < 60_000,
@@ -549,12 +558,95 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
         summary.events_in
     );
     assert_eq!(summary.late, 0);
-    let changes: Vec<Change<O>> = std::fs::read_to_string(&out)
-        .unwrap()
+    let written = std::fs::read_to_string(&out).unwrap();
+    // The final checkpoint (the input had ended: with a chain, its last part holds the changes
+    // since the checkpoint before, most of them written for the next one, which never came)
+    // restores, and a run from it has nothing left to read or write.
+    let last = store.latest().unwrap().expect("the final checkpoint");
+    assert_eq!(last.id, runnel_engine::recovery::FINAL);
+    let again = run(&job, options()).expect("a run from the final checkpoint");
+    assert_eq!(again.events_in, 0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
+    let changes: Vec<Change<O>> = written
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     final_rows(changes)
+}
+
+/// A local folder's store that keeps its checkpoints when a run that ended clears them.
+#[derive(Debug)]
+struct KeepsCheckpoints(runnel_engine::checkpoint::LocalDirStore);
+
+impl runnel_engine::checkpoint::CheckpointStore for KeepsCheckpoints {
+    fn write_part(&self, id: u64, part: &str, bytes: &[u8]) -> runnel_engine::Result<PartInfo> {
+        self.0.write_part(id, part, bytes)
+    }
+    fn write_part_with(
+        &self,
+        id: u64,
+        part: &str,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> runnel_engine::Result<()>,
+    ) -> runnel_engine::Result<PartInfo> {
+        self.0.write_part_with(id, part, write)
+    }
+    fn links_parts(&self) -> bool {
+        self.0.links_parts()
+    }
+    fn link_part(&self, from: u64, to: u64, part: &PartInfo) -> runnel_engine::Result<PartInfo> {
+        self.0.link_part(from, to, part)
+    }
+    fn has_part(&self, id: u64, part: &str) -> bool {
+        self.0.has_part(id, part)
+    }
+    fn part_names(&self, id: u64) -> runnel_engine::Result<Vec<String>> {
+        self.0.part_names(id)
+    }
+    fn commit(
+        &self,
+        id: u64,
+        epoch: u64,
+        parts: &[String],
+        meta: BTreeMap<String, String>,
+    ) -> runnel_engine::Result<runnel_engine::CheckpointInfo> {
+        self.0.commit(id, epoch, parts, meta)
+    }
+    fn list(&self) -> runnel_engine::Result<Vec<runnel_engine::CheckpointInfo>> {
+        self.0.list()
+    }
+    fn latest(&self) -> runnel_engine::Result<Option<runnel_engine::CheckpointInfo>> {
+        self.0.latest()
+    }
+    fn newest_complete_id(&self) -> runnel_engine::Result<Option<u64>> {
+        self.0.newest_complete_id()
+    }
+    fn get(&self, id: u64) -> runnel_engine::Result<runnel_engine::CheckpointInfo> {
+        self.0.get(id)
+    }
+    fn read_part(&self, id: u64, part: &str) -> runnel_engine::Result<Vec<u8>> {
+        self.0.read_part(id, part)
+    }
+    fn retain(&self, keep: usize) -> runnel_engine::Result<()> {
+        self.0.retain(keep)
+    }
+    fn clear(&self) -> runnel_engine::Result<()> {
+        Ok(())
+    }
+    fn scan(&self) -> runnel_engine::Result<Vec<runnel_engine::checkpoint::CheckpointEntry>> {
+        self.0.scan()
+    }
+    fn next_id(&self) -> runnel_engine::Result<u64> {
+        self.0.next_id()
+    }
+    fn discard(&self, id: u64) -> runnel_engine::Result<()> {
+        self.0.discard(id)
+    }
+    fn discard_after(&self, id: Option<u64>) -> runnel_engine::Result<()> {
+        self.0.discard_after(id)
+    }
+    fn log_dir(&self) -> Option<&std::path::Path> {
+        self.0.log_dir()
+    }
 }
 
 /// q9's state is checkpointed: stopped and resumed, its changelog applies to the brute-force
