@@ -2081,14 +2081,16 @@ struct TopBids {
     #[serde(skip)]
     before: FxMap<u64, Vec<TopBid>>,
     /// For incremental checkpoints, once marked: the pairs at the mark, and the auctions whose
-    /// top ten changed since (once per epoch they changed in).
+    /// top ten changed since, each with the first place that changed (once per epoch they
+    /// changed in).
     #[serde(skip)]
-    changes: Option<(usize, Vec<u64>)>,
+    changes: Option<(usize, Vec<(u64, u8)>)>,
 }
 
-/// [`TopBids`]' changes as written: the pairs at the mark, the pairs added since, and the
-/// changed auctions' top tens.
-type TopBidsChanges<P, T> = (u64, Vec<P>, Vec<(u64, T)>);
+/// [`TopBids`]' changes as written: the pairs at the mark, the pairs added since, and each
+/// changed auction's top ten from the first place that changed on (the places above it are
+/// as they were).
+type TopBidsChanges<P, T> = (u64, Vec<P>, Vec<(u64, u8, T)>);
 
 type Q19In = (u64, Bid);
 
@@ -2187,10 +2189,11 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
     fn on_epoch_end(&mut self, _wm: Watermark, out: &mut Emitter<Q19In, Change<Q19>>) {
         let mut before = std::mem::take(&mut self.before);
         for (auction, old) in before.drain() {
-            if let Some((_, changed)) = &mut self.changes {
-                changed.push(auction);
-            }
             let new = &self.tops[&auction];
+            if let Some((_, changed)) = &mut self.changes {
+                let same = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+                changed.push((auction, same as u8));
+            }
             // The newest of the epoch's bids in the new top ten: what the new one holds more
             // often than the old one (a bid may come twice).
             let count = |v: &[TopBid], e: &TopBid| v.iter().filter(|x| *x == e).count();
@@ -2265,12 +2268,19 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
                 "q19's changes were asked for before its state was marked".into(),
             ));
         };
-        // In auction order, each once: the same state gives the same bytes.
+        // In auction order, each once from the first place that changed since the last
+        // changes (the same state gives the same bytes).
         changed.sort_unstable();
-        changed.dedup();
+        changed.dedup_by_key(|(a, _)| *a);
         let (pairs, changed) = self.changes.as_ref().expect("checked above");
-        let tops: Vec<(u64, &Vec<TopBid>)> = changed.iter().map(|a| (*a, &self.tops[a])).collect();
-        let changes: TopBidsChanges<&(Text, Text), &Vec<TopBid>> = (
+        let tops: Vec<(u64, u8, &[TopBid])> = changed
+            .iter()
+            .map(|&(a, place)| {
+                let top = &self.tops[&a];
+                (a, place, &top[(place as usize).min(top.len())..])
+            })
+            .collect();
+        let changes: TopBidsChanges<&(Text, Text), &[TopBid]> = (
             *pairs as u64,
             self.pairs.all[*pairs..].iter().collect(),
             tops,
@@ -2292,7 +2302,19 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
         for pair in added {
             self.pairs.push(pair);
         }
-        self.tops.extend(tops);
+        for (auction, place, below) in tops {
+            let top = self.tops.entry(auction).or_default();
+            if place as usize > top.len() || place as usize + below.len() > Q19_TOP {
+                return Err(runnel_engine::Error::Runtime(format!(
+                    "q19's changes put {} bids from place {place} of auction {auction}, which \
+                     has {}",
+                    below.len(),
+                    top.len()
+                )));
+            }
+            top.truncate(place as usize);
+            top.extend(below);
+        }
         Ok(())
     }
 }
@@ -2878,14 +2900,16 @@ mod tests {
     }
 
     /// Runs `epochs` through a logic, putting its state into a checkpoint after each: whole
-    /// after the first and every `whole_every`-th, otherwise as its changes since the one
-    /// before. After each, a logic restored from the chain (the last whole state, then the
+    /// after the first and every `whole_every`-th, otherwise, after every `changes_every`-th,
+    /// as its changes since the one before (which then span several epochs, as the engine's
+    /// may when epochs end together). After each, a logic restored from the chain (the last whole state, then the
     /// changes after it, as the engine restores) must hold what the running one holds, in
     /// the form `canon` (written here, not by the logic); and from there both must emit the
     /// same for the remaining epochs (sorted, as an epoch's order is not the contract).
     fn check_chain<I: Clone, O: std::fmt::Debug, L: EpochLogic<I, O> + Default, C>(
         epochs: &[Vec<runnel_engine::Event<I>>],
         whole_every: usize,
+        changes_every: usize,
         canon: impl Fn(&L) -> C,
     ) -> std::result::Result<(), TestCaseError>
     where
@@ -2905,8 +2929,10 @@ mod tests {
                 live.snapshot_to(&mut part).unwrap();
                 live.mark_snapshot();
                 chain.clear();
-            } else {
+            } else if n % changes_every == 0 {
                 live.snapshot_changes_into(&mut part).unwrap();
+            } else {
+                continue;
             }
             chain.push(part);
             let mut restored = L::default();
@@ -2950,7 +2976,7 @@ mod tests {
         /// q18's rows, restored from a whole state and its changes, are the live rows: each
         /// pair with its bid, keyed by the bid's own bidder and auction.
         #[test]
-        fn q18_changes_restore_the_rows(epochs in epochs(), whole_every in 1usize..5) {
+        fn q18_changes_restore_the_rows(epochs in epochs(), whole_every in 1usize..5, changes_every in 1usize..4) {
             let events: Vec<Vec<runnel_engine::Event<Q18In>>> = bid_events(&epochs)
                 .into_iter()
                 .map(|e| {
@@ -2959,7 +2985,7 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            check_chain(&events, whole_every, |l: &LastBids| {
+            check_chain(&events, whole_every, changes_every, |l: &LastBids| {
                 let mut rows: Vec<((u64, u64), Bid)> = l
                     .rows
                     .iter()
@@ -2973,12 +2999,12 @@ mod tests {
         /// q19's top tens, restored from a whole state and its changes, are the live ones,
         /// bid by bid with their channels and urls.
         #[test]
-        fn q19_changes_restore_the_top_tens(epochs in epochs(), whole_every in 1usize..5) {
+        fn q19_changes_restore_the_top_tens(epochs in epochs(), whole_every in 1usize..5, changes_every in 1usize..4) {
             let events: Vec<Vec<runnel_engine::Event<Q19In>>> = bid_events(&epochs)
                 .into_iter()
                 .map(|e| e.into_iter().map(|r| runnel_engine::Event::new(r.ts, (r.data.auction, r.data))).collect())
                 .collect();
-            check_chain(&events, whole_every, |l: &TopBids| {
+            check_chain(&events, whole_every, changes_every, |l: &TopBids| {
                 let mut tops: Vec<(u64, Vec<(i64, u64, u64, i64, String, (Text, Text))>)> = l
                     .tops
                     .iter()
@@ -3004,7 +3030,7 @@ mod tests {
         fn q20_changes_restore_the_lists(
             epochs in epochs(),
             opened in prop::collection::vec((0u8..12, 0u8..12), 1..12),
-            whole_every in 1usize..5,
+            whole_every in 1usize..5, changes_every in 1usize..4,
         ) {
             // Bids, and in each epoch the auction of `opened` (its id, and which epoch).
             let mut events: Vec<Vec<runnel_engine::Event<Q20In>>> = bid_events(&epochs)
@@ -3031,7 +3057,7 @@ mod tests {
                 };
                 events[n].push(runnel_engine::Event::new(i64::from(at), (a.id, Either::Left(a))));
             }
-            check_chain(&events, whole_every, |l: &ExpandBids| {
+            check_chain(&events, whole_every, changes_every, |l: &ExpandBids| {
                 let mut keys: Vec<u64> = l.bids.heads.iter().map(|(k, _)| *k).collect();
                 keys.extend(l.auctions.heads.iter().map(|(k, _)| *k));
                 keys.sort();
