@@ -53,6 +53,7 @@ pub mod table;
 pub mod testing;
 pub mod time;
 pub mod watermark;
+pub mod wire;
 
 pub use batch::Batcher;
 pub use checkpoint::{CheckpointInfo, CheckpointStore, DurableLog, LocalDirStore, PartInfo};
