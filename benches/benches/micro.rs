@@ -36,6 +36,8 @@ const CUT_EVERY: u64 = 100_000;
 const CODEC_RECORDS: usize = 2_000;
 /// Records in one bincode batch (timely's default batch size is about this).
 const BATCH: usize = 1_024;
+/// Bids in the `changes` group (about 30 MB of them, more than the caches hold).
+const CHANGES_RECORDS: usize = 200_000;
 
 /// A source over bids built before the run: partition `p` of `k` reads `p, p + k, ...` and
 /// cuts an epoch every [`CUT_EVERY`] records, so runs are deterministic and the source costs one
@@ -302,6 +304,50 @@ fn bincode_batches(c: &mut Criterion) {
     g.finish();
 }
 
+/// An incremental checkpoint's changes of Nexmark bids, as q18 writes them (each bid whole):
+/// through serde and bincode (as until session 26) against field by field with
+/// `runnel_engine::wire`. The bids are visited in a scattered order, as a state's changed rows
+/// are.
+fn changes(c: &mut Criterion) {
+    use runnel_engine::wire::Put;
+    let bids: Vec<nexmark::Bid> = NexmarkConfig::new(CHANGES_RECORDS as u64 * 50 / 46 + 50)
+        .iter()
+        .filter_map(|e| match e {
+            nexmark::Event::Bid(b) => Some(b),
+            _ => None,
+        })
+        .take(CHANGES_RECORDS)
+        .collect();
+    assert_eq!(bids.len(), CHANGES_RECORDS);
+    // A fixed permutation: stride by a number prime to the length.
+    let order: Vec<&nexmark::Bid> = (0..bids.len())
+        .map(|i| &bids[i * 7_919 % bids.len()])
+        .collect();
+    let mut g = c.benchmark_group("changes");
+    g.sample_size(20)
+        .throughput(Throughput::Elements(order.len() as u64));
+    let mut out: Vec<u8> = Vec::new();
+    g.bench_function("bincode_bids", |b| {
+        b.iter(|| {
+            out.clear();
+            bincode::serialize_into(&mut out, &(7u64, &order)).expect("encodes");
+            black_box(&out);
+        })
+    });
+    g.bench_function("wire_bids", |b| {
+        b.iter(|| {
+            out.clear();
+            out.put_u64(7);
+            out.put_len(order.len());
+            for b in &order {
+                b.put_wire(&mut out);
+            }
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
 fn generator(c: &mut Criterion) {
     let config = NexmarkConfig::new(2_000_000);
     let mut g = c.benchmark_group("nexmark");
@@ -354,6 +400,7 @@ fn micro() {
     exchange(&mut c);
     json(&mut c);
     bincode_batches(&mut c);
+    changes(&mut c);
     generator(&mut c);
 }
 

@@ -23,8 +23,9 @@
 //! extractor) are one per epoch while the log is kept: the wall-clock time of the epoch's first
 //! read, logged with the epoch and given again on replay.
 //!
-//! Not replayed exactly: where a partition that is not in the checkpoint starts when its source
-//! starts at the latest offset.
+//! A partition whose start a reader resolves when it opens (Kafka's latest offset) is logged at
+//! that start from its first epoch ([`crate::PartitionReader::start_offset`]), so replay and
+//! checkpoints go on from there rather than resolving the start again.
 
 use std::collections::VecDeque;
 use std::path::Path;

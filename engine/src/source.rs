@@ -130,6 +130,15 @@ pub trait PartitionReader<T>: 'static {
         let _ = next;
         Ok(())
     }
+    /// Where this reader starts, when it is known before a record is read: every record it
+    /// will read is at or after this offset. `None` (the default) when it is not known. A reader whose start is resolved when it
+    /// opens (Kafka's `latest`, which is wherever the partition's end is at that moment) says
+    /// where it resolved to: then an epoch or checkpoint before the partition's first record
+    /// holds that place, and a restart resumes there, instead of resolving the start again
+    /// and missing the records written in between.
+    fn start_offset(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// When the sources of a run close their epochs: epoch `base + n` of a run (`base` is 0, or the
@@ -693,7 +702,12 @@ fn open_new<S: Source>(
                 }
                 None => {
                     let reader = source.open(id, ctx)?;
-                    parts.push(Part::new(name.clone(), reader));
+                    let start = reader.start_offset();
+                    let mut p = Part::new(name.clone(), reader);
+                    // A start known before any record counts as where the partition is (see
+                    // `PartitionReader::start_offset`).
+                    p.next = start;
+                    parts.push(p);
                 }
             }
         }

@@ -147,8 +147,9 @@ pub trait EpochLogic<I, O>: 'static {
     fn state_size_hint(&self) -> Option<u64> {
         None
     }
-    /// What changed since the last mark or changes written, written at the end of `out`
-    /// (`bincode::serialize_into(out, ..)`); tracks anew.
+    /// What changed since the last mark or changes written, written at the end of `out` (with
+    /// `bincode::serialize_into(out, ..)`, or field by field with [`crate::wire`] where the
+    /// encoding's cost matters); tracks anew.
     fn snapshot_changes_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let _ = out;
         Err(crate::Error::Runtime(

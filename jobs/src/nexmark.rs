@@ -1852,7 +1852,7 @@ impl RowChanges {
 }
 
 // [`LastBids`]' changes as written (`runnel_engine::wire`): the rows at the mark (u64), the
-// rows added since (a count, then each bid, see `put_bid`), and the rows replaced (a count,
+// rows added since (a count, then each bid, see `Bid::put_wire`), and the rows replaced (a count,
 // then each row (u64) and its bid).
 
 impl LastBids {
@@ -1968,12 +1968,12 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         out.put_u64(c.rows as u64);
         out.put_len(self.len() - c.rows);
         for i in c.rows..self.len() {
-            put_bid(out, self.bid(i));
+            self.bid(i).put_wire(out);
         }
         out.put_len(c.list.len());
         for &i in &c.list {
             out.put_u64(i as u64);
-            put_bid(out, self.bid(i));
+            self.bid(i).put_wire(out);
         }
         self.mark_snapshot();
         Ok(())
@@ -1990,7 +1990,7 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         }
         let mut added = Vec::new();
         for _ in 0..w.len("the number of rows added")? {
-            added.push(get_bid(&mut w)?);
+            added.push(Bid::get_wire(&mut w)?);
         }
         for _ in 0..w.len("the number of rows replaced")? {
             let i = w.u64("a replaced row")? as usize;
@@ -1999,7 +1999,7 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
                     "q18's changes replace row {i} of {rows}"
                 )));
             }
-            self.bids[i / ROWS_CHUNK][i % ROWS_CHUNK] = get_bid(&mut w)?;
+            self.bids[i / ROWS_CHUNK][i % ROWS_CHUNK] = Bid::get_wire(&mut w)?;
         }
         w.end()?;
         for bid in added {
@@ -2009,32 +2009,6 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
         }
         Ok(())
     }
-}
-
-/// Writes a whole bid ([`runnel_engine::wire`]): auction, bidder, price, date_time, channel,
-/// url, extra.
-fn put_bid(out: &mut Vec<u8>, b: &Bid) {
-    out.reserve(32 + 3 + b.channel.len() + b.url.len() + b.extra.len());
-    out.put_u64(b.auction);
-    out.put_u64(b.bidder);
-    out.put_u64(b.price);
-    out.put_i64(b.date_time);
-    out.put_str(&b.channel);
-    out.put_str(&b.url);
-    out.put_str(&b.extra);
-}
-
-/// Reads what [`put_bid`] wrote.
-fn get_bid(w: &mut Wire<'_>) -> Result<Bid> {
-    Ok(Bid {
-        auction: w.u64("a bid's auction")?,
-        bidder: w.u64("a bid's bidder")?,
-        price: w.u64("a bid's price")?,
-        date_time: w.i64("a bid's date_time")?,
-        channel: w.str("a bid's channel")?.to_string().into(),
-        url: w.str("a bid's url")?.to_string().into(),
-        extra: w.str("a bid's extra")?.to_string().into(),
-    })
 }
 
 /// One q19 result: a bid among the ten highest of its auction, with its rank.
@@ -2526,31 +2500,11 @@ impl WireItem for KeptBid {
 
 impl WireItem for Auction {
     fn put(&self, out: &mut Vec<u8>) {
-        out.put_u64(self.id);
-        out.put_str(&self.item_name);
-        out.put_str(&self.description);
-        out.put_u64(self.initial_bid);
-        out.put_u64(self.reserve);
-        out.put_i64(self.date_time);
-        out.put_i64(self.expires);
-        out.put_u64(self.seller);
-        out.put_u64(self.category);
-        out.put_str(&self.extra);
+        self.put_wire(out);
     }
 
     fn get(w: &mut Wire<'_>) -> Result<Self> {
-        Ok(Auction {
-            id: w.u64("an auction's id")?,
-            item_name: w.str("an auction's item_name")?.to_string().into(),
-            description: w.str("an auction's description")?.to_string().into(),
-            initial_bid: w.u64("an auction's initial_bid")?,
-            reserve: w.u64("an auction's reserve")?,
-            date_time: w.i64("an auction's date_time")?,
-            expires: w.i64("an auction's expires")?,
-            seller: w.u64("an auction's seller")?,
-            category: w.u64("an auction's category")?,
-            extra: w.str("an auction's extra")?.to_string().into(),
-        })
+        Auction::get_wire(w)
     }
 }
 
@@ -2921,6 +2875,7 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
     fn restore_changes(&mut self, changes: &[u8]) -> Result<()> {
         let mut w = Wire::new("q20's changes", changes);
         self.auctions.apply(&mut w)?;
+        let bids_before = self.bids.len;
         self.bids.apply(&mut w)?;
         let pairs = w.u64("the pairs at the mark")?;
         if pairs != self.channel_urls.all.len() as u64 {
@@ -2933,6 +2888,16 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
             let channel = w.str("a channel")?.to_string();
             let url = w.str("a url")?.to_string();
             self.channel_urls.push((channel.into(), url.into()));
+        }
+        // Each added bid's channel and url must be one of the pairs.
+        for i in bids_before as usize..self.bids.len as usize {
+            let aux = self.bids.chunks[i / CHUNK][i % CHUNK].aux;
+            if aux as usize >= self.channel_urls.all.len() {
+                return Err(runnel_engine::Error::Runtime(format!(
+                    "q20's changes give bid {i} the channel and url pair {aux} of {}",
+                    self.channel_urls.all.len()
+                )));
+            }
         }
         w.end()
     }

@@ -122,7 +122,11 @@ pub enum StartAt {
     /// takes the reader to the oldest record there is.
     #[default]
     Earliest,
-    /// Only records written after the source opened the partition (`"latest"`).
+    /// Only records written after the source opened the partition (`"latest"`). The end is
+    /// looked up when the job first opens the partition, and that offset is where the
+    /// partition stands in its epochs and checkpoints until a record comes: a restored job
+    /// goes on from there (reading what was written while it was down), not from the end
+    /// as it is at the restart.
     Latest,
     /// The offset the consumer group ([`KafkaSourceConfig::group_id`]) committed, or the
     /// earliest record where the group has none (`"committed"`; change the fallback with the

@@ -689,7 +689,16 @@ impl WorkerClient {
             // job ran (it holds only new records).
             _ if start.is_some() => start.expect("checked"),
             StartAt::Earliest => super::OLDEST,
-            StartAt::Latest => Offset::End,
+            // Resolved here, not by librdkafka: the reader says where it starts
+            // (`start_offset`), so that a checkpoint taken before the partition's first record
+            // resumes there instead of at a later end.
+            StartAt::Latest => {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, partition, self.request_timeout)
+                    .map_err(|e| at("look up the end of the partition", e))?;
+                Offset::Offset(high)
+            }
             StartAt::Timestamp(ts) => {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(topic, partition, Offset::Offset(ts))
@@ -744,9 +753,22 @@ impl WorkerClient {
             stop_at_end: config.stop_at_end,
             finished: false,
             // An explicit offset must be the first one read (the checks for tansu's skips);
-            // from the oldest record, any first offset is right.
+            // from the oldest record, any first offset is right, and so it is from the end
+            // (`latest`: the broker's end, as librdkafka would have resolved it; waiting for
+            // the offset before it would seek back on every idle partition, and never see it
+            // where it is a transaction marker).
             expect: match offset {
+                _ if start.is_none() && config.start == StartAt::Latest => None,
                 Offset::Offset(o) if offset != super::OLDEST => Some(o),
+                _ => None,
+            },
+            // Where the reader starts, when that is the end it looked up (`latest`). Not for
+            // the other starts: `earliest` is the same place after a restart, and from a
+            // committed offset or a timestamp a reset by `auto.offset.reset` may take the
+            // reader below the offset asked for.
+            start: match (offset, &config.start) {
+                _ if start.is_some() => None,
+                (Offset::Offset(o), StartAt::Latest) => u64::try_from(o).ok(),
                 _ => None,
             },
             rewind: 10_000,
@@ -875,6 +897,9 @@ struct KafkaPartitionReader<T> {
     /// The offset of the last record pushed: a partition's offsets only grow, so a record at
     /// or below it (a fetch from before a seek, still queued) is dropped.
     last: Option<i64>,
+    /// The offset the reader was assigned at, when it is an explicit one (every record it
+    /// reads is at or after it).
+    start: Option<u64>,
 }
 
 impl<T> KafkaPartitionReader<T> {
@@ -960,6 +985,10 @@ impl<T> KafkaPartitionReader<T> {
 const FIRST_SKIP_CHECK: Duration = Duration::from_millis(500);
 
 impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
+    fn start_offset(&self) -> Option<u64> {
+        self.start
+    }
+
     fn read(&mut self, out: &mut Reader<T>) -> Result<ReadStatus> {
         if self.finished {
             return Ok(ReadStatus::Finished);
@@ -1065,6 +1094,10 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
     }
 
     fn complete(&mut self, next: u64) -> Result<()> {
+        if self.last.is_none() && Some(next) == self.start {
+            // Nothing read yet: the group's offset stays as it is (as Flink's does).
+            return Ok(());
+        }
         self.client.completed(&self.topic, self.partition, next);
         Ok(())
     }
