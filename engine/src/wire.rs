@@ -3,11 +3,11 @@
 //! An operator that tracks its changes ([`crate::EpochLogic::tracks_changes`]) has them taken
 //! at the end of every epoch between two checkpoints, on the worker's thread. For states that
 //! grow with every record (a gigabyte of changes per worker every 10 s in Nexmark's q18-q20),
-//! the encoding is most of that cost; going through serde and bincode costs about a third more
-//! than writing the fields straight into the buffer (a per-field call with its own capacity
-//! check, and 8-byte lengths). [`Put`] writes fixed-width little-endian integers and strings
-//! as a LEB128 length then their bytes; [`Wire`] reads them back, and its errors name what was
-//! being read, where, and in what.
+//! the encoding is most of that cost. [`Put`] writes fixed-width little-endian integers and
+//! strings as a LEB128 length (one byte below 128, where bincode writes eight) then their
+//! bytes; [`Wire`] reads them back, and its errors name what was being read, where, and in
+//! what. Whether it costs less time than bincode is not settled: see the `changes` group of
+//! `benches/benches/micro.rs` and BENCHMARKS.md (session 26).
 //!
 //! ```
 //! use runnel_engine::wire::{Put, Wire};

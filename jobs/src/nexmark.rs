@@ -2297,7 +2297,7 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
             out.put_str(url);
         }
         // The look-ups first, then the writing: independent look-ups overlap their cache
-        // misses (interleaved with the writing, the changes take about a third longer).
+        // misses (interleaved with the writing, about a third longer in a scratch benchmark).
         let tops: Vec<(u64, u8, &[TopBid])> = changed
             .iter()
             .map(|&(a, place)| {
