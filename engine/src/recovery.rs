@@ -234,11 +234,26 @@ pub(crate) struct Recovery {
     last_asked: Option<std::time::Instant>,
     /// When this worker handed in the first state of each pending checkpoint.
     started: BTreeMap<u64, std::time::Instant>,
-    /// Checkpoints committed, their bytes, and the milliseconds from the first state handed in
-    /// to the commit (worker 0; in the run's counters).
-    counters: Option<(Arc<Counter>, Arc<Counter>, Arc<Counter>)>,
+    /// Worker 0's counters of its commits ([`Recovery::count_in`]).
+    counters: Option<CommitCounters>,
+    /// Worker 0: the parts of the newest checkpoint committed or restored from, other than
+    /// the workers' own, by name with their size and CRC: a part of the next commit found here
+    /// was linked, not written again (it does not count in `checkpoint_bytes`).
+    carried: BTreeMap<String, (u64, u32)>,
     /// Encodes and writes this worker's parts off the worker's thread.
     writer: PartWriter,
+}
+
+/// The run's counters of committed checkpoints (worker 0 commits; see [`Recovery::count_in`]).
+struct CommitCounters {
+    /// Checkpoints committed.
+    count: Arc<Counter>,
+    /// The bytes each commit added: its parts less those linked from the checkpoint before.
+    written: Arc<Counter>,
+    /// The whole size of each committed checkpoint, linked parts included.
+    full: Arc<Counter>,
+    /// Milliseconds from the first state handed in to the commit.
+    ms: Arc<Counter>,
 }
 
 /// Encodes and writes a worker's checkpoint parts on a thread of its own, so that the worker
@@ -650,6 +665,7 @@ impl Recovery {
             last_asked: None,
             started: BTreeMap::new(),
             counters: None,
+            carried: BTreeMap::new(),
             writer: PartWriter::new(options.store.clone(), worker),
         })
     }
@@ -668,14 +684,36 @@ impl Recovery {
         self.committed
     }
 
-    /// Counts this worker's commits in `metrics` (`checkpoints`, `checkpoint_bytes`,
-    /// `checkpoint_ms`).
+    /// Counts this worker's commits in `metrics`: `checkpoints` (how many),
+    /// `checkpoint_bytes` (what each added: with incremental checkpoints, the parts that are
+    /// not linked from the checkpoint before, as Flink's "checkpointed data size"),
+    /// `checkpoint_full_bytes` (each one's whole size, linked parts included, as Flink's
+    /// "full checkpoint data size") and `checkpoint_ms` (from the first state handed in to
+    /// the commit).
     pub(crate) fn count_in(&mut self, metrics: &Metrics) {
-        self.counters = Some((
-            metrics.counter("checkpoints"),
-            metrics.counter("checkpoint_bytes"),
-            metrics.counter("checkpoint_ms"),
-        ));
+        self.counters = Some(CommitCounters {
+            count: metrics.counter("checkpoints"),
+            written: metrics.counter("checkpoint_bytes"),
+            full: metrics.counter("checkpoint_full_bytes"),
+            ms: metrics.counter("checkpoint_ms"),
+        });
+    }
+
+    /// Worker 0: the run resumes from checkpoint `from`, whose parts its first commit may
+    /// link instead of writing (they do not count as written by it).
+    pub(crate) fn resumed_from(&mut self, from: &CheckpointInfo) {
+        self.carried = Self::carried_of(from, self.workers);
+    }
+
+    /// The parts of `info` that a later checkpoint may link: all but the workers' own
+    /// (`w0`, `w1`...: written anew for every checkpoint).
+    fn carried_of(info: &CheckpointInfo, workers: usize) -> BTreeMap<String, (u64, u32)> {
+        let own: BTreeSet<String> = (0..workers).map(|w| format!("w{w}")).collect();
+        info.parts
+            .iter()
+            .filter(|p| !own.contains(&p.name))
+            .map(|p| (p.name.clone(), (p.size, p.crc32)))
+            .collect()
     }
 
     /// Registers a participant (at build time).
@@ -1044,11 +1082,20 @@ impl Recovery {
         meta.insert("created_ms".to_string(), now_ms().to_string());
         let info = self.store.commit(newest, newest, &parts, meta)?;
         self.committed = self.committed.max(newest);
-        if let Some((n, bytes, ms)) = &self.counters {
-            n.add(1);
-            bytes.add(info.size());
+        // Parts of the checkpoint before, the same bytes under the same name, were linked.
+        let written: u64 = info
+            .parts
+            .iter()
+            .filter(|p| self.carried.get(&p.name) != Some(&(p.size, p.crc32)))
+            .map(|p| p.size)
+            .sum();
+        self.carried = Self::carried_of(&info, self.workers);
+        if let Some(c) = &self.counters {
+            c.count.add(1);
+            c.written.add(written);
+            c.full.add(info.size());
             if let Some(t) = self.started.get(&newest) {
-                ms.add(t.elapsed().as_millis() as u64);
+                c.ms.add(t.elapsed().as_millis() as u64);
             }
         }
         let took = self
@@ -1057,7 +1104,7 @@ impl Recovery {
             .map_or(0, |t| t.elapsed().as_millis());
         self.started.retain(|&id, _| id > newest);
         tracing::info!(
-            "checkpoint {newest} complete: {} bytes, {took} ms",
+            "checkpoint {newest} complete: {} bytes ({written} written, the rest linked), {took} ms",
             info.size()
         );
         self.awaiting.retain(|&id| id > newest);

@@ -480,8 +480,9 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
             // Every 7 epochs: the input (600 ms, 60 epochs) ends between two checkpoints,
             // so the final one takes changes written for the next, which never comes.
             every: Duration::from_millis(70),
-            // Enough that the one the watcher picks is there when the run has stopped.
-            keep: 5,
+            // All of them: the one the watcher picks is there when the run has stopped, and the
+            // first run's counters are checked against every checkpoint it committed.
+            keep: 1_000,
             restore: Restore::Latest,
             stream_above,
             incremental: true,
@@ -521,8 +522,9 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
         stop.store(true, Ordering::SeqCst);
         chained
     });
-    run(&job, first).expect("the first run");
+    let summary = run(&job, first).expect("the first run");
     let chained = watcher.join().unwrap();
+    counters_match_the_files(&store, &summary, 0, stream_above == 0);
     let latest = match chained {
         Some(id) => store.get(id).unwrap(),
         None => store.latest().unwrap().expect("a checkpoint"),
@@ -552,6 +554,8 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
         LocalDirStore::new(dir.path().join("state"), "q").unwrap(),
     ));
     let summary = run(&job, resume).expect("the resumed run");
+    // Its first checkpoint links the chains' parts of the one it resumed from, not new bytes.
+    counters_match_the_files(&store, &summary, latest.id, stream_above == 0);
     assert!(
         0 < summary.events_in && summary.events_in < 60_000,
         "the resumed run reads only what comes after the checkpoint ({})",
@@ -572,6 +576,59 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     final_rows(changes)
+}
+
+/// Checks a run's checkpoint counters against the files of `store`, whose checkpoints after
+/// `after` are those the run committed (none deleted), and those up to `after` what it resumed
+/// from: `checkpoints` is how many, `checkpoint_full_bytes` their whole size and
+/// `checkpoint_bytes` the bytes of the distinct files among their parts (a part linked into a
+/// later checkpoint is the same file, its inode) that no checkpoint up to `after` has.
+/// With `chains`, some parts must be linked.
+fn counters_match_the_files(
+    store: &runnel_engine::checkpoint::LocalDirStore,
+    summary: &runnel_engine::RunSummary,
+    after: u64,
+    chains: bool,
+) {
+    use runnel_engine::checkpoint::CheckpointStore;
+    use std::os::unix::fs::MetadataExt;
+    let all = store.list().unwrap();
+    let files = |id: u64| {
+        std::fs::read_dir(store.checkpoint_dir(id))
+            .unwrap()
+            .map(|f| f.unwrap())
+            .filter(|f| f.file_name() != "MANIFEST.json")
+            .map(|f| {
+                let m = f.metadata().unwrap();
+                ((m.dev(), m.ino()), m.len())
+            })
+            .collect::<Vec<_>>()
+    };
+    let before: std::collections::BTreeSet<(u64, u64)> = all
+        .iter()
+        .filter(|c| c.id <= after)
+        .flat_map(|c| files(c.id))
+        .map(|(inode, _)| inode)
+        .collect();
+    let ran: Vec<_> = all.iter().filter(|c| c.id > after).collect();
+    assert!(!ran.is_empty(), "the run committed a checkpoint");
+    let full: u64 = ran.iter().map(|c| c.size()).sum();
+    let new: std::collections::BTreeMap<(u64, u64), u64> = ran
+        .iter()
+        .flat_map(|c| files(c.id))
+        .filter(|(inode, _)| !before.contains(inode))
+        .collect();
+    let written: u64 = new.values().sum();
+    let counter = |name: &str| summary.counters.get(name).copied().unwrap_or(0);
+    assert_eq!(counter("checkpoints"), ran.len() as u64);
+    assert_eq!(counter("checkpoint_full_bytes"), full);
+    assert_eq!(counter("checkpoint_bytes"), written);
+    if chains {
+        assert!(
+            written < full,
+            "chains link parts: {written} of {full} bytes"
+        );
+    }
 }
 
 /// A local folder's store that keeps its checkpoints when a run that ended clears them.
