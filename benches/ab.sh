@@ -6,6 +6,7 @@
 #   benches/ab.sh "A ARGS" "B ARGS" [EVENTS] [ROUNDS]
 #   e.g. benches/ab.sh "--checkpoint-every 0s" "--checkpoint-every 10s" 100000000 2
 #        QUERIES="18 19 20" benches/ab.sh "--max-in-flight 0s" "" 20000000 3
+# AB_RAW=FILE appends each run's JSON summary to FILE, after the query and side ("q19 b {...}").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a_args="$1"
@@ -33,6 +34,7 @@ for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22};
                 --events "$events" --json "${out[@]}" $args | tail -1)
             if [ "$q" = 10 ]; then rm -rf "$dir"; fi
             lines+=("$side $line")
+            if [ -n "${AB_RAW:-}" ]; then echo "q$q $side $line" >> "$AB_RAW"; fi
         done
     done
     python3 - "$q" "${lines[@]}" <<'PY'

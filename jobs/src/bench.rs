@@ -63,6 +63,37 @@ pub struct BenchReport {
     pub pretouch_mb: u64,
     /// Late records.
     pub late: u64,
+    /// What the run's checkpoints cost, when it took any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointCost>,
+}
+
+/// The checkpoints a benchmark run committed (from the run's counters; see the README's
+/// "Checkpoints" section).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointCost {
+    /// Checkpoints committed.
+    pub count: u64,
+    /// Bytes they wrote (with incremental checkpoints, not the parts linked from the one
+    /// before).
+    pub bytes: u64,
+    /// Their whole size, linked parts included.
+    pub full_bytes: u64,
+    /// Milliseconds from each one's first state handed in to its commit, summed.
+    pub ms: u64,
+}
+
+impl CheckpointCost {
+    /// The cost in `summary`'s counters, if it committed a checkpoint.
+    pub fn of(summary: &RunSummary) -> Option<Self> {
+        let c = |name: &str| summary.counters.get(name).copied().unwrap_or(0);
+        (c("checkpoints") > 0).then(|| CheckpointCost {
+            count: c("checkpoints"),
+            bytes: c("checkpoint_bytes"),
+            full_bytes: c("checkpoint_full_bytes"),
+            ms: c("checkpoint_ms"),
+        })
+    }
 }
 
 /// Events per second between the samples where 10% and 90% of `total` had been read.
@@ -154,6 +185,7 @@ impl BenchReport {
             minor_faults: None,
             pretouch_mb: 0,
             late: summary.late,
+            checkpoints: CheckpointCost::of(summary),
         }
     }
 }
@@ -222,6 +254,17 @@ impl std::fmt::Display for BenchReport {
         }
         if self.pretouch_mb > 0 {
             write!(f, " ({} MB touched before it)", self.pretouch_mb)?;
+        }
+        if let Some(c) = &self.checkpoints {
+            write!(
+                f,
+                "\ncheckpoints: {} committed, {:.1} MB written ({:.1} MB whole), {} ms from \
+                 first state to commit in all",
+                c.count,
+                c.bytes as f64 / 1e6,
+                c.full_bytes as f64 / 1e6,
+                c.ms
+            )?;
         }
         Ok(())
     }
