@@ -8,7 +8,7 @@
 //! bytes; [`Wire`] reads them back, and its errors name what was being read, where, and in
 //! what. In the `changes` group of `benches/benches/micro.rs` it writes Nexmark bids read in
 //! memory order (as q18 writes its added rows) in 0-19% less time than bincode over five
-//! runs, and read in a scattered order in 8% less to 38% more, where cache misses take half
+//! runs, and read in a scattered order in 17% less to 38% more, where cache misses take half
 //! the time or more (BENCHMARKS.md, sessions 26 and 27).
 //!
 //! ```
