@@ -55,13 +55,59 @@ pub trait Row: Data + Ord {}
 impl<T: Data + Ord> Row for T {}
 
 /// One change to a table: a row inserted or a row retracted.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "op", content = "row", rename_all = "snake_case")]
+///
+/// In a human-readable format (JSON) it is `{"op":"insert","row":...}` or
+/// `{"op":"retract","row":...}`. In a binary one (bincode, between processes and in
+/// checkpoints) it is the variant's index and the row: bincode cannot read the field names of
+/// the JSON shape back (an adjacently tagged enum asks for `deserialize_identifier`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Change<T> {
     /// The row is now in the table (once more).
     Insert(T),
     /// The row is no longer in the table (once less).
     Retract(T),
+}
+
+/// [`Change`] as written in a human-readable format.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", content = "row", rename_all = "snake_case")]
+enum Tagged<T> {
+    Insert(T),
+    Retract(T),
+}
+
+/// [`Change`] as written in a binary format.
+#[derive(Serialize, Deserialize)]
+enum Plain<T> {
+    Insert(T),
+    Retract(T),
+}
+
+impl<T: Serialize> Serialize for Change<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match (s.is_human_readable(), self) {
+            (true, Change::Insert(t)) => Tagged::Insert(t).serialize(s),
+            (true, Change::Retract(t)) => Tagged::Retract(t).serialize(s),
+            (false, Change::Insert(t)) => Plain::Insert(t).serialize(s),
+            (false, Change::Retract(t)) => Plain::Retract(t).serialize(s),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Change<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(if d.is_human_readable() {
+            match Tagged::deserialize(d)? {
+                Tagged::Insert(t) => Change::Insert(t),
+                Tagged::Retract(t) => Change::Retract(t),
+            }
+        } else {
+            match Plain::deserialize(d)? {
+                Plain::Insert(t) => Change::Insert(t),
+                Plain::Retract(t) => Change::Retract(t),
+            }
+        })
+    }
 }
 
 impl<T> Change<T> {
@@ -480,5 +526,31 @@ impl<'s, K: ExchangeKey, V: Row> KeyedTable<'s, K, V> {
         KeyedTable {
             inner: self.inner.filter(move |(k, v)| f(k, v)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Change;
+
+    /// Changes come back from bincode (what timely sends between processes and checkpoints
+    /// hold; the JSON shape's field names cannot be read back from it), and JSON keeps the
+    /// documented `{"op":...,"row":...}` shape both ways.
+    #[test]
+    fn changes_round_trip_in_bincode_and_keep_their_json_shape() {
+        let changes = vec![
+            Change::Insert((7u64, "seven".to_string())),
+            Change::Retract((8u64, "eight".to_string())),
+        ];
+        let bytes = bincode::serialize(&changes).unwrap();
+        let back: Vec<Change<(u64, String)>> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, changes);
+        let json = serde_json::to_string(&changes).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"op":"insert","row":[7,"seven"]},{"op":"retract","row":[8,"eight"]}]"#
+        );
+        let back: Vec<Change<(u64, String)>> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, changes);
     }
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use runnel_connectors::nexmark::{Auction, Bid, Event, NexmarkConfig};
-use runnel_jobs::nexmark::{Q20, Q4, Q9};
+use runnel_jobs::nexmark::{Q19, Q20, Q4, Q9};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -102,6 +102,8 @@ fn spawn(args: &[String], processes: usize, hosts: &Path, state: &Path) -> Vec<C
             cmd.args(args)
                 .args(["--workers", "2", "--json", "--quiet"])
                 .env("RUNNEL_STATE_DIR", state)
+                // "resuming from checkpoint N" in the log, for the tests to count.
+                .env("RUST_LOG", "warn,runnel_engine::runtime=info")
                 .stdout(Stdio::piped())
                 .stderr(log);
             if processes > 1 {
@@ -536,9 +538,15 @@ fn nexmark_winners(events: &[Event]) -> Vec<(Auction, Bid)> {
 
 /// `runnel run nexmark-<query>` on `n` generated events, paced (with the generator's own event
 /// times, so that a resumed run reads the same events), writing its changelog to a file, with
-/// checkpoints every 300 ms and SIGKILLs; the changelog applied in order must be `want`, each
-/// row once.
-fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>) {
+/// checkpoints every 300 ms and SIGKILLs, on `processes` processes of 2 workers; the changelog
+/// applied in order must be `want`, each row once. Returns the last run's summaries (one per
+/// process).
+///
+/// On a cluster the input is paced at `n / 6` per second, and the second run lasts at least
+/// 3.5 s: a cluster takes longer to start and to commit (q20 on two processes committed its
+/// first checkpoint about 1.9 s after the start; every change crosses to the file sink's
+/// worker, on process 0), and the test must see later runs resume from its checkpoints.
+fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>, processes: usize) -> Vec<Value> {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("changes.jsonl");
@@ -548,7 +556,7 @@ fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>) {
         "--set",
         &format!("events={n}"),
         "--set",
-        &format!("rate={}", n / 3),
+        &format!("rate={}", pace(n, processes)),
         "--set",
         "wall_clock=false",
         "--set",
@@ -559,34 +567,60 @@ fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>) {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let kills = delays(seed(), 4);
-    let summaries = run_with_kills(&args, 1, &kills, &dir.path().join("state"));
-    eprintln!(
-        "the last run read {} of {n} events",
-        summaries[0]["events_in"].as_u64().unwrap()
-    );
+    let mut kills = delays(seed(), 4);
+    if processes > 1 {
+        kills[1] = kills[1].max(Duration::from_millis(3500));
+    }
+    let state = dir.path().join("state");
+    let summaries = run_with_kills(&args, processes, &kills, &state);
+    if processes > 1 {
+        let log = std::fs::read_to_string(stderr_log(&state, 0)).unwrap_or_default();
+        let resumed = log.matches("resuming from checkpoint").count();
+        eprintln!("{resumed} run(s) resumed from a checkpoint");
+        assert!(
+            resumed > 0,
+            "no run resumed from a checkpoint: the kills tested nothing. Process 0's stderr:\n{log}"
+        );
+    }
+    let read: u64 = summaries
+        .iter()
+        .map(|s| s["events_in"].as_u64().unwrap())
+        .sum();
+    eprintln!("the last run read {read} of {n} events");
     let got = apply_changelog(&out);
     let mut want_rows: BTreeMap<String, i64> = BTreeMap::new();
     for row in want {
         *want_rows.entry(row.to_string()).or_default() += 1;
     }
     assert_eq!(got, want_rows);
+    summaries
 }
 
-/// The events `nexmark_crash_test` runs on: the generator's with `n` events on 2 partitions
-/// (one per worker), paced at `n / 3` per second, whose event time then advances at that rate.
-fn nexmark_events(n: u64) -> Vec<Event> {
+/// The events `nexmark_crash_test` runs on `processes` processes: the generator's with `n`
+/// events on one partition per worker, paced at [`pace`], whose event time then advances at
+/// that rate.
+fn nexmark_events(n: u64, processes: usize) -> Vec<Event> {
     NexmarkConfig::new(n)
-        .partitions(2)
-        .event_rate(n / 3)
+        .partitions(2 * processes as u32)
+        .event_rate(pace(n, processes))
         .iter()
         .collect()
+}
+
+/// The rate `nexmark_crash_test` paces `n` events at: `n / 3` per second, `n / 6` on a
+/// cluster.
+fn pace(n: u64, processes: usize) -> u64 {
+    if processes > 1 {
+        n / 6
+    } else {
+        n / 3
+    }
 }
 
 #[test]
 fn nexmark_q9_changes_are_exactly_once_after_sigkills() {
     let n = 1_200_000;
-    let want: Vec<Value> = nexmark_winners(&nexmark_events(n))
+    let want: Vec<Value> = nexmark_winners(&nexmark_events(n, 1))
         .into_iter()
         .map(|(a, b)| {
             serde_json::to_value(Q9 {
@@ -603,14 +637,14 @@ fn nexmark_q9_changes_are_exactly_once_after_sigkills() {
         })
         .collect();
     assert!(want.len() > 10_000, "{} auctions with a winner", want.len());
-    nexmark_crash_test("q9", n, want);
+    nexmark_crash_test("q9", n, want, 1);
 }
 
 #[test]
 fn nexmark_q4_changes_are_exactly_once_after_sigkills() {
     let n = 1_200_000;
     let mut per_category: BTreeMap<u64, (u128, u128)> = BTreeMap::new();
-    for (a, b) in nexmark_winners(&nexmark_events(n)) {
+    for (a, b) in nexmark_winners(&nexmark_events(n, 1)) {
         let (sum, count) = per_category.entry(a.category).or_default();
         *sum += u128::from(b.price);
         *count += 1;
@@ -626,7 +660,7 @@ fn nexmark_q4_changes_are_exactly_once_after_sigkills() {
         })
         .collect();
     assert_eq!(want.len(), 5, "categories 10 to 14");
-    nexmark_crash_test("q4", n, want);
+    nexmark_crash_test("q4", n, want, 1);
 }
 
 /// q20's state (every bid, the category-10 auctions) grows to about 40 MB per worker here,
@@ -635,7 +669,84 @@ fn nexmark_q4_changes_are_exactly_once_after_sigkills() {
 #[test]
 fn nexmark_q20_rows_are_exactly_once_after_sigkills() {
     let n = 1_200_000;
-    let events = nexmark_events(n);
+    nexmark_crash_test("q20", n, q20_rows(n, 1), 1);
+}
+
+/// The same on a cluster of two processes: each worker's part of the chain is written by its
+/// own process, and process 0 commits the checkpoint once every worker's parts are durable. q20's
+/// state is spread over four workers here, so more events bring it past 16 MiB per worker.
+#[test]
+fn nexmark_q20_rows_are_exactly_once_after_sigkills_on_2_processes() {
+    let n = 2_000_000;
+    let summaries = nexmark_crash_test("q20", n, q20_rows(n, 2), 2);
+    links_parts(&summaries[0]);
+}
+
+/// q19's top tens on two processes, killed: the changelog applied in order is each auction's
+/// ten highest bids by brute force (q19's order: the higher price, then the earlier, then the
+/// smaller bidder, channel, url and padding), each row once.
+#[test]
+fn nexmark_q19_top_tens_are_exactly_once_after_sigkills_on_2_processes() {
+    let n = 1_200_000;
+    let mut per_auction: BTreeMap<u64, Vec<Bid>> = BTreeMap::new();
+    for e in nexmark_events(n, 2) {
+        if let Event::Bid(b) = e {
+            per_auction.entry(b.auction).or_default().push(b);
+        }
+    }
+    let mut want = Vec::new();
+    for (_, mut bids) in per_auction {
+        bids.sort_by(|a, b| {
+            b.price.cmp(&a.price).then(
+                (a.date_time, a.bidder, &a.channel, &a.url, &a.extra).cmp(&(
+                    b.date_time,
+                    b.bidder,
+                    &b.channel,
+                    &b.url,
+                    &b.extra,
+                )),
+            )
+        });
+        for (i, b) in bids.into_iter().take(10).enumerate() {
+            want.push(
+                serde_json::to_value(Q19 {
+                    auction: b.auction,
+                    bidder: b.bidder,
+                    price: b.price,
+                    channel: b.channel,
+                    url: b.url,
+                    date_time: b.date_time,
+                    extra: b.extra,
+                    rank_number: i as u64 + 1,
+                })
+                .unwrap(),
+            );
+        }
+    }
+    let summaries = nexmark_crash_test("q19", n, want, 2);
+    links_parts(&summaries[0]);
+}
+
+/// Process 0's summary of the last run: its checkpoints linked parts (of the checkpoint it
+/// resumed from, or of its own earlier ones) rather than writing them again, so they were
+/// chains of a whole state and changes (what it wrote is less than their size).
+fn links_parts(summary: &Value) {
+    let counter = |name: &str| summary["counters"][name].as_u64().unwrap_or(0);
+    let (written, full) = (
+        counter("checkpoint_bytes"),
+        counter("checkpoint_full_bytes"),
+    );
+    eprintln!("the last run's checkpoints: {written} bytes written, {full} in all");
+    assert!(
+        written < full,
+        "the last run wrote {written} of its checkpoints' {full} bytes: no part was linked"
+    );
+}
+
+/// q20's rows for the first `n` events of [`nexmark_events`], by brute force: every bid with
+/// every category-10 auction of the same id, whichever came first.
+fn q20_rows(n: u64, processes: usize) -> Vec<Value> {
+    let events = nexmark_events(n, processes);
     let mut auctions: HashMap<u64, Vec<&Auction>> = HashMap::new();
     for e in &events {
         if let Event::Auction(a) = e {
@@ -673,5 +784,5 @@ fn nexmark_q20_rows_are_exactly_once_after_sigkills() {
         }
     }
     assert!(want.len() > 100_000, "{} rows", want.len());
-    nexmark_crash_test("q20", n, want);
+    want
 }
