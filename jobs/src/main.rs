@@ -82,9 +82,15 @@ struct BenchArgs {
     /// operator) does not make the others' input pile up in memory; "0s" for no bound.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     max_in_flight: Duration,
-    /// Take checkpoints this often (default: off, "0s"), into a temporary folder.
+    /// Take checkpoints this often (default: off, "0s"), into a temporary folder (or
+    /// `--state-dir`).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     checkpoint_every: Duration,
+    /// Take the checkpoints into this folder's sub-folder for the job instead of a temporary
+    /// folder: a cluster's processes must share one. The job's checkpoints there are removed
+    /// first (each bench run starts fresh, as `runnel run --fresh`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// Write every checkpoint's large states whole, instead of incrementally (only what
     /// changed since the checkpoint before, for operators that track it).
     #[arg(long)]
@@ -388,23 +394,25 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
     let config = JobConfig::from_pairs(&pairs).context("bad --set")?;
     runnel_jobs::check_processes(job, &config, args.cluster.processes as usize)?;
     let hosts = args.cluster.hosts()?;
-    // Checkpoints only when asked for, into a folder of this run's own.
+    // Checkpoints only when asked for, into a folder of this run's own unless given one.
     let state = tempfile::tempdir().context("a temporary folder for checkpoints")?;
     let checkpoint = if args.checkpoint_every.is_zero() {
         None
     } else {
-        if args.cluster.processes > 1 {
+        if args.cluster.processes > 1 && args.state_dir.is_none() {
             bail!(
                 "runnel bench takes checkpoints into a temporary folder of its own, which the \
-                 processes of a cluster cannot share: bench a cluster without \
-                 --checkpoint-every, or use runnel run with a shared --state-dir"
+                 processes of a cluster cannot share: give them one with --state-dir DIR"
             );
         }
         if let Some(why) = job.checkpoints_unsupported() {
             bail!("{} cannot take checkpoints ({why})", job.name());
         }
+        let dir = args.state_dir.as_deref().unwrap_or(state.path());
+        let store = LocalDirStore::new(dir, job.name())
+            .with_context(|| format!("checkpoints in {}", dir.display()))?;
         Some(CheckpointOptions {
-            store: Arc::new(LocalDirStore::new(state.path(), job.name())?),
+            store: Arc::new(store),
             every: args.checkpoint_every,
             keep: 3,
             restore: Restore::Fresh,

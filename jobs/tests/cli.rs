@@ -647,3 +647,47 @@ fn pretouched_memory_is_kept_and_the_run_grows_into_it() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("`4X` is not a size"), "{}", stderr(&o));
 }
+
+/// `runnel bench` on a cluster takes checkpoints only into a folder its processes share: without
+/// `--state-dir` each process refuses, naming the flag; with one, process 0 commits checkpoints
+/// into it and every event is read once across the two processes.
+#[test]
+fn bench_on_a_cluster_checkpoints_into_a_shared_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = 3_000_000u64;
+    let args = [
+        "bench",
+        "w2-tumbling",
+        "--events",
+        "3000000",
+        "--set",
+        "check=false",
+        "--checkpoint-every",
+        "100ms",
+    ];
+    for o in run_cluster(dir.path(), 2, 1, &args) {
+        assert!(!o.status.success(), "ran without a shared folder");
+        assert!(stderr(&o).contains("--state-dir"), "{}", stderr(&o));
+    }
+    let state = dir.path().join("shared-state");
+    let mut with_dir = args.to_vec();
+    with_dir.extend(["--state-dir", state.to_str().unwrap()]);
+    let outs = run_cluster(dir.path(), 2, 1, &with_dir);
+    let summaries: Vec<Value> = outs.iter().map(summary).collect();
+    let read: u64 = summaries
+        .iter()
+        .map(|s| s["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(read, events, "the two processes read every event once");
+    let committed = summaries[0]["checkpoints"]["count"].as_u64().unwrap_or(0);
+    assert!(
+        committed >= 1,
+        "process 0 committed no checkpoint: {}",
+        summaries[0]
+    );
+    assert!(
+        state.join("w2-tumbling").is_dir(),
+        "nothing in {}",
+        state.display()
+    );
+}
