@@ -126,6 +126,34 @@ impl CheckpointInfo {
     pub fn part(&self, name: &str) -> Option<&PartInfo> {
         self.parts.iter().find(|p| p.name == name)
     }
+
+    /// The parts a later checkpoint may link from this one, by name with their size and CRC:
+    /// all but the workers' own parts (`w0`, `w1`... for `workers` workers), which every
+    /// checkpoint writes anew.
+    pub fn linkable_parts(&self, workers: usize) -> BTreeMap<String, (u64, u32)> {
+        let own: BTreeSet<String> = (0..workers).map(|w| format!("w{w}")).collect();
+        self.parts
+            .iter()
+            .filter(|p| !own.contains(&p.name))
+            .map(|p| (p.name.clone(), (p.size, p.crc32)))
+            .collect()
+    }
+
+    /// The bytes this checkpoint wrote rather than linked: its size less its parts that are
+    /// the same (name, size and CRC) as one of `linkable`, the
+    /// [`CheckpointInfo::linkable_parts`] of the checkpoint before it.
+    pub fn written_over(&self, linkable: &BTreeMap<String, (u64, u32)>) -> u64 {
+        self.parts
+            .iter()
+            .filter(|p| linkable.get(&p.name) != Some(&(p.size, p.crc32)))
+            .map(|p| p.size)
+            .sum()
+    }
+
+    /// The worker count recorded when it was committed (`meta["workers"]`), if any.
+    pub fn workers(&self) -> Option<usize> {
+        self.meta.get("workers").and_then(|w| w.parse().ok())
+    }
 }
 
 /// What [`CheckpointStore::scan`] found for one checkpoint id.

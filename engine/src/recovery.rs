@@ -702,18 +702,7 @@ impl Recovery {
     /// Worker 0: the run resumes from checkpoint `from`, whose parts its first commit may
     /// link instead of writing (they do not count as written by it).
     pub(crate) fn resumed_from(&mut self, from: &CheckpointInfo) {
-        self.carried = Self::carried_of(from, self.workers);
-    }
-
-    /// The parts of `info` that a later checkpoint may link: all but the workers' own
-    /// (`w0`, `w1`...: written anew for every checkpoint).
-    fn carried_of(info: &CheckpointInfo, workers: usize) -> BTreeMap<String, (u64, u32)> {
-        let own: BTreeSet<String> = (0..workers).map(|w| format!("w{w}")).collect();
-        info.parts
-            .iter()
-            .filter(|p| !own.contains(&p.name))
-            .map(|p| (p.name.clone(), (p.size, p.crc32)))
-            .collect()
+        self.carried = from.linkable_parts(self.workers);
     }
 
     /// Registers a participant (at build time).
@@ -1083,13 +1072,8 @@ impl Recovery {
         let info = self.store.commit(newest, newest, &parts, meta)?;
         self.committed = self.committed.max(newest);
         // Parts of the checkpoint before, the same bytes under the same name, were linked.
-        let written: u64 = info
-            .parts
-            .iter()
-            .filter(|p| self.carried.get(&p.name) != Some(&(p.size, p.crc32)))
-            .map(|p| p.size)
-            .sum();
-        self.carried = Self::carried_of(&info, self.workers);
+        let written = info.written_over(&self.carried);
+        self.carried = info.linkable_parts(self.workers);
         if let Some(c) = &self.counters {
             c.count.add(1);
             c.written.add(written);

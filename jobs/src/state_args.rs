@@ -1,6 +1,7 @@
 //! The `runnel` binary's checkpoint flags (`runnel run --state-dir ... --fresh ...`) and the
 //! `runnel checkpoints JOB` listing.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,22 +98,37 @@ pub fn list_checkpoints(args: &CheckpointsArgs) -> anyhow::Result<()> {
     }
     if !args.json {
         println!(
-            "{:>20}  {:>20}  {:<24}  {:>12}  status",
-            "id", "epoch", "time (UTC)", "bytes"
+            "{:>20}  {:>20}  {:<24}  {:>12}  {:>12}  status",
+            "id", "epoch", "time (UTC)", "bytes", "written"
         );
     }
+    // What the complete checkpoint before each one left to link (as `checkpoint_bytes` counts
+    // at the commit); unknown for the oldest listed.
+    let mut before: Option<BTreeMap<String, (u64, u32)>> = None;
     for e in entries {
-        let (epoch, time, size, status) = match &e.status {
-            CheckpointStatus::Complete(info) => (
-                info.epoch.to_string(),
-                utc(info.created_ms),
-                info.size().to_string(),
-                "complete".to_string(),
-            ),
-            CheckpointStatus::Incomplete => {
-                ("-".into(), "-".into(), "-".into(), "incomplete".into())
+        let (epoch, time, size, written, status) = match &e.status {
+            CheckpointStatus::Complete(info) => {
+                let written = before
+                    .as_ref()
+                    .map_or("-".to_string(), |b| info.written_over(b).to_string());
+                before = Some(info.linkable_parts(info.workers().unwrap_or(0)));
+                (
+                    info.epoch.to_string(),
+                    utc(info.created_ms),
+                    info.size().to_string(),
+                    written,
+                    "complete".to_string(),
+                )
             }
+            CheckpointStatus::Incomplete => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "incomplete".into(),
+            ),
             CheckpointStatus::Invalid { file, reason } => (
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -124,12 +140,12 @@ pub fn list_checkpoints(args: &CheckpointsArgs) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({
                     "id": e.id, "epoch": epoch, "time": time, "bytes": size,
-                    "status": status, "location": e.location,
+                    "written": written, "status": status, "location": e.location,
                 })
             );
         } else {
             println!(
-                "{:>20}  {epoch:>20}  {time:<24}  {size:>12}  {status}",
+                "{:>20}  {epoch:>20}  {time:<24}  {size:>12}  {written:>12}  {status}",
                 e.id
             );
         }

@@ -395,6 +395,95 @@ fn file_output_is_exactly_once_after_sigkills() {
     assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
 }
 
+/// `runnel checkpoints JOB` says what each checkpoint wrote rather than linked: for q19's
+/// chains, killed mid-run, each complete checkpoint's `written` is the size of its part files
+/// whose inodes the complete checkpoint before it does not have (hard links are the same file),
+/// and less than its size; the oldest listed says `-` (what it linked from is gone).
+#[test]
+fn checkpoints_lists_what_each_checkpoint_wrote() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "run",
+            "nexmark-q19",
+            "--workers",
+            "2",
+            "--set",
+            "events=3000000",
+            "--set",
+            "rate=1000000",
+            "--set",
+            "wall_clock=false",
+            "--checkpoint-every",
+            "200ms",
+            "--keep-checkpoints",
+            "100",
+            "--quiet",
+        ])
+        .env("RUNNEL_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    let listing = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["checkpoints", "nexmark-q19", "--json"])
+        .env("RUNNEL_STATE_DIR", &state)
+        .output()
+        .expect("runnel checkpoints");
+    assert!(listing.status.success(), "{}", stderr(&listing));
+    let complete: Vec<Value> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+        .filter(|e| e["status"] == "complete")
+        .collect();
+    assert!(complete.len() >= 3, "complete checkpoints: {complete:?}");
+    // Each part file's (device, inode) and length.
+    let files = |e: &Value| -> BTreeMap<(u64, u64), u64> {
+        std::fs::read_dir(e["location"].as_str().unwrap())
+            .unwrap()
+            .map(|f| f.unwrap())
+            .filter(|f| f.file_name().to_string_lossy().starts_with("part-"))
+            .map(|f| {
+                let m = f.metadata().unwrap();
+                ((m.dev(), m.ino()), m.len())
+            })
+            .collect()
+    };
+    assert_eq!(complete[0]["written"], "-", "{}", complete[0]);
+    let mut linked_some = false;
+    for pair in complete.windows(2) {
+        let before = files(&pair[0]);
+        let now = files(&pair[1]);
+        let size: u64 = now.values().sum();
+        let new: u64 = now
+            .iter()
+            .filter(|(inode, _)| !before.contains_key(inode))
+            .map(|(_, len)| len)
+            .sum();
+        assert_eq!(
+            pair[1]["bytes"].as_str().unwrap(),
+            size.to_string(),
+            "{}",
+            pair[1]
+        );
+        assert_eq!(
+            pair[1]["written"].as_str().unwrap(),
+            new.to_string(),
+            "{}",
+            pair[1]
+        );
+        linked_some |= new < size;
+    }
+    assert!(linked_some, "no checkpoint linked a part: {complete:?}");
+}
+
 /// `runnel checkpoints JOB` lists what a killed run left (each checkpoint folder once, complete
 /// ones with their epoch and size), and `--from-checkpoint ID` resumes from an older one than
 /// the last: the output is still every window once.
