@@ -37,6 +37,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 include!("common/kafka.rs");
+include!("common/nexmark.rs");
 
 /// The kill delays: `n` of them, from `seed`, between 150 ms and 2.5 s (the first is short, so
 /// one kill lands before the first checkpoint).
@@ -777,41 +778,14 @@ fn nexmark_q20_rows_are_exactly_once_after_sigkills_on_2_processes() {
 #[test]
 fn nexmark_q19_top_tens_are_exactly_once_after_sigkills_on_2_processes() {
     let n = 1_200_000;
-    let mut per_auction: BTreeMap<u64, Vec<Bid>> = BTreeMap::new();
-    for e in nexmark_events(n, 2) {
-        if let Event::Bid(b) = e {
-            per_auction.entry(b.auction).or_default().push(b);
-        }
-    }
-    let mut want = Vec::new();
-    for (_, mut bids) in per_auction {
-        bids.sort_by(|a, b| {
-            b.price.cmp(&a.price).then(
-                (a.date_time, a.bidder, &a.channel, &a.url, &a.extra).cmp(&(
-                    b.date_time,
-                    b.bidder,
-                    &b.channel,
-                    &b.url,
-                    &b.extra,
-                )),
-            )
-        });
-        for (i, b) in bids.into_iter().take(10).enumerate() {
-            want.push(
-                serde_json::to_value(Q19 {
-                    auction: b.auction,
-                    bidder: b.bidder,
-                    price: b.price,
-                    channel: b.channel,
-                    url: b.url,
-                    date_time: b.date_time,
-                    extra: b.extra,
-                    rank_number: i as u64 + 1,
-                })
-                .unwrap(),
-            );
-        }
-    }
+    let bids = nexmark_events(n, 2).into_iter().filter_map(|e| match e {
+        Event::Bid(b) => Some(b),
+        _ => None,
+    });
+    let want = q19_top_tens(bids)
+        .into_iter()
+        .map(|row| serde_json::to_value(row).unwrap())
+        .collect();
     let summaries = nexmark_crash_test("q19", n, want, 2);
     links_parts(&summaries[0]);
 }

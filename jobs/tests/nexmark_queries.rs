@@ -1453,43 +1453,20 @@ fn q18_keeps_each_bidders_last_bid_per_auction() {
     );
 }
 
-/// q19 by brute force: each auction's bids sorted, the first ten numbered.
+/// q19 by brute force (common/nexmark.rs), on an input with enough auctions of more than ten
+/// bids to rank.
 fn q19_reference() -> Vec<Q19> {
-    let mut per_auction: BTreeMap<u64, Vec<Bid>> = BTreeMap::new();
-    for b in bids(&all_events()) {
-        per_auction.entry(b.auction).or_default().push(b);
+    let bids = bids(&all_events());
+    let mut per_auction: HashMap<u64, usize> = HashMap::new();
+    for b in &bids {
+        *per_auction.entry(b.auction).or_default() += 1;
     }
-    let crowded = per_auction.values().filter(|bs| bs.len() > 10).count();
+    let crowded = per_auction.values().filter(|&&n| n > 10).count();
     assert!(crowded >= 20, "{crowded} auctions with more than 10 bids");
-    let mut want = Vec::new();
-    for (_, mut bs) in per_auction {
-        // Highest price first; then the earlier, then the smaller (bidder, channel, url, extra).
-        bs.sort_by(|a, b| {
-            b.price.cmp(&a.price).then(
-                (a.date_time, a.bidder, &a.channel, &a.url, &a.extra).cmp(&(
-                    b.date_time,
-                    b.bidder,
-                    &b.channel,
-                    &b.url,
-                    &b.extra,
-                )),
-            )
-        });
-        for (i, b) in bs.into_iter().take(10).enumerate() {
-            want.push(Q19 {
-                auction: b.auction,
-                bidder: b.bidder,
-                price: b.price,
-                channel: b.channel,
-                url: b.url,
-                date_time: b.date_time,
-                extra: b.extra,
-                rank_number: i as u64 + 1,
-            });
-        }
-    }
-    sorted(want)
+    sorted(q19_top_tens(bids))
 }
+
+include!("common/nexmark.rs");
 
 #[test]
 fn q19_keeps_the_ten_highest_bids_per_auction() {
