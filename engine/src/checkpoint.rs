@@ -226,6 +226,32 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// Whether part `part` of checkpoint `id` has been written (used by a coordinator that polls).
     fn has_part(&self, id: u64, part: &str) -> bool;
 
+    /// The bytes of part `part` of checkpoint `id` as written, before the checkpoint is complete
+    /// (not verified: there is no manifest yet). For a coordinator that learns from the
+    /// workers' own parts what else they wrote ([`CheckpointStore::commit_known`]). The default
+    /// says that this store cannot.
+    fn read_written_part(&self, id: u64, part: &str) -> Result<Vec<u8>> {
+        Err(Error::Runtime(format!(
+            "this checkpoint store cannot read part '{part}' of checkpoint {id} before it is \
+             complete"
+        )))
+    }
+
+    /// [`CheckpointStore::commit`], given the size and CRC-32 of parts that another handle
+    /// wrote (another process of a cluster), as it recorded them: a part in `known` whose file
+    /// has that size is not read back to checksum it. The default reads every part back.
+    fn commit_known(
+        &self,
+        id: u64,
+        epoch: u64,
+        parts: &[String],
+        meta: BTreeMap<String, String>,
+        known: &BTreeMap<String, (u64, u32)>,
+    ) -> Result<CheckpointInfo> {
+        let _ = known;
+        self.commit(id, epoch, parts, meta)
+    }
+
     /// The names of the parts of checkpoint `id` written so far (complete or not), in no
     /// particular order; none if there is no such checkpoint.
     fn part_names(&self, id: u64) -> Result<Vec<String>>;
@@ -1075,12 +1101,28 @@ impl CheckpointStore for LocalDirStore {
         Ok(names)
     }
 
+    fn read_written_part(&self, id: u64, part: &str) -> Result<Vec<u8>> {
+        let path = self.checked_part_path(id, part)?;
+        fs::read(&path).map_err(|e| Error::io(&path, e))
+    }
+
     fn commit(
         &self,
         id: u64,
         epoch: u64,
         parts: &[String],
         meta: BTreeMap<String, String>,
+    ) -> Result<CheckpointInfo> {
+        self.commit_known(id, epoch, parts, meta, &BTreeMap::new())
+    }
+
+    fn commit_known(
+        &self,
+        id: u64,
+        epoch: u64,
+        parts: &[String],
+        meta: BTreeMap<String, String>,
+        known: &BTreeMap<String, (u64, u32)>,
     ) -> Result<CheckpointInfo> {
         let dir = self.checkpoint_dir(id);
         let manifest = self.manifest_path(id);
@@ -1101,9 +1143,11 @@ impl CheckpointStore for LocalDirStore {
                 .written
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&(id, name.clone()));
+                .remove(&(id, name.clone()))
+                .or_else(|| known.get(name).copied());
             // A part this handle wrote is checksummed from what it wrote (its file was fsynced
-            // and renamed into place), if the file still has that size; others are read back.
+            // and renamed into place), one another handle wrote from what that one recorded
+            // (`known`), if the file has that size; others are read back.
             let known = remembered.filter(|&(size, _)| {
                 fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size)
             });
@@ -1610,6 +1654,58 @@ impl DurableLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handle commits parts another handle wrote (another process of a cluster): with their
+    /// size and CRC given (`commit_known`), it records those and does not read the part back
+    /// (a CRC given wrong shows it, and the store then refuses the checkpoint on restore); a
+    /// given size that is not the file's is not trusted, and the part is read back.
+    #[test]
+    fn a_commit_trusts_the_known_crcs_of_parts_another_handle_wrote() {
+        let root = tempfile::tempdir().unwrap();
+        let writer = LocalDirStore::new(root.path(), "job").unwrap();
+        let committer = LocalDirStore::new(root.path(), "job").unwrap();
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 13) as u8).collect();
+        let real = crc32fast::hash(&bytes);
+        let w1 = writer.write_part(1, "w1", &bytes).unwrap();
+        assert_eq!((w1.size, w1.crc32), (bytes.len() as u64, real));
+        committer.write_part(1, "w0", b"zero").unwrap();
+        let parts = ["w0".to_string(), "w1".to_string()];
+        assert_eq!(committer.read_written_part(1, "w1").unwrap(), bytes);
+
+        // Known with its real CRC: recorded, and the checkpoint restores.
+        let known = BTreeMap::from([("w1".to_string(), (bytes.len() as u64, real))]);
+        let info = committer
+            .commit_known(1, 1, &parts, BTreeMap::new(), &known)
+            .unwrap();
+        assert_eq!(info.part("w1").map(|p| p.crc32), Some(real));
+        assert_eq!(committer.latest().unwrap().map(|i| i.id), Some(1));
+
+        // Known with a wrong CRC: recorded as given (so the part was not read back), and the
+        // checkpoint is then refused as damaged.
+        writer.write_part(2, "w1", &bytes).unwrap();
+        committer.write_part(2, "w0", b"zero").unwrap();
+        let wrong = BTreeMap::from([("w1".to_string(), (bytes.len() as u64, real ^ 1))]);
+        let info = committer
+            .commit_known(2, 2, &parts, BTreeMap::new(), &wrong)
+            .unwrap();
+        assert_eq!(info.part("w1").map(|p| p.crc32), Some(real ^ 1));
+        assert!(
+            committer.get(2).is_err(),
+            "a part whose CRC is not the manifest's"
+        );
+
+        // Known with a size that is not the file's: read back, the real CRC recorded.
+        writer.write_part(3, "w1", &bytes).unwrap();
+        committer.write_part(3, "w0", b"zero").unwrap();
+        let other = BTreeMap::from([("w1".to_string(), (bytes.len() as u64 + 1, real ^ 1))]);
+        let info = committer
+            .commit_known(3, 3, &parts, BTreeMap::new(), &other)
+            .unwrap();
+        assert_eq!(
+            info.part("w1").map(|p| (p.size, p.crc32)),
+            Some((bytes.len() as u64, real))
+        );
+    }
 
     /// A part linked into a later checkpoint reads back from it after the checkpoint it was
     /// written into is deleted (retained away), and a later one links it on from there; a

@@ -240,6 +240,9 @@ pub(crate) struct Recovery {
     /// the workers' own, by name with their size and CRC: a part of the next commit found here
     /// was linked, not written again (it does not count in `checkpoint_bytes`).
     carried: BTreeMap<String, (u64, u32)>,
+    /// Worker 0: how many workers its process has (`0..local` of them; the store handle it
+    /// commits with knows what they wrote). The others' parts it learns from their own parts.
+    local: usize,
     /// Encodes and writes this worker's parts off the worker's thread.
     writer: PartWriter,
 }
@@ -666,6 +669,7 @@ impl Recovery {
             started: BTreeMap::new(),
             counters: None,
             carried: BTreeMap::new(),
+            local: workers,
             writer: PartWriter::new(options.store.clone(), worker),
         })
     }
@@ -703,6 +707,49 @@ impl Recovery {
     /// link instead of writing (they do not count as written by it).
     pub(crate) fn resumed_from(&mut self, from: &CheckpointInfo) {
         self.carried = from.linkable_parts(self.workers);
+    }
+
+    /// Worker 0: only workers `0..local` run in this process (a cluster); the others write
+    /// their parts through other handles of the store, whose sizes and CRCs the commit learns
+    /// from the workers' own parts instead of reading every part back.
+    pub(crate) fn local_workers(&mut self, local: usize) {
+        self.local = local.min(self.workers);
+    }
+
+    /// Worker 0: the size and CRC-32 of the parts of checkpoint `id` written by the workers of
+    /// other processes, as those recorded them: each one's own part (read here, small) and the
+    /// parts of its own that it names (operators' chains of whole states and changes). A part
+    /// whose worker's own part cannot be read or decoded is left out (the commit reads it back).
+    fn parts_written_elsewhere(&self, id: u64) -> BTreeMap<String, (u64, u32)> {
+        let mut known = BTreeMap::new();
+        for w in self.local..self.workers {
+            let own = format!("w{w}");
+            let part = self
+                .store
+                .read_written_part(id, &own)
+                .and_then(|bytes| Ok((decode::<Part>(&bytes)?, bytes)));
+            let (part, bytes) = match part {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!("checkpoint {id}: {own} will be read back at commit: {e}");
+                    continue;
+                }
+            };
+            known.insert(own.clone(), (bytes.len() as u64, crc32fast::hash(&bytes)));
+            if let Some(entry) = part.get(STREAMED) {
+                match decode::<BTreeMap<String, Vec<PartInfo>>>(&entry.bytes) {
+                    Ok(streamed) => {
+                        for p in streamed.into_values().flatten() {
+                            known.insert(p.name, (p.size, p.crc32));
+                        }
+                    }
+                    Err(e) => tracing::debug!(
+                        "checkpoint {id}: the parts {own} names will be read back at commit: {e}"
+                    ),
+                }
+            }
+        }
+        known
     }
 
     /// Registers a participant (at build time).
@@ -873,9 +920,15 @@ impl Recovery {
             // Already complete: this run started from it (or from a later one).
             return Ok(());
         }
-        self.started
+        let first = *self
+            .started
             .entry(id)
             .or_insert_with(std::time::Instant::now);
+        tracing::debug!(
+            "checkpoint {id}: {name} handed in on worker {}, {} ms after the first",
+            self.worker,
+            first.elapsed().as_millis()
+        );
         self.pending.entry(id).or_default().insert(
             name.to_string(),
             Entry {
@@ -1069,7 +1122,10 @@ impl Recovery {
         meta.insert("job".to_string(), self.job.clone());
         meta.insert("workers".to_string(), self.workers.to_string());
         meta.insert("created_ms".to_string(), now_ms().to_string());
-        let info = self.store.commit(newest, newest, &parts, meta)?;
+        let known = self.parts_written_elsewhere(newest);
+        let info = self
+            .store
+            .commit_known(newest, newest, &parts, meta, &known)?;
         self.committed = self.committed.max(newest);
         // Parts of the checkpoint before, the same bytes under the same name, were linked.
         let written = info.written_over(&self.carried);

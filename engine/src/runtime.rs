@@ -281,6 +281,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     // of a cluster have connected, so that they all start their epochs together.
     let clock = Arc::new(std::sync::OnceLock::new());
     let processes = opts.processes;
+    let local_workers = opts.workers;
     let guards = timely::execute(config, move |worker| {
         let name = job2.name().to_string();
         let index = worker.index();
@@ -301,6 +302,9 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                     r.count_in(&metrics2);
                     if let (0, Some(info)) = (index, &resumed_info) {
                         r.resumed_from(info);
+                    }
+                    if index == 0 {
+                        r.local_workers(local_workers);
                     }
                     Some(r)
                 }
