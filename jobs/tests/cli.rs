@@ -3,107 +3,13 @@
 //! formulas or by brute force over the input, not by the engine.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use runnel_connectors::{page_views, write_page_views, PageView};
 use serde_json::Value;
 
-fn runnel(args: &[&str]) -> Output {
-    let state = fresh_state_dir();
-    Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .env("RUNNEL_STATE_DIR", state.path())
-        .args(args)
-        .output()
-        .expect("runnel runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn summary(o: &Output) -> Value {
-    assert!(o.status.success(), "runnel failed: {}", stderr(o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let line = text.lines().last().expect("a summary line");
-    serde_json::from_str(line).expect("summary is JSON")
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
-/// Runs `args` as a cluster of `processes` processes on 127.0.0.1 with `workers` each.
-fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> Vec<Output> {
-    let hosts = dir.join(format!("hosts-{processes}"));
-    let lines: Vec<String> = free_ports(processes)
-        .into_iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    std::fs::write(&hosts, lines.join("\n")).expect("hosts file");
-    let state = fresh_state_dir();
-    let children: Vec<_> = (0..processes)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_runnel"))
-                .env("RUNNEL_STATE_DIR", state.path())
-                .args(args)
-                .args([
-                    "--workers",
-                    &workers.to_string(),
-                    "--processes",
-                    &processes.to_string(),
-                    "--process-id",
-                    &i.to_string(),
-                    "--hosts",
-                    hosts.to_str().expect("utf-8 path"),
-                    "--json",
-                ])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
-    wait_or_kill(children, std::time::Duration::from_secs(300))
-}
-
-/// Waits for every child to end; kills them all and fails the test if one is still running
-/// after `limit` (a hang: these runs take seconds).
-fn wait_or_kill(mut children: Vec<std::process::Child>, limit: std::time::Duration) -> Vec<Output> {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if children
-            .iter_mut()
-            .all(|c| c.try_wait().expect("try_wait").is_some())
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let hung = children
-        .iter_mut()
-        .any(|c| c.try_wait().expect("try_wait").is_none());
-    for c in &mut children {
-        let _ = c.kill();
-    }
-    let outputs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect();
-    assert!(
-        !hung,
-        "the cluster was still running after {limit:?} (killed); stderr: {:?}",
-        outputs.iter().map(stderr).collect::<Vec<_>>()
-    );
-    outputs
-}
+include!("common/runnel.rs");
 
 fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -534,15 +440,6 @@ fn ctrl_c_stops_a_run_cleanly_with_a_summary() {
         s["events_in"], s["events_out"],
         "everything read reached the sink"
     );
-}
-
-/// A checkpoint folder of its own for each run (checkpoints are on by default, and runs of
-/// one job in parallel tests must not resume from each other's), removed when dropped.
-fn fresh_state_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("runnel-test-state-")
-        .tempdir()
-        .expect("a temporary folder")
 }
 
 /// `--restart N`: a job that fails every time (a bad line under the fail policy) is restarted

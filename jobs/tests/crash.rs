@@ -17,7 +17,6 @@
 #![allow(dead_code)] // the shared Kafka helpers (common/kafka.rs) hold more than these tests use
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +36,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 include!("common/kafka.rs");
+include!("common/runnel.rs");
 include!("common/nexmark.rs");
 
 /// The kill delays: `n` of them, from `seed`, between 150 ms and 2.5 s (the first is short, so

@@ -10,9 +10,7 @@
 //! and a few lines of brute force, never with runnel's own connectors or `kafka_tools`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,6 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 include!("common/kafka.rs");
+include!("common/runnel.rs");
 
 /// A million bids written by the test's own producer over 4 partitions; `kafka-w2` on 2
 /// workers, then on 2 processes x 2 workers, each into an output topic of its own; each output

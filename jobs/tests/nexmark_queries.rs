@@ -6,6 +6,9 @@
 //! row may go below zero) and comparing the final table. q10's files are read back: each bid
 //! once, in the directory of its day and minute. q12 windows on the wall clock, so only what
 //! does not depend on timing is checked: the windows' shape and the total per bidder.
+//!
+//! The updating queries also run as `runnel` jobs on a cluster of two processes (reading the
+//! same events from files), checked against the same brute-force answers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -222,8 +225,9 @@ fn q2_selects_auctions_divisible_by_123() {
     assert_eq!(run_stream(|e| Ok(nexmark::q2(e))), want);
 }
 
-#[test]
-fn q3_joins_local_sellers_with_category_10_auctions() {
+/// q3 by brute force: every category-10 auction of a seller from Oregon, Idaho or California,
+/// with the seller's name, city and state.
+fn q3_reference() -> Vec<Q3> {
     let events = all_events();
     let mut want = Vec::new();
     for p in persons(&events) {
@@ -241,7 +245,12 @@ fn q3_joins_local_sellers_with_category_10_auctions() {
             }
         }
     }
-    let want = sorted(want);
+    sorted(want)
+}
+
+#[test]
+fn q3_joins_local_sellers_with_category_10_auctions() {
+    let want = q3_reference();
     assert!(want.len() > 10, "{} rows", want.len());
     assert_eq!(run_table(|e| Ok(nexmark::q3(e))), want);
 }
@@ -324,8 +333,9 @@ fn q5_finds_the_hottest_auctions_per_sliding_window() {
     assert_eq!(run_stream(nexmark::q5), want);
 }
 
-#[test]
-fn q6_averages_each_sellers_last_ten_auctions() {
+/// q6 by brute force: per seller, the average winning price of its last ten auctions (by
+/// expiry) with a winner.
+fn q6_reference() -> Vec<Q6> {
     let mut per_seller: BTreeMap<u64, Vec<(i64, u64, u64)>> = BTreeMap::new();
     for (a, p) in winners(&all_events()) {
         per_seller
@@ -333,7 +343,7 @@ fn q6_averages_each_sellers_last_ten_auctions() {
             .or_default()
             .push((a.expires, a.id, p));
     }
-    let want: Vec<Q6> = per_seller
+    per_seller
         .into_iter()
         .map(|(seller, mut v)| {
             v.sort();
@@ -343,7 +353,12 @@ fn q6_averages_each_sellers_last_ten_auctions() {
                 avg_price: last.iter().sum::<u64>() / last.len() as u64,
             }
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn q6_averages_each_sellers_last_ten_auctions() {
+    let want = q6_reference();
     assert!(want.len() > 10);
     assert_eq!(run_table(nexmark::q6), want);
     let changes = run_stream_in_order(|e| Ok(nexmark::q6(e)?.changelog()));
@@ -1270,15 +1285,16 @@ fn rank_counts(bids: &[&Bid]) -> [[u64; 4]; 3] {
     ]
 }
 
-#[test]
-fn q15_counts_bids_bidders_and_auctions_per_day() {
+/// q15 by brute force over the events of [`midnight_config`]: per day, bids, distinct bidders
+/// and distinct auctions, in all and by price rank.
+fn q15_reference() -> Vec<Q15> {
     let bids = bids(&midnight_config().iter().collect::<Vec<_>>());
     let mut per_day: BTreeMap<i64, Vec<&Bid>> = BTreeMap::new();
     for b in &bids {
         let day = b.date_time - b.date_time.rem_euclid(86_400_000);
         per_day.entry(day).or_default().push(b);
     }
-    let want: Vec<Q15> = per_day
+    per_day
         .into_iter()
         .map(|(day, bs)| {
             let [n, bidders, auctions] = rank_counts(&bs);
@@ -1298,7 +1314,12 @@ fn q15_counts_bids_bidders_and_auctions_per_day() {
                 rank3_auctions: auctions[3],
             }
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn q15_counts_bids_bidders_and_auctions_per_day() {
+    let want = q15_reference();
     assert_eq!(want.len(), 2, "the events span two days");
     assert!(want
         .iter()
@@ -1377,15 +1398,15 @@ fn q16_with_days_from_an_offset() {
     );
 }
 
-#[test]
-fn q17_sums_up_each_auctions_day() {
+/// q17 by brute force: per auction and day, its bids' counts by price rank, lowest, highest,
+/// average and total price.
+fn q17_reference() -> Vec<Q17> {
     let mut per: BTreeMap<(u64, i64), Vec<u64>> = BTreeMap::new();
     for b in bids(&all_events()) {
         let day = b.date_time - b.date_time.rem_euclid(86_400_000);
         per.entry((b.auction, day)).or_default().push(b.price);
     }
-    let want: Vec<Q17> = per
-        .into_iter()
+    per.into_iter()
         .map(|((auction, day), ps)| Q17 {
             auction,
             day,
@@ -1401,7 +1422,12 @@ fn q17_sums_up_each_auctions_day() {
             avg_price: ps.iter().sum::<u64>() / ps.len() as u64,
             sum_price: ps.iter().sum(),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn q17_sums_up_each_auctions_day() {
+    let want = q17_reference();
     // Upserts: the last row of each auction and day stands.
     let rows = run_stream_in_order(nexmark::q17);
     let mut last: BTreeMap<(u64, i64), Q17> = BTreeMap::new();
@@ -1597,4 +1623,180 @@ fn q22_splits_urls_into_directories() {
             .collect(),
     );
     assert_eq!(run_stream(|e| Ok(nexmark::q22(e))), want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// On a cluster
+
+include!("common/runnel.rs");
+
+/// The events of `config` dealt round-robin into `files` JSON-lines files under `dir` (each
+/// file in event-time order, as a generator partition is); returns the `file=` setting that
+/// reads them, one partition per file.
+fn event_files(config: &NexmarkConfig, dir: &Path, name: &str, files: usize) -> String {
+    use std::io::Write;
+    let paths: Vec<_> = (0..files)
+        .map(|i| dir.join(format!("{name}-{i}.jsonl")))
+        .collect();
+    let mut writers: Vec<_> = paths
+        .iter()
+        .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("an events file")))
+        .collect();
+    for (i, event) in config.iter().enumerate() {
+        let w = &mut writers[i % files];
+        serde_json::to_writer(&mut *w, &event).unwrap();
+        w.write_all(b"\n").unwrap();
+    }
+    for mut w in writers {
+        w.flush().unwrap();
+    }
+    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    format!("file={}", paths.join(","))
+}
+
+/// How a query's output file is read back.
+enum ReadBack {
+    /// Rows, each once: compared as a multiset.
+    Rows,
+    /// A changelog (`{"op":"insert"|"retract","row":..}`), applied in order: the rows left.
+    Changes,
+    /// Upserts by the fields named: the last row of each key stands.
+    Upserts(&'static [&'static str]),
+}
+
+/// The rows of a query's output file read back as `how` says, as JSON texts, sorted.
+fn output_rows(path: &Path, how: &ReadBack) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"));
+    let rows: Vec<String> = match how {
+        ReadBack::Rows => lines.map(|v| v.to_string()).collect(),
+        ReadBack::Changes => {
+            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            for (i, v) in lines.enumerate() {
+                let row = v["row"].to_string();
+                let n = counts.entry(row.clone()).or_default();
+                match v["op"].as_str() {
+                    Some("insert") => *n += 1,
+                    Some("retract") => *n -= 1,
+                    op => panic!("line {}: op {op:?}", i + 1),
+                }
+                assert!(
+                    *n >= 0,
+                    "line {}: {row} retracted before it was inserted",
+                    i + 1
+                );
+            }
+            counts
+                .into_iter()
+                .flat_map(|(row, n)| std::iter::repeat_n(row, n as usize))
+                .collect()
+        }
+        ReadBack::Upserts(key) => {
+            let mut last: BTreeMap<String, String> = BTreeMap::new();
+            for v in lines {
+                let k: Vec<String> = key.iter().map(|f| v[*f].to_string()).collect();
+                last.insert(k.join(","), v.to_string());
+            }
+            last.into_values().collect()
+        }
+    };
+    sorted(rows)
+}
+
+/// Rows as the file sink writes them (JSON texts), sorted.
+fn json_rows<T: serde::Serialize>(rows: Vec<T>) -> Vec<String> {
+    sorted(
+        rows.iter()
+            .map(|r| serde_json::to_value(r).unwrap().to_string())
+            .collect(),
+    )
+}
+
+/// The updating queries (q3, q4, q6, q9, q15-q20) on a cluster of two processes of two
+/// workers, each job run by the `runnel` binary on the events of [`config`] (or
+/// [`midnight_config`] for the per-day q15 and q16) dealt into 5 files: their changes cross
+/// processes (bincode over TCP) on the way to their operators' workers and to the file sink on
+/// process 0. The output read back must be the brute-force answer above. Every query is run
+/// before the test fails, so that one failure does not hide another.
+#[test]
+fn updating_queries_on_two_processes_match_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = event_files(&config(), dir.path(), "events", 5);
+    let midnight = event_files(&midnight_config(), dir.path(), "midnight", 5);
+    let cases: Vec<(&str, &String, ReadBack, Vec<String>)> = vec![
+        ("q3", &files, ReadBack::Changes, json_rows(q3_reference())),
+        ("q4", &files, ReadBack::Changes, json_rows(q4_reference())),
+        ("q6", &files, ReadBack::Changes, json_rows(q6_reference())),
+        (
+            "q9",
+            &files,
+            ReadBack::Changes,
+            json_rows(q9_reference(&all_events())),
+        ),
+        ("q15", &midnight, ReadBack::Rows, json_rows(q15_reference())),
+        (
+            "q16",
+            &midnight,
+            ReadBack::Rows,
+            json_rows(q16_reference(0)),
+        ),
+        (
+            "q17",
+            &files,
+            ReadBack::Upserts(&["auction", "day"]),
+            json_rows(q17_reference()),
+        ),
+        ("q18", &files, ReadBack::Changes, json_rows(q18_reference())),
+        ("q19", &files, ReadBack::Changes, json_rows(q19_reference())),
+        ("q20", &files, ReadBack::Changes, json_rows(q20_reference())),
+    ];
+    let mut failed = Vec::new();
+    for (query, input, how, want) in cases {
+        let out = dir.path().join(format!("{query}.jsonl"));
+        let sink = format!("sink=file:{}", out.display());
+        let job = format!("nexmark-{query}");
+        let outputs = run_cluster(
+            dir.path(),
+            2,
+            2,
+            &["run", &job, "--set", input, "--set", &sink],
+        );
+        let summaries: Vec<serde_json::Value> = outputs.iter().map(summary).collect();
+        let read: u64 = summaries
+            .iter()
+            .map(|s| s["events_in"].as_u64().unwrap())
+            .sum();
+        assert_eq!(read, 60_000, "{query}: events read by both processes");
+        for (p, s) in summaries.iter().enumerate() {
+            assert_eq!(s["late"], 0, "{query}: late records on process {p}");
+        }
+        assert!(
+            want.len() > 1,
+            "{query}: {} rows by brute force",
+            want.len()
+        );
+        let got = output_rows(&out, &how);
+        if got == want {
+            eprintln!("{query}: {} rows, as by brute force", want.len());
+        } else {
+            let (got_set, want_set): (BTreeSet<_>, BTreeSet<_>) =
+                (got.iter().collect(), want.iter().collect());
+            eprintln!(
+                "{query}: {} rows against {} by brute force; first missing: {:?}; first not \
+                 wanted: {:?}",
+                got.len(),
+                want.len(),
+                want_set.difference(&got_set).next(),
+                got_set.difference(&want_set).next(),
+            );
+            failed.push(query);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "wrong answers on two processes: {failed:?}"
+    );
 }

@@ -190,76 +190,6 @@ fn java_partition(key: &[u8], partitions: usize) -> i32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The `runnel` binary
-
-fn runnel(args: &[&str]) -> Output {
-    let state = fresh_state_dir();
-    Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .env("RUNNEL_STATE_DIR", state.path())
-        .args(args)
-        .output()
-        .expect("runnel runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn summary(o: &Output) -> Value {
-    assert!(o.status.success(), "runnel failed: {}", stderr(o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let line = text.lines().last().expect("a summary line");
-    serde_json::from_str(line).expect("summary is JSON")
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
-/// Runs `args` as a cluster of `processes` processes on 127.0.0.1 with `workers` each.
-fn run_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> Vec<Output> {
-    let hosts = dir.join(format!("hosts-{processes}"));
-    let lines: Vec<String> = free_ports(processes)
-        .into_iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    std::fs::write(&hosts, lines.join("\n")).expect("hosts file");
-    let state = fresh_state_dir();
-    let children: Vec<_> = (0..processes)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_runnel"))
-                .env("RUNNEL_STATE_DIR", state.path())
-                .args(args)
-                .args([
-                    "--workers",
-                    &workers.to_string(),
-                    "--processes",
-                    &processes.to_string(),
-                    "--process-id",
-                    &i.to_string(),
-                    "--hosts",
-                    hosts.to_str().expect("utf-8 path"),
-                    "--json",
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
-    children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
 // kafka-w2 on a real broker
 
 /// A window result as the job writes it.
@@ -311,11 +241,3 @@ fn bids_count() -> u64 {
         .unwrap_or(1_000_000)
 }
 
-/// A checkpoint folder of its own for each run (checkpoints are on by default, and runs of
-/// one job in parallel tests must not resume from each other's), removed when dropped.
-fn fresh_state_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("runnel-test-state-")
-        .tempdir()
-        .expect("a temporary folder")
-}
