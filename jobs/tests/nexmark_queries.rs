@@ -7,8 +7,9 @@
 //! once, in the directory of its day and minute. q12 windows on the wall clock, so only what
 //! does not depend on timing is checked: the windows' shape and the total per bidder.
 //!
-//! The updating queries also run as `runnel` jobs on a cluster of two processes (reading the
-//! same events from files), checked against the same brute-force answers.
+//! The updating queries, and q10's partitioned files, also run as `runnel` jobs on a cluster of
+//! two processes (reading the same events from files), checked against the same brute-force
+//! answers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -1798,5 +1799,38 @@ fn updating_queries_on_two_processes_match_brute_force() {
     assert!(
         failed.is_empty(),
         "wrong answers on two processes: {failed:?}"
+    );
+}
+
+/// q10 on a cluster of two processes of two workers: each worker writes the bids it gets into
+/// part files of its own under the shared folder, committed with the job's checkpoints; every
+/// bid must be there once, in the folder of its day and minute, and nothing else.
+#[test]
+fn q10_on_two_processes_writes_every_bid_once_into_its_day_and_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = event_files(&midnight_config(), dir.path(), "midnight", 5);
+    let out = dir.path().join("bids");
+    let set_dir = format!("dir={}", out.display());
+    let outputs = run_cluster(
+        dir.path(),
+        2,
+        2,
+        &["run", "nexmark-q10", "--set", &files, "--set", &set_dir],
+    );
+    let read: u64 = outputs
+        .iter()
+        .map(|o| summary(o)["events_in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(read, 60_000, "events read by both processes");
+    let events: Vec<Event> = midnight_config().iter().collect();
+    let partitions = check_q10_files(&out, &events);
+    assert_eq!(partitions.len(), 2, "{partitions:?}");
+    let workers: BTreeSet<String> = files_under(&out)
+        .into_keys()
+        .map(|path| path.rsplit_once('/').unwrap().1.to_string())
+        .collect();
+    assert!(
+        workers.len() > 2,
+        "the workers of both processes wrote parts: {workers:?}"
     );
 }
