@@ -1178,6 +1178,7 @@ fn latest_resumes_where_the_first_run_started_on_a_partition_it_never_read() {
             restore,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
             incremental: true,
+            changes_every: runnel_engine::recovery::CHANGES_EVERY,
         }),
         ..Default::default()
     };

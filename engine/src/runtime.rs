@@ -262,9 +262,13 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let restored_from = start_from.as_ref().map(|i| i.id);
     // Worker 0 commits: what its first commit links from this checkpoint is not new bytes.
     let resumed_info = start_from;
-    let every_epochs = opts.checkpoint.as_ref().map_or(1, |c| {
-        (c.every.as_millis() / opts.epoch_interval.as_millis().max(1)).max(1) as u64
-    });
+    let in_epochs =
+        |d: Duration| (d.as_millis() / opts.epoch_interval.as_millis().max(1)).max(1) as u64;
+    let every_epochs = opts.checkpoint.as_ref().map_or(1, |c| in_epochs(c.every));
+    let changes_epochs = opts
+        .checkpoint
+        .as_ref()
+        .map_or(1, |c| in_epochs(c.changes_every));
 
     let job2 = job.clone();
     let (metrics2, control2) = (metrics.clone(), control.clone());
@@ -297,7 +301,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 },
                 None => None,
             };
-            match Recovery::new(c, every_epochs, &name, index, peers, part) {
+            match Recovery::new(c, every_epochs, changes_epochs, &name, index, peers, part) {
                 Ok(mut r) => {
                     r.count_in(&metrics2);
                     if let (0, Some(info)) = (index, &resumed_info) {

@@ -318,9 +318,10 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
             };
             let incremental = r.incremental() && logic.tracks_changes();
             if due.is_empty() {
-                // Not a checkpoint: the changes of the epochs since the last go to disk now,
-                // in the background, if the next checkpoint is to take changes.
-                if incremental && through > *flushed && through != FINAL {
+                // Not a checkpoint: every `changes_epochs` epochs, the changes of the epochs
+                // since the last take go to disk now, in the background, if the next
+                // checkpoint is to take changes.
+                if incremental && through >= *flushed + r.changes_epochs() && through != FINAL {
                     *flushed = through;
                     let (segment, spare) = segment;
                     if segment.is_none() && chain.takes_changes(logic.state_size_hint()) {

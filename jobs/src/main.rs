@@ -95,6 +95,12 @@ struct BenchArgs {
     /// changed since the checkpoint before, for operators that track it).
     #[arg(long)]
     full_checkpoints: bool,
+    /// How often, between checkpoints, an operator whose checkpoints are incremental takes
+    /// what changed and has it written in the background ("300ms", the default; rounded to
+    /// whole epochs, at least one): less often writes a key that changes often once instead of
+    /// once per epoch, but pauses the worker longer each time.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration, value_name = "DURATION")]
+    changes_every: Duration,
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
@@ -418,6 +424,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
             restore: Restore::Fresh,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
             incremental: !args.full_checkpoints,
+            changes_every: args.changes_every,
         })
     };
     let opts = RunOptions {

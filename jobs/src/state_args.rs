@@ -40,6 +40,12 @@ pub struct StateArgs {
     /// changed since the checkpoint before, for operators that track it).
     #[arg(long)]
     pub full_checkpoints: bool,
+    /// How often, between checkpoints, an operator whose checkpoints are incremental takes
+    /// what changed and has it written in the background ("300ms", the default; rounded to
+    /// whole epochs, at least one): less often writes a key that changes often once instead of
+    /// once per epoch, but pauses the worker longer each time.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub changes_every: Duration,
 }
 
 impl StateArgs {
@@ -65,6 +71,7 @@ impl StateArgs {
             },
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
             incremental: !self.full_checkpoints,
+            changes_every: self.changes_every,
         }))
     }
 }

@@ -654,6 +654,11 @@ fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>, processes: usize) -
         &format!("sink=file:{}", out.display()),
         "--checkpoint-every",
         "300ms",
+        // Changes taken at every epoch's end (not every 300 ms, the default, which would be
+        // only at the checkpoints): the kills also land while they are written between
+        // checkpoints.
+        "--changes-every",
+        "100ms",
     ]
     .iter()
     .map(|s| s.to_string())

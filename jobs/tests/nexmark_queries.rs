@@ -502,6 +502,9 @@ fn stop_and_resume<O: Data + Ord + serde::de::DeserializeOwned>(
             restore: Restore::Latest,
             stream_above,
             incremental: true,
+            // Every 2 epochs: between checkpoints (7 epochs apart), so that the changes go
+            // into each checkpoint's part in several takes.
+            changes_every: Duration::from_millis(20),
         }),
         ..RunOptions::workers(2)
     };

@@ -91,6 +91,7 @@ fn options_on(store: Arc<dyn CheckpointStore>, restore: Restore) -> RunOptions {
             restore,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
             incremental: true,
+            changes_every: runnel_engine::recovery::CHANGES_EVERY,
         }),
         ..Default::default()
     }

@@ -112,6 +112,7 @@ fn options(store: &Arc<LocalDirStore>) -> RunOptions {
             restore: Restore::Latest,
             stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
             incremental: true,
+            changes_every: runnel_engine::recovery::CHANGES_EVERY,
         }),
         ..Default::default()
     }
