@@ -378,11 +378,12 @@ const SEGMENT_BUFFERS: usize = 3;
 
 /// A part of changes being written while the job runs (as Flink's changelog state backend
 /// writes a state's changes continuously, so that a checkpoint has little left to write): the
-/// operator's changes are taken at the end of each epoch between two checkpoints
-/// ([`Segment::append`]), encoded into a buffer on the worker's thread, and written to the
-/// store by a thread of the segment's own; the checkpoint only adds its last epoch's changes
-/// and the watermark state ([`Segment::finish`]) and waits for those to be durable. A few
-/// buffers go back and forth (their memory is reused, not provided fresh every epoch); the
+/// operator's changes are taken at an epoch's end every [`CheckpointOptions::changes_every`]
+/// between two checkpoints ([`Segment::append`]), encoded into a buffer on the worker's
+/// thread, and written to the store by a thread of the segment's own; the checkpoint only adds
+/// the changes since the last take and the watermark state ([`Segment::finish`]) and waits for
+/// those to be durable. A few buffers go back and forth (their memory is reused, not provided
+/// fresh at every take); the
 /// worker waits for one when the disk is slower than its changes.
 ///
 /// The part: [`CHANGES_MAGIC`], then records, each a tag byte, its length (`u64`, little

@@ -125,9 +125,10 @@ pub trait EpochLogic<I, O>: 'static {
     /// changes); before the first such call the logic need not track anything (so a run
     /// without checkpoints pays nothing). [`EpochLogic::snapshot_changes_into`] writes what
     /// changed since the last mark or the last changes written, then starts tracking anew.
-    /// Between two checkpoints the engine takes the changes at the end of every epoch and
-    /// writes them to disk in the background, so that a checkpoint has only its last epoch's
-    /// left to write: taking them must cost what changed, not the state's size. On restore,
+    /// Between two checkpoints the engine takes the changes at the end of an epoch every
+    /// [`crate::CheckpointOptions::changes_every`] and writes them to disk in the
+    /// background, so that a checkpoint has only those since the last take left to write:
+    /// taking them must cost what changed, not the state's size. On restore,
     /// [`EpochLogic::restore`] gets the whole state, then [`EpochLogic::restore_changes`]
     /// each changes written after it, in order; the logic promises that the state it ends
     /// with equals the one it had when the last changes were written. Changes should hold no
@@ -339,7 +340,7 @@ pub(crate) fn build_keyed<'s, I: Data, O: Data, L: EpochLogic<I, O>>(
                 // before the next checkpoint: its chain starts at once): written from the
                 // state itself into a part of its own, once per checkpoint due (more than one
                 // only when the interval is a few epochs): whole, or what changed since the
-                // chain's last part (most of it written already, epoch by epoch, into the
+                // chain's last part (most of it written already, take by take, into the
                 // segment this checkpoint ends). The final checkpoint (the input has ended;
                 // it is read only if the run fails during its last writes) takes changes
                 // whenever the chain has room, whatever their size.

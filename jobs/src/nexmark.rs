@@ -1827,8 +1827,8 @@ struct LastBids {
     changes: Option<RowChanges>,
 }
 
-/// The changes of a [`LastBids`] since its last mark or changes written (what a checkpoint
-/// takes at every epoch's end costs what changed, not the state's size).
+/// The changes of a [`LastBids`] since its last mark or changes written (what the engine
+/// takes between checkpoints costs what changed, not the state's size).
 #[derive(Debug, Default)]
 struct RowChanges {
     /// Rows at the mark; those from here on are new.
