@@ -390,34 +390,6 @@ fn sorted_lines(path: &Path) -> Vec<String> {
     lines
 }
 
-/// A changelog file (`{"op":"insert"|"retract","row":...}` per line) applied in order: the
-/// rows left, sorted. Fails on a row retracted more often than inserted.
-fn applied_changelog(path: &Path) -> Vec<String> {
-    let mut rows: BTreeMap<String, i64> = BTreeMap::new();
-    for line in sorted_lines_unsorted(path) {
-        let v: Value = serde_json::from_str(&line).expect("a JSON change");
-        let row = v["row"].to_string();
-        let n = rows.entry(row.clone()).or_default();
-        match v["op"].as_str() {
-            Some("insert") => *n += 1,
-            Some("retract") => *n -= 1,
-            other => panic!("op {other:?} in {line}"),
-        }
-        assert!(*n >= 0, "{row} retracted before it was inserted");
-    }
-    let mut out = Vec::new();
-    for (row, n) in rows {
-        out.extend(std::iter::repeat_n(row, n as usize));
-    }
-    out
-}
-
-fn sorted_lines_unsorted(path: &Path) -> Vec<String> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().map(String::from).collect()
-}
-
 /// Nexmark q5 (windows), q3 and q4 (updating tables) give the same answers whether they read
 /// the generator, a JSON-lines file of the same events, or a topic those events were produced
 /// to (`runnel produce --generator nexmark`, 3 partitions). The generator's answers are checked
@@ -483,7 +455,7 @@ fn nexmark_queries_answer_the_same_from_the_generator_a_file_and_a_topic() {
             let rows = if q == "nexmark-q5" {
                 sorted_lines(&out)
             } else {
-                applied_changelog(&out)
+                changelog_rows(&out)
             };
             outs.push((what, rows));
         }

@@ -1670,37 +1670,19 @@ enum ReadBack {
 
 /// The rows of a query's output file read back as `how` says, as JSON texts, sorted.
 fn output_rows(path: &Path, how: &ReadBack) -> Vec<String> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let lines = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"));
+    let lines = || {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect::<Vec<_>>()
+    };
     let rows: Vec<String> = match how {
-        ReadBack::Rows => lines.map(|v| v.to_string()).collect(),
-        ReadBack::Changes => {
-            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-            for (i, v) in lines.enumerate() {
-                let row = v["row"].to_string();
-                let n = counts.entry(row.clone()).or_default();
-                match v["op"].as_str() {
-                    Some("insert") => *n += 1,
-                    Some("retract") => *n -= 1,
-                    op => panic!("line {}: op {op:?}", i + 1),
-                }
-                assert!(
-                    *n >= 0,
-                    "line {}: {row} retracted before it was inserted",
-                    i + 1
-                );
-            }
-            counts
-                .into_iter()
-                .flat_map(|(row, n)| std::iter::repeat_n(row, n as usize))
-                .collect()
-        }
+        ReadBack::Rows => lines().into_iter().map(|v| v.to_string()).collect(),
+        ReadBack::Changes => changelog_rows(path),
         ReadBack::Upserts(key) => {
             let mut last: BTreeMap<String, String> = BTreeMap::new();
-            for v in lines {
+            for v in lines() {
                 let k: Vec<String> = key.iter().map(|f| v[*f].to_string()).collect();
                 last.insert(k.join(","), v.to_string());
             }

@@ -117,3 +117,39 @@ fn fresh_state_dir() -> tempfile::TempDir {
         .tempdir()
         .expect("a temporary folder")
 }
+
+/// A changelog file (`{"op":"insert"|"retract","row":..}` per line) applied in order: each row
+/// (as its JSON text) with its count, the rows back at zero left out. A retraction of a row
+/// that is not there fails, naming the line.
+#[allow(dead_code)] // cli.rs reads no changelog
+fn apply_changelog(path: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut rows: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let change: serde_json::Value = serde_json::from_str(line).expect("a JSON change");
+        let row = change["row"].to_string();
+        let n = rows.entry(row.clone()).or_default();
+        match change["op"].as_str() {
+            Some("insert") => *n += 1,
+            Some("retract") => *n -= 1,
+            op => panic!("line {}: op {op:?}", i + 1),
+        }
+        assert!(
+            *n >= 0,
+            "line {}: {row} retracted before it was inserted",
+            i + 1
+        );
+    }
+    rows.retain(|_, n| *n != 0);
+    rows
+}
+
+/// The rows of [`apply_changelog`], each as many times as it counts, sorted.
+#[allow(dead_code)] // cli.rs and crash.rs take the counts
+fn changelog_rows(path: &std::path::Path) -> Vec<String> {
+    apply_changelog(path)
+        .into_iter()
+        .flat_map(|(row, n)| std::iter::repeat_n(row, n as usize))
+        .collect()
+}
