@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 // ---------------------------------------------------------------------------------------------
 // The broker
 
-use runnel_testkit::{broker, create_topic, free_port, unique};
+use runnel_testkit::{broker, create_topic, delete_topic, free_port, unique};
 
 /// Counts failed deliveries of the test's own producer.
 #[derive(Default)]
@@ -1235,4 +1235,173 @@ fn latest_resumes_where_the_first_run_started_on_a_partition_it_never_read() {
     got.sort();
     let want: Vec<u64> = [100, 101, 102, 200, 201, 202, 203, 204].into();
     assert_eq!(got, want, "each record written after the first start, once");
+}
+
+/// Runs a checkpointed job on `topic` (50 records, on `bootstrap`) until it has read them and
+/// checkpointed after them, stops it, has `make_anew` make the topic anew with 10 records
+/// (1000..1010) on the broker whose address it returns, and resumes the job there (reading to
+/// the end of the topic and stopping if `stop_at_end`, else running on). The resumed run's
+/// error.
+fn resume_on_a_topic_made_anew(
+    bootstrap: &str,
+    topic: &str,
+    stop_at_end: bool,
+    make_anew: impl FnOnce() -> String,
+) -> String {
+    use runnel_engine::{CheckpointOptions, CheckpointStore, LocalDirStore, Restore};
+    produce_now(bootstrap, topic, 0..50);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "anew").unwrap());
+    let job = |bootstrap: &str, stop_at_end: bool, out: Collector<Rec>| {
+        let kafka = KafkaConfig::new(bootstrap);
+        let topic = topic.to_string();
+        Job::new("anew", "reads a topic", move |flow| {
+            let mut source =
+                KafkaSource::json::<Rec>(kafka.clone(), [topic.clone()]).group_id("anew-job");
+            if stop_at_end {
+                source = source.stop_at_end();
+            }
+            flow.source("in", source, SourceOptions::new())?
+                .sink("out", out.sink())
+        })
+    };
+    let opts = || RunOptions {
+        workers: 1,
+        epoch_interval: Duration::from_millis(10),
+        checkpoint: Some(CheckpointOptions {
+            store: store.clone(),
+            every: Duration::from_millis(50),
+            keep: 2,
+            restore: Restore::Latest,
+            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
+            incremental: true,
+            changes_every: runnel_engine::recovery::CHANGES_EVERY,
+        }),
+        ..Default::default()
+    };
+
+    let first = opts();
+    let stop = first.stop.clone();
+    let read = Collector::<Rec>::new();
+    let first_job = job(bootstrap, false, read.clone());
+    let handle = std::thread::spawn(move || run(&first_job, first));
+    let t = Instant::now();
+    while read.data().len() < 50 {
+        let n = read.data().len();
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the first run read {n} records"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let checkpointed = || store.list().unwrap().iter().map(|c| c.epoch).max();
+    let at = checkpointed().unwrap_or(0);
+    while store
+        .list()
+        .unwrap()
+        .iter()
+        .filter(|c| c.epoch > at)
+        .count()
+        < 2
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    handle.join().unwrap().expect("the first run");
+
+    let bootstrap = make_anew();
+    produce_now(&bootstrap, topic, 1000..1010);
+    let resumed = run_within(
+        job(&bootstrap, stop_at_end, Collector::new()),
+        opts(),
+        Duration::from_secs(60),
+    );
+    match resumed {
+        Ok(s) => panic!("the resumed job ended without an error: {s:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The resumed job's error names the partition, the offset it resumes at, what happened and
+/// what to do.
+fn assert_names_the_topic_made_anew(err: &str, topic: &str) {
+    for part in [
+        format!("{topic}/0"),
+        "resumes at offset 50".to_string(),
+        "made anew".to_string(),
+        "--fresh".to_string(),
+    ] {
+        assert!(err.contains(&part), "the error names {part:?}: {err}");
+    }
+}
+
+/// A group whose committed offset (50) is past the end of `topic`, made anew with the records
+/// 1000..1010, reads them all, as Kafka's `auto.offset.reset=earliest` does.
+fn assert_a_committed_offset_past_the_end_reads_from_the_start(bootstrap: &str, topic: &str) {
+    let group = unique("made-anew-group");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(50))
+        .unwrap();
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit offset 50");
+    assert_eq!(
+        committed(bootstrap, &group, &[(topic.to_string(), 0)]),
+        [Some(50)]
+    );
+    assert_eq!(
+        read_vs(bootstrap, topic, StartAt::Committed, &group),
+        (1000..1010).collect::<Vec<u64>>(),
+        "every record of the new topic, from its start"
+    );
+}
+
+/// A topic deleted and made anew while a job is down has offsets that went back: 50 records
+/// read and checkpointed, then a new topic of the same name with 10. The resumed job fails,
+/// naming the partition, the offset it resumes at and what to do, rather than dropping the
+/// new records below its old position (as it did) or reading them into state that counts the
+/// old ones. A group whose committed offset is past the new end reads the partition from its
+/// start instead. (tansu answers a fetch past a partition's end with nothing, and so does the
+/// mock cluster: the reader finds the end by reading again from the start.) The resumed job
+/// runs on, as a streaming job does.
+#[test]
+fn a_topic_made_anew_while_the_job_is_down_fails_the_resumed_job_naming_it() {
+    let broker = broker();
+    let bootstrap = broker.bootstrap.clone();
+    let topic = unique("made-anew");
+    create_topic(&bootstrap, &topic, 1);
+    let err = resume_on_a_topic_made_anew(&bootstrap, &topic, false, || {
+        delete_topic(&bootstrap, &topic);
+        std::thread::sleep(Duration::from_millis(500));
+        create_topic(&bootstrap, &topic, 1);
+        bootstrap.clone()
+    });
+    assert_names_the_topic_made_anew(&err, &topic);
+    assert_a_committed_offset_past_the_end_reads_from_the_start(&bootstrap, &topic);
+}
+
+/// The same on librdkafka's mock cluster, with a second cluster as the broker made anew (a
+/// development broker whose storage was wiped while the job was down), and a resumed job
+/// that stops at the end of the topic (which it finds before the offset it resumes at).
+#[test]
+fn a_topic_made_anew_on_the_mock_cluster_fails_the_resumed_job_at_its_end() {
+    let first = MockCluster::new(1).expect("mock cluster");
+    first.create_topic("anew", 1, 1).expect("topic");
+    let second = MockCluster::new(1).expect("mock cluster");
+    second.create_topic("anew", 1, 1).expect("topic");
+    let err = resume_on_a_topic_made_anew(&first.bootstrap_servers(), "anew", true, || {
+        second.bootstrap_servers()
+    });
+    assert_names_the_topic_made_anew(&err, "anew");
+    assert_a_committed_offset_past_the_end_reads_from_the_start(
+        &second.bootstrap_servers(),
+        "anew",
+    );
 }

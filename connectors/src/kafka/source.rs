@@ -77,6 +77,20 @@ pub struct KafkaRecord {
 ///   has accepted: a Kafka sink may still hold them in its producer queue, so after a crash
 ///   a restart from committed offsets can miss what was in flight. Exactly-once restarts come
 ///   from checkpoints, not from these commits.
+/// * **Offsets that are gone.** A checkpoint's offset (or the group's, or a timestamp's) that
+///   the partition no longer holds is found by reading again from the partition's start:
+///   - records deleted by retention (or compacted away) below the next one there: the reader
+///     goes on from that one, as `auto.offset.reset=earliest` would, warns, and counts the
+///     offsets passed in the `<source>.kafka.offsets_skipped` counter;
+///   - a partition that now ends before the offset (its offsets went back: the topic was
+///     deleted and made anew, or a development broker's storage wiped): resuming from a
+///     checkpoint, the job fails with an error that names the partition, the offset and the
+///     partition's end, since the checkpoint's state belongs to the records that were there
+///     (run it afresh to read the topic as it is); from the group's committed offset or a
+///     timestamp's, the reader reads the partition from its start, as Kafka's
+///     `auto.offset.reset=earliest` does.
+///   A topic made anew that has already grown past the checkpoint's offset cannot be told
+///   from the old one (the broker's topic ids are not read), and is read on from there.
 /// * **End.** By default the source reads forever. With [`KafkaSource::stop_at_end`] each
 ///   partition finishes once its reader has caught up with its end (librdkafka's
 ///   end-of-partition report: every record below the high watermark of a fetch has been
@@ -488,6 +502,9 @@ struct WorkerClient {
     bytes_in: Arc<Counter>,
     /// Offset commits sent to the group.
     commits_sent: Arc<Counter>,
+    /// Offsets a reader went past because the partition no longer held them (deleted by
+    /// retention while the job was down or behind).
+    offsets_skipped: Arc<Counter>,
 }
 
 /// Completed offsets waiting to be committed.
@@ -558,6 +575,9 @@ impl WorkerClient {
             }),
             bytes_in: ctx.metrics.counter(&format!("{}.kafka.bytes_in", ctx.name)),
             commits_sent: ctx.metrics.counter(&format!("{}.kafka.commits", ctx.name)),
+            offsets_skipped: ctx
+                .metrics
+                .counter(&format!("{}.kafka.offsets_skipped", ctx.name)),
         })
     }
 
@@ -771,6 +791,8 @@ impl WorkerClient {
                 (Offset::Offset(o), StartAt::Latest) => u64::try_from(o).ok(),
                 _ => None,
             },
+            resumed: start.is_some(),
+            below: None,
             rewind: 10_000,
             next_check: Instant::now() + FIRST_SKIP_CHECK,
             check_every: FIRST_SKIP_CHECK,
@@ -881,6 +903,12 @@ struct KafkaPartitionReader<T> {
     /// the next batch (tansu 0.6 does) would skip records, and with nothing when the batch is
     /// the partition's last; the reader then seeks back by `rewind` and drops what is below.
     expect: Option<i64>,
+    /// `expect` is the engine's position (resuming from a checkpoint), not the group's
+    /// committed offset or a timestamp's.
+    resumed: bool,
+    /// The highest offset read below `expect` (after a seek back, or a reset by librdkafka of
+    /// an offset out of the partition's range).
+    below: Option<i64>,
     rewind: i64,
     /// While `expect` is set: when to look again whether the broker's answers skipped it,
     /// how long to wait after that, and when the queue last gave anything (records below
@@ -913,21 +941,41 @@ impl<T> KafkaPartitionReader<T> {
                 // Answers to fetches from before that seek may still come: drop them.
                 return Ok(());
             }
-            // Already read again from the partition's start: the records from there to
-            // `want` are not in the partition (deleted by retention, or the topic was made
-            // anew). Go on with what there is, as a reset to the earliest offset would: from
-            // the record the broker answered with (read again), if any.
+            // Already read again from the partition's start, and the record before `want`
+            // never came.
+            let Some(first) = answered else {
+                // Nothing at or after `want - 1`: the partition ends before `want` (its offsets
+                // went back), or the record before it is not there (a transaction marker, a
+                // compacted record) and the partition ends at `want`. The partition's end
+                // tells which.
+                let Some(end) = self.partition_end() else {
+                    // Look again at the next check.
+                    return Ok(());
+                };
+                if end < want {
+                    self.went_back(want, end)?;
+                    self.expect = None;
+                    return self.seek_to(0);
+                }
+                self.expect = None;
+                return Ok(());
+            };
+            // Offsets `want..first` hold no record: deleted by retention, or compacted away.
+            // Go on with what there is, as a reset to the earliest offset would, from the
+            // record the broker answered with (read again), and count what was passed.
+            let passed = u64::try_from(first - want).unwrap_or(0);
+            self.client.offsets_skipped.add(passed);
             tracing::warn!(
                 "{}/{}: asked for offset {want}, {why}, also when reading from the start of \
-                 the partition; going on from what there is",
+                 the partition: offsets {want} to {} hold no record (deleted by retention, or \
+                 compacted); going on from {first} ({passed} offsets counted in \
+                 kafka.offsets_skipped)",
                 self.topic,
-                self.partition
+                self.partition,
+                first - 1
             );
             self.expect = None;
-            return match answered {
-                Some(first) => self.seek_to(first),
-                None => Ok(()),
-            };
+            return self.seek_to(first);
         }
         let back = (want - self.rewind).max(0);
         if back == 0 {
@@ -940,6 +988,60 @@ impl<T> KafkaPartitionReader<T> {
         );
         self.rewind = self.rewind.saturating_mul(4);
         self.seek_to(back)
+    }
+
+    /// The end of the partition (the offset after its last record), or `None` if the broker
+    /// does not answer (logged).
+    fn partition_end(&self) -> Option<i64> {
+        match self.client.consumer.fetch_watermarks(
+            &self.topic,
+            self.partition,
+            self.client.request_timeout,
+        ) {
+            Ok((_, high)) => Some(high),
+            Err(e) => {
+                tracing::warn!(
+                    "{}/{}: cannot look up the end of the partition: {e}",
+                    self.topic,
+                    self.partition
+                );
+                None
+            }
+        }
+    }
+
+    /// The partition's offsets went back below `want`: it now ends at `end` (read from its
+    /// start, nothing at or after `want - 1` came). Resuming from a checkpoint, that fails the
+    /// job: the checkpoint's state and positions belong to records the partition no longer
+    /// has. From the group's committed offset or a timestamp's, the reader is to go on from
+    /// the partition's start, as `auto.offset.reset=earliest` does (the caller stops
+    /// expecting `want` and seeks).
+    fn went_back(&self, want: i64, end: i64) -> Result<()> {
+        let found = match self.below {
+            Some(last) => {
+                format!("the partition now ends at offset {end} (its last record is at {last})")
+            }
+            None => format!("the partition now ends at offset {end}, with no record read"),
+        };
+        if self.resumed {
+            return Err(self.client.error(format!(
+                "{}/{}: the job resumes at offset {want} of this partition, but {found}: \
+                 its offsets went back, so the topic was deleted and made anew (or the \
+                 partition truncated) since the checkpoint. The checkpoint's state and \
+                 positions belong to the records that were there; start the job afresh \
+                 (`runnel run --fresh`, or without its checkpoints) to read the partition as \
+                 it is now",
+                self.topic, self.partition
+            )));
+        }
+        tracing::warn!(
+            "{}/{}: asked for offset {want}, but {found}: the topic was made anew or the \
+             partition truncated; reading the partition from its start, as \
+             auto.offset.reset=earliest does",
+            self.topic,
+            self.partition
+        );
+        Ok(())
     }
 
     /// Seeks the partition to `offset`.
@@ -1012,9 +1114,9 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                     if let Some(want) = self.expect {
                         if offset < want {
                             self.reached_before |= offset == want - 1;
+                            self.below = Some(self.below.map_or(offset, |b| b.max(offset)));
                             continue;
-                        }
-                        if offset > want {
+                        } else if offset > want {
                             // Records want..offset were skipped by the broker: go back.
                             self.seek_back(
                                 want,
@@ -1050,7 +1152,24 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
                     // Only reported with `stop_at_end`: every record up to the end the broker
-                    // reported has been read.
+                    // reported has been read. After a seek back that did not reach the record
+                    // before `want`, the partition may end before `want`.
+                    if let Some(want) = self
+                        .expect
+                        .filter(|_| self.below.is_some() && !self.reached_before)
+                    {
+                        match self.partition_end() {
+                            Some(end) if end < want => {
+                                self.went_back(want, end)?;
+                                self.expect = None;
+                                self.seek_to(0)?;
+                                break;
+                            }
+                            Some(_) => {}
+                            // Not known: look again at the next end.
+                            None => break,
+                        }
+                    }
                     if self.stop_at_end {
                         self.finished = true;
                     }

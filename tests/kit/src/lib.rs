@@ -179,3 +179,18 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         }
     }
 }
+
+/// Deletes `topic` with a plain admin client; panics, naming the topic, if it cannot.
+pub fn delete_topic(bootstrap: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = block_on(admin.delete_topics(&[topic], &opts)).expect("delete_topics");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("cannot delete topic {t}: {e}");
+        }
+    }
+}
