@@ -89,6 +89,7 @@ pub struct KafkaRecord {
 ///     (run it afresh to read the topic as it is); from the group's committed offset or a
 ///     timestamp's, the reader reads the partition from its start, as Kafka's
 ///     `auto.offset.reset=earliest` does.
+///
 ///   A topic made anew that has already grown past the checkpoint's offset cannot be told
 ///   from the old one (the broker's topic ids are not read), and is read on from there.
 /// * **End.** By default the source reads forever. With [`KafkaSource::stop_at_end`] each
