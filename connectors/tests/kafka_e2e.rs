@@ -1368,9 +1368,9 @@ fn assert_a_committed_offset_past_the_end_reads_from_the_start(bootstrap: &str, 
 /// naming the partition, the offset it resumes at and what to do, rather than dropping the
 /// new records below its old position (as it did) or reading them into state that counts the
 /// old ones. A group whose committed offset is past the new end reads the partition from its
-/// start instead. (tansu answers a fetch past a partition's end with nothing, and so does the
-/// mock cluster: the reader finds the end by reading again from the start.) The resumed job
-/// runs on, as a streaming job does.
+/// start instead. (tansu answers a fetch past a partition's end with nothing: the reader finds
+/// the end by reading again from the start.) The resumed job runs on, as a streaming job
+/// does.
 #[test]
 fn a_topic_made_anew_while_the_job_is_down_fails_the_resumed_job_naming_it() {
     let broker = broker();
@@ -1389,7 +1389,8 @@ fn a_topic_made_anew_while_the_job_is_down_fails_the_resumed_job_naming_it() {
 
 /// The same on librdkafka's mock cluster, with a second cluster as the broker made anew (a
 /// development broker whose storage was wiped while the job was down), and a resumed job
-/// that stops at the end of the topic (which it finds before the offset it resumes at).
+/// that stops at the end of the topic. The mock answers a fetch past the end with "offset out
+/// of range", and librdkafka goes back to the partition's start by itself.
 #[test]
 fn a_topic_made_anew_on_the_mock_cluster_fails_the_resumed_job_at_its_end() {
     let first = MockCluster::new(1).expect("mock cluster");

@@ -27,6 +27,7 @@
 //! librdkafka's mock cluster: `connectors/tests/kafka_e2e.rs`.
 
 mod config;
+mod first;
 mod metrics;
 mod sink;
 mod source;

@@ -24,6 +24,7 @@ use runnel_engine::{
 use serde::{Deserialize, Serialize};
 
 use super::config::{format_duration, EventTimeFrom, KafkaConfig, KafkaSourceConfig, StartAt};
+use super::first::{FirstRecord, OnEnd, OnRecord};
 use super::metrics::ClientEvents;
 
 /// Turns a Kafka record into a job's record, or says why it cannot.
@@ -77,11 +78,13 @@ pub struct KafkaRecord {
 ///   has accepted: a Kafka sink may still hold them in its producer queue, so after a crash
 ///   a restart from committed offsets can miss what was in flight. Exactly-once restarts come
 ///   from checkpoints, not from these commits.
-/// * **Offsets that are gone.** A checkpoint's offset (or the group's, or a timestamp's) that
-///   the partition no longer holds is found by reading again from the partition's start:
-///   - records deleted by retention (or compacted away) below the next one there: the reader
-///     goes on from that one, as `auto.offset.reset=earliest` would, warns, and counts the
-///     offsets passed in the `<source>.kafka.offsets_skipped` counter;
+/// * **Explicit start offsets.** A reader that starts at a checkpoint's offset (or the
+///   group's, or a timestamp's) starts at the record there or, where that offset holds none
+///   (a transaction marker, a compacted record), at the next one. Where the partition no
+///   longer holds it:
+///   - records deleted by retention: the reader goes on from the partition's first record,
+///     as `auto.offset.reset=earliest` would, warns, and counts the offsets passed in the
+///     `<source>.kafka.offsets_skipped` counter;
 ///   - a partition that now ends before the offset (its offsets went back: the topic was
 ///     deleted and made anew, or a development broker's storage wiped): resuming from a
 ///     checkpoint, the job fails with an error that names the partition, the offset and the
@@ -538,8 +541,10 @@ impl WorkerClient {
             ("enable.auto.commit", "false".to_string()),
             ("enable.auto.offset.store", "false".to_string()),
             ("auto.offset.reset", "earliest".to_string()),
-            // With stop_at_end, the partition's queue says when the reader caught up.
-            ("enable.partition.eof", config.stop_at_end.to_string()),
+            // The partition's queue says when the reader caught up: a reader with
+            // stop_at_end finishes there, and one that still expects its first offset learns
+            // whether the partition ends before it.
+            ("enable.partition.eof", "true".to_string()),
             // Throughput: fetch again as soon as the queue drains, and keep plenty queued.
             ("fetch.queue.backoff.ms", "0".to_string()),
             ("queued.min.messages", "1000000".to_string()),
@@ -778,9 +783,9 @@ impl WorkerClient {
             // (`latest`: the broker's end, as librdkafka would have resolved it; waiting for
             // the offset before it would seek back on every idle partition, and never see it
             // where it is a transaction marker).
-            expect: match offset {
+            first: match offset {
                 _ if start.is_none() && config.start == StartAt::Latest => None,
-                Offset::Offset(o) if offset != super::OLDEST => Some(o),
+                Offset::Offset(o) if offset != super::OLDEST => Some(FirstRecord::new(o, 10_000)),
                 _ => None,
             },
             // Where the reader starts, when that is the end it looked up (`latest`). Not for
@@ -793,14 +798,10 @@ impl WorkerClient {
                 _ => None,
             },
             resumed: start.is_some(),
-            below: None,
-            rewind: 10_000,
             next_check: Instant::now() + FIRST_SKIP_CHECK,
             check_every: FIRST_SKIP_CHECK,
             last_polled: Instant::now(),
-            reached_before: false,
             last_error_log: None,
-            sought_start: None,
             last: None,
         })
     }
@@ -896,33 +897,24 @@ struct KafkaPartitionReader<T> {
     decode: Decode<T>,
     /// Event time from the Kafka timestamp (else the job's extractor or ingestion time).
     kafka_time: bool,
-    /// Finish at the end of the partition (the consumer reports it with `enable.partition.eof`).
+    /// Finish at the end of the partition (the consumer reports it, `enable.partition.eof`).
     stop_at_end: bool,
     finished: bool,
-    /// Started at an explicit offset (a checkpoint's, the group's or a timestamp's): the
-    /// first record must be this one. A broker that answers a fetch from inside a batch with
-    /// the next batch (tansu 0.6 does) would skip records, and with nothing when the batch is
-    /// the partition's last; the reader then seeks back by `rewind` and drops what is below.
-    expect: Option<i64>,
-    /// `expect` is the engine's position (resuming from a checkpoint), not the group's
+    /// Started at an explicit offset (a checkpoint's, the group's or a timestamp's): finding
+    /// the first record to push ([`FirstRecord`]: the one at that offset or the next one
+    /// there, through tansu's skips, or that the partition now ends before it).
+    first: Option<FirstRecord>,
+    /// `first` is the engine's position (resuming from a checkpoint), not the group's
     /// committed offset or a timestamp's.
     resumed: bool,
-    /// The highest offset read below `expect` (after a seek back, or a reset by librdkafka of
-    /// an offset out of the partition's range).
-    below: Option<i64>,
-    rewind: i64,
-    /// While `expect` is set: when to look again whether the broker's answers skipped it,
+    /// While `first` is set: when to look again whether the broker's answers skipped it,
     /// how long to wait after that, and when the queue last gave anything (records below
-    /// `expect` included: a seek back reads those first).
+    /// the offset wanted included: a seek back reads those first).
     next_check: Instant,
     check_every: Duration,
     last_polled: Instant,
-    /// The record just before `expect` was read (after a seek back).
-    reached_before: bool,
     /// When an error of this partition was last logged.
     last_error_log: Option<Instant>,
-    /// When a seek back went to the partition's start (a skip seen 2 s after it gives up).
-    sought_start: Option<Instant>,
     /// The offset of the last record pushed: a partition's offsets only grow, so a record at
     /// or below it (a fetch from before a seek, still queued) is dropped.
     last: Option<i64>,
@@ -932,63 +924,79 @@ struct KafkaPartitionReader<T> {
 }
 
 impl<T> KafkaPartitionReader<T> {
-    /// Seeks back by `rewind` from `want` (the offset the reader must start at), which the
-    /// broker's answers skipped (`why`; `answered`: the offset it answered with, if any), and
-    /// widens `rewind` for the next time. Once a seek back has reached the partition's start,
-    /// a skip seen 2 s later means the records are not there: the reader goes on without them.
-    fn seek_back(&mut self, want: i64, answered: Option<i64>, why: &str) -> Result<()> {
-        if let Some(at) = self.sought_start {
-            if at.elapsed() < Duration::from_secs(2) {
-                // Answers to fetches from before that seek may still come: drop them.
-                return Ok(());
-            }
-            // Already read again from the partition's start, and the record before `want`
-            // never came.
-            let Some(first) = answered else {
-                // Nothing at or after `want - 1`: the partition ends before `want` (its offsets
-                // went back), or the record before it is not there (a transaction marker, a
-                // compacted record) and the partition ends at `want`. The partition's end
-                // tells which.
-                let Some(end) = self.partition_end() else {
-                    // Look again at the next check.
-                    return Ok(());
-                };
-                if end < want {
-                    self.went_back(want, end)?;
-                    self.expect = None;
-                    return self.seek_to(0);
-                }
-                self.expect = None;
-                return Ok(());
-            };
-            // Offsets `want..first` hold no record: deleted by retention, or compacted away.
-            // Go on with what there is, as a reset to the earliest offset would, from the
-            // record the broker answered with (read again), and count what was passed.
-            let passed = u64::try_from(first - want).unwrap_or(0);
-            self.client.offsets_skipped.add(passed);
-            tracing::warn!(
-                "{}/{}: asked for offset {want}, {why}, also when reading from the start of \
-                 the partition: offsets {want} to {} hold no record (deleted by retention, or \
-                 compacted); going on from {first} ({passed} offsets counted in \
-                 kafka.offsets_skipped)",
-                self.topic,
-                self.partition,
-                first - 1
-            );
-            self.expect = None;
-            return self.seek_to(first);
-        }
-        let back = (want - self.rewind).max(0);
-        if back == 0 {
-            self.sought_start = Some(Instant::now());
-        }
+    /// Seeks the partition to `offset` (`why`: for the log) and reads on from there:
+    /// librdkafka drops what it fetched before (by its version barrier), so the records that
+    /// come next start there.
+    fn seek(&mut self, offset: i64, why: &str) -> Result<()> {
         tracing::info!(
-            "{}/{}: asked for offset {want}, {why}; reading again from {back}",
+            "{}/{}: {why}; reading again from {offset}",
             self.topic,
             self.partition
         );
-        self.rewind = self.rewind.saturating_mul(4);
-        self.seek_to(back)
+        self.client
+            .consumer
+            .seek(
+                &self.topic,
+                self.partition,
+                Offset::Offset(offset),
+                self.client.request_timeout,
+            )
+            .map_err(|e| {
+                self.client.error(format!(
+                    "{}/{}: cannot seek to offset {offset}: {e}",
+                    self.topic, self.partition
+                ))
+            })?;
+        if let Some(first) = self.first.as_mut() {
+            first.sought(offset);
+        }
+        Ok(())
+    }
+
+    /// Acts on what [`FirstRecord`] decided at the partition's end or with nothing coming.
+    /// `false` if the reader sought (the partition's end is then reported again).
+    fn settle(&mut self, decided: OnEnd, why: &str) -> Result<bool> {
+        let want = self.first.as_ref().map_or(0, FirstRecord::want);
+        match decided {
+            OnEnd::Here => {
+                self.first = None;
+                Ok(true)
+            }
+            OnEnd::Seek(to) => {
+                self.seek(to, &format!("asked for offset {want}, {why}"))?;
+                Ok(false)
+            }
+            OnEnd::WentBack(end) => {
+                let found = if end == 0 {
+                    "the partition is now empty".to_string()
+                } else {
+                    format!("the partition now ends at offset {end}")
+                };
+                if self.resumed {
+                    // The checkpoint's state and positions belong to records the partition no
+                    // longer has.
+                    return Err(self.client.error(format!(
+                        "{}/{}: the job resumes at offset {want} of this partition, but \
+                         {found}: its offsets went back, so the topic was deleted and made \
+                         anew (or the partition truncated) since the checkpoint. The \
+                         checkpoint's state and positions belong to the records that were \
+                         there; start the job afresh (`runnel run --fresh`, or without its \
+                         checkpoints) to read the partition as it is now",
+                        self.topic, self.partition
+                    )));
+                }
+                tracing::warn!(
+                    "{}/{}: asked for offset {want}, but {found}: the topic was made anew or \
+                     the partition truncated; reading the partition from its start, as \
+                     auto.offset.reset=earliest does",
+                    self.topic,
+                    self.partition
+                );
+                self.first = None;
+                self.seek(0, "the partition's offsets went back")?;
+                Ok(false)
+            }
+        }
     }
 
     /// The end of the partition (the offset after its last record), or `None` if the broker
@@ -1011,75 +1019,21 @@ impl<T> KafkaPartitionReader<T> {
         }
     }
 
-    /// The partition's offsets went back below `want`: it now ends at `end` (read from its
-    /// start, nothing at or after `want - 1` came). Resuming from a checkpoint, that fails the
-    /// job: the checkpoint's state and positions belong to records the partition no longer
-    /// has. From the group's committed offset or a timestamp's, the reader is to go on from
-    /// the partition's start, as `auto.offset.reset=earliest` does (the caller stops
-    /// expecting `want` and seeks).
-    fn went_back(&self, want: i64, end: i64) -> Result<()> {
-        let found = match self.below {
-            Some(last) => {
-                format!("the partition now ends at offset {end} (its last record is at {last})")
-            }
-            None => format!("the partition now ends at offset {end}, with no record read"),
-        };
-        if self.resumed {
-            return Err(self.client.error(format!(
-                "{}/{}: the job resumes at offset {want} of this partition, but {found}: \
-                 its offsets went back, so the topic was deleted and made anew (or the \
-                 partition truncated) since the checkpoint. The checkpoint's state and \
-                 positions belong to the records that were there; start the job afresh \
-                 (`runnel run --fresh`, or without its checkpoints) to read the partition as \
-                 it is now",
-                self.topic, self.partition
-            )));
-        }
-        tracing::warn!(
-            "{}/{}: asked for offset {want}, but {found}: the topic was made anew or the \
-             partition truncated; reading the partition from its start, as \
-             auto.offset.reset=earliest does",
-            self.topic,
-            self.partition
-        );
-        Ok(())
-    }
-
-    /// Seeks the partition to `offset`.
-    fn seek_to(&self, offset: i64) -> Result<()> {
-        self.client
-            .consumer
-            .seek(
-                &self.topic,
-                self.partition,
-                Offset::Offset(offset),
-                self.client.request_timeout,
-            )
-            .map_err(|e| {
-                self.client.error(format!(
-                    "{}/{}: cannot seek back to offset {offset}: {e}",
-                    self.topic, self.partition
-                ))
-            })
-    }
-
-    /// Nothing came yet from `want`, and the queue has been empty for a while: either the
-    /// partition ends at `want` (the record before it was read: nothing was skipped, and the
-    /// reader stops checking), or the broker is answering with nothing (a fetch from inside
-    /// the partition's last batch), so seek back. (tansu's ListOffsets cannot tell which: it
-    /// answers "latest" with the last batch's first offset + 1.) Checks more seldom each time.
-    fn check_skipped(&mut self, want: i64) -> Result<()> {
+    /// Nothing came yet from the offset wanted, and the queue has been empty for a while:
+    /// [`FirstRecord::idle`] (the partition ends there, or read again from further back).
+    /// Checks more seldom each time.
+    fn check_skipped(&mut self) -> Result<()> {
         let now = Instant::now();
         if now < self.next_check || now.duration_since(self.last_polled) < FIRST_SKIP_CHECK {
             return Ok(());
         }
-        if self.reached_before || want == 0 {
-            self.expect = None;
-            return Ok(());
-        }
         self.check_every = (self.check_every * 2).min(Duration::from_secs(5));
         self.next_check = now + self.check_every;
-        self.seek_back(want, None, "nothing came back")
+        let Some(first) = self.first.as_mut() else {
+            return Ok(());
+        };
+        let decided = first.idle();
+        self.settle(decided, "nothing came back").map(|_| ())
     }
 }
 
@@ -1102,7 +1056,7 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
         let mut error = None;
         while n < budget {
             let polled = self.queue.poll(Duration::ZERO);
-            if polled.is_some() && self.expect.is_some() {
+            if polled.is_some() && self.first.is_some() {
                 self.last_polled = Instant::now();
             }
             match polled {
@@ -1112,21 +1066,34 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                     if self.last.is_some_and(|last| offset <= last) {
                         continue;
                     }
-                    if let Some(want) = self.expect {
-                        if offset < want {
-                            self.reached_before |= offset == want - 1;
-                            self.below = Some(self.below.map_or(offset, |b| b.max(offset)));
-                            continue;
-                        } else if offset > want {
-                            // Records want..offset were skipped by the broker: go back.
-                            self.seek_back(
-                                want,
-                                Some(offset),
-                                &format!("the broker answered from {offset}"),
-                            )?;
-                            break;
+                    if let Some(first) = self.first.as_mut() {
+                        match first.record(offset) {
+                            OnRecord::Drop => continue,
+                            OnRecord::Start { passed } => {
+                                if passed > 0 {
+                                    self.client.offsets_skipped.add(passed);
+                                    tracing::warn!(
+                                        "{}/{}: asked for offset {}, but the partition now \
+                                         starts at {offset}: the records before it were \
+                                         deleted (retention); going on from {offset} ({passed} \
+                                         offsets with no record counted in \
+                                         kafka.offsets_skipped)",
+                                        self.topic,
+                                        self.partition,
+                                        first.want()
+                                    );
+                                }
+                                self.first = None;
+                            }
+                            OnRecord::SeekBack(to) => {
+                                let want = first.want();
+                                self.seek(
+                                    to,
+                                    &format!("asked for offset {want}, the broker answered from {offset}"),
+                                )?;
+                                break;
+                            }
                         }
-                        self.expect = None;
                     }
                     self.last = Some(offset);
                     bytes += m.payload_len() as u64;
@@ -1152,26 +1119,17 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                     n += 1;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
-                    // Only reported with `stop_at_end`: every record up to the end the broker
-                    // reported has been read. After a seek back that did not reach the record
-                    // before `want`, the partition may end before `want`.
-                    if let Some(want) = self
-                        .expect
-                        .filter(|_| self.below.is_some() && !self.reached_before)
-                    {
-                        match self.partition_end() {
-                            Some(end) if end < want => {
-                                self.went_back(want, end)?;
-                                self.expect = None;
-                                self.seek_to(0)?;
-                                break;
-                            }
-                            Some(_) => {}
-                            // Not known: look again at the next end.
-                            None => break,
-                        }
-                    }
-                    if self.stop_at_end {
+                    // Every record up to the end the broker reported has been read (reported
+                    // once per end, and again after a seek).
+                    let ended = if self.first.is_some() {
+                        let high = self.partition_end();
+                        let first = self.first.as_mut().expect("checked");
+                        let decided = first.end(high);
+                        self.settle(decided, "and the partition ended before it")?
+                    } else {
+                        true
+                    };
+                    if self.stop_at_end && ended {
                         self.finished = true;
                     }
                     break;
@@ -1185,8 +1143,8 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
         if n > 0 {
             self.client.progress();
             self.client.bytes_in.add(bytes);
-        } else if let Some(want) = self.expect {
-            self.check_skipped(want)?;
+        } else if self.first.is_some() {
+            self.check_skipped()?;
         }
         if let Some(e) = error {
             let at = format!("{}/{}", self.topic, self.partition);
