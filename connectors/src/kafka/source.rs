@@ -806,6 +806,14 @@ impl WorkerClient {
         })
     }
 
+    /// The client has reported errors since the last record was read.
+    fn failing(&self) -> bool {
+        self.health
+            .lock()
+            .map(|h| h.failing_since.is_some())
+            .unwrap_or(false)
+    }
+
     /// A record was read: the brokers are fine.
     fn progress(&self) {
         if let Ok(mut h) = self.health.lock() {
@@ -954,14 +962,24 @@ impl<T> KafkaPartitionReader<T> {
     }
 
     /// Acts on what [`FirstRecord`] decided at the partition's end or with nothing coming.
-    /// `false` if the reader sought (the partition's end is then reported again).
+    /// `false` if the reader sought (the partition's end is then reported again) or waits.
     fn settle(&mut self, decided: OnEnd, why: &str) -> Result<bool> {
         let want = self.first.as_ref().map_or(0, FirstRecord::want);
         match decided {
-            OnEnd::Here => {
+            OnEnd::Here { passed } => {
+                if passed > 0 {
+                    self.skipped(
+                        want,
+                        passed,
+                        &format!("the partition now ends at {}", want + passed as i64),
+                    );
+                }
                 self.first = None;
+                // Nothing below `want` is to be pushed from here on.
+                self.last = Some(want - 1);
                 Ok(true)
             }
+            OnEnd::Wait => Ok(false),
             OnEnd::Seek(to) => {
                 self.seek(to, &format!("asked for offset {want}, {why}"))?;
                 Ok(false)
@@ -999,15 +1017,29 @@ impl<T> KafkaPartitionReader<T> {
         }
     }
 
-    /// The end of the partition (the offset after its last record), or `None` if the broker
-    /// does not answer (logged).
-    fn partition_end(&self) -> Option<i64> {
+    /// Counts and logs `passed` offsets from `want` on that the partition no longer holds
+    /// (`found`: what the reader found instead).
+    fn skipped(&self, want: i64, passed: u64, found: &str) {
+        self.client.offsets_skipped.add(passed);
+        tracing::warn!(
+            "{}/{}: asked for offset {want}, but {found}: offsets {want} to {} hold no record \
+             now (deleted by retention, or markers); going on ({passed} offsets counted in \
+             kafka.offsets_skipped)",
+            self.topic,
+            self.partition,
+            want + passed as i64 - 1
+        );
+    }
+
+    /// The partition's first offset and end (the offset after its last record), or `None` if
+    /// the broker does not answer (logged).
+    fn partition_bounds(&self) -> Option<(i64, i64)> {
         match self.client.consumer.fetch_watermarks(
             &self.topic,
             self.partition,
             self.client.request_timeout,
         ) {
-            Ok((_, high)) => Some(high),
+            Ok(bounds) => Some(bounds),
             Err(e) => {
                 tracing::warn!(
                     "{}/{}: cannot look up the end of the partition: {e}",
@@ -1024,7 +1056,10 @@ impl<T> KafkaPartitionReader<T> {
     /// Checks more seldom each time.
     fn check_skipped(&mut self) -> Result<()> {
         let now = Instant::now();
-        if now < self.next_check || now.duration_since(self.last_polled) < FIRST_SKIP_CHECK {
+        if now < self.next_check
+            || now.duration_since(self.last_polled) < FIRST_SKIP_CHECK
+            || self.client.failing()
+        {
             return Ok(());
         }
         self.check_every = (self.check_every * 2).min(Duration::from_secs(5));
@@ -1071,16 +1106,11 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                             OnRecord::Drop => continue,
                             OnRecord::Start { passed } => {
                                 if passed > 0 {
-                                    self.client.offsets_skipped.add(passed);
-                                    tracing::warn!(
-                                        "{}/{}: asked for offset {}, but the partition now \
-                                         starts at {offset}: the records before it were \
-                                         deleted (retention); going on from {offset} ({passed} \
-                                         offsets with no record counted in \
-                                         kafka.offsets_skipped)",
-                                        self.topic,
-                                        self.partition,
-                                        first.want()
+                                    let want = first.want();
+                                    self.skipped(
+                                        want,
+                                        passed,
+                                        &format!("the partition's first record is at {offset}"),
                                     );
                                 }
                                 self.first = None;
@@ -1122,10 +1152,10 @@ impl<T: Data> PartitionReader<T> for KafkaPartitionReader<T> {
                     // Every record up to the end the broker reported has been read (reported
                     // once per end, and again after a seek).
                     let ended = if self.first.is_some() {
-                        let high = self.partition_end();
+                        let bounds = self.partition_bounds();
                         let first = self.first.as_mut().expect("checked");
-                        let decided = first.end(high);
-                        self.settle(decided, "and the partition ended before it")?
+                        let decided = first.end(bounds);
+                        self.settle(decided, "the partition's end was reported before it")?
                     } else {
                         true
                     };
