@@ -1118,6 +1118,26 @@ fn exactly_once_sink_finds_an_earlier_runs_records_after_two_restarts() {
     );
 }
 
+/// Runs on `workers` with 10 ms epochs, checkpointed into `store` every 50 ms (two kept),
+/// resuming from the latest checkpoint.
+fn checkpointed(store: &Arc<runnel_engine::LocalDirStore>, workers: usize) -> RunOptions {
+    use runnel_engine::{CheckpointOptions, Restore};
+    RunOptions {
+        workers,
+        epoch_interval: Duration::from_millis(10),
+        checkpoint: Some(CheckpointOptions {
+            store: store.clone(),
+            every: Duration::from_millis(50),
+            keep: 2,
+            restore: Restore::Latest,
+            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
+            incremental: true,
+            changes_every: runnel_engine::recovery::CHANGES_EVERY,
+        }),
+        ..Default::default()
+    }
+}
+
 /// `latest` is where the partition ended when the job first opened it, also after a restart:
 /// a partition that had no record yet when the job was stopped resumes from there, so the
 /// records written to it while the job was down are read (once), and none from before the
@@ -1126,7 +1146,7 @@ fn exactly_once_sink_finds_an_earlier_runs_records_after_two_restarts() {
 #[test]
 fn latest_resumes_where_the_first_run_started_on_a_partition_it_never_read() {
     use runnel_connectors::FileSink;
-    use runnel_engine::{CheckpointOptions, CheckpointStore, LocalDirStore, Restore};
+    use runnel_engine::{CheckpointStore, LocalDirStore};
     let broker = broker();
     let bootstrap = broker.bootstrap.clone();
     let topic = unique("latest-resume");
@@ -1168,24 +1188,11 @@ fn latest_resumes_where_the_first_run_started_on_a_partition_it_never_read() {
                 .sink("out", FileSink::json(&out).sorted())
         })
     };
-    let opts = |restore: Restore| RunOptions {
-        workers: 2,
-        epoch_interval: Duration::from_millis(10),
-        checkpoint: Some(CheckpointOptions {
-            store: store.clone(),
-            every: Duration::from_millis(50),
-            keep: 2,
-            restore,
-            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
-            incremental: true,
-            changes_every: runnel_engine::recovery::CHANGES_EVERY,
-        }),
-        ..Default::default()
-    };
+    let opts = || checkpointed(&store, 2);
 
     // The first run: partition 0 gets two records, partition 1 none; stopped after a
     // checkpoint that follows them.
-    let first = opts(Restore::Latest);
+    let first = opts();
     let stop = first.stop.clone();
     let first_job = job(false);
     let handle = std::thread::spawn(move || run(&first_job, first));
@@ -1226,7 +1233,7 @@ fn latest_resumes_where_the_first_run_started_on_a_partition_it_never_read() {
         one(1, v);
     }
 
-    run_within(job(true), opts(Restore::Latest), Duration::from_secs(60)).expect("the resumed run");
+    run_within(job(true), opts(), Duration::from_secs(60)).expect("the resumed run");
     let text = std::fs::read_to_string(&out).unwrap();
     let mut got: Vec<u64> = text
         .lines()
@@ -1248,7 +1255,7 @@ fn resume_on_a_topic_made_anew(
     stop_at_end: bool,
     make_anew: impl FnOnce() -> String,
 ) -> String {
-    use runnel_engine::{CheckpointOptions, CheckpointStore, LocalDirStore, Restore};
+    use runnel_engine::{CheckpointStore, LocalDirStore};
     produce_now(bootstrap, topic, 0..50);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalDirStore::new(dir.path().join("state"), "anew").unwrap());
@@ -1265,20 +1272,7 @@ fn resume_on_a_topic_made_anew(
                 .sink("out", out.sink())
         })
     };
-    let opts = || RunOptions {
-        workers: 1,
-        epoch_interval: Duration::from_millis(10),
-        checkpoint: Some(CheckpointOptions {
-            store: store.clone(),
-            every: Duration::from_millis(50),
-            keep: 2,
-            restore: Restore::Latest,
-            stream_above: runnel_engine::recovery::STREAM_STATE_ABOVE,
-            incremental: true,
-            changes_every: runnel_engine::recovery::CHANGES_EVERY,
-        }),
-        ..Default::default()
-    };
+    let opts = || checkpointed(&store, 1);
 
     let first = opts();
     let stop = first.stop.clone();
