@@ -923,8 +923,9 @@ struct KafkaPartitionReader<T> {
     last_polled: Instant,
     /// When an error of this partition was last logged.
     last_error_log: Option<Instant>,
-    /// The offset of the last record pushed: a partition's offsets only grow, so a record at
-    /// or below it (a fetch from before a seek, still queued) is dropped.
+    /// The offset of the last record pushed (or the one before the offset wanted, once
+    /// [`FirstRecord`] found the partition ends there): a partition's offsets only grow, so a
+    /// record at or below it is dropped.
     last: Option<i64>,
     /// The offset the reader was assigned at, when it is an explicit one (every record it
     /// reads is at or after it).
