@@ -305,10 +305,12 @@ fn bincode_batches(c: &mut Criterion) {
 }
 
 /// An incremental checkpoint's changes of Nexmark bids, as q18 writes them (each bid whole):
-/// through serde and bincode (as until session 26) against field by field with
-/// `runnel_engine::wire`. The bids are visited in a scattered order, as a state's changed rows
-/// are, and in the order they are in memory: the difference between the two is what the
-/// cache misses of the scattered reads cost, whichever the encoding.
+/// through serde and bincode (as until session 26), field by field with `runnel_engine::wire`
+/// in fixed-width integers (`fixed_`, as until session 31), and as `Bid::put_wire` writes them
+/// now, its integers in LEB128 varints (`wire_`). The bids are visited in a scattered order, as
+/// a state's changed rows are, and in the order they are in memory: the difference between
+/// the two is what the cache misses of the scattered reads cost, whichever the encoding. The
+/// bytes per bid of each are printed first.
 fn changes(c: &mut Criterion) {
     use runnel_engine::wire::Put;
     let bids: Vec<nexmark::Bid> = NexmarkConfig::new(CHANGES_RECORDS as u64 * 50 / 46 + 50)
@@ -325,12 +327,47 @@ fn changes(c: &mut Criterion) {
         .map(|i| &bids[i * 7_919 % bids.len()])
         .collect();
     let in_order: Vec<&nexmark::Bid> = bids.iter().collect();
+    // The fixed-width format of sessions 26-30.
+    fn put_fixed(b: &nexmark::Bid, out: &mut Vec<u8>) {
+        out.reserve(35 + b.channel.len() + b.url.len() + b.extra.len());
+        out.put_u64(b.auction);
+        out.put_u64(b.bidder);
+        out.put_u64(b.price);
+        out.put_i64(b.date_time);
+        out.put_str(&b.channel);
+        out.put_str(&b.url);
+        out.put_str(&b.extra);
+    }
+    let size = |put: &dyn Fn(&nexmark::Bid, &mut Vec<u8>)| {
+        let mut out = Vec::new();
+        for b in &bids {
+            put(b, &mut out);
+        }
+        out.len() as f64 / bids.len() as f64
+    };
+    eprintln!(
+        "changes: bytes per bid: wire (varints) {:.1}, fixed {:.1}, bincode {:.1}",
+        size(&|b, out| b.put_wire(out)),
+        size(&put_fixed),
+        size(&|b, out| bincode::serialize_into(out, b).expect("encodes")),
+    );
     let mut g = c.benchmark_group("changes");
     g.sample_size(20)
         .throughput(Throughput::Elements(order.len() as u64));
     // Each its own buffer, grown before it is timed.
-    let (mut a, mut b) = (Vec::<u8>::new(), Vec::<u8>::new());
+    let (mut a, mut b, mut f) = (Vec::<u8>::new(), Vec::<u8>::new(), Vec::<u8>::new());
     for (name, order) in [("scattered", &order), ("in_order", &in_order)] {
+        g.bench_function(format!("fixed_bids_{name}"), |i| {
+            i.iter(|| {
+                f.clear();
+                f.put_u64(7);
+                f.put_len(order.len());
+                for b in order.iter() {
+                    put_fixed(b, &mut f);
+                }
+                black_box(&f);
+            })
+        });
         g.bench_function(format!("wire_bids_{name}"), |i| {
             i.iter(|| {
                 a.clear();

@@ -3,10 +3,13 @@
 //! An operator that tracks its changes ([`crate::EpochLogic::tracks_changes`]) has them taken
 //! at the end of every epoch between two checkpoints, on the worker's thread. For states that
 //! grow with every record (a gigabyte of changes per worker every 10 s in Nexmark's q18-q20),
-//! the encoding is most of that cost. [`Put`] writes fixed-width little-endian integers and
+//! the encoding is most of that cost. [`Put`] writes fixed-width little-endian integers,
+//! LEB128 varints (7 bits a byte: an id or a price below 2^21 in 3 bytes instead of 8; signed
+//! ones zigzag-encoded, for differences such as an event time less the one before it), and
 //! strings as a LEB128 length (one byte below 128, where bincode writes eight) then their
 //! bytes; [`Wire`] reads them back, and its errors name what was being read, where, and in
-//! what. In the `changes` group of `benches/benches/micro.rs` it writes Nexmark bids read in
+//! what. Since session 31 the Nexmark states write their ids, prices and times as varints:
+//! 26-28% fewer bytes of changes for q19 and q20, 10% for q18, whose bids keep their urls. In the `changes` group of `benches/benches/micro.rs` it writes Nexmark bids read in
 //! memory order (as q18 writes its added rows) in 0-19% less time than bincode over five
 //! runs, and read in a scattered order in 17% less to 38% more, where cache misses take half
 //! the time or more (BENCHMARKS.md, sessions 26 and 27).
@@ -36,6 +39,13 @@ pub trait Put {
     fn put_i64(&mut self, v: i64);
     /// A length or count: LEB128 (7 bits a byte, the low ones first; one byte below 128).
     fn put_len(&mut self, v: usize);
+    /// A `u64` in LEB128, as [`Put::put_len`]: 1 byte below 2^7, 3 below 2^21, 10 at most. For
+    /// ids, prices and indexes, which are mostly far below 2^64.
+    fn put_var_u64(&mut self, v: u64);
+    /// An `i64` zigzag-encoded (0, -1, 1, -2, ... as 0, 1, 2, 3, ...) then in LEB128: small
+    /// magnitudes of either sign take few bytes. For differences, such as an event time less
+    /// the one written before it.
+    fn put_var_i64(&mut self, v: i64);
     /// A string: its length in bytes ([`Put::put_len`]), then its UTF-8 bytes.
     fn put_str(&mut self, s: &str);
 }
@@ -63,12 +73,21 @@ impl Put for Vec<u8> {
 
     #[inline]
     fn put_len(&mut self, v: usize) {
-        let mut v = v as u64;
+        self.put_var_u64(v as u64);
+    }
+
+    #[inline]
+    fn put_var_u64(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.push((v as u8) | 0x80);
             v >>= 7;
         }
         self.push(v as u8);
+    }
+
+    #[inline]
+    fn put_var_i64(&mut self, v: i64) {
+        self.put_var_u64(((v << 1) ^ (v >> 63)) as u64);
     }
 
     #[inline]
@@ -143,23 +162,41 @@ impl<'a> Wire<'a> {
     /// takes a byte at least), so a damaged count cannot ask for a huge allocation.
     pub fn len(&mut self, what: &str) -> Result<usize> {
         let start = self.at;
+        let v = self.var_u64(what)?;
+        let left = (self.bytes.len() - self.at) as u64;
+        if v > left {
+            self.at = start;
+            return Err(self.error(what, &format!("{v} is more than the {left} bytes left")));
+        }
+        Ok(v as usize)
+    }
+
+    /// A `u64` in LEB128 ([`Put::put_var_u64`]). Ten bytes at most, the tenth 0 or 1 (a larger
+    /// value would not fit in 64 bits).
+    #[inline]
+    pub fn var_u64(&mut self, what: &str) -> Result<u64> {
+        let start = self.at;
         let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
+        for shift in (0..=63).step_by(7) {
+            let Some(&b) = self.bytes.get(self.at) else {
+                self.at = start;
+                return Err(self.error(what, "its bytes end before its last"));
+            };
+            self.at += 1;
             v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                let left = (self.bytes.len() - self.at) as u64;
-                if v > left {
-                    self.at = start;
-                    return Err(
-                        self.error(what, &format!("{v} is more than the {left} bytes left"))
-                    );
-                }
-                return Ok(v as usize);
+            if b & 0x80 == 0 && (shift < 63 || b <= 1) {
+                return Ok(v);
             }
         }
         self.at = start;
-        Err(self.error(what, "its length runs over 10 bytes"))
+        Err(self.error(what, "it runs over 64 bits"))
+    }
+
+    /// An `i64` zigzag-encoded in LEB128 ([`Put::put_var_i64`]).
+    #[inline]
+    pub fn var_i64(&mut self, what: &str) -> Result<i64> {
+        let z = self.var_u64(what)?;
+        Ok((z >> 1) as i64 ^ -((z & 1) as i64))
     }
 
     /// A string ([`Put::put_str`]), borrowed from the bytes.
@@ -204,6 +241,20 @@ mod tests {
         I64(i64),
         Len(usize),
         Str(String),
+        VarU64(u64),
+        VarI64(i64),
+    }
+
+    /// The bytes of `n` in LEB128, counted another way: 7 bits a byte, at least one.
+    fn leb128_size(n: u128) -> usize {
+        let bits = 128 - n.leading_zeros() as usize;
+        bits.div_ceil(7).max(1)
+    }
+
+    /// Zigzag by its definition: 0, -1, 1, -2, 2, ... to 0, 1, 2, 3, 4, ...
+    fn zigzag(v: i64) -> u128 {
+        let v = i128::from(v);
+        (if v >= 0 { 2 * v } else { -2 * v - 1 }) as u128
     }
 
     fn value() -> impl Strategy<Value = V> {
@@ -215,6 +266,11 @@ mod tests {
             // Lengths must fit in what follows: small ones only (see `Wire::len`).
             (0usize..3).prop_map(V::Len),
             ".{0,40}".prop_map(V::Str),
+            any::<u64>().prop_map(V::VarU64),
+            // Small magnitudes (differences of times) as well as any.
+            (0u32..64).prop_flat_map(|bits| (0..=(u64::MAX >> (63 - bits))).prop_map(V::VarU64)),
+            any::<i64>().prop_map(V::VarI64),
+            (-1000i64..1000).prop_map(V::VarI64),
         ]
     }
 
@@ -235,6 +291,8 @@ mod tests {
                         out.put_str(s);
                         size += s.len() + if s.len() < 128 { 1 } else { 2 };
                     }
+                    V::VarU64(x) => { out.put_var_u64(*x); size += leb128_size(u128::from(*x)); }
+                    V::VarI64(x) => { out.put_var_i64(*x); size += leb128_size(zigzag(*x)); }
                 }
             }
             // Lengths written last must have their bytes after them.
@@ -249,6 +307,8 @@ mod tests {
                     V::I64(x) => prop_assert_eq!(w.i64("i64").unwrap(), *x),
                     V::Len(x) => prop_assert_eq!(w.len("len").unwrap(), *x),
                     V::Str(s) => prop_assert_eq!(w.str("str").unwrap(), s.as_str()),
+                    V::VarU64(x) => prop_assert_eq!(w.var_u64("var u64").unwrap(), *x),
+                    V::VarI64(x) => prop_assert_eq!(w.var_i64("var i64").unwrap(), *x),
                 }
             }
             prop_assert_eq!(w.u8("pad").unwrap(), 0);
@@ -265,6 +325,23 @@ mod tests {
         assert_eq!(out, [0xac, 0x02]);
         out.put_len(127);
         assert_eq!(out[2..], [0x7f]);
+        // Zigzag: -1 is 1, 1 is 2, -64 is 127 (one byte), 64 is 128 (two).
+        let mut z = Vec::new();
+        for v in [0, -1, 1, -64, 64] {
+            z.put_var_i64(v);
+        }
+        assert_eq!(z, [0, 1, 2, 0x7f, 0x80, 0x01]);
+        // The largest values: ten bytes, the tenth 1.
+        let mut m = Vec::new();
+        m.put_var_u64(u64::MAX);
+        assert_eq!(
+            m,
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
+        assert_eq!(Wire::new("x", &m).var_u64("max").unwrap(), u64::MAX);
+        let mut m = Vec::new();
+        m.put_var_i64(i64::MIN);
+        assert_eq!(Wire::new("x", &m).var_i64("min").unwrap(), i64::MIN);
     }
 
     #[test]
@@ -308,7 +385,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("a count at byte 0 of 12: its length runs over 10 bytes"),
+            e.contains("a count at byte 0 of 12: it runs over 64 bits"),
+            "{e}"
+        );
+        // A tenth byte of 2 would be bit 64; a value cut short names its place.
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        let e = Wire::new("x", &over)
+            .var_u64("a price")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a price at byte 0 of 10: it runs over 64 bits"),
+            "{e}"
+        );
+        let mut w = Wire::new("x", &[0x05, 0x80, 0x80]);
+        assert_eq!(w.var_u64("a bidder").unwrap(), 5);
+        let e = w.var_i64("a time").unwrap_err().to_string();
+        assert!(
+            e.contains("a time at byte 1 of 3: its bytes end before its last"),
             "{e}"
         );
     }

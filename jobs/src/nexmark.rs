@@ -1938,7 +1938,7 @@ impl EpochLogic<Q18In, Change<Bid>> for LastBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q18/last-bids.v6".to_string()
+        "runnel.nexmark.q18/last-bids.v7".to_string()
     }
 
     fn tracks_changes(&self) -> bool {
@@ -2102,9 +2102,10 @@ struct TopBids {
 
 // [`TopBids`]' changes as written (`runnel_engine::wire`): the pairs at the mark (u64), the
 // pairs added since (a count, then each channel and url), and each changed auction's top ten
-// from the first place that changed on (a count, then each auction (u64), the place (u8), the
-// number of bids from there (u8) and each bid: ts, bidder, price, date_time, pair, extra);
-// the places above it are as they were.
+// from the first place that changed on (a count, then each auction (a LEB128 varint), the place
+// (u8), the number of bids from there (u8) and each bid: its ts less the ts written before it
+// (0 for the first; a zigzag varint), bidder and price (varints), its date_time less its ts
+// (zigzag varint), pair (varint) and extra); the places above it are as they were.
 
 type Q19In = (u64, Bid);
 
@@ -2258,7 +2259,7 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q19/top-bids.v3".to_string()
+        "runnel.nexmark.q19/top-bids.v4".to_string()
     }
 
     fn tracks_changes(&self) -> bool {
@@ -2306,17 +2307,19 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
             })
             .collect();
         out.put_len(tops.len());
+        let mut ts = 0i64;
         for (auction, place, below) in tops {
-            out.put_u64(auction);
+            out.put_var_u64(auction);
             out.put_u8(place);
             out.put_u8(below.len() as u8);
             for k in below {
-                out.reserve(37 + k.extra.len());
-                out.put_i64(k.ts);
-                out.put_u64(k.bidder);
-                out.put_u64(k.price);
-                out.put_i64(k.date_time);
-                out.put_u32(k.pair);
+                out.reserve(47 + k.extra.len());
+                out.put_var_i64(k.ts.wrapping_sub(ts));
+                ts = k.ts;
+                out.put_var_u64(k.bidder);
+                out.put_var_u64(k.price);
+                out.put_var_i64(k.date_time.wrapping_sub(k.ts));
+                out.put_var_u64(u64::from(k.pair));
                 out.put_str(&k.extra);
             }
         }
@@ -2338,8 +2341,9 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
             let url = w.str("a url")?.to_string();
             self.pairs.push((channel.into(), url.into()));
         }
+        let mut ts = 0i64;
         for _ in 0..w.len("the number of changed auctions")? {
-            let auction = w.u64("an auction")?;
+            let auction = w.var_u64("an auction")?;
             let place = w.u8("its first changed place")? as usize;
             let below = w.u8("its number of bids from there")? as usize;
             let top = self.tops.entry(auction).or_default();
@@ -2352,17 +2356,20 @@ impl EpochLogic<Q19In, Change<Q19>> for TopBids {
             }
             top.truncate(place);
             for _ in 0..below {
-                let ts = w.i64("a bid's event time")?;
-                let bidder = w.u64("a bidder")?;
-                let price = w.u64("a price")?;
-                let date_time = w.i64("a bid's date_time")?;
-                let pair = w.u32("a bid's channel and url")?;
-                if pair as usize >= self.pairs.all.len() {
-                    return Err(w.error(
-                        "a bid's channel and url",
-                        &format!("pair {pair} of {}", self.pairs.all.len()),
-                    ));
-                }
+                ts = ts.wrapping_add(w.var_i64("a bid's event time")?);
+                let bidder = w.var_u64("a bidder")?;
+                let price = w.var_u64("a price")?;
+                let date_time = ts.wrapping_add(w.var_i64("a bid's date_time")?);
+                let pair = w.var_u64("a bid's channel and url")?;
+                let pair = match u32::try_from(pair) {
+                    Ok(p) if (p as usize) < self.pairs.all.len() => p,
+                    _ => {
+                        return Err(w.error(
+                            "a bid's channel and url",
+                            &format!("pair {pair} of {}", self.pairs.all.len()),
+                        ))
+                    }
+                };
                 let extra = w.str("a bid's extra")?.to_string().into();
                 top.push(TopBid {
                     ts,
@@ -2473,37 +2480,41 @@ struct ExpandBids {
 
 /// What [`Lists`] keeps, as its changes write it ([`runnel_engine::wire`]).
 trait WireItem: Sized {
-    /// Writes the item.
-    fn put(&self, out: &mut Vec<u8>);
-    /// Reads what [`WireItem::put`] wrote.
-    fn get(w: &mut Wire<'_>) -> Result<Self>;
+    /// Writes the item of a node whose event time is `ts`.
+    fn put(&self, ts: i64, out: &mut Vec<u8>);
+    /// Reads what [`WireItem::put`] wrote for a node whose event time is `ts`.
+    fn get(ts: i64, w: &mut Wire<'_>) -> Result<Self>;
 }
 
+/// A kept bid as LEB128 varints (ids and prices far below 2^64 take 2-4 bytes instead of
+/// 8) with its `date_time` as the difference from the node's event time (its own, so 0 and
+/// one byte), then its padding: about 10 bytes and the padding instead of 24 and the padding.
 impl WireItem for KeptBid {
-    fn put(&self, out: &mut Vec<u8>) {
-        out.reserve(25 + self.extra.len());
-        out.put_u64(self.bidder);
-        out.put_u64(self.price);
-        out.put_i64(self.date_time);
+    fn put(&self, ts: i64, out: &mut Vec<u8>) {
+        out.reserve(31 + self.extra.len());
+        out.put_var_u64(self.bidder);
+        out.put_var_u64(self.price);
+        out.put_var_i64(self.date_time.wrapping_sub(ts));
         out.put_str(&self.extra);
     }
 
-    fn get(w: &mut Wire<'_>) -> Result<Self> {
+    fn get(ts: i64, w: &mut Wire<'_>) -> Result<Self> {
         Ok(KeptBid {
-            bidder: w.u64("a bid's bidder")?,
-            price: w.u64("a bid's price")?,
-            date_time: w.i64("a bid's date_time")?,
+            bidder: w.var_u64("a bid's bidder")?,
+            price: w.var_u64("a bid's price")?,
+            date_time: ts.wrapping_add(w.var_i64("a bid's date_time")?),
             extra: w.str("a bid's extra")?.to_string().into(),
         })
     }
 }
 
+/// An auction whole ([`Auction::put_wire`]): q20 keeps one for every 77 bids.
 impl WireItem for Auction {
-    fn put(&self, out: &mut Vec<u8>) {
+    fn put(&self, _ts: i64, out: &mut Vec<u8>) {
         self.put_wire(out);
     }
 
-    fn get(w: &mut Wire<'_>) -> Result<Self> {
+    fn get(_ts: i64, w: &mut Wire<'_>) -> Result<Self> {
         Auction::get_wire(w)
     }
 }
@@ -2658,7 +2669,10 @@ impl<T> Lists<T> {
     }
 
     /// Writes the nodes added after the first `len` (the length at the mark) with their keys:
-    /// `len` (u32), their count, then each key (u64), `ts`, `next`, `aux` and item.
+    /// `len` (u32), their count, then for each its key (a LEB128 varint), its `ts` less the
+    /// one before it (the first's less 0; zigzag varint: in-order times take a byte), its
+    /// `aux` (varint) and its item. Not `next`: a node's is its key's newest node at the time,
+    /// as applying them in order rebuilds it.
     fn put_changes_since(&self, len: u32, out: &mut Vec<u8>) -> Result<()>
     where
         T: WireItem,
@@ -2673,13 +2687,14 @@ impl<T> Lists<T> {
         }
         out.put_u32(len);
         out.put_len(keys.len());
+        let mut ts = 0i64;
         for (i, key) in (len as usize..self.len as usize).zip(keys) {
             let node = &self.chunks[i / CHUNK][i % CHUNK];
-            out.put_u64(*key);
-            out.put_i64(node.ts);
-            out.put_u32(node.next);
-            out.put_u32(node.aux);
-            node.item.put(out);
+            out.put_var_u64(*key);
+            out.put_var_i64(node.ts.wrapping_sub(ts));
+            ts = node.ts;
+            out.put_var_u64(u64::from(node.aux));
+            node.item.put(node.ts, out);
         }
         Ok(())
     }
@@ -2701,21 +2716,24 @@ impl<T> Lists<T> {
                 self.len
             ));
         }
+        let mut ts = 0i64;
         for _ in 0..w.len("the number of records added")? {
-            let key = w.u64("a record's key")?;
-            let node = Node {
-                ts: w.i64("a record's event time")?,
-                next: w.u32("a record's next")?,
-                aux: w.u32("a record's aux")?,
-                item: T::get(w)?,
-            };
-            let head = self.heads.entry(key).or_default();
-            if node.next != *head {
+            let key = w.var_u64("a record's key")?;
+            ts = ts.wrapping_add(w.var_i64("a record's event time")?);
+            let aux = w.var_u64("a record's aux")?;
+            let Ok(aux) = u32::try_from(aux) else {
                 return bad(format!(
-                    "add a node of key {key} after node {}, not after its newest, {}",
-                    node.next, *head
+                    "give a record of key {key} the aux {aux}, past 2^32"
                 ));
-            }
+            };
+            let item = T::get(ts, w)?;
+            let head = self.heads.entry(key).or_default();
+            let node = Node {
+                ts,
+                next: *head,
+                aux,
+                item,
+            };
             *head = self.len + 1;
             self.push_node(node);
         }
@@ -2827,7 +2845,7 @@ impl EpochLogic<Q20In, Change<Q20>> for ExpandBids {
     }
 
     fn state_kind(&self) -> String {
-        "runnel.nexmark.q20/expand-bids.v6".to_string()
+        "runnel.nexmark.q20/expand-bids.v7".to_string()
     }
 
     fn tracks_changes(&self) -> bool {
