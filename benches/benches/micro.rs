@@ -306,7 +306,7 @@ fn bincode_batches(c: &mut Criterion) {
 
 /// An incremental checkpoint's changes of Nexmark bids, as q18 writes them (each bid whole):
 /// through serde and bincode (as until session 26), field by field with `runnel_engine::wire`
-/// in fixed-width integers (`fixed_`, as until session 31), and as `Bid::put_wire` writes them
+/// in fixed-width integers (`fixed_`, sessions 26-30), and as `Bid::put_wire` writes them
 /// now, its integers in LEB128 varints (`wire_`). The bids are visited in a scattered order, as
 /// a state's changed rows are, and in the order they are in memory: the difference between
 /// the two is what the cache misses of the scattered reads cost, whichever the encoding. The

@@ -9,10 +9,9 @@
 //! strings as a LEB128 length (one byte below 128, where bincode writes eight) then their
 //! bytes; [`Wire`] reads them back, and its errors name what was being read, where, and in
 //! what. Since session 31 the Nexmark states write their ids, prices and times as varints:
-//! 26-28% fewer bytes of changes for q19 and q20, 10% for q18, whose bids keep their urls. In the `changes` group of `benches/benches/micro.rs` it writes Nexmark bids read in
-//! memory order (as q18 writes its added rows) in 0-19% less time than bincode over five
-//! runs, and read in a scattered order in 17% less to 38% more, where cache misses take half
-//! the time or more (BENCHMARKS.md, sessions 26 and 27).
+//! 26-28% fewer bytes of changes for q19 and q20, 10% for q18, whose bids keep their urls.
+//! The `changes` group of `benches/benches/micro.rs` times Nexmark bids written both ways and
+//! through bincode (BENCHMARKS.md, sessions 26, 27 and 31).
 //!
 //! ```
 //! use runnel_engine::wire::{Put, Wire};

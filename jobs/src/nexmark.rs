@@ -2722,9 +2722,7 @@ impl<T> Lists<T> {
             ts = ts.wrapping_add(w.var_i64("a record's event time")?);
             let aux = w.var_u64("a record's aux")?;
             let Ok(aux) = u32::try_from(aux) else {
-                return bad(format!(
-                    "give a record of key {key} the aux {aux}, past 2^32"
-                ));
+                return Err(w.error("a record's aux", &format!("{aux} is past 2^32")));
             };
             let item = T::get(ts, w)?;
             let head = self.heads.entry(key).or_default();
@@ -3020,16 +3018,40 @@ mod tests {
     use runnel_engine::testing::run_epoch;
 
     /// A bid of the incremental-checkpoint tests, from small numbers (so that pairs repeat,
-    /// rows are replaced and top tens change).
+    /// rows are replaced and top tens change), spread over each field's range as the
+    /// changes' varints see it: ids and prices of 1 to 10 bytes, and a `date_time` that is
+    /// the event time ([`bid_time`]) or far from it, either way, up to `i64::MIN` and
+    /// `i64::MAX`.
     fn small_bid(auction: u8, bidder: u8, price: u16, channel: u8, time: u8) -> Bid {
+        let ts = bid_time(time);
         Bid {
-            auction: u64::from(auction),
-            bidder: u64::from(bidder),
-            price: u64::from(price),
+            auction: wide_id(auction),
+            bidder: wide_id(bidder),
+            price: u64::from(price) * 70_001,
             channel: format!("c{channel}").into(),
             url: format!("u{channel}").into(),
-            date_time: i64::from(time),
+            date_time: match time % 4 {
+                0 => ts,
+                1 => ts - 5_000_000_000,
+                2 => i64::MIN + i64::from(time),
+                _ => i64::MAX - i64::from(time),
+            },
             extra: format!("x{}", price % 3).into(),
+        }
+    }
+
+    /// The event time of a test bid or auction at `time`: today's epoch milliseconds, so the
+    /// first of a record of changes takes 6 bytes and the next ones their differences.
+    fn bid_time(time: u8) -> i64 {
+        1_700_000_000_000 + 1_000 * i64::from(time)
+    }
+
+    /// A distinct id for each small number: 0, 1 byte, 4 bytes or the largest.
+    fn wide_id(n: u8) -> u64 {
+        match n {
+            0..=3 => u64::from(n),
+            5 => u64::MAX,
+            _ => u64::from(n) * 1_000_003,
         }
     }
 
@@ -3105,7 +3127,7 @@ mod tests {
             .map(|e| {
                 e.iter()
                     .map(|&(a, b, p, c, t)| {
-                        runnel_engine::Event::new(i64::from(t), small_bid(a, b, p, c, t))
+                        runnel_engine::Event::new(bid_time(t), small_bid(a, b, p, c, t))
                     })
                     .collect()
             })
@@ -3186,7 +3208,7 @@ mod tests {
             for &(id, at) in &opened {
                 let n = at as usize % events.len();
                 let a = Auction {
-                    id: u64::from(id),
+                    id: wide_id(id),
                     item_name: format!("item{id}").into(),
                     description: "".into(),
                     initial_bid: 1,
@@ -3197,7 +3219,7 @@ mod tests {
                     category: 10,
                     extra: "".into(),
                 };
-                events[n].push(runnel_engine::Event::new(i64::from(at), (a.id, Either::Left(a))));
+                events[n].push(runnel_engine::Event::new(bid_time(at), (a.id, Either::Left(a))));
             }
             check_chain(&events, whole_every, changes_every, |l: &ExpandBids| {
                 let mut keys: Vec<u64> = l.bids.heads.iter().map(|(k, _)| *k).collect();
