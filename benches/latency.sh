@@ -10,7 +10,10 @@
 #   benches/latency.sh [SECONDS] [FRACTION]     (QUERIES="5 8" benches/latency.sh ... runs only those)
 # PRETOUCH=SIZE (like 4G) gives the paced runs `--pretouch SIZE`; PRETOUCH=auto gives each the
 # peak run's peak RSS plus a quarter. With COMPARE=1 each paced run is made twice, without and
-# then with PRETOUCH, one row each (the pretouch column says which).
+# then with PRETOUCH, one row each (the memory column says which).
+# AHEAD=SIZE (like 256M) gives the paced runs `--touch-ahead SIZE` instead: memory provided by a
+# thread of its own while the run goes, SIZE ahead of where the allocator grows. COMPARE=1
+# compares it with neither, as for PRETOUCH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
@@ -30,8 +33,13 @@ bench() {
     if [ -n "$dir" ]; then rm -rf "$dir"; fi
 }
 pretouch="${PRETOUCH:-}"
+ahead="${AHEAD:-}"
+if [ -n "$pretouch" ] && [ -n "$ahead" ]; then
+    echo "PRETOUCH and AHEAD: set one of them" >&2
+    exit 2
+fi
 compare="${COMPARE:-0}"
-echo "| query | peak (M ev/s, over events) | rate (ev/s) | events | pretouch (MB) | p50 | p99 | p99.9 | max | results (ahead) | peak RSS (MB) | minor faults | p99 <= 150 ms |"
+echo "| query | peak (M ev/s, over events) | rate (ev/s) | events | memory | p50 | p99 | p99.9 | max | results (ahead) | peak RSS (MB) | minor faults | p99 <= 150 ms |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22}; do
     peak_n="$peak_events"
@@ -50,11 +58,13 @@ for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22};
     if [ "$pretouch" = auto ]; then
         size=$(echo "$peak_line" | python3 -c 'import json,sys; print(str(int((json.load(sys.stdin)["peak_rss_mb"] or 0) * 1.25) + 1) + "M")')
     fi
+    flag=--pretouch
+    if [ -n "$ahead" ]; then size="$ahead"; flag=--touch-ahead; fi
     runs=("$size")
     if [ "$compare" = 1 ] && [ -n "$size" ]; then runs=("" "$size"); fi
     for s in "${runs[@]}"; do
         flags=()
-        if [ -n "$s" ]; then flags=(--pretouch "$s"); fi
+        if [ -n "$s" ]; then flags=("$flag" "$s"); fi
         line=$(bench "$q" --rate "$rate" --events "$events" "${flags[@]}")
         python3 - "$q" "$peak" "$peak_n" "$rate" "$events" "$line" <<'PY'
 import json, sys
@@ -64,13 +74,17 @@ l = r.get("latency_ms")
 rss = r.get("peak_rss_mb") or 0
 faults = r.get("minor_faults")
 faults = f"{faults:,}" if faults is not None else "n/a"
-touched = r.get("pretouch_mb") or 0
+memory = "none"
+if r.get("pretouch_mb"):
+    memory = f"pretouch {r['pretouch_mb']:,} MB"
+elif r.get("touched_ahead_mb") is not None:
+    memory = f"ahead: {r['touched_ahead_mb']:,} MB, {r.get('touch_ahead_faults', 0):,} of the faults"
 if l:
     ok = "yes" if l["p99"] <= 150 else "**no**"
     cells = f"{l['p50']} | {l['p99']} | {l['p999']} | {l['max']} | {l['count']:,} ({l['ahead']:,})"
 else:
     ok, cells = "n/a", "n/a | n/a | n/a | n/a | n/a"
-print(f"| q{q} | {peak/1e6:.2f} ({peak_n/1e6:.0f}M) | {rate:,} | {events:,} | {touched:,} | {cells} | {rss:.0f} | {faults} | {ok} |")
+print(f"| q{q} | {peak/1e6:.2f} ({peak_n/1e6:.0f}M) | {rate:,} | {events:,} | {memory} | {cells} | {rss:.0f} | {faults} | {ok} |")
 PY
     done
 done

@@ -61,6 +61,13 @@ pub struct BenchReport {
     pub minor_faults: Option<u64>,
     /// Memory touched before the run (`--pretouch`), MB; 0 without.
     pub pretouch_mb: u64,
+    /// Memory the touch-ahead thread provided during the run (`--touch-ahead`), MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touched_ahead_mb: Option<u64>,
+    /// The minor page faults of `minor_faults` that the touch-ahead thread took: the rest
+    /// were taken by the workers and the other threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touch_ahead_faults: Option<u64>,
     /// Late records.
     pub late: u64,
     /// What the run's checkpoints cost, when it took any.
@@ -184,6 +191,8 @@ impl BenchReport {
             peak_rss_mb: peak_rss_mb(),
             minor_faults: None,
             pretouch_mb: 0,
+            touched_ahead_mb: None,
+            touch_ahead_faults: None,
             late: summary.late,
             checkpoints: CheckpointCost::of(summary),
         }
@@ -254,6 +263,12 @@ impl std::fmt::Display for BenchReport {
         }
         if self.pretouch_mb > 0 {
             write!(f, " ({} MB touched before it)", self.pretouch_mb)?;
+        }
+        if let (Some(mb), Some(n)) = (self.touched_ahead_mb, self.touch_ahead_faults) {
+            write!(
+                f,
+                " ({n} of them by the touch-ahead thread, which provided {mb} MB)"
+            )?;
         }
         if let Some(c) = &self.checkpoints {
             write!(

@@ -111,6 +111,14 @@ struct BenchArgs {
     /// until it ends.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
+    /// While the job runs, have a thread of its own provide memory (fault its pages in) SIZE
+    /// ahead of where the allocator grows (like 256M), so that a worker seldom waits for a
+    /// page: for machines (VMs) that provide memory slowly on first touch, without guessing
+    /// the run's size up front as --pretouch does. Memory the job frees is kept, not given
+    /// back; up to SIZE is provided but unused for each place the allocator grows from.
+    /// Linux 5.14 or later.
+    #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
+    touch_ahead: Option<u64>,
 }
 
 /// `--max-in-flight`: "0s" turns the bound off.
@@ -200,6 +208,14 @@ struct RunArgs {
     /// until it ends.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
+    /// While the job runs, have a thread of its own provide memory (fault its pages in) SIZE
+    /// ahead of where the allocator grows (like 256M), so that a worker seldom waits for a
+    /// page: for machines (VMs) that provide memory slowly on first touch, without guessing
+    /// the run's size up front as --pretouch does. Memory the job frees is kept, not given
+    /// back; up to SIZE is provided but unused for each place the allocator grows from.
+    /// Linux 5.14 or later.
+    #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
+    touch_ahead: Option<u64>,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -326,29 +342,63 @@ fn main() -> ExitCode {
 /// With `--pretouch`, the allocator must keep freed memory, and mimalloc reads that setting
 /// only when the process starts: so unless the variable is set, this runs the same command
 /// again in this process (exec) with it set. It does not return when it does.
+///
+/// With `--touch-ahead`, likewise: freed memory is kept, and mimalloc's first arena (made
+/// before `main`) must be small, so that the allocator soon grows into the region the
+/// touch-ahead thread provides.
 fn keep_freed_memory_if_pretouched(cli: &Cli) -> anyhow::Result<()> {
-    use runnel_jobs::memory::{keeps_freed_memory, PURGE_DELAY_VAR};
-    let pretouch = match &cli.command {
-        Command::Run(a) => a.pretouch,
-        Command::Bench(a) => a.pretouch,
-        _ => None,
+    use runnel_jobs::memory::{
+        arena_reserve_is_small, keeps_freed_memory, ARENA_RESERVE_VAR, PURGE_DELAY_VAR,
+        SMALL_ARENA_RESERVE,
     };
-    if pretouch.is_none() || keeps_freed_memory() {
-        return Ok(());
+    let (pretouch, touch_ahead) = match &cli.command {
+        Command::Run(a) => (a.pretouch, a.touch_ahead),
+        Command::Bench(a) => (a.pretouch, a.touch_ahead),
+        _ => (None, None),
+    };
+    let mut set: Vec<(&str, &str)> = Vec::new();
+    if (pretouch.is_some() || touch_ahead.is_some()) && !keeps_freed_memory() {
+        let flag = if pretouch.is_some() {
+            "--pretouch"
+        } else {
+            "--touch-ahead"
+        };
+        if let Ok(v) = std::env::var(PURGE_DELAY_VAR) {
+            bail!(
+                "{flag} keeps freed memory in the allocator ({PURGE_DELAY_VAR}=-1), but \
+                 {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
+            );
+        }
+        set.push((PURGE_DELAY_VAR, "-1"));
     }
-    if let Ok(v) = std::env::var(PURGE_DELAY_VAR) {
-        bail!(
-            "--pretouch keeps freed memory in the allocator ({PURGE_DELAY_VAR}=-1), but \
-             {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
-        );
+    if touch_ahead.is_some() && !arena_reserve_is_small() {
+        if let Ok(v) = std::env::var(ARENA_RESERVE_VAR) {
+            bail!(
+                "--touch-ahead needs the allocator's own arenas small \
+                 ({ARENA_RESERVE_VAR}={SMALL_ARENA_RESERVE}), but {ARENA_RESERVE_VAR} is set \
+                 to `{v}`: unset it, or set it to {SMALL_ARENA_RESERVE}"
+            );
+        }
+        set.push((ARENA_RESERVE_VAR, SMALL_ARENA_RESERVE));
+    }
+    if set.is_empty() {
+        return Ok(());
     }
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("--pretouch: where this binary is")?;
     let e = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
-        .env(PURGE_DELAY_VAR, "-1")
+        .envs(set)
         .exec();
     Err(e).with_context(|| format!("--pretouch: running {} again", exe.display()))
+}
+
+/// Starts the touch-ahead thread (`--touch-ahead`).
+fn touch_ahead(bytes: Option<u64>) -> anyhow::Result<()> {
+    if let Some(b) = bytes.filter(|&b| b > 0) {
+        runnel_jobs::memory::TouchAhead::start(b).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 /// Touches `bytes` before a run (`--pretouch`), on the allocator that keeps freed memory.
@@ -441,10 +491,13 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         measure_latency: true,
         sample_every: Some(Duration::from_millis(50)),
     };
+    touch_ahead(args.touch_ahead)?;
     pretouch(args.pretouch);
     let faults_before = runnel_jobs::memory::minor_faults();
+    let ahead_before = runnel_jobs::memory::TouchAhead::stats();
     let summary = run(job, opts)?;
     let faults_after = runnel_jobs::memory::minor_faults();
+    let ahead_after = runnel_jobs::memory::TouchAhead::stats();
     let paced = args.rate.is_some_and(|r| r > 0)
         || args
             .set
@@ -455,6 +508,15 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         .zip(faults_after)
         .map(|(b, a)| a.saturating_sub(b));
     report.pretouch_mb = args.pretouch.unwrap_or(0) >> 20;
+    if args.touch_ahead.is_some() {
+        report.touched_ahead_mb = Some(
+            ahead_after
+                .provided_bytes
+                .saturating_sub(ahead_before.provided_bytes)
+                >> 20,
+        );
+        report.touch_ahead_faults = Some(ahead_after.faults.saturating_sub(ahead_before.faults));
+    }
     if !args.json {
         eprintln!("{report}");
     }
@@ -518,6 +580,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
             args.cluster.processes
         );
     }
+    touch_ahead(args.touch_ahead)?;
     pretouch(args.pretouch);
     let mut restarts = 0;
     let summary = loop {

@@ -40,6 +40,411 @@ pub fn pretouch(bytes: u64) {
     std::hint::black_box(&held);
 }
 
+/// Memory provided ahead of the allocator, in the background (`--touch-ahead SIZE`).
+///
+/// [`pretouch`] pays for a run's memory before the run, in one go and up to a size the user
+/// has to guess. This pays for it while the run goes, a little ahead of where the state grows,
+/// on a thread of its own: at half load a worker has time to spare, but a page fault on this
+/// VM stops the worker that takes it, and the results it holds wait (see BENCHMARKS.md, "Fresh
+/// memory"). The mechanism:
+///
+/// * [`TouchAhead::start`] maps a region of address space the size of the machine's memory
+///   (`MAP_NORESERVE`: nothing is provided yet) and hands it to mimalloc as an arena with a
+///   commit function of ours (`mi_manage_memory`). mimalloc calls that function for each
+///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
+///   (it runs inside the allocator: no allocation, no lock).
+/// * A thread (`runnel-touch-ahead`) looks at the marks every millisecond and provides, with
+///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
+///   one that it has not provided yet, nearest first. `MADV_POPULATE_WRITE` writes no data:
+///   it only faults in the pages, so it is safe on memory the allocator is using.
+/// * The arena never gives memory back (the commit function refuses to decommit), so what was
+///   provided stays provided, as with [`pretouch`].
+///
+/// mimalloc searches the arenas it made itself before a later one; the first it makes, before
+/// `main`, is 1 GiB by default, so the binary runs itself again with
+/// [`ARENA_RESERVE_VAR`] set small ([`arena_reserve_is_small`]), which makes it 64 MiB, and
+/// with freed memory kept ([`PURGE_DELAY_VAR`] `-1`): every thread looks in that first arena
+/// before the region, and memory it gave back there would be provided afresh at each reuse.
+/// The thread provides that first arena whole before anything else (it finds it as the mapping
+/// that holds an allocation made before the region).
+///
+/// The cost: up to SIZE of memory provided but not used, for each place the allocator grows
+/// from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
+/// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
+/// by the thread instead of by a worker.
+pub const ARENA_RESERVE_VAR: &str = "MIMALLOC_ARENA_RESERVE";
+
+/// The value of [`ARENA_RESERVE_VAR`] with `--touch-ahead`: mimalloc's smallest arena.
+pub const SMALL_ARENA_RESERVE: &str = "32MiB";
+
+/// Whether mimalloc was started with [`SMALL_ARENA_RESERVE`].
+pub fn arena_reserve_is_small() -> bool {
+    std::env::var(ARENA_RESERVE_VAR).is_ok_and(|v| v.trim() == SMALL_ARENA_RESERVE)
+}
+
+/// The unit in which memory is provided ahead: a transparent huge page, when the region may
+/// have them (`MIMALLOC_ALLOW_THP` is not 0, and the kernel's setting allows `madvise`).
+const GRANULE: usize = 2 << 20;
+
+/// The granules to provide next: every granule that is not yet `provided` and lies at most
+/// `ahead` granules after a `used` one (the used one included), nearest to a used granule
+/// first, then by address. At most `limit` of them.
+///
+/// `used` and `provided` have one entry per granule of the region.
+pub fn touch_plan(used: &[bool], provided: &[bool], ahead: usize, limit: usize) -> Vec<usize> {
+    debug_assert_eq!(used.len(), provided.len());
+    let mut plan: Vec<(usize, usize)> = Vec::new();
+    // The distance from the nearest used granule at or before `g`, if within `ahead`.
+    let mut since_used: Option<usize> = None;
+    for g in 0..used.len() {
+        since_used = if used[g] {
+            Some(0)
+        } else {
+            since_used.map(|d| d + 1).filter(|&d| d <= ahead)
+        };
+        if let Some(d) = since_used {
+            if !provided[g] {
+                plan.push((d, g));
+            }
+        }
+    }
+    plan.sort_unstable();
+    plan.truncate(limit);
+    plan.into_iter().map(|(_, g)| g).collect()
+}
+
+/// What [`TouchAhead`] has done so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TouchAheadStats {
+    /// Bytes the thread has provided.
+    pub provided_bytes: u64,
+    /// Minor page faults taken by the thread (each a page it provided that was not there).
+    pub faults: u64,
+}
+
+// The only unsafe code of the workspace outside its dependencies: the allocator's C API and
+// the kernel's mmap/madvise, each call with what makes it sound.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod ahead {
+    use super::{touch_plan, TouchAheadStats, GRANULE};
+    use std::ffi::c_void;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    // The C library that defines `mi_manage_memory`.
+    extern crate mimalloc as _;
+
+    /// The region handed to mimalloc, and the granules it has started to use.
+    struct Region {
+        base: usize,
+        len: usize,
+        used: Box<[AtomicBool]>,
+    }
+
+    static REGION: OnceLock<Region> = OnceLock::new();
+    static PROVIDED: AtomicU64 = AtomicU64::new(0);
+    static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+    type CommitFn = unsafe extern "C" fn(
+        commit: bool,
+        start: *mut c_void,
+        size: usize,
+        is_zero: *mut bool,
+        arg: *mut c_void,
+    ) -> bool;
+
+    extern "C" {
+        // mimalloc v3 (libmimalloc-sys builds it, linked through the `mimalloc` crate):
+        // `include/mimalloc.h`.
+        fn mi_manage_memory(
+            start: *mut c_void,
+            size: usize,
+            is_committed: bool,
+            is_pinned: bool,
+            is_zero: bool,
+            numa_node: std::ffi::c_int,
+            exclusive: bool,
+            commit_fun: Option<CommitFn>,
+            commit_fun_arg: *mut c_void,
+            arena_id: *mut *mut c_void,
+        ) -> bool;
+    }
+
+    /// mimalloc's commit function for the region: marks the granules of a range it starts
+    /// to use. The memory is mapped read-write already, so committing needs nothing else;
+    /// decommitting is refused (false: the memory stays as it is), so nothing provided is
+    /// given back. Called inside the allocator: it must not allocate.
+    unsafe extern "C" fn on_commit(
+        commit: bool,
+        start: *mut c_void,
+        size: usize,
+        _is_zero: *mut bool,
+        _arg: *mut c_void,
+    ) -> bool {
+        if !commit {
+            return false;
+        }
+        if let Some(r) = REGION.get() {
+            let lo = (start as usize).saturating_sub(r.base) / GRANULE;
+            let hi = ((start as usize + size).saturating_sub(r.base)).div_ceil(GRANULE);
+            for flag in r.used.iter().take(hi).skip(lo) {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Whether mimalloc uses transparent huge pages (`MIMALLOC_ALLOW_THP`, on unless 0).
+    fn thp_allowed() -> bool {
+        !std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "false" | "no" | "off"
+            )
+        })
+    }
+
+    fn thread_minor_faults() -> u64 {
+        // SAFETY: getrusage writes the struct it is given.
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(libc::RUSAGE_THREAD, &mut u) == 0 {
+                u.ru_minflt as u64
+            } else {
+                0
+            }
+        }
+    }
+
+    pub(super) fn start(ahead: u64) -> Result<(), String> {
+        if REGION.get().is_some() {
+            return Err("touch-ahead is already running in this process".into());
+        }
+        // An allocation made before the region is handed over, so in an arena of mimalloc's
+        // own: the first, made before `main`.
+        let probe = &*Box::new(0u64) as *const u64 as usize;
+        // SAFETY: sysconf has no preconditions.
+        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if pages <= 0 || page <= 0 {
+            return Err("touch-ahead: the machine's memory size is unknown".into());
+        }
+        let align = 32usize << 20;
+        let len = (pages as usize * page as usize) / align * align;
+        // SAFETY: a fresh anonymous mapping, at an address of the kernel's choice.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len + align,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "touch-ahead: could not map {} MB of address space: {}",
+                len >> 20,
+                std::io::Error::last_os_error()
+            ));
+        }
+        let base = (p as usize).div_ceil(align) * align;
+        let granules = len / GRANULE;
+        let used: Box<[AtomicBool]> = (0..granules).map(|_| AtomicBool::new(false)).collect();
+        let _ = REGION.set(Region { base, len, used });
+        if thp_allowed() {
+            // As mimalloc does for its own arenas: a granule is then one huge page, one fault.
+            // SAFETY: advice on a mapping of ours; failing is harmless.
+            unsafe { libc::madvise(base as *mut c_void, len, libc::MADV_HUGEPAGE) };
+        }
+        // mimalloc splits a region into arenas of at most 16 GiB, each with its metadata at
+        // its start, and refuses an arena of exactly 16 GiB (the metadata does not fit in
+        // what it allows for it): so the region is handed over in pieces of 15 GiB.
+        let piece = 15usize << 30;
+        let mut at = 0;
+        while at < len {
+            let size = piece.min(len - at);
+            let mut arena: *mut c_void = std::ptr::null_mut();
+            // SAFETY: the piece is ours, mapped read-write, zero, aligned to 32 MiB, and is
+            // never unmapped; `on_commit` does not allocate.
+            let ok = unsafe {
+                mi_manage_memory(
+                    (base + at) as *mut c_void,
+                    size,
+                    false,
+                    false,
+                    true,
+                    -1,
+                    false,
+                    Some(on_commit),
+                    std::ptr::null_mut(),
+                    &mut arena,
+                )
+            };
+            if !ok {
+                if at == 0 {
+                    return Err(format!(
+                        "touch-ahead: the allocator did not take a region of {} MB",
+                        size >> 20
+                    ));
+                }
+                // What it took is used; the rest stays unused address space.
+                tracing::warn!(
+                    "touch-ahead: the allocator took {} MB of the {} MB region",
+                    at >> 20,
+                    len >> 20
+                );
+                break;
+            }
+            at += size;
+        }
+        tracing::debug!(
+            "touch-ahead: region at {base:#x}, {} MB, {} MB ahead",
+            len >> 20,
+            ahead >> 20
+        );
+        let ahead = (ahead as usize).div_ceil(GRANULE);
+        std::thread::Builder::new()
+            .name("runnel-touch-ahead".into())
+            .spawn(move || run(ahead, probe))
+            .map_err(|e| format!("touch-ahead: could not start its thread: {e}"))?;
+        Ok(())
+    }
+
+    /// The mapping (start, length) that holds `addr`, from `/proc/self/maps`.
+    fn mapping_of(addr: usize) -> Option<(usize, usize)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        maps.lines().find_map(|line| {
+            let (lo, hi) = line.split_whitespace().next()?.split_once('-')?;
+            let lo = usize::from_str_radix(lo, 16).ok()?;
+            let hi = usize::from_str_radix(hi, 16).ok()?;
+            (lo <= addr && addr < hi).then_some((lo, hi - lo))
+        })
+    }
+
+    /// Provides the allocator's first arena, the mapping that holds `probe` (an allocation of
+    /// mimalloc's, made before the region existed), when it is small enough to be that arena.
+    fn provide_first_arena(probe: usize) {
+        let Some((start, len)) = mapping_of(probe) else {
+            return;
+        };
+        if len > 256 << 20 {
+            return;
+        }
+        // SAFETY: a mapping of this process that holds the allocator's memory, which mimalloc
+        // never unmaps while the process runs; MADV_POPULATE_WRITE writes no data. A failure
+        // only leaves the mapping as it was.
+        let rc = unsafe { libc::madvise(start as *mut c_void, len, libc::MADV_POPULATE_WRITE) };
+        if rc == 0 {
+            PROVIDED.fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn run(ahead: usize, probe: usize) {
+        let r = REGION
+            .get()
+            .expect("the region is set before the thread starts");
+        let faults_at_start = thread_minor_faults();
+        // Run only when no worker wants the core: the thread's work can wait, theirs not.
+        // SAFETY: sched_setscheduler on this thread (0) with a valid parameter; failing leaves
+        // the thread at normal priority.
+        let idle = unsafe {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        };
+        if idle != 0 {
+            tracing::debug!(
+                "touch-ahead: could not lower the thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        provide_first_arena(probe);
+        let mut provided = vec![false; r.used.len()];
+        let mut used = vec![false; r.used.len()];
+        loop {
+            for (u, flag) in used.iter_mut().zip(r.used.iter()) {
+                *u = flag.load(Ordering::Relaxed);
+            }
+            // A few at a time, so that a place the allocator has just reached comes first.
+            let plan = touch_plan(&used, &provided, ahead, 4);
+            if plan.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            for g in plan {
+                let addr = (r.base + g * GRANULE) as *mut c_void;
+                debug_assert!(g * GRANULE + GRANULE <= r.len);
+                // SAFETY: inside the region, which stays mapped; MADV_POPULATE_WRITE writes no
+                // data, it only faults the pages in.
+                let rc = unsafe { libc::madvise(addr, GRANULE, libc::MADV_POPULATE_WRITE) };
+                if rc != 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                        Some(libc::EINVAL) => tracing::warn!(
+                            "--touch-ahead needs MADV_POPULATE_WRITE (Linux 5.14 or later): \
+                             this kernel refused it ({e}); the run goes on without it"
+                        ),
+                        _ => tracing::warn!(
+                            "--touch-ahead stopped: providing {} MB at offset {} MB of its \
+                             region failed: {e}; the run goes on without it",
+                            GRANULE >> 20,
+                            (g * GRANULE) >> 20
+                        ),
+                    }
+                    return;
+                }
+                provided[g] = true;
+                PROVIDED.fetch_add(GRANULE as u64, Ordering::Relaxed);
+            }
+            FAULTS.store(thread_minor_faults() - faults_at_start, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn stats() -> TouchAheadStats {
+        TouchAheadStats {
+            provided_bytes: PROVIDED.load(Ordering::Relaxed),
+            faults: FAULTS.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The background provider of memory of `--touch-ahead` (see [`ARENA_RESERVE_VAR`] for how it
+/// works). One per process, for the process's life.
+pub struct TouchAhead;
+
+impl TouchAhead {
+    /// Hands a region the size of the machine's memory to the allocator and starts the thread
+    /// that provides it `ahead` bytes ahead of its use. Only in a binary whose global allocator
+    /// is mimalloc (the `runnel` binary): elsewhere the region is never used.
+    pub fn start(ahead: u64) -> Result<(), String> {
+        #[cfg(target_os = "linux")]
+        {
+            ahead::start(ahead)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = ahead;
+            Err("--touch-ahead needs Linux (MADV_POPULATE_WRITE)".into())
+        }
+    }
+
+    /// What the thread has done so far (zeros if it was never started).
+    pub fn stats() -> TouchAheadStats {
+        #[cfg(target_os = "linux")]
+        {
+            ahead::stats()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            TouchAheadStats::default()
+        }
+    }
+}
+
 /// Minor page faults of this process so far (`/proc/self/stat`, Linux): on a machine whose
 /// memory is provided on first touch, each is a page the host had to provide.
 pub fn minor_faults() -> Option<u64> {
@@ -97,6 +502,45 @@ mod tests {
         assert!(parse_size("G").unwrap_err().contains("not a number"));
         assert!(parse_size("1.2.3M").is_err());
         assert!(parse_size("99999999T").unwrap_err().contains("too large"));
+    }
+
+    /// The granules `touch_plan` must cover, computed another way: for each granule, the
+    /// distance back to the nearest used granule at or before it, by looking back.
+    fn distance_back(used: &[bool], g: usize) -> Option<usize> {
+        (0..=g).rev().find(|&u| used[u]).map(|u| g - u)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_touch_plan_is_what_lies_within_reach_of_use_nearest_first(
+            cells in proptest::collection::vec((proptest::bool::weighted(0.1), proptest::bool::weighted(0.3)), 0..300),
+            ahead in 0usize..40,
+            limit in 0usize..50,
+        ) {
+            let used: Vec<bool> = cells.iter().map(|c| c.0).collect();
+            let provided: Vec<bool> = cells.iter().map(|c| c.1).collect();
+            let want: Vec<(usize, usize)> = (0..used.len())
+                .filter(|&g| !provided[g])
+                .filter_map(|g| distance_back(&used, g).filter(|&d| d <= ahead).map(|d| (d, g)))
+                .collect();
+            let all = touch_plan(&used, &provided, ahead, usize::MAX);
+            // Everything within reach and not provided, nothing else, each once.
+            let mut got_set = all.clone();
+            got_set.sort_unstable();
+            got_set.dedup();
+            proptest::prop_assert_eq!(got_set.len(), all.len());
+            let mut want_set: Vec<usize> = want.iter().map(|w| w.1).collect();
+            want_set.sort_unstable();
+            proptest::prop_assert_eq!(&got_set, &want_set);
+            // Nearest first.
+            let dist: Vec<usize> = all.iter().map(|&g| distance_back(&used, g).unwrap()).collect();
+            proptest::prop_assert!(dist.windows(2).all(|w| w[0] <= w[1]), "{:?}", dist);
+            // A limit keeps the nearest ones.
+            let some = touch_plan(&used, &provided, ahead, limit);
+            proptest::prop_assert_eq!(some.len(), all.len().min(limit));
+            let some_dist: Vec<usize> = some.iter().map(|&g| distance_back(&used, g).unwrap()).collect();
+            proptest::prop_assert_eq!(some_dist, dist[..some.len()].to_vec());
+        }
     }
 
     #[test]

@@ -545,6 +545,63 @@ fn pretouched_memory_is_kept_and_the_run_grows_into_it() {
     assert!(stderr(&o).contains("`4X` is not a size"), "{}", stderr(&o));
 }
 
+/// `--touch-ahead`: a thread of its own provides the memory the run grows into, so the other
+/// threads take few page faults. The reference is the same paced run without it, with
+/// transparent huge pages off in mimalloc's own memory (`MIMALLOC_ALLOW_THP=0`), as in the
+/// test above; the touch-ahead region may use huge pages, which only lowers the faults that
+/// are left to the workers.
+#[test]
+fn touch_ahead_takes_the_page_faults_off_the_workers() {
+    let bench = |extra: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .env("MIMALLOC_ALLOW_THP", "0")
+            .env_remove("MIMALLOC_ARENA_RESERVE")
+            .args(["bench", "nexmark-q20", "--workers", "1", "--json"])
+            .args(["--rate", "500000", "--events", "1500000"])
+            .args(extra)
+            .output()
+            .expect("runnel runs")
+    };
+    let plain = summary(&bench(&[]));
+    let ahead = summary(&bench(&["--touch-ahead", "64M"]));
+    let faults = |v: &Value| v["minor_faults"].as_u64().expect("minor faults");
+    let faults_plain = faults(&plain);
+    assert!(faults_plain > 5_000, "{plain}");
+    assert!(plain.get("touched_ahead_mb").is_none(), "{plain}");
+    assert_eq!(ahead["results"], plain["results"]);
+    let provided = ahead["touched_ahead_mb"]
+        .as_u64()
+        .expect("touched_ahead_mb");
+    let by_thread = ahead["touch_ahead_faults"]
+        .as_u64()
+        .expect("touch_ahead_faults");
+    // The thread provided more than the run's first arena holds, and took faults doing it ...
+    assert!(provided >= 64 && by_thread > 0, "{ahead}");
+    // ... and the others took few: a quarter of the run's faults without it at most.
+    let others = faults(&ahead).saturating_sub(by_thread);
+    assert!(others * 4 < faults_plain, "{ahead} against {plain}");
+
+    // An allocator told otherwise is an error that names the setting.
+    let o = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env("MIMALLOC_ARENA_RESERVE", "1GiB")
+        .args([
+            "bench",
+            "nexmark-q0",
+            "--events",
+            "1000",
+            "--touch-ahead",
+            "1M",
+        ])
+        .output()
+        .expect("runnel runs");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("MIMALLOC_ARENA_RESERVE is set to `1GiB`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// `runnel bench` on a cluster takes checkpoints only into a folder its processes share: without
 /// `--state-dir` each process refuses, naming the flag; with one, process 0 commits checkpoints
 /// into it and every event is read once across the two processes.
