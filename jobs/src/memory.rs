@@ -383,10 +383,14 @@ mod ahead {
                 if rc != 0 {
                     let e = std::io::Error::last_os_error();
                     match e.raw_os_error() {
-                        Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                        Some(libc::EINTR) | Some(libc::EAGAIN) => {
+                            // Tried again at the next plan, after a pause.
+                            std::thread::sleep(Duration::from_millis(1));
+                            continue;
+                        }
                         Some(libc::EINVAL) => tracing::warn!(
-                            "--touch-ahead needs MADV_POPULATE_WRITE (Linux 5.14 or later): \
-                             this kernel refused it ({e}); the run goes on without it"
+                            "--touch-ahead stopped: the kernel refused MADV_POPULATE_WRITE \
+                             ({e}; it needs Linux 5.14 or later); the run goes on without it"
                         ),
                         _ => tracing::warn!(
                             "--touch-ahead stopped: providing {} MB at offset {} MB of its \
