@@ -326,7 +326,7 @@ fn main() -> ExitCode {
         .init();
     quiet_lost_connection_panics();
     let cli = Cli::parse();
-    if let Err(e) = keep_freed_memory_if_pretouched(&cli) {
+    if let Err(e) = set_allocator_for_memory_flags(&cli) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -346,27 +346,27 @@ fn main() -> ExitCode {
 /// With `--touch-ahead`, likewise: freed memory is kept, and mimalloc's first arena (made
 /// before `main`) must be small, so that the allocator soon grows into the region the
 /// touch-ahead thread provides.
-fn keep_freed_memory_if_pretouched(cli: &Cli) -> anyhow::Result<()> {
+fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     use runnel_jobs::memory::{
         arena_reserve_is_small, keeps_freed_memory, ARENA_RESERVE_VAR, PURGE_DELAY_VAR,
         SMALL_ARENA_RESERVE,
     };
     let (pretouch, touch_ahead) = match &cli.command {
-        Command::Run(a) => (a.pretouch, a.touch_ahead),
-        Command::Bench(a) => (a.pretouch, a.touch_ahead),
+        Command::Run(a) => (a.pretouch, a.touch_ahead.filter(|&b| b > 0)),
+        Command::Bench(a) => (a.pretouch, a.touch_ahead.filter(|&b| b > 0)),
         _ => (None, None),
     };
     let mut set: Vec<(&str, &str)> = Vec::new();
     if (pretouch.is_some() || touch_ahead.is_some()) && !keeps_freed_memory() {
-        let flag = if pretouch.is_some() {
-            "--pretouch"
-        } else {
-            "--touch-ahead"
+        let flag = match (pretouch, touch_ahead) {
+            (Some(_), Some(_)) => "--pretouch and --touch-ahead",
+            (Some(_), None) => "--pretouch",
+            _ => "--touch-ahead",
         };
         if let Ok(v) = std::env::var(PURGE_DELAY_VAR) {
             bail!(
-                "{flag} keeps freed memory in the allocator ({PURGE_DELAY_VAR}=-1), but \
-                 {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
+                "{flag}: freed memory must be kept in the allocator ({PURGE_DELAY_VAR}=-1), \
+                 but {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
             );
         }
         set.push((PURGE_DELAY_VAR, "-1"));
@@ -385,18 +385,21 @@ fn keep_freed_memory_if_pretouched(cli: &Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().context("--pretouch: where this binary is")?;
+    let names: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let names = names.join(" ");
+    let exe = std::env::current_exe()
+        .with_context(|| format!("running this binary again with {names}: where it is"))?;
     let e = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .envs(set)
         .exec();
-    Err(e).with_context(|| format!("--pretouch: running {} again", exe.display()))
+    Err(e).with_context(|| format!("running {} again with {names}", exe.display()))
 }
 
 /// Starts the touch-ahead thread (`--touch-ahead`).
 fn touch_ahead(bytes: Option<u64>) -> anyhow::Result<()> {
     if let Some(b) = bytes.filter(|&b| b > 0) {
-        runnel_jobs::memory::TouchAhead::start(b).map_err(anyhow::Error::msg)?;
+        runnel_jobs::memory::TouchAhead::start(b)?;
     }
     Ok(())
 }

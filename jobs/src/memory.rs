@@ -12,8 +12,12 @@
 //! The price: the process holds at least SIZE for its whole life, and memory it frees is
 //! never returned.
 //!
-//! mimalloc reads its options when the process starts, so the binary sets the variable by
-//! running itself again with it ([`keeps_freed_memory`] says whether it is set).
+//! `--touch-ahead SIZE` ([`TouchAhead`]) provides the memory while the job runs instead, on a
+//! thread of its own, a little ahead of where the allocator grows: no size to guess, and only
+//! about SIZE more than the job uses.
+//!
+//! mimalloc reads its options when the process starts, so the binary sets the variables by
+//! running itself again with them ([`keeps_freed_memory`], [`arena_reserve_is_small`]).
 
 /// The environment variable that tells mimalloc how long to wait before it gives freed memory
 /// back to the operating system, in ms; `-1` is never.
@@ -40,41 +44,12 @@ pub fn pretouch(bytes: u64) {
     std::hint::black_box(&held);
 }
 
-/// Memory provided ahead of the allocator, in the background (`--touch-ahead SIZE`).
-///
-/// [`pretouch`] pays for a run's memory before the run, in one go and up to a size the user
-/// has to guess. This pays for it while the run goes, a little ahead of where the state grows,
-/// on a thread of its own: at half load a worker has time to spare, but a page fault on this
-/// VM stops the worker that takes it, and the results it holds wait (see BENCHMARKS.md, "Fresh
-/// memory"). The mechanism:
-///
-/// * [`TouchAhead::start`] maps a region of address space the size of the machine's memory
-///   (`MAP_NORESERVE`: nothing is provided yet) and hands it to mimalloc as an arena with a
-///   commit function of ours (`mi_manage_memory`). mimalloc calls that function for each
-///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
-///   (it runs inside the allocator: no allocation, no lock).
-/// * A thread (`runnel-touch-ahead`) looks at the marks every millisecond and provides, with
-///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
-///   one that it has not provided yet, nearest first. `MADV_POPULATE_WRITE` writes no data:
-///   it only faults in the pages, so it is safe on memory the allocator is using.
-/// * The arena never gives memory back (the commit function refuses to decommit), so what was
-///   provided stays provided, as with [`pretouch`].
-///
-/// mimalloc searches the arenas it made itself before a later one; the first it makes, before
-/// `main`, is 1 GiB by default, so the binary runs itself again with
-/// [`ARENA_RESERVE_VAR`] set small ([`arena_reserve_is_small`]), which makes it 64 MiB, and
-/// with freed memory kept ([`PURGE_DELAY_VAR`] `-1`): every thread looks in that first arena
-/// before the region, and memory it gave back there would be provided afresh at each reuse.
-/// The thread provides that first arena whole before anything else (it finds it as the mapping
-/// that holds an allocation made before the region).
-///
-/// The cost: up to SIZE of memory provided but not used, for each place the allocator grows
-/// from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
-/// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
-/// by the thread instead of by a worker.
+/// The environment variable that sets the size of the arenas mimalloc makes for itself, in
+/// KiB or with a unit.
 pub const ARENA_RESERVE_VAR: &str = "MIMALLOC_ARENA_RESERVE";
 
-/// The value of [`ARENA_RESERVE_VAR`] with `--touch-ahead`: mimalloc's smallest arena.
+/// The value of [`ARENA_RESERVE_VAR`] with `--touch-ahead`: mimalloc then makes its first
+/// arena 64 MiB (it adds 32 MiB to what it reserves and rounds up).
 pub const SMALL_ARENA_RESERVE: &str = "32MiB";
 
 /// Whether mimalloc was started with [`SMALL_ARENA_RESERVE`].
@@ -127,7 +102,7 @@ pub struct TouchAheadStats {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod ahead {
-    use super::{touch_plan, TouchAheadStats, GRANULE};
+    use super::{touch_plan, TouchAheadError, TouchAheadStats, GRANULE};
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -144,6 +119,9 @@ mod ahead {
     }
 
     static REGION: OnceLock<Region> = OnceLock::new();
+    /// Set once the region is handed over: the commits mimalloc makes while it takes it (each
+    /// piece's own metadata, at its start) are not where it will grow.
+    static HANDED_OVER: AtomicBool = AtomicBool::new(false);
     static PROVIDED: AtomicU64 = AtomicU64::new(0);
     static FAULTS: AtomicU64 = AtomicU64::new(0);
 
@@ -186,6 +164,9 @@ mod ahead {
         if !commit {
             return false;
         }
+        if !HANDED_OVER.load(Ordering::Relaxed) {
+            return true;
+        }
         if let Some(r) = REGION.get() {
             let lo = (start as usize).saturating_sub(r.base) / GRANULE;
             let hi = ((start as usize + size).saturating_sub(r.base)).div_ceil(GRANULE);
@@ -218,18 +199,20 @@ mod ahead {
         }
     }
 
-    pub(super) fn start(ahead: u64) -> Result<(), String> {
+    pub(super) fn start(ahead: u64) -> Result<(), TouchAheadError> {
         if REGION.get().is_some() {
-            return Err("touch-ahead is already running in this process".into());
+            return Err(TouchAheadError::Running);
         }
-        // An allocation made before the region is handed over, so in an arena of mimalloc's
-        // own: the first, made before `main`.
+        // The mapping of an allocation made before the region exists, so in an arena of
+        // mimalloc's own: the first, made before `main`. Looked up before the region is mapped,
+        // which the kernel might otherwise merge with it.
         let probe = &*Box::new(0u64) as *const u64 as usize;
+        let first_arena = mapping_of(probe).filter(|&(_, len)| len <= 256 << 20);
         // SAFETY: sysconf has no preconditions.
         let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if pages <= 0 || page <= 0 {
-            return Err("touch-ahead: the machine's memory size is unknown".into());
+            return Err(TouchAheadError::MemoryUnknown);
         }
         let align = 32usize << 20;
         let len = (pages as usize * page as usize) / align * align;
@@ -245,16 +228,17 @@ mod ahead {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!(
-                "touch-ahead: could not map {} MB of address space: {}",
-                len >> 20,
-                std::io::Error::last_os_error()
-            ));
+            return Err(TouchAheadError::Map {
+                mb: len >> 20,
+                source: std::io::Error::last_os_error(),
+            });
         }
         let base = (p as usize).div_ceil(align) * align;
         let granules = len / GRANULE;
         let used: Box<[AtomicBool]> = (0..granules).map(|_| AtomicBool::new(false)).collect();
-        let _ = REGION.set(Region { base, len, used });
+        if REGION.set(Region { base, len, used }).is_err() {
+            return Err(TouchAheadError::Running);
+        }
         if thp_allowed() {
             // As mimalloc does for its own arenas: a granule is then one huge page, one fault.
             // SAFETY: advice on a mapping of ours; failing is harmless.
@@ -286,10 +270,7 @@ mod ahead {
             };
             if !ok {
                 if at == 0 {
-                    return Err(format!(
-                        "touch-ahead: the allocator did not take a region of {} MB",
-                        size >> 20
-                    ));
+                    return Err(TouchAheadError::Refused { mb: size >> 20 });
                 }
                 // What it took is used; the rest stays unused address space.
                 tracing::warn!(
@@ -301,6 +282,7 @@ mod ahead {
             }
             at += size;
         }
+        HANDED_OVER.store(true, Ordering::Relaxed);
         tracing::debug!(
             "touch-ahead: region at {base:#x}, {} MB, {} MB ahead",
             len >> 20,
@@ -309,8 +291,8 @@ mod ahead {
         let ahead = (ahead as usize).div_ceil(GRANULE);
         std::thread::Builder::new()
             .name("runnel-touch-ahead".into())
-            .spawn(move || run(ahead, probe))
-            .map_err(|e| format!("touch-ahead: could not start its thread: {e}"))?;
+            .spawn(move || run(ahead, first_arena))
+            .map_err(TouchAheadError::Thread)?;
         Ok(())
     }
 
@@ -325,35 +307,43 @@ mod ahead {
         })
     }
 
-    /// Provides the allocator's first arena, the mapping that holds `probe` (an allocation of
-    /// mimalloc's, made before the region existed), when it is small enough to be that arena.
-    fn provide_first_arena(probe: usize) {
-        let Some((start, len)) = mapping_of(probe) else {
-            return;
-        };
-        if len > 256 << 20 {
-            return;
-        }
-        // SAFETY: a mapping of this process that holds the allocator's memory, which mimalloc
-        // never unmaps while the process runs; MADV_POPULATE_WRITE writes no data. A failure
-        // only leaves the mapping as it was.
-        let rc = unsafe { libc::madvise(start as *mut c_void, len, libc::MADV_POPULATE_WRITE) };
-        if rc == 0 {
-            PROVIDED.fetch_add(len as u64, Ordering::Relaxed);
+    /// Provides the allocator's first arena (`start`, `len`: the mapping that held an
+    /// allocation of mimalloc's made before the region existed), a granule at a time, so that
+    /// no call holds the process's memory map for long.
+    fn provide_first_arena((start, len): (usize, usize)) {
+        let page = 4096;
+        let start = start.div_ceil(page) * page;
+        let mut at = 0;
+        while at < len {
+            let n = GRANULE.min(len - at);
+            // SAFETY: a mapping of this process that holds the allocator's memory, which
+            // mimalloc never unmaps while the process runs; MADV_POPULATE_WRITE writes no data.
+            // A failure only leaves the mapping as it was.
+            let rc =
+                unsafe { libc::madvise((start + at) as *mut c_void, n, libc::MADV_POPULATE_WRITE) };
+            if rc != 0 {
+                return;
+            }
+            PROVIDED.fetch_add(n as u64, Ordering::Relaxed);
+            at += n;
         }
     }
 
-    fn run(ahead: usize, probe: usize) {
+    fn run(ahead: usize, first_arena: Option<(usize, usize)>) {
         let r = REGION
             .get()
             .expect("the region is set before the thread starts");
         let faults_at_start = thread_minor_faults();
-        // Run only when no worker wants the core: the thread's work can wait, theirs not.
-        // SAFETY: sched_setscheduler on this thread (0) with a valid parameter; failing leaves
-        // the thread at normal priority.
-        let idle = unsafe {
+        // Run only when no worker wants the core: the thread's work can wait, theirs not
+        // (unless RUNNEL_TOUCH_AHEAD_IDLE=0, for tests; see `TouchAhead`).
+        let normal = std::env::var("RUNNEL_TOUCH_AHEAD_IDLE").is_ok_and(|v| v.trim() == "0");
+        let idle = if normal {
+            0
+        } else {
             let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+            // SAFETY: sched_setscheduler on this thread (0) with a valid parameter; failing
+            // leaves the thread at normal priority.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }
         };
         if idle != 0 {
             tracing::debug!(
@@ -361,7 +351,9 @@ mod ahead {
                 std::io::Error::last_os_error()
             );
         }
-        provide_first_arena(probe);
+        if let Some(m) = first_arena {
+            provide_first_arena(m);
+        }
         let mut provided = vec![false; r.used.len()];
         let mut used = vec![false; r.used.len()];
         loop {
@@ -404,7 +396,10 @@ mod ahead {
                 provided[g] = true;
                 PROVIDED.fetch_add(GRANULE as u64, Ordering::Relaxed);
             }
-            FAULTS.store(thread_minor_faults() - faults_at_start, Ordering::Relaxed);
+            FAULTS.store(
+                thread_minor_faults().saturating_sub(faults_at_start),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -416,15 +411,80 @@ mod ahead {
     }
 }
 
-/// The background provider of memory of `--touch-ahead` (see [`ARENA_RESERVE_VAR`] for how it
-/// works). One per process, for the process's life.
+/// The background provider of memory of `--touch-ahead SIZE`: one per process, for the
+/// process's life.
+///
+/// [`pretouch`] pays for a run's memory before the run, in one go and up to a size the user
+/// has to guess. This pays for it while the run goes, a little ahead of where the state grows,
+/// on a thread of its own: at half load a worker has time to spare, but a page fault on this
+/// VM stops the worker that takes it, and the results it holds wait (see BENCHMARKS.md, "Fresh
+/// memory"). The mechanism:
+///
+/// * [`TouchAhead::start`] maps a region of address space the size of the machine's memory
+///   (`MAP_NORESERVE`: nothing is provided yet) and hands it to mimalloc as an arena with a
+///   commit function of ours (`mi_manage_memory`). mimalloc calls that function for each
+///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
+///   (it runs inside the allocator: no allocation, no lock).
+/// * A thread (`runnel-touch-ahead`) looks at the marks every millisecond and provides, with
+///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
+///   one that it has not provided yet, nearest first. `MADV_POPULATE_WRITE` writes no data:
+///   it only faults in the pages, so it is safe on memory the allocator is using.
+/// * The arena never gives memory back (the commit function refuses to decommit), so what was
+///   provided stays provided, as with [`pretouch`].
+///
+/// mimalloc searches its arenas in order from one that depends on the thread, the last one
+/// last, so some threads look in the arena it made for itself before `main` before they look
+/// in the region. That arena is 1 GiB by default: the binary runs itself again with
+/// [`ARENA_RESERVE_VAR`] set small ([`arena_reserve_is_small`]), which makes it 64 MiB, and
+/// with freed memory kept ([`PURGE_DELAY_VAR`] `-1`), since memory given back there would be
+/// provided afresh at each reuse. The thread provides that first arena whole before anything
+/// else (the mapping that holds an allocation made before the region is mapped).
+///
+/// The cost: up to SIZE of memory provided but not used, for each place the allocator grows
+/// from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
+/// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
+/// by the thread instead of by a worker.
+///
+/// For tests, `RUNNEL_TOUCH_AHEAD_IDLE=0` leaves the thread at normal priority: at idle priority
+/// a machine kept busy by other work (a test suite's other tests) may never run it.
 pub struct TouchAhead;
+
+/// Why [`TouchAhead::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TouchAheadError {
+    /// It was started before in this process.
+    #[error("touch-ahead is already running in this process")]
+    Running,
+    /// The machine's memory size could not be read.
+    #[error("touch-ahead: the machine's memory size is unknown")]
+    MemoryUnknown,
+    /// The region could not be mapped.
+    #[error("touch-ahead: could not map {mb} MB of address space: {source}")]
+    Map {
+        /// Its size.
+        mb: usize,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    /// The allocator refused the region.
+    #[error("touch-ahead: the allocator did not take a region of {mb} MB")]
+    Refused {
+        /// The size of the piece it refused.
+        mb: usize,
+    },
+    /// The thread could not be started.
+    #[error("touch-ahead: could not start its thread: {0}")]
+    Thread(std::io::Error),
+    /// Not Linux.
+    #[error("--touch-ahead needs Linux 5.14 or later (MADV_POPULATE_WRITE)")]
+    Unsupported,
+}
 
 impl TouchAhead {
     /// Hands a region the size of the machine's memory to the allocator and starts the thread
     /// that provides it `ahead` bytes ahead of its use. Only in a binary whose global allocator
     /// is mimalloc (the `runnel` binary): elsewhere the region is never used.
-    pub fn start(ahead: u64) -> Result<(), String> {
+    pub fn start(ahead: u64) -> Result<(), TouchAheadError> {
         #[cfg(target_os = "linux")]
         {
             ahead::start(ahead)
@@ -432,7 +492,7 @@ impl TouchAhead {
         #[cfg(not(target_os = "linux"))]
         {
             let _ = ahead;
-            Err("--touch-ahead needs Linux (MADV_POPULATE_WRITE)".into())
+            Err(TouchAheadError::Unsupported)
         }
     }
 
