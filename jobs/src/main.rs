@@ -111,12 +111,13 @@ struct BenchArgs {
     /// until it ends.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
-    /// While the job runs, have a thread of its own provide memory (fault its pages in) SIZE
-    /// ahead of where the allocator grows (like 256M), so that a worker seldom waits for a
-    /// page: for machines (VMs) that provide memory slowly on first touch, without guessing
-    /// the run's size up front as --pretouch does. Memory the job frees is kept, not given
-    /// back; up to SIZE is provided but unused for each place the allocator grows from.
-    /// Linux 5.14 or later.
+    /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
+    /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
+    /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
+    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
+    /// job frees is kept, not given back, as a JVM keeps its heap; about 128 MB more is held
+    /// than the job uses. Linux 5.14 or later: elsewhere, or with the allocator's variables set
+    /// otherwise, the default is off with a warning, and a SIZE given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
 }
@@ -208,12 +209,13 @@ struct RunArgs {
     /// until it ends.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
-    /// While the job runs, have a thread of its own provide memory (fault its pages in) SIZE
-    /// ahead of where the allocator grows (like 256M), so that a worker seldom waits for a
-    /// page: for machines (VMs) that provide memory slowly on first touch, without guessing
-    /// the run's size up front as --pretouch does. Memory the job frees is kept, not given
-    /// back; up to SIZE is provided but unused for each place the allocator grows from.
-    /// Linux 5.14 or later.
+    /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
+    /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
+    /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
+    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
+    /// job frees is kept, not given back, as a JVM keeps its heap; about 128 MB more is held
+    /// than the job uses. Linux 5.14 or later: elsewhere, or with the allocator's variables set
+    /// otherwise, the default is off with a warning, and a SIZE given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
     #[command(flatten)]
@@ -339,31 +341,83 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `--touch-ahead` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ahead {
+    /// `--touch-ahead 0`.
+    Off,
+    /// No flag: on if the allocator can be set for it, else off with a warning.
+    Default,
+    /// `--touch-ahead SIZE`: on, or an error.
+    Asked(u64),
+}
+
+impl Ahead {
+    /// The default SIZE: what session 32 measured the latency suite with (BENCHMARKS.md).
+    const DEFAULT_BYTES: u64 = 64 << 20;
+
+    fn of(flag: Option<u64>) -> Self {
+        match flag {
+            None => Self::Default,
+            Some(0) => Self::Off,
+            Some(b) => Self::Asked(b),
+        }
+    }
+
+    fn bytes(self) -> Option<u64> {
+        match self {
+            Self::Off => None,
+            Self::Default => Some(Self::DEFAULT_BYTES),
+            Self::Asked(b) => Some(b),
+        }
+    }
+}
+
+/// Why the default touch-ahead cannot run in this process: a variable of the allocator set
+/// otherwise than it needs, named with its value.
+fn touch_ahead_blocked_by() -> Option<String> {
+    use runnel_jobs::memory::{
+        arena_reserve_is_small, keeps_freed_memory, ARENA_RESERVE_VAR, PURGE_DELAY_VAR,
+    };
+    let set_otherwise = |var: &str, ok: bool| {
+        (!ok)
+            .then(|| std::env::var(var).ok())
+            .flatten()
+            .map(|v| format!("{var} is set to `{v}`"))
+    };
+    set_otherwise(PURGE_DELAY_VAR, keeps_freed_memory())
+        .or_else(|| set_otherwise(ARENA_RESERVE_VAR, arena_reserve_is_small()))
+}
+
 /// With `--pretouch`, the allocator must keep freed memory, and mimalloc reads that setting
 /// only when the process starts: so unless the variable is set, this runs the same command
 /// again in this process (exec) with it set. It does not return when it does.
 ///
-/// With `--touch-ahead`, likewise: freed memory is kept, and mimalloc's first arena (made
-/// before `main`) must be small, so that the allocator soon grows into the region the
-/// touch-ahead thread provides.
+/// With touch-ahead (on unless `--touch-ahead 0`), likewise: freed memory is kept, and
+/// mimalloc's first arena (made before `main`) must be small, so that the allocator soon grows
+/// into the region the touch-ahead thread provides. A variable the user set otherwise is an
+/// error with `--pretouch` or `--touch-ahead SIZE`; without the flag, touch-ahead is then off
+/// ([`touch_ahead`] warns).
 fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     use runnel_jobs::memory::{
         arena_reserve_is_small, keeps_freed_memory, ARENA_RESERVE_VAR, PURGE_DELAY_VAR,
         SMALL_ARENA_RESERVE,
     };
-    let (pretouch, touch_ahead) = match &cli.command {
-        Command::Run(a) => (a.pretouch, a.touch_ahead.filter(|&b| b > 0)),
-        Command::Bench(a) => (a.pretouch, a.touch_ahead.filter(|&b| b > 0)),
-        _ => (None, None),
+    let (pretouch, ahead) = match &cli.command {
+        Command::Run(a) => (a.pretouch, Ahead::of(a.touch_ahead)),
+        Command::Bench(a) => (a.pretouch, Ahead::of(a.touch_ahead)),
+        _ => (None, Ahead::Off),
     };
+    let asked = matches!(ahead, Ahead::Asked(_));
+    let ahead_on = asked || (ahead == Ahead::Default && touch_ahead_blocked_by().is_none());
     let mut set: Vec<(&str, &str)> = Vec::new();
-    if (pretouch.is_some() || touch_ahead.is_some()) && !keeps_freed_memory() {
-        let flag = match (pretouch, touch_ahead) {
-            (Some(_), Some(_)) => "--pretouch and --touch-ahead",
-            (Some(_), None) => "--pretouch",
-            _ => "--touch-ahead",
-        };
+    if (pretouch.is_some() || ahead_on) && !keeps_freed_memory() {
         if let Ok(v) = std::env::var(PURGE_DELAY_VAR) {
+            let flag = match (pretouch, asked) {
+                (Some(_), true) => "--pretouch and --touch-ahead",
+                (Some(_), false) => "--pretouch",
+                _ => "--touch-ahead",
+            };
             bail!(
                 "{flag}: freed memory must be kept in the allocator ({PURGE_DELAY_VAR}=-1), \
                  but {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
@@ -371,7 +425,7 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
         }
         set.push((PURGE_DELAY_VAR, "-1"));
     }
-    if touch_ahead.is_some() && !arena_reserve_is_small() {
+    if ahead_on && !arena_reserve_is_small() {
         if let Ok(v) = std::env::var(ARENA_RESERVE_VAR) {
             bail!(
                 "--touch-ahead needs the allocator's own arenas small \
@@ -396,12 +450,38 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     Err(e).with_context(|| format!("running {} again with {names}", exe.display()))
 }
 
-/// Starts the touch-ahead thread (`--touch-ahead`).
-fn touch_ahead(bytes: Option<u64>) -> anyhow::Result<()> {
-    if let Some(b) = bytes.filter(|&b| b > 0) {
-        runnel_jobs::memory::TouchAhead::start(b)?;
+/// Starts the touch-ahead thread: with `--touch-ahead SIZE`, or by default, when it can. By
+/// default, what keeps it from running is a warning, and the run goes on without it.
+fn touch_ahead(flag: Option<u64>) -> anyhow::Result<()> {
+    use runnel_jobs::memory::{TouchAhead, TouchAheadError};
+    let ahead = Ahead::of(flag);
+    let Some(bytes) = ahead.bytes() else {
+        return Ok(());
+    };
+    if ahead == Ahead::Default {
+        if let Some(why) = touch_ahead_blocked_by() {
+            tracing::warn!(
+                "touch-ahead is off: {why}, and it sets that variable itself (unset it to have \
+                 touch-ahead); \
+                 `--touch-ahead 0` runs without it and without this warning"
+            );
+            return Ok(());
+        }
     }
-    Ok(())
+    match TouchAhead::start(bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if ahead == Ahead::Default => {
+            match e {
+                TouchAheadError::Unsupported => tracing::debug!("{e}: off"),
+                e => tracing::warn!(
+                    "{e}; the run goes on without it (`--touch-ahead 0` runs without it \
+                     and without this warning)"
+                ),
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Touches `bytes` before a run (`--pretouch`), on the allocator that keeps freed memory.
@@ -511,7 +591,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         .zip(faults_after)
         .map(|(b, a)| a.saturating_sub(b));
     report.pretouch_mb = args.pretouch.unwrap_or(0) >> 20;
-    if args.touch_ahead.is_some() {
+    if runnel_jobs::memory::TouchAhead::is_running() {
         report.touched_ahead_mb = Some(
             ahead_after
                 .provided_bytes

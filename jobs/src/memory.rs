@@ -12,9 +12,10 @@
 //! The price: the process holds at least SIZE for its whole life, and memory it frees is
 //! never returned.
 //!
-//! `--touch-ahead SIZE` ([`TouchAhead`]) provides the memory while the job runs instead, on a
-//! thread of its own, a little ahead of where the allocator grows: no size to guess, and only
-//! about SIZE more than the job uses.
+//! Touch-ahead ([`TouchAhead`], on by default in `runnel run` and `runnel bench` with 64 MiB,
+//! `--touch-ahead SIZE` to change it, 0 to turn it off) provides the memory while the job runs
+//! instead, on a thread of its own, a little ahead of where the allocator grows: no size to
+//! guess, and only about SIZE more than the job uses.
 //!
 //! mimalloc reads its options when the process starts, so the binary sets the variables by
 //! running itself again with them ([`keeps_freed_memory`], [`arena_reserve_is_small`]).
@@ -123,6 +124,9 @@ mod ahead {
     /// piece's own metadata, at its start) are not where it will grow.
     static HANDED_OVER: AtomicBool = AtomicBool::new(false);
     static PROVIDED: AtomicU64 = AtomicU64::new(0);
+    /// How many ranges mimalloc has started to use in the region: the thread looks at the
+    /// marks again only when this moved.
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
     static FAULTS: AtomicU64 = AtomicU64::new(0);
 
     type CommitFn = unsafe extern "C" fn(
@@ -173,6 +177,7 @@ mod ahead {
             for flag in r.used.iter().take(hi).skip(lo) {
                 flag.store(true, Ordering::Relaxed);
             }
+            COMMITS.fetch_add(1, Ordering::Release);
         }
         true
     }
@@ -356,16 +361,24 @@ mod ahead {
         }
         let mut provided = vec![false; r.used.len()];
         let mut used = vec![false; r.used.len()];
+        // The commits seen at the last look, when it found nothing to do.
+        let mut idle_at: Option<u64> = None;
         loop {
+            let commits = COMMITS.load(Ordering::Acquire);
+            if idle_at == Some(commits) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             for (u, flag) in used.iter_mut().zip(r.used.iter()) {
                 *u = flag.load(Ordering::Relaxed);
             }
             // A few at a time, so that a place the allocator has just reached comes first.
             let plan = touch_plan(&used, &provided, ahead, 4);
             if plan.is_empty() {
-                std::thread::sleep(Duration::from_millis(1));
+                idle_at = Some(commits);
                 continue;
             }
+            idle_at = None;
             for g in plan {
                 let addr = (r.base + g * GRANULE) as *mut c_void;
                 debug_assert!(g * GRANULE + GRANULE <= r.len);
@@ -381,11 +394,11 @@ mod ahead {
                             continue;
                         }
                         Some(libc::EINVAL) => tracing::warn!(
-                            "--touch-ahead stopped: the kernel refused MADV_POPULATE_WRITE \
+                            "touch-ahead stopped: the kernel refused MADV_POPULATE_WRITE \
                              ({e}; it needs Linux 5.14 or later); the run goes on without it"
                         ),
                         _ => tracing::warn!(
-                            "--touch-ahead stopped: providing {} MB at offset {} MB of its \
+                            "touch-ahead stopped: providing {} MB at offset {} MB of its \
                              region failed: {e}; the run goes on without it",
                             GRANULE >> 20,
                             (g * GRANULE) >> 20
@@ -401,6 +414,10 @@ mod ahead {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    pub(super) fn is_running() -> bool {
+        HANDED_OVER.load(Ordering::Relaxed)
     }
 
     pub(super) fn stats() -> TouchAheadStats {
@@ -425,7 +442,8 @@ mod ahead {
 ///   commit function of ours (`mi_manage_memory`). mimalloc calls that function for each
 ///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
 ///   (it runs inside the allocator: no allocation, no lock).
-/// * A thread (`runnel-touch-ahead`) looks at the marks every millisecond and provides, with
+/// * A thread (`runnel-touch-ahead`) looks at the marks each millisecond in which mimalloc
+///   started to use more of the region (a counter of its commits says so) and provides, with
 ///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
 ///   one that it has not provided yet, nearest first. `MADV_POPULATE_WRITE` writes no data:
 ///   it only faults in the pages, so it is safe on memory the allocator is using.
@@ -493,6 +511,18 @@ impl TouchAhead {
         {
             let _ = ahead;
             Err(TouchAheadError::Unsupported)
+        }
+    }
+
+    /// Whether [`TouchAhead::start`] handed the region over in this process.
+    pub fn is_running() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            ahead::is_running()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
         }
     }
 
