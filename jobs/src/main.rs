@@ -115,9 +115,11 @@ struct BenchArgs {
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
-    /// job frees is kept, not given back, as a JVM keeps its heap; about 128 MB more is held
-    /// than the job uses. Linux 5.14 or later: elsewhere, or with the allocator's variables set
-    /// otherwise, the default is off with a warning, and a SIZE given is an error.
+    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds about
+    /// 0.15 GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or
+    /// later: elsewhere the default is off; with the allocator's variables set otherwise
+    /// (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE), it is off with a warning, and a SIZE
+    /// given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
 }
@@ -213,9 +215,11 @@ struct RunArgs {
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
-    /// job frees is kept, not given back, as a JVM keeps its heap; about 128 MB more is held
-    /// than the job uses. Linux 5.14 or later: elsewhere, or with the allocator's variables set
-    /// otherwise, the default is off with a warning, and a SIZE given is an error.
+    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds about
+    /// 0.15 GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or
+    /// later: elsewhere the default is off; with the allocator's variables set otherwise
+    /// (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE), it is off with a warning, and a SIZE
+    /// given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
     #[command(flatten)]
@@ -356,8 +360,16 @@ impl Ahead {
     /// The default SIZE: what session 32 measured the latency suite with (BENCHMARKS.md).
     const DEFAULT_BYTES: u64 = 64 << 20;
 
+    /// What the flag asks for. Without it: on where the kernel can provide memory ahead
+    /// (Linux 5.14 or later), off elsewhere and after a run of this binary again with the
+    /// allocator's variables failed (see [`set_allocator_for_memory_flags`]).
     fn of(flag: Option<u64>) -> Self {
         match flag {
+            None if DEFAULT_AHEAD_FAILED.load(Ordering::Relaxed)
+                || !runnel_jobs::memory::TouchAhead::supported() =>
+            {
+                Self::Off
+            }
             None => Self::Default,
             Some(0) => Self::Off,
             Some(b) => Self::Asked(b),
@@ -372,6 +384,10 @@ impl Ahead {
         }
     }
 }
+
+/// Set when the default touch-ahead needed this binary run again with the allocator's
+/// variables and that failed: the run goes on without it.
+static DEFAULT_AHEAD_FAILED: AtomicBool = AtomicBool::new(false);
 
 /// Why the default touch-ahead cannot run in this process: a variable of the allocator set
 /// otherwise than it needs, named with its value.
@@ -428,7 +444,7 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     if ahead_on && !arena_reserve_is_small() {
         if let Ok(v) = std::env::var(ARENA_RESERVE_VAR) {
             bail!(
-                "--touch-ahead needs the allocator's own arenas small \
+                "--touch-ahead: the allocator's own arenas must be small \
                  ({ARENA_RESERVE_VAR}={SMALL_ARENA_RESERVE}), but {ARENA_RESERVE_VAR} is set \
                  to `{v}`: unset it, or set it to {SMALL_ARENA_RESERVE}"
             );
@@ -441,19 +457,31 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let names: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let names = names.join(" ");
-    let exe = std::env::current_exe()
-        .with_context(|| format!("running this binary again with {names}: where it is"))?;
-    let e = std::process::Command::new(&exe)
-        .args(std::env::args_os().skip(1))
-        .envs(set)
-        .exec();
-    Err(e).with_context(|| format!("running {} again with {names}", exe.display()))
+    let e = std::env::current_exe()
+        .with_context(|| format!("running this binary again with {names}: where it is"))
+        .map(|exe| {
+            let e = std::process::Command::new(&exe)
+                .args(std::env::args_os().skip(1))
+                .envs(set)
+                .exec();
+            anyhow::Error::new(e).context(format!("running {} again with {names}", exe.display()))
+        })
+        .unwrap_or_else(|e| e);
+    if pretouch.is_none() && !asked {
+        // Only the default asked for it: the run goes on without touch-ahead.
+        tracing::warn!(
+            "touch-ahead is off: {e:#}; `--touch-ahead 0` runs without it and without this warning"
+        );
+        DEFAULT_AHEAD_FAILED.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    Err(e)
 }
 
 /// Starts the touch-ahead thread: with `--touch-ahead SIZE`, or by default, when it can. By
 /// default, what keeps it from running is a warning, and the run goes on without it.
 fn touch_ahead(flag: Option<u64>) -> anyhow::Result<()> {
-    use runnel_jobs::memory::{TouchAhead, TouchAheadError};
+    use runnel_jobs::memory::TouchAhead;
     let ahead = Ahead::of(flag);
     let Some(bytes) = ahead.bytes() else {
         return Ok(());
@@ -471,13 +499,10 @@ fn touch_ahead(flag: Option<u64>) -> anyhow::Result<()> {
     match TouchAhead::start(bytes) {
         Ok(()) => Ok(()),
         Err(e) if ahead == Ahead::Default => {
-            match e {
-                TouchAheadError::Unsupported => tracing::debug!("{e}: off"),
-                e => tracing::warn!(
-                    "{e}; the run goes on without it (`--touch-ahead 0` runs without it \
-                     and without this warning)"
-                ),
-            }
+            tracing::warn!(
+                "{e}; the run goes on without it (`--touch-ahead 0` runs without it and \
+                 without this warning)"
+            );
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -574,13 +599,13 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         measure_latency: true,
         sample_every: Some(Duration::from_millis(50)),
     };
-    touch_ahead(args.touch_ahead)?;
     pretouch(args.pretouch);
+    // Counted from before the touch-ahead thread starts, so that its faults are all in both.
     let faults_before = runnel_jobs::memory::minor_faults();
-    let ahead_before = runnel_jobs::memory::TouchAhead::stats();
+    touch_ahead(args.touch_ahead)?;
     let summary = run(job, opts)?;
     let faults_after = runnel_jobs::memory::minor_faults();
-    let ahead_after = runnel_jobs::memory::TouchAhead::stats();
+    let ahead = runnel_jobs::memory::TouchAhead::stats();
     let paced = args.rate.is_some_and(|r| r > 0)
         || args
             .set
@@ -591,14 +616,9 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         .zip(faults_after)
         .map(|(b, a)| a.saturating_sub(b));
     report.pretouch_mb = args.pretouch.unwrap_or(0) >> 20;
-    if runnel_jobs::memory::TouchAhead::is_running() {
-        report.touched_ahead_mb = Some(
-            ahead_after
-                .provided_bytes
-                .saturating_sub(ahead_before.provided_bytes)
-                >> 20,
-        );
-        report.touch_ahead_faults = Some(ahead_after.faults.saturating_sub(ahead_before.faults));
+    if runnel_jobs::memory::TouchAhead::started() {
+        report.touched_ahead_mb = Some(ahead.provided_bytes >> 20);
+        report.touch_ahead_faults = Some(ahead.faults);
     }
     if !args.json {
         eprintln!("{report}");
@@ -663,8 +683,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
             args.cluster.processes
         );
     }
-    touch_ahead(args.touch_ahead)?;
     pretouch(args.pretouch);
+    touch_ahead(args.touch_ahead)?;
     let mut restarts = 0;
     let summary = loop {
         match run(job, opts.clone()) {

@@ -128,6 +128,8 @@ mod ahead {
     /// marks again only when this moved.
     static COMMITS: AtomicU64 = AtomicU64::new(0);
     static FAULTS: AtomicU64 = AtomicU64::new(0);
+    /// Set once the thread is started.
+    static STARTED: AtomicBool = AtomicBool::new(false);
 
     type CommitFn = unsafe extern "C" fn(
         commit: bool,
@@ -298,6 +300,7 @@ mod ahead {
             .name("runnel-touch-ahead".into())
             .spawn(move || run(ahead, first_arena))
             .map_err(TouchAheadError::Thread)?;
+        STARTED.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -376,6 +379,7 @@ mod ahead {
             let plan = touch_plan(&used, &provided, ahead, 4);
             if plan.is_empty() {
                 idle_at = Some(commits);
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
             idle_at = None;
@@ -416,8 +420,29 @@ mod ahead {
         }
     }
 
-    pub(super) fn is_running() -> bool {
-        HANDED_OVER.load(Ordering::Relaxed)
+    pub(super) fn started() -> bool {
+        STARTED.load(Ordering::Relaxed)
+    }
+
+    /// Whether the kernel takes `MADV_POPULATE_WRITE` (Linux 5.14), tried on a page of its own.
+    pub(super) fn supported() -> bool {
+        // SAFETY: a fresh anonymous page of ours, advised and unmapped; nothing else sees it.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return false;
+            }
+            let ok = libc::madvise(p, 4096, libc::MADV_POPULATE_WRITE) == 0;
+            libc::munmap(p, 4096);
+            ok
+        }
     }
 
     pub(super) fn stats() -> TouchAheadStats {
@@ -514,11 +539,25 @@ impl TouchAhead {
         }
     }
 
-    /// Whether [`TouchAhead::start`] handed the region over in this process.
-    pub fn is_running() -> bool {
+    /// Whether [`TouchAhead::start`] started the thread in this process (it may have stopped
+    /// since, with a warning, if the kernel refused to provide memory).
+    pub fn started() -> bool {
         #[cfg(target_os = "linux")]
         {
-            ahead::is_running()
+            ahead::started()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// Whether this machine can provide memory ahead: Linux 5.14 or later
+    /// (`MADV_POPULATE_WRITE`).
+    pub fn supported() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            ahead::supported()
         }
         #[cfg(not(target_os = "linux"))]
         {

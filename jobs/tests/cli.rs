@@ -501,29 +501,45 @@ fn q20_paced(extra: &[&str]) -> Output {
         .expect("runnel runs")
 }
 
-/// `runnel bench` with `flag` and the allocator told otherwise (`var`=`value`) is an error
-/// that names the setting. Without the flag, the run goes on without touch-ahead, and says
-/// why.
-fn refused_with_allocator_setting(flag: &str, var: &str, value: &str) {
-    let o = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .env(var, value)
-        .args(["bench", "nexmark-q0", "--events", "1000", flag, "1M"])
-        .output()
-        .expect("runnel runs");
-    assert!(!o.status.success(), "{flag} with {var}={value} ran");
-    let want = format!("{var} is set to `{value}`");
-    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
-
-    let o = Command::new(env!("CARGO_BIN_EXE_runnel"))
+/// `runnel bench nexmark-q0` on 1,000 events with `args`, the allocator's variables as the
+/// user set them (`var`=`value`, the other unset) and warnings shown.
+fn q0_with_allocator_setting(var: &str, value: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env_remove("MIMALLOC_PURGE_DELAY")
+        .env_remove("MIMALLOC_ARENA_RESERVE")
+        .env("RUST_LOG", "warn")
         .env(var, value)
         .args(["bench", "nexmark-q0", "--events", "1000", "--json"])
+        .args(args)
         .output()
-        .expect("runnel runs");
+        .expect("runnel runs")
+}
+
+/// `runnel bench` with `flag` and the allocator told otherwise (`var`=`value`) is an error
+/// that names the flag and the setting.
+fn refused_with_allocator_setting(flag: &str, var: &str, value: &str) {
+    let o = q0_with_allocator_setting(var, value, &[flag, "1M"]);
+    assert!(!o.status.success(), "{flag} with {var}={value} ran");
+    let want = format!("{flag}: ");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    let want = format!("but {var} is set to `{value}`");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}
+
+/// Without `--touch-ahead`, the allocator told otherwise (`var`=`value`) leaves touch-ahead
+/// off: the run goes on, and says why, unless `--touch-ahead 0` asked for it off.
+fn default_touch_ahead_off_with_allocator_setting(var: &str, value: &str) {
+    let warning = format!("touch-ahead is off: {var} is set to `{value}`");
+    let o = q0_with_allocator_setting(var, value, &[]);
     let report = summary(&o);
     assert_eq!(report["events"], 1000, "{report}");
     assert!(report.get("touched_ahead_mb").is_none(), "{report}");
-    let want = format!("touch-ahead is off: {var} is set to `{value}`");
-    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+
+    let o = q0_with_allocator_setting(var, value, &["--touch-ahead", "0"]);
+    let report = summary(&o);
+    assert!(report.get("touched_ahead_mb").is_none(), "{report}");
+    assert!(!stderr(&o).contains("touch-ahead"), "{}", stderr(&o));
 }
 
 /// `--pretouch`: the memory written before the run stays in the process and the run's state
@@ -589,9 +605,18 @@ fn touch_ahead_takes_the_page_faults_off_the_workers() {
     let others = faults(&ahead).saturating_sub(by_thread);
     assert!(others * 4 < faults_plain, "{ahead} against {plain}");
 
-    // An allocator told otherwise is an error that names the setting.
+    // An allocator told otherwise is an error that names the setting with the flag, and
+    // leaves the default off with a warning.
     refused_with_allocator_setting("--touch-ahead", "MIMALLOC_ARENA_RESERVE", "1GiB");
     refused_with_allocator_setting("--touch-ahead", "MIMALLOC_PURGE_DELAY", "10");
+    default_touch_ahead_off_with_allocator_setting("MIMALLOC_ARENA_RESERVE", "1GiB");
+    default_touch_ahead_off_with_allocator_setting("MIMALLOC_PURGE_DELAY", "10");
+    // --pretouch needs only freed memory kept: it runs, and touch-ahead is off.
+    let o = q0_with_allocator_setting("MIMALLOC_ARENA_RESERVE", "1GiB", &["--pretouch", "1M"]);
+    let report = summary(&o);
+    assert_eq!(report["pretouch_mb"], 1, "{report}");
+    assert!(report.get("touched_ahead_mb").is_none(), "{report}");
+    assert!(stderr(&o).contains("touch-ahead is off"), "{}", stderr(&o));
 }
 
 /// `runnel bench` on a cluster takes checkpoints only into a folder its processes share: without
