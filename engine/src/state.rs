@@ -268,16 +268,6 @@ impl<K: Hash + Eq, V> StaggeredMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> std::ops::Index<&K> for StaggeredMap<K, V> {
-    type Output = V;
-
-    /// The value for `key`; panics if there is none, as `HashMap`'s index does.
-    fn index(&self, key: &K) -> &V {
-        self.get(key)
-            .expect("no entry for the key in the StaggeredMap")
-    }
-}
-
 impl<K: Hash + Eq, V> FromIterator<(K, V)> for StaggeredMap<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut m = StaggeredMap::new();

@@ -2085,9 +2085,8 @@ const _: () = assert!(std::mem::size_of::<TopBid>() == 64);
 /// q19's operator (see [`q19`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct TopBids {
-    /// Each auction's top ten, best first. A map that grows a shard at a time: one map of a
-    /// worker's million auctions stopped it for each doubling, which q19's latency tail showed.
-    tops: StaggeredMap<u64, Vec<TopBid>>,
+    /// Each auction's top ten, best first.
+    tops: FxMap<u64, Vec<TopBid>>,
     /// The channels and urls of the bids that entered a top ten.
     pairs: ChannelUrls,
     /// The auctions whose top ten changed in this epoch, with their top ten as it was before

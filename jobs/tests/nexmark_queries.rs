@@ -1506,29 +1506,6 @@ fn q19_keeps_the_ten_highest_bids_per_auction() {
     );
 }
 
-/// q19 over enough auctions that each worker's map of top tens splits into shards (the
-/// engine's `StaggeredMap` splits at 16,384 keys): 800,000 events, 48,000 auctions over 2
-/// workers, unpaced, against the same brute force.
-#[test]
-fn q19_keeps_the_ten_highest_bids_per_auction_across_its_map_split() {
-    let config = NexmarkConfig::new(800_000)
-        .event_rate(1000)
-        .partitions(5)
-        .seed(11);
-    let events: Vec<Event> = config.iter().collect();
-    let all_bids = bids(&events);
-    let auctions: BTreeSet<u64> = all_bids.iter().map(|b| b.auction).collect();
-    assert!(auctions.len() > 2 * 20_000, "{} auctions", auctions.len());
-    let want = sorted(q19_top_tens(all_bids));
-    let options = RunOptions {
-        epoch_interval: std::time::Duration::from_millis(5),
-        ..RunOptions::workers(2)
-    };
-    let got = final_rows(collect_stream(config, options, None, nexmark::q19).data());
-    assert_eq!(got.len(), want.len());
-    assert!(got == want, "q19's rows differ from the brute force's");
-}
-
 /// q19's top tens are checkpointed: stopped and resumed, its changelog applies to the
 /// brute-force answer, each change once (fails when q19's restore drops its state).
 #[test]
