@@ -108,18 +108,18 @@ struct BenchArgs {
     /// in the allocator for the whole run (MIMALLOC_PURGE_DELAY=-1), as the JVM's
     /// -XX:+AlwaysPreTouch does: for machines (VMs) that provide memory slowly on first touch,
     /// so that a job whose state grows does not wait for it. The process holds at least SIZE
-    /// until it ends.
+    /// until it ends. Touch-ahead is then off unless --touch-ahead SIZE asks for it too.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
     /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
-    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds about
-    /// 0.15 GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or
-    /// later: elsewhere the default is off; with the allocator's variables set otherwise
-    /// (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE), it is off with a warning, and a SIZE
-    /// given is an error.
+    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
+    /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
+    /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
+    /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
+    /// off with a warning, and a SIZE given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
 }
@@ -208,18 +208,18 @@ struct RunArgs {
     /// in the allocator for the whole run (MIMALLOC_PURGE_DELAY=-1), as the JVM's
     /// -XX:+AlwaysPreTouch does: for machines (VMs) that provide memory slowly on first touch,
     /// so that a job whose state grows does not wait for it. The process holds at least SIZE
-    /// until it ends.
+    /// until it ends. Touch-ahead is then off unless --touch-ahead SIZE asks for it too.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
     /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
-    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds about
-    /// 0.15 GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or
-    /// later: elsewhere the default is off; with the allocator's variables set otherwise
-    /// (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE), it is off with a warning, and a SIZE
-    /// given is an error.
+    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
+    /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
+    /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
+    /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
+    /// off with a warning, and a SIZE given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
     #[command(flatten)]
@@ -361,12 +361,14 @@ impl Ahead {
     const DEFAULT_BYTES: u64 = 64 << 20;
 
     /// What the flag asks for. Without it: on where the kernel can provide memory ahead
-    /// (Linux 5.14 or later), off elsewhere and after a run of this binary again with the
-    /// allocator's variables failed (see [`set_allocator_for_memory_flags`]).
-    fn of(flag: Option<u64>) -> Self {
+    /// (Linux 5.14 or later), off elsewhere, with `--pretouch` (which provides the memory
+    /// before the run instead), and after a run of this binary again with the allocator's
+    /// variables failed (see [`set_allocator_for_memory_flags`]).
+    fn of(flag: Option<u64>, pretouch: Option<u64>) -> Self {
         match flag {
-            None if DEFAULT_AHEAD_FAILED.load(Ordering::Relaxed)
-                || !runnel_jobs::memory::TouchAhead::supported() =>
+            None if pretouch.is_some()
+                || DEFAULT_AHEAD_FAILED.load(Ordering::Relaxed)
+                || !ahead_supported() =>
             {
                 Self::Off
             }
@@ -383,6 +385,13 @@ impl Ahead {
             Self::Asked(b) => Some(b),
         }
     }
+}
+
+/// Whether the kernel can provide memory ahead, probed once per process, so that the choice
+/// made before running this binary again and the one made when the run starts agree.
+fn ahead_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(runnel_jobs::memory::TouchAhead::supported)
 }
 
 /// Set when the default touch-ahead needed this binary run again with the allocator's
@@ -420,11 +429,17 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
         SMALL_ARENA_RESERVE,
     };
     let (pretouch, ahead) = match &cli.command {
-        Command::Run(a) => (a.pretouch, Ahead::of(a.touch_ahead)),
-        Command::Bench(a) => (a.pretouch, Ahead::of(a.touch_ahead)),
+        Command::Run(a) => (a.pretouch, Ahead::of(a.touch_ahead, a.pretouch)),
+        Command::Bench(a) => (a.pretouch, Ahead::of(a.touch_ahead, a.pretouch)),
         _ => (None, Ahead::Off),
     };
     let asked = matches!(ahead, Ahead::Asked(_));
+    if asked && !ahead_supported() {
+        bail!(
+            "--touch-ahead: this kernel cannot provide memory ahead (MADV_POPULATE_WRITE, \
+             Linux 5.14 or later): run without the flag, or with --touch-ahead 0"
+        );
+    }
     let ahead_on = asked || (ahead == Ahead::Default && touch_ahead_blocked_by().is_none());
     let mut set: Vec<(&str, &str)> = Vec::new();
     if (pretouch.is_some() || ahead_on) && !keeps_freed_memory() {
@@ -480,21 +495,21 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
 
 /// Starts the touch-ahead thread: with `--touch-ahead SIZE`, or by default, when it can. By
 /// default, what keeps it from running is a warning, and the run goes on without it.
-fn touch_ahead(flag: Option<u64>) -> anyhow::Result<()> {
-    use runnel_jobs::memory::TouchAhead;
-    let ahead = Ahead::of(flag);
+fn touch_ahead(flag: Option<u64>, pretouch: Option<u64>) -> anyhow::Result<()> {
+    use runnel_jobs::memory::{arena_reserve_is_small, keeps_freed_memory, TouchAhead};
+    let ahead = Ahead::of(flag, pretouch);
     let Some(bytes) = ahead.bytes() else {
         return Ok(());
     };
-    if ahead == Ahead::Default {
+    if ahead == Ahead::Default && (!keeps_freed_memory() || !arena_reserve_is_small()) {
+        // Not set by the run of this binary again, nor by the user.
         if let Some(why) = touch_ahead_blocked_by() {
             tracing::warn!(
                 "touch-ahead is off: {why}, and it sets that variable itself (unset it to have \
-                 touch-ahead); \
-                 `--touch-ahead 0` runs without it and without this warning"
+                 touch-ahead); `--touch-ahead 0` runs without it and without this warning"
             );
-            return Ok(());
         }
+        return Ok(());
     }
     match TouchAhead::start(bytes) {
         Ok(()) => Ok(()),
@@ -602,7 +617,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
     pretouch(args.pretouch);
     // Counted from before the touch-ahead thread starts, so that its faults are all in both.
     let faults_before = runnel_jobs::memory::minor_faults();
-    touch_ahead(args.touch_ahead)?;
+    touch_ahead(args.touch_ahead, args.pretouch)?;
     let summary = run(job, opts)?;
     let faults_after = runnel_jobs::memory::minor_faults();
     let ahead = runnel_jobs::memory::TouchAhead::stats();
@@ -684,7 +699,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     pretouch(args.pretouch);
-    touch_ahead(args.touch_ahead)?;
+    touch_ahead(args.touch_ahead, args.pretouch)?;
     let mut restarts = 0;
     let summary = loop {
         match run(job, opts.clone()) {

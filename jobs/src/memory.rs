@@ -49,7 +49,7 @@ pub fn pretouch(bytes: u64) {
 /// KiB or with a unit.
 pub const ARENA_RESERVE_VAR: &str = "MIMALLOC_ARENA_RESERVE";
 
-/// The value of [`ARENA_RESERVE_VAR`] with `--touch-ahead`: mimalloc then makes its first
+/// The value of [`ARENA_RESERVE_VAR`] with touch-ahead ([`TouchAhead`]): mimalloc then makes its first
 /// arena 64 MiB (it adds 32 MiB to what it reserves and rounds up).
 pub const SMALL_ARENA_RESERVE: &str = "32MiB";
 
@@ -362,6 +362,10 @@ mod ahead {
         if let Some(m) = first_arena {
             provide_first_arena(m);
         }
+        FAULTS.store(
+            thread_minor_faults().saturating_sub(faults_at_start),
+            Ordering::Relaxed,
+        );
         let mut provided = vec![false; r.used.len()];
         let mut used = vec![false; r.used.len()];
         // The commits seen at the last look, when it found nothing to do.
@@ -453,7 +457,8 @@ mod ahead {
     }
 }
 
-/// The background provider of memory of `--touch-ahead SIZE`: one per process, for the
+/// The background provider of memory of touch-ahead (on by default in `runnel run` and
+/// `runnel bench`, `--touch-ahead SIZE`): one per process, for the
 /// process's life.
 ///
 /// [`pretouch`] pays for a run's memory before the run, in one go and up to a size the user
