@@ -105,6 +105,7 @@ mod ahead {
     use super::{touch_plan, TouchAheadError, TouchAheadStats, GRANULE};
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
     use std::sync::OnceLock;
     use std::time::Duration;
 
@@ -307,21 +308,74 @@ mod ahead {
         })
     }
 
+    /// Faults in what the touch-ahead thread asks for, on a thread of its own at normal
+    /// priority.
+    ///
+    /// `MADV_POPULATE_WRITE` holds the process's memory map (its `mmap_lock`, for reading)
+    /// while it faults a range in. A thread at `SCHED_IDLE` that is preempted while it holds it
+    /// may not run again for a second or more while the cores are busy (another process's
+    /// workers, on a shared machine); and once any thread of the process waits to change the
+    /// map (`mmap`, `munmap`: a thread's stack, a large buffer), every thread that then needs
+    /// the map waits behind it. Seen on two processes of a cluster on one machine, whose first
+    /// checkpoint then came seconds late. So the planning thread stays at idle priority, and
+    /// hands each range (one granule) to this one, which holds the map only while it faults
+    /// the range in, at the priority of the workers.
+    struct Populate {
+        ask: SyncSender<(usize, usize)>,
+        answer: Receiver<std::io::Result<()>>,
+    }
+
+    impl Populate {
+        fn start() -> std::io::Result<Self> {
+            let (ask, asked) = sync_channel::<(usize, usize)>(1);
+            let (answered, answer) = sync_channel(1);
+            std::thread::Builder::new()
+                .name("runnel-populate".into())
+                .spawn(move || {
+                    let at_start = thread_minor_faults();
+                    for (start, len) in asked {
+                        // SAFETY: the ranges come from `run`: the region, which stays mapped
+                        // for the process's life, and mimalloc's first arena, which it never
+                        // unmaps. MADV_POPULATE_WRITE writes no data, it only faults the pages
+                        // in; a failure leaves the mapping as it was.
+                        let rc = unsafe {
+                            libc::madvise(start as *mut c_void, len, libc::MADV_POPULATE_WRITE)
+                        };
+                        let r = if rc == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        };
+                        FAULTS.store(
+                            thread_minor_faults().saturating_sub(at_start),
+                            Ordering::Relaxed,
+                        );
+                        if answered.send(r).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+            Ok(Populate { ask, answer })
+        }
+
+        /// Faults in `len` bytes at `start` (page-aligned), and waits until it is done.
+        fn range(&self, start: usize, len: usize) -> std::io::Result<()> {
+            let gone = || std::io::Error::other("the populating thread has stopped");
+            self.ask.send((start, len)).map_err(|_| gone())?;
+            self.answer.recv().map_err(|_| gone())?
+        }
+    }
+
     /// Provides the allocator's first arena (`start`, `len`: the mapping that held an
     /// allocation of mimalloc's made before the region existed), a granule at a time, so that
     /// no call holds the process's memory map for long.
-    fn provide_first_arena((start, len): (usize, usize)) {
+    fn provide_first_arena(populate: &Populate, (start, len): (usize, usize)) {
         let page = 4096;
         let start = start.div_ceil(page) * page;
         let mut at = 0;
         while at < len {
             let n = GRANULE.min(len - at);
-            // SAFETY: a mapping of this process that holds the allocator's memory, which
-            // mimalloc never unmaps while the process runs; MADV_POPULATE_WRITE writes no data.
-            // A failure only leaves the mapping as it was.
-            let rc =
-                unsafe { libc::madvise((start + at) as *mut c_void, n, libc::MADV_POPULATE_WRITE) };
-            if rc != 0 {
+            if populate.range(start + at, n).is_err() {
                 return;
             }
             PROVIDED.fetch_add(n as u64, Ordering::Relaxed);
@@ -333,7 +387,16 @@ mod ahead {
         let r = REGION
             .get()
             .expect("the region is set before the thread starts");
-        let faults_at_start = thread_minor_faults();
+        let populate = match Populate::start() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    "--touch-ahead stopped: could not start its second thread: {e}; \
+                     the run goes on without it"
+                );
+                return;
+            }
+        };
         // Run only when no worker wants the core: the thread's work can wait, theirs not
         // (unless RUNNEL_TOUCH_AHEAD_IDLE=0, for tests; see `TouchAhead`).
         let normal = std::env::var("RUNNEL_TOUCH_AHEAD_IDLE").is_ok_and(|v| v.trim() == "0");
@@ -352,7 +415,7 @@ mod ahead {
             );
         }
         if let Some(m) = first_arena {
-            provide_first_arena(m);
+            provide_first_arena(&populate, m);
         }
         let mut provided = vec![false; r.used.len()];
         let mut used = vec![false; r.used.len()];
@@ -367,13 +430,9 @@ mod ahead {
                 continue;
             }
             for g in plan {
-                let addr = (r.base + g * GRANULE) as *mut c_void;
                 debug_assert!(g * GRANULE + GRANULE <= r.len);
-                // SAFETY: inside the region, which stays mapped; MADV_POPULATE_WRITE writes no
-                // data, it only faults the pages in.
-                let rc = unsafe { libc::madvise(addr, GRANULE, libc::MADV_POPULATE_WRITE) };
-                if rc != 0 {
-                    let e = std::io::Error::last_os_error();
+                let rc = populate.range(r.base + g * GRANULE, GRANULE);
+                if let Err(e) = rc {
                     match e.raw_os_error() {
                         Some(libc::EINTR) | Some(libc::EAGAIN) => {
                             // Tried again at the next plan, after a pause.
@@ -396,10 +455,6 @@ mod ahead {
                 provided[g] = true;
                 PROVIDED.fetch_add(GRANULE as u64, Ordering::Relaxed);
             }
-            FAULTS.store(
-                thread_minor_faults().saturating_sub(faults_at_start),
-                Ordering::Relaxed,
-            );
         }
     }
 
@@ -425,10 +480,14 @@ mod ahead {
 ///   commit function of ours (`mi_manage_memory`). mimalloc calls that function for each
 ///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
 ///   (it runs inside the allocator: no allocation, no lock).
-/// * A thread (`runnel-touch-ahead`) looks at the marks every millisecond and provides, with
-///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
-///   one that it has not provided yet, nearest first. `MADV_POPULATE_WRITE` writes no data:
-///   it only faults in the pages, so it is safe on memory the allocator is using.
+/// * A thread at idle priority (`runnel-touch-ahead`: it runs when a core is free) looks at
+///   the marks every millisecond and has every granule within SIZE after a marked one that is
+///   not provided yet provided, nearest first, one at a time, by a second thread at normal
+///   priority (`runnel-populate`) with `madvise(MADV_POPULATE_WRITE)` (Linux 5.14).
+///   `MADV_POPULATE_WRITE` writes no data: it only faults in the pages, so it is safe on
+///   memory the allocator is using. It holds the process's memory map while it does, which
+///   is why it is not done at idle priority: a thread that holds the map and waits for a
+///   free core would stop every thread of the process that needs to change the map.
 /// * The arena never gives memory back (the commit function refuses to decommit), so what was
 ///   provided stays provided, as with [`pretouch`].
 ///
