@@ -8,12 +8,13 @@
 # to result (ms), the results measured (and how many were ahead of the clock), peak RSS, and
 # whether p99 is within one epoch (100 ms) plus 50 ms, the shared plan's bar.
 #   benches/latency.sh [SECONDS] [FRACTION]     (QUERIES="5 8" benches/latency.sh ... runs only those)
-# PRETOUCH=SIZE (like 4G) gives the paced runs `--pretouch SIZE`; PRETOUCH=auto gives each the
-# peak run's peak RSS plus a quarter. With COMPARE=1 each paced run is made twice, without and
-# then with PRETOUCH, one row each (the memory column says which).
-# AHEAD=SIZE (like 256M) gives the paced runs `--touch-ahead SIZE` instead: memory provided by a
-# thread of its own while the run goes, SIZE ahead of where the allocator grows. COMPARE=1
-# compares it with neither, as for PRETOUCH.
+# The runs are as `runnel bench` runs by default: touch-ahead on, memory provided by a thread of
+# its own while the run goes, 64 MiB ahead of where the allocator grows.
+# AHEAD=SIZE (like 256M) gives the paced runs `--touch-ahead SIZE` instead (0: off).
+# PRETOUCH=SIZE (like 4G) gives them `--pretouch SIZE --touch-ahead 0` instead; PRETOUCH=auto
+# gives each the peak run's peak RSS plus a quarter.
+# With COMPARE=1 each paced run is made twice, first with `--touch-ahead 0` (neither), then as
+# above, one row each (the memory column says which).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
@@ -58,13 +59,14 @@ for q in ${QUERIES:-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22};
     if [ "$pretouch" = auto ]; then
         size=$(echo "$peak_line" | python3 -c 'import json,sys; print(str(int((json.load(sys.stdin)["peak_rss_mb"] or 0) * 1.25) + 1) + "M")')
     fi
-    flag=--pretouch
-    if [ -n "$ahead" ]; then size="$ahead"; flag=--touch-ahead; fi
-    runs=("$size")
-    if [ "$compare" = 1 ] && [ -n "$size" ]; then runs=("" "$size"); fi
+    set_flags=()
+    if [ -n "$size" ]; then set_flags=(--pretouch "$size" --touch-ahead 0); fi
+    if [ -n "$ahead" ]; then set_flags=(--touch-ahead "$ahead"); fi
+    runs=(set)
+    if [ "$compare" = 1 ]; then runs=(neither set); fi
     for s in "${runs[@]}"; do
-        flags=()
-        if [ -n "$s" ]; then flags=("$flag" "$s"); fi
+        flags=(--touch-ahead 0)
+        if [ "$s" = set ]; then flags=("${set_flags[@]}"); fi
         line=$(bench "$q" --rate "$rate" --events "$events" "${flags[@]}")
         python3 - "$q" "$peak" "$peak_n" "$rate" "$events" "$line" <<'PY'
 import json, sys

@@ -61,7 +61,8 @@ pub struct BenchReport {
     pub minor_faults: Option<u64>,
     /// Memory touched before the run (`--pretouch`), MB; 0 without.
     pub pretouch_mb: u64,
-    /// Memory the touch-ahead thread provided during the run (`--touch-ahead`), MB.
+    /// Memory the touch-ahead thread provided during the run (on unless `--touch-ahead 0`),
+    /// MB; absent when it did not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touched_ahead_mb: Option<u64>,
     /// The minor page faults of `minor_faults` that the touch-ahead thread took: the rest

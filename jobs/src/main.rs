@@ -108,15 +108,18 @@ struct BenchArgs {
     /// in the allocator for the whole run (MIMALLOC_PURGE_DELAY=-1), as the JVM's
     /// -XX:+AlwaysPreTouch does: for machines (VMs) that provide memory slowly on first touch,
     /// so that a job whose state grows does not wait for it. The process holds at least SIZE
-    /// until it ends.
+    /// until it ends. Touch-ahead is then off unless --touch-ahead SIZE asks for it too.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
-    /// While the job runs, have a thread of its own provide memory (fault its pages in) SIZE
-    /// ahead of where the allocator grows (like 256M), so that a worker seldom waits for a
-    /// page: for machines (VMs) that provide memory slowly on first touch, without guessing
-    /// the run's size up front as --pretouch does. Memory the job frees is kept, not given
-    /// back; up to SIZE is provided but unused for each place the allocator grows from.
-    /// Linux 5.14 or later.
+    /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
+    /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
+    /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
+    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
+    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
+    /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
+    /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
+    /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
+    /// off with a warning, and a SIZE given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
 }
@@ -205,15 +208,18 @@ struct RunArgs {
     /// in the allocator for the whole run (MIMALLOC_PURGE_DELAY=-1), as the JVM's
     /// -XX:+AlwaysPreTouch does: for machines (VMs) that provide memory slowly on first touch,
     /// so that a job whose state grows does not wait for it. The process holds at least SIZE
-    /// until it ends.
+    /// until it ends. Touch-ahead is then off unless --touch-ahead SIZE asks for it too.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     pretouch: Option<u64>,
-    /// While the job runs, have a thread of its own provide memory (fault its pages in) SIZE
-    /// ahead of where the allocator grows (like 256M), so that a worker seldom waits for a
-    /// page: for machines (VMs) that provide memory slowly on first touch, without guessing
-    /// the run's size up front as --pretouch does. Memory the job frees is kept, not given
-    /// back; up to SIZE is provided but unused for each place the allocator grows from.
-    /// Linux 5.14 or later.
+    /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
+    /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
+    /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
+    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
+    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
+    /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
+    /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
+    /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
+    /// off with a warning, and a SIZE given is an error.
     #[arg(long, value_name = "SIZE", value_parser = runnel_jobs::memory::parse_size)]
     touch_ahead: Option<u64>,
     #[command(flatten)]
@@ -339,31 +345,110 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `--touch-ahead` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ahead {
+    /// `--touch-ahead 0`.
+    Off,
+    /// No flag: on if the allocator can be set for it, else off with a warning.
+    Default,
+    /// `--touch-ahead SIZE`: on, or an error.
+    Asked(u64),
+}
+
+impl Ahead {
+    /// The default SIZE: what session 32 measured the latency suite with (BENCHMARKS.md).
+    const DEFAULT_BYTES: u64 = 64 << 20;
+
+    /// What the flag asks for. Without it: on where the kernel can provide memory ahead
+    /// (Linux 5.14 or later), off elsewhere, with `--pretouch` (which provides the memory
+    /// before the run instead), and after a run of this binary again with the allocator's
+    /// variables failed (see [`set_allocator_for_memory_flags`]).
+    fn of(flag: Option<u64>, pretouch: Option<u64>) -> Self {
+        match flag {
+            None if pretouch.is_some()
+                || DEFAULT_AHEAD_FAILED.load(Ordering::Relaxed)
+                || !ahead_supported() =>
+            {
+                Self::Off
+            }
+            None => Self::Default,
+            Some(0) => Self::Off,
+            Some(b) => Self::Asked(b),
+        }
+    }
+
+    fn bytes(self) -> Option<u64> {
+        match self {
+            Self::Off => None,
+            Self::Default => Some(Self::DEFAULT_BYTES),
+            Self::Asked(b) => Some(b),
+        }
+    }
+}
+
+/// Whether the kernel can provide memory ahead, probed once per process, so that the choice
+/// made before running this binary again and the one made when the run starts agree.
+fn ahead_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(runnel_jobs::memory::TouchAhead::supported)
+}
+
+/// Set when the default touch-ahead needed this binary run again with the allocator's
+/// variables and that failed: the run goes on without it.
+static DEFAULT_AHEAD_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Why the default touch-ahead cannot run in this process: a variable of the allocator set
+/// otherwise than it needs, named with its value.
+fn touch_ahead_blocked_by() -> Option<String> {
+    use runnel_jobs::memory::{
+        arena_reserve_is_small, keeps_freed_memory, ARENA_RESERVE_VAR, PURGE_DELAY_VAR,
+    };
+    let set_otherwise = |var: &str, ok: bool| {
+        (!ok)
+            .then(|| std::env::var(var).ok())
+            .flatten()
+            .map(|v| format!("{var} is set to `{v}`"))
+    };
+    set_otherwise(PURGE_DELAY_VAR, keeps_freed_memory())
+        .or_else(|| set_otherwise(ARENA_RESERVE_VAR, arena_reserve_is_small()))
+}
+
 /// With `--pretouch`, the allocator must keep freed memory, and mimalloc reads that setting
 /// only when the process starts: so unless the variable is set, this runs the same command
 /// again in this process (exec) with it set. It does not return when it does.
 ///
-/// With `--touch-ahead`, likewise: freed memory is kept, and mimalloc's first arena (made
-/// before `main`) must be small, so that the allocator soon grows into the region the
-/// touch-ahead thread provides.
+/// With touch-ahead (on unless `--touch-ahead 0`), likewise: freed memory is kept, and
+/// mimalloc's first arena (made before `main`) must be small, so that the allocator soon grows
+/// into the region the touch-ahead thread provides. A variable the user set otherwise is an
+/// error with `--pretouch` or `--touch-ahead SIZE`; without the flag, touch-ahead is then off
+/// ([`touch_ahead`] warns).
 fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     use runnel_jobs::memory::{
         arena_reserve_is_small, keeps_freed_memory, ARENA_RESERVE_VAR, PURGE_DELAY_VAR,
         SMALL_ARENA_RESERVE,
     };
-    let (pretouch, touch_ahead) = match &cli.command {
-        Command::Run(a) => (a.pretouch, a.touch_ahead.filter(|&b| b > 0)),
-        Command::Bench(a) => (a.pretouch, a.touch_ahead.filter(|&b| b > 0)),
-        _ => (None, None),
+    let (pretouch, ahead) = match &cli.command {
+        Command::Run(a) => (a.pretouch, Ahead::of(a.touch_ahead, a.pretouch)),
+        Command::Bench(a) => (a.pretouch, Ahead::of(a.touch_ahead, a.pretouch)),
+        _ => (None, Ahead::Off),
     };
+    let asked = matches!(ahead, Ahead::Asked(_));
+    if asked && !ahead_supported() {
+        bail!(
+            "--touch-ahead: this kernel cannot provide memory ahead (MADV_POPULATE_WRITE, \
+             Linux 5.14 or later): run without the flag, or with --touch-ahead 0"
+        );
+    }
+    let ahead_on = asked || (ahead == Ahead::Default && touch_ahead_blocked_by().is_none());
     let mut set: Vec<(&str, &str)> = Vec::new();
-    if (pretouch.is_some() || touch_ahead.is_some()) && !keeps_freed_memory() {
-        let flag = match (pretouch, touch_ahead) {
-            (Some(_), Some(_)) => "--pretouch and --touch-ahead",
-            (Some(_), None) => "--pretouch",
-            _ => "--touch-ahead",
-        };
+    if (pretouch.is_some() || ahead_on) && !keeps_freed_memory() {
         if let Ok(v) = std::env::var(PURGE_DELAY_VAR) {
+            let flag = match (pretouch, asked) {
+                (Some(_), true) => "--pretouch and --touch-ahead",
+                (Some(_), false) => "--pretouch",
+                _ => "--touch-ahead",
+            };
             bail!(
                 "{flag}: freed memory must be kept in the allocator ({PURGE_DELAY_VAR}=-1), \
                  but {PURGE_DELAY_VAR} is set to `{v}`: unset it, or set it to -1"
@@ -371,10 +456,10 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
         }
         set.push((PURGE_DELAY_VAR, "-1"));
     }
-    if touch_ahead.is_some() && !arena_reserve_is_small() {
+    if ahead_on && !arena_reserve_is_small() {
         if let Ok(v) = std::env::var(ARENA_RESERVE_VAR) {
             bail!(
-                "--touch-ahead needs the allocator's own arenas small \
+                "--touch-ahead: the allocator's own arenas must be small \
                  ({ARENA_RESERVE_VAR}={SMALL_ARENA_RESERVE}), but {ARENA_RESERVE_VAR} is set \
                  to `{v}`: unset it, or set it to {SMALL_ARENA_RESERVE}"
             );
@@ -387,21 +472,56 @@ fn set_allocator_for_memory_flags(cli: &Cli) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let names: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let names = names.join(" ");
-    let exe = std::env::current_exe()
-        .with_context(|| format!("running this binary again with {names}: where it is"))?;
-    let e = std::process::Command::new(&exe)
-        .args(std::env::args_os().skip(1))
-        .envs(set)
-        .exec();
-    Err(e).with_context(|| format!("running {} again with {names}", exe.display()))
+    let e = std::env::current_exe()
+        .with_context(|| format!("running this binary again with {names}: where it is"))
+        .map(|exe| {
+            let e = std::process::Command::new(&exe)
+                .args(std::env::args_os().skip(1))
+                .envs(set)
+                .exec();
+            anyhow::Error::new(e).context(format!("running {} again with {names}", exe.display()))
+        })
+        .unwrap_or_else(|e| e);
+    if pretouch.is_none() && !asked {
+        // Only the default asked for it: the run goes on without touch-ahead.
+        tracing::warn!(
+            "touch-ahead is off: {e:#}; `--touch-ahead 0` runs without it and without this warning"
+        );
+        DEFAULT_AHEAD_FAILED.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    Err(e)
 }
 
-/// Starts the touch-ahead thread (`--touch-ahead`).
-fn touch_ahead(bytes: Option<u64>) -> anyhow::Result<()> {
-    if let Some(b) = bytes.filter(|&b| b > 0) {
-        runnel_jobs::memory::TouchAhead::start(b)?;
+/// Starts the touch-ahead thread: with `--touch-ahead SIZE`, or by default, when it can. By
+/// default, what keeps it from running is a warning, and the run goes on without it.
+fn touch_ahead(flag: Option<u64>, pretouch: Option<u64>) -> anyhow::Result<()> {
+    use runnel_jobs::memory::{arena_reserve_is_small, keeps_freed_memory, TouchAhead};
+    let ahead = Ahead::of(flag, pretouch);
+    let Some(bytes) = ahead.bytes() else {
+        return Ok(());
+    };
+    if ahead == Ahead::Default && (!keeps_freed_memory() || !arena_reserve_is_small()) {
+        // Not set by the run of this binary again, nor by the user.
+        if let Some(why) = touch_ahead_blocked_by() {
+            tracing::warn!(
+                "touch-ahead is off: {why}, and it sets that variable itself (unset it to have \
+                 touch-ahead); `--touch-ahead 0` runs without it and without this warning"
+            );
+        }
+        return Ok(());
     }
-    Ok(())
+    match TouchAhead::start(bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if ahead == Ahead::Default => {
+            tracing::warn!(
+                "{e}; the run goes on without it (`--touch-ahead 0` runs without it and \
+                 without this warning)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Touches `bytes` before a run (`--pretouch`), on the allocator that keeps freed memory.
@@ -494,13 +614,13 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         measure_latency: true,
         sample_every: Some(Duration::from_millis(50)),
     };
-    touch_ahead(args.touch_ahead)?;
     pretouch(args.pretouch);
+    // Counted from before the touch-ahead thread starts, so that its faults are all in both.
     let faults_before = runnel_jobs::memory::minor_faults();
-    let ahead_before = runnel_jobs::memory::TouchAhead::stats();
+    touch_ahead(args.touch_ahead, args.pretouch)?;
     let summary = run(job, opts)?;
     let faults_after = runnel_jobs::memory::minor_faults();
-    let ahead_after = runnel_jobs::memory::TouchAhead::stats();
+    let ahead = runnel_jobs::memory::TouchAhead::stats();
     let paced = args.rate.is_some_and(|r| r > 0)
         || args
             .set
@@ -511,14 +631,9 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         .zip(faults_after)
         .map(|(b, a)| a.saturating_sub(b));
     report.pretouch_mb = args.pretouch.unwrap_or(0) >> 20;
-    if args.touch_ahead.is_some() {
-        report.touched_ahead_mb = Some(
-            ahead_after
-                .provided_bytes
-                .saturating_sub(ahead_before.provided_bytes)
-                >> 20,
-        );
-        report.touch_ahead_faults = Some(ahead_after.faults.saturating_sub(ahead_before.faults));
+    if runnel_jobs::memory::TouchAhead::started() {
+        report.touched_ahead_mb = Some(ahead.provided_bytes >> 20);
+        report.touch_ahead_faults = Some(ahead.faults);
     }
     if !args.json {
         eprintln!("{report}");
@@ -583,8 +698,8 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
             args.cluster.processes
         );
     }
-    touch_ahead(args.touch_ahead)?;
     pretouch(args.pretouch);
+    touch_ahead(args.touch_ahead, args.pretouch)?;
     let mut restarts = 0;
     let summary = loop {
         match run(job, opts.clone()) {

@@ -12,9 +12,10 @@
 //! The price: the process holds at least SIZE for its whole life, and memory it frees is
 //! never returned.
 //!
-//! `--touch-ahead SIZE` ([`TouchAhead`]) provides the memory while the job runs instead, on a
-//! thread of its own, a little ahead of where the allocator grows: no size to guess, and only
-//! about SIZE more than the job uses.
+//! Touch-ahead ([`TouchAhead`], on by default in `runnel run` and `runnel bench` with 64 MiB,
+//! `--touch-ahead SIZE` to change it, 0 to turn it off) provides the memory while the job runs
+//! instead, on a thread of its own, a little ahead of where the allocator grows: no size to
+//! guess, and only about SIZE more than the job uses.
 //!
 //! mimalloc reads its options when the process starts, so the binary sets the variables by
 //! running itself again with them ([`keeps_freed_memory`], [`arena_reserve_is_small`]).
@@ -48,7 +49,7 @@ pub fn pretouch(bytes: u64) {
 /// KiB or with a unit.
 pub const ARENA_RESERVE_VAR: &str = "MIMALLOC_ARENA_RESERVE";
 
-/// The value of [`ARENA_RESERVE_VAR`] with `--touch-ahead`: mimalloc then makes its first
+/// The value of [`ARENA_RESERVE_VAR`] with touch-ahead ([`TouchAhead`]): mimalloc then makes its first
 /// arena 64 MiB (it adds 32 MiB to what it reserves and rounds up).
 pub const SMALL_ARENA_RESERVE: &str = "32MiB";
 
@@ -124,7 +125,12 @@ mod ahead {
     /// piece's own metadata, at its start) are not where it will grow.
     static HANDED_OVER: AtomicBool = AtomicBool::new(false);
     static PROVIDED: AtomicU64 = AtomicU64::new(0);
+    /// How many ranges mimalloc has started to use in the region: the thread looks at the
+    /// marks again only when this moved.
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
     static FAULTS: AtomicU64 = AtomicU64::new(0);
+    /// Set once the thread is started.
+    static STARTED: AtomicBool = AtomicBool::new(false);
 
     type CommitFn = unsafe extern "C" fn(
         commit: bool,
@@ -174,6 +180,7 @@ mod ahead {
             for flag in r.used.iter().take(hi).skip(lo) {
                 flag.store(true, Ordering::Relaxed);
             }
+            COMMITS.fetch_add(1, Ordering::Release);
         }
         true
     }
@@ -294,6 +301,7 @@ mod ahead {
             .name("runnel-touch-ahead".into())
             .spawn(move || run(ahead, first_arena))
             .map_err(TouchAheadError::Thread)?;
+        STARTED.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -391,7 +399,7 @@ mod ahead {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(
-                    "--touch-ahead stopped: could not start its second thread: {e}; \
+                    "touch-ahead stopped: could not start its second thread: {e}; \
                      the run goes on without it"
                 );
                 return;
@@ -419,16 +427,25 @@ mod ahead {
         }
         let mut provided = vec![false; r.used.len()];
         let mut used = vec![false; r.used.len()];
+        // The commits seen at the last look, when it found nothing to do.
+        let mut idle_at: Option<u64> = None;
         loop {
+            let commits = COMMITS.load(Ordering::Acquire);
+            if idle_at == Some(commits) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             for (u, flag) in used.iter_mut().zip(r.used.iter()) {
                 *u = flag.load(Ordering::Relaxed);
             }
             // A few at a time, so that a place the allocator has just reached comes first.
             let plan = touch_plan(&used, &provided, ahead, 4);
             if plan.is_empty() {
+                idle_at = Some(commits);
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
+            idle_at = None;
             for g in plan {
                 debug_assert!(g * GRANULE + GRANULE <= r.len);
                 let rc = populate.range(r.base + g * GRANULE, GRANULE);
@@ -440,11 +457,11 @@ mod ahead {
                             continue;
                         }
                         Some(libc::EINVAL) => tracing::warn!(
-                            "--touch-ahead stopped: the kernel refused MADV_POPULATE_WRITE \
+                            "touch-ahead stopped: the kernel refused MADV_POPULATE_WRITE \
                              ({e}; it needs Linux 5.14 or later); the run goes on without it"
                         ),
                         _ => tracing::warn!(
-                            "--touch-ahead stopped: providing {} MB at offset {} MB of its \
+                            "touch-ahead stopped: providing {} MB at offset {} MB of its \
                              region failed: {e}; the run goes on without it",
                             GRANULE >> 20,
                             (g * GRANULE) >> 20
@@ -458,6 +475,31 @@ mod ahead {
         }
     }
 
+    pub(super) fn started() -> bool {
+        STARTED.load(Ordering::Relaxed)
+    }
+
+    /// Whether the kernel takes `MADV_POPULATE_WRITE` (Linux 5.14), tried on a page of its own.
+    pub(super) fn supported() -> bool {
+        // SAFETY: a fresh anonymous page of ours, advised and unmapped; nothing else sees it.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return false;
+            }
+            let ok = libc::madvise(p, 4096, libc::MADV_POPULATE_WRITE) == 0;
+            libc::munmap(p, 4096);
+            ok
+        }
+    }
+
     pub(super) fn stats() -> TouchAheadStats {
         TouchAheadStats {
             provided_bytes: PROVIDED.load(Ordering::Relaxed),
@@ -466,7 +508,8 @@ mod ahead {
     }
 }
 
-/// The background provider of memory of `--touch-ahead SIZE`: one per process, for the
+/// The background provider of memory of touch-ahead (on by default in `runnel run` and
+/// `runnel bench`, `--touch-ahead SIZE`): one per process, for the
 /// process's life.
 ///
 /// [`pretouch`] pays for a run's memory before the run, in one go and up to a size the user
@@ -481,7 +524,8 @@ mod ahead {
 ///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
 ///   (it runs inside the allocator: no allocation, no lock).
 /// * A thread at idle priority (`runnel-touch-ahead`: it runs when a core is free) looks at
-///   the marks every millisecond and has every granule within SIZE after a marked one that is
+///   the marks each millisecond in which mimalloc started to use more of the region (a
+///   counter of its commits says so) and has every granule within SIZE after a marked one that is
 ///   not provided yet provided, nearest first, one at a time, by a second thread at normal
 ///   priority (`runnel-populate`) with `madvise(MADV_POPULATE_WRITE)` (Linux 5.14).
 ///   `MADV_POPULATE_WRITE` writes no data: it only faults in the pages, so it is safe on
@@ -552,6 +596,32 @@ impl TouchAhead {
         {
             let _ = ahead;
             Err(TouchAheadError::Unsupported)
+        }
+    }
+
+    /// Whether [`TouchAhead::start`] started the thread in this process (it may have stopped
+    /// since, with a warning, if the kernel refused to provide memory).
+    pub fn started() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            ahead::started()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// Whether this machine can provide memory ahead: Linux 5.14 or later
+    /// (`MADV_POPULATE_WRITE`).
+    pub fn supported() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            ahead::supported()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
         }
     }
 

@@ -484,8 +484,8 @@ fn restart_retries_a_failing_job_n_times_then_fails() {
 
 /// q20 paced on one worker (1.5M events at 500,000 a second), with `extra` flags: transparent
 /// huge pages off in mimalloc's memory (`MIMALLOC_ALLOW_THP=0`), so that a fault there is a
-/// 4 KiB page, and the allocator settings that `--pretouch` and `--touch-ahead` make left
-/// for them to make. The touch-ahead thread runs at normal priority
+/// 4 KiB page, and the allocator settings that `--pretouch` and touch-ahead (on by default)
+/// make left for them to make. The touch-ahead thread runs at normal priority
 /// (`RUNNEL_TOUCH_AHEAD_IDLE=0`): at idle priority the other tests, which run at the same time
 /// on the same cores, could keep it from running at all.
 fn q20_paced(extra: &[&str]) -> Output {
@@ -501,28 +501,57 @@ fn q20_paced(extra: &[&str]) -> Output {
         .expect("runnel runs")
 }
 
-/// `runnel bench` with `flag` and the allocator told otherwise (`var`=`value`) is an error
-/// that names the setting.
-fn refused_with_allocator_setting(flag: &str, var: &str, value: &str) {
-    let o = Command::new(env!("CARGO_BIN_EXE_runnel"))
+/// `runnel bench nexmark-q0` on 1,000 events with `args`, the allocator's variables as the
+/// user set them (`var`=`value`, the other unset) and warnings shown.
+fn q0_with_allocator_setting(var: &str, value: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .env_remove("MIMALLOC_PURGE_DELAY")
+        .env_remove("MIMALLOC_ARENA_RESERVE")
+        .env("RUST_LOG", "warn")
         .env(var, value)
-        .args(["bench", "nexmark-q0", "--events", "1000", flag, "1M"])
+        .args(["bench", "nexmark-q0", "--events", "1000", "--json"])
+        .args(args)
         .output()
-        .expect("runnel runs");
+        .expect("runnel runs")
+}
+
+/// `runnel bench` with `flag` and the allocator told otherwise (`var`=`value`) is an error
+/// that names the flag and the setting.
+fn refused_with_allocator_setting(flag: &str, var: &str, value: &str) {
+    let o = q0_with_allocator_setting(var, value, &[flag, "1M"]);
     assert!(!o.status.success(), "{flag} with {var}={value} ran");
-    let want = format!("{var} is set to `{value}`");
+    let want = format!("{flag}: ");
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    let want = format!("but {var} is set to `{value}`");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}
+
+/// Without `--touch-ahead`, the allocator told otherwise (`var`=`value`) leaves touch-ahead
+/// off: the run goes on, and says why, unless `--touch-ahead 0` asked for it off.
+fn default_touch_ahead_off_with_allocator_setting(var: &str, value: &str) {
+    let warning = format!("touch-ahead is off: {var} is set to `{value}`");
+    let o = q0_with_allocator_setting(var, value, &[]);
+    let report = summary(&o);
+    assert_eq!(report["events"], 1000, "{report}");
+    assert!(report.get("touched_ahead_mb").is_none(), "{report}");
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+
+    let o = q0_with_allocator_setting(var, value, &["--touch-ahead", "0"]);
+    let report = summary(&o);
+    assert!(report.get("touched_ahead_mb").is_none(), "{report}");
+    assert!(!stderr(&o).contains("touch-ahead"), "{}", stderr(&o));
 }
 
 /// `--pretouch`: the memory written before the run stays in the process and the run's state
 /// grows into it instead of into new pages. The reference is the same paced run without it
 /// (3 s, longer than mimalloc's default 1 s wait before it gives freed memory back, so a run
 /// whose allocator did not keep the memory faults its pages in again). Transparent huge pages
-/// are off in both (mimalloc's `MIMALLOC_ALLOW_THP=0`), so that a fault is a 4 KiB page.
+/// are off in both (mimalloc's `MIMALLOC_ALLOW_THP=0`), so that a fault is a 4 KiB page, and
+/// so is touch-ahead, whose memory would blur the counts.
 #[test]
 fn pretouched_memory_is_kept_and_the_run_grows_into_it() {
-    let plain = summary(&q20_paced(&[]));
-    let touched = summary(&q20_paced(&["--pretouch", "512M"]));
+    let plain = summary(&q20_paced(&["--touch-ahead", "0"]));
+    let touched = summary(&q20_paced(&["--pretouch", "512M", "--touch-ahead", "0"]));
     let mb = |v: &Value| v["peak_rss_mb"].as_f64().expect("peak RSS");
     let faults = |v: &Value| v["minor_faults"].as_u64().expect("minor faults");
     let (need, faults_plain) = (mb(&plain), faults(&plain));
@@ -550,14 +579,20 @@ fn pretouched_memory_is_kept_and_the_run_grows_into_it() {
     assert!(stderr(&o).contains("`4X` is not a size"), "{}", stderr(&o));
 }
 
-/// `--touch-ahead`: a thread of its own provides the memory the run grows into, so the other
-/// threads take few page faults. The reference is the same paced run without it, with
-/// transparent huge pages off (`MIMALLOC_ALLOW_THP=0`, which the touch-ahead region follows),
-/// as in the test above.
+/// Touch-ahead, on by default: a thread of its own provides the memory the run grows into, so
+/// the other threads take few page faults. The reference is the same paced run with
+/// `--touch-ahead 0`, with transparent huge pages off (`MIMALLOC_ALLOW_THP=0`, which the
+/// touch-ahead region follows), as in the test above.
 #[test]
 fn touch_ahead_takes_the_page_faults_off_the_workers() {
-    let plain = summary(&q20_paced(&[]));
-    let ahead = summary(&q20_paced(&["--touch-ahead", "64M"]));
+    let plain = summary(&q20_paced(&["--touch-ahead", "0"]));
+    let by_default = q20_paced(&[]);
+    let said = stderr(&by_default);
+    assert!(
+        !said.contains("touch-ahead is off") && !said.contains("touch-ahead stopped"),
+        "{said}"
+    );
+    let ahead = summary(&by_default);
     let faults = |v: &Value| v["minor_faults"].as_u64().expect("minor faults");
     let faults_plain = faults(&plain);
     assert!(faults_plain > 5_000, "{plain}");
@@ -569,16 +604,25 @@ fn touch_ahead_takes_the_page_faults_off_the_workers() {
     let by_thread = ahead["touch_ahead_faults"]
         .as_u64()
         .expect("touch_ahead_faults");
-    // The thread provided the allocator's first arena (64 MiB) and SIZE ahead of its use of
-    // the region at least, and took faults doing it ...
+    // The thread provided the allocator's first arena (64 MiB) and the default 64 MiB ahead of
+    // its use of the region at least, and took faults doing it ...
     assert!(provided >= 128 && by_thread > 0, "{ahead}");
     // ... and the others took few: a quarter of the run's faults without it at most.
     let others = faults(&ahead).saturating_sub(by_thread);
     assert!(others * 4 < faults_plain, "{ahead} against {plain}");
 
-    // An allocator told otherwise is an error that names the setting.
+    // An allocator told otherwise is an error that names the setting with the flag, and
+    // leaves the default off with a warning.
     refused_with_allocator_setting("--touch-ahead", "MIMALLOC_ARENA_RESERVE", "1GiB");
     refused_with_allocator_setting("--touch-ahead", "MIMALLOC_PURGE_DELAY", "10");
+    default_touch_ahead_off_with_allocator_setting("MIMALLOC_ARENA_RESERVE", "1GiB");
+    default_touch_ahead_off_with_allocator_setting("MIMALLOC_PURGE_DELAY", "10");
+    // --pretouch turns the default off, and needs only freed memory kept: it runs.
+    let o = q0_with_allocator_setting("MIMALLOC_ARENA_RESERVE", "1GiB", &["--pretouch", "1M"]);
+    let report = summary(&o);
+    assert_eq!(report["pretouch_mb"], 1, "{report}");
+    assert!(report.get("touched_ahead_mb").is_none(), "{report}");
+    assert!(!stderr(&o).contains("touch-ahead"), "{}", stderr(&o));
 }
 
 /// `runnel bench` on a cluster takes checkpoints only into a folder its processes share: without
