@@ -316,74 +316,105 @@ mod ahead {
         })
     }
 
-    /// Faults in what the touch-ahead thread asks for, on a thread of its own at normal
-    /// priority.
+    /// A thread at idle priority (`SCHED_IDLE`) that the touch-ahead thread waits for before
+    /// each granule: it runs only when a core is free, so the touch-ahead thread starts a
+    /// granule only then, as if it were at idle priority itself.
     ///
-    /// `MADV_POPULATE_WRITE` holds the process's memory map (its `mmap_lock`, for reading)
-    /// while it faults a range in. A thread at `SCHED_IDLE` that is preempted while it holds it
-    /// may not run again for a second or more while the cores are busy (another process's
-    /// workers, on a shared machine); and once any thread of the process waits to change the
-    /// map (`mmap`, `munmap`: a thread's stack, a large buffer), every thread that then needs
-    /// the map waits behind it. Seen on two processes of a cluster on one machine, whose first
-    /// checkpoint then came seconds late. So the planning thread stays at idle priority, and
-    /// hands each range (one granule) to this one, which holds the map only while it faults
-    /// the range in, at the priority of the workers.
-    struct Populate {
-        ask: SyncSender<(usize, usize)>,
-        answer: Receiver<std::io::Result<()>>,
+    /// The touch-ahead thread is not at idle priority itself because `MADV_POPULATE_WRITE`
+    /// holds the process's memory map (its `mmap_lock`, for reading) while it faults a range
+    /// in. A thread at `SCHED_IDLE` preempted while it holds it may not run again for a second
+    /// or more while the cores are busy (another process's workers, on a shared machine); and
+    /// once any thread of the process waits to change the map (`mmap`, `munmap`: a thread's
+    /// stack, a large buffer), every thread that then needs the map waits behind it. Seen with
+    /// the two processes of a cluster on one machine, whose first checkpoint then came seconds
+    /// late. So the touch-ahead thread plans, allocates, logs and faults pages in at the
+    /// priority of the workers, and only its waiting for a free core is done at idle priority,
+    /// by this thread, which holds nothing but its turn.
+    struct IdleGate {
+        ask: SyncSender<()>,
+        go: Receiver<()>,
     }
 
-    impl Populate {
-        fn start() -> std::io::Result<Self> {
-            let (ask, asked) = sync_channel::<(usize, usize)>(1);
-            let (answered, answer) = sync_channel(1);
+    impl IdleGate {
+        /// `idle`: lower the gate's priority (false for tests, `RUNNEL_TOUCH_AHEAD_IDLE=0`).
+        fn start(idle: bool) -> std::io::Result<Self> {
+            let (ask, asked) = sync_channel::<()>(1);
+            let (went, go) = sync_channel::<()>(1);
             std::thread::Builder::new()
-                .name("runnel-populate".into())
+                .name("runnel-touch-idle".into())
                 .spawn(move || {
-                    let at_start = thread_minor_faults();
-                    for (start, len) in asked {
-                        // SAFETY: the ranges come from `run`: the region, which stays mapped
-                        // for the process's life, and mimalloc's first arena, which it never
-                        // unmaps. MADV_POPULATE_WRITE writes no data, it only faults the pages
-                        // in; a failure leaves the mapping as it was.
-                        let rc = unsafe {
-                            libc::madvise(start as *mut c_void, len, libc::MADV_POPULATE_WRITE)
-                        };
-                        let r = if rc == 0 {
-                            Ok(())
-                        } else {
-                            Err(std::io::Error::last_os_error())
-                        };
-                        FAULTS.store(
-                            thread_minor_faults().saturating_sub(at_start),
-                            Ordering::Relaxed,
-                        );
-                        if answered.send(r).is_err() {
-                            return;
+                    if idle {
+                        let param = libc::sched_param { sched_priority: 0 };
+                        // SAFETY: sched_setscheduler on this thread (0) with a valid
+                        // parameter; failing leaves the thread at normal priority.
+                        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                        if rc != 0 {
+                            tracing::debug!(
+                                "touch-ahead: could not lower the gate's priority: {}",
+                                std::io::Error::last_os_error()
+                            );
                         }
                     }
+                    for () in asked {
+                        if went.send(()).is_err() {
+                            break;
+                        }
+                    }
+                    // Never returns: a thread's exit gives its stack back (glibc's madvise
+                    // on it holds the memory map), which a thread at idle priority must not
+                    // do.
+                    loop {
+                        std::thread::park();
+                    }
                 })?;
-            Ok(Populate { ask, answer })
+            Ok(IdleGate { ask, go })
         }
 
-        /// Faults in `len` bytes at `start` (page-aligned), and waits until it is done.
-        fn range(&self, start: usize, len: usize) -> std::io::Result<()> {
-            let gone = || std::io::Error::other("the populating thread has stopped");
-            self.ask.send((start, len)).map_err(|_| gone())?;
-            self.answer.recv().map_err(|_| gone())?
+        /// Returns once the gate thread has run (a core was free), or at once with false if
+        /// it is gone.
+        fn wait(&self) -> bool {
+            self.ask.send(()).is_ok() && self.go.recv().is_ok()
+        }
+    }
+
+    /// Faults in `len` bytes at `start` (page-aligned) once a core is free.
+    ///
+    /// # Safety
+    /// The range must lie in the region (which stays mapped for the process's life) or in
+    /// mimalloc's first arena (which it never unmaps).
+    unsafe fn populate(gate: &IdleGate, start: usize, len: usize) -> std::io::Result<()> {
+        if !gate.wait() {
+            return Err(std::io::Error::other(
+                "its idle-priority thread has stopped",
+            ));
+        }
+        // SAFETY: a mapped range of this process (the caller's contract). MADV_POPULATE_WRITE
+        // writes no data, it only faults the pages in; a failure leaves the mapping as it was.
+        let rc = unsafe { libc::madvise(start as *mut c_void, len, libc::MADV_POPULATE_WRITE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
 
     /// Provides the allocator's first arena (`start`, `len`: the mapping that held an
     /// allocation of mimalloc's made before the region existed), a granule at a time, so that
     /// no call holds the process's memory map for long.
-    fn provide_first_arena(populate: &Populate, (start, len): (usize, usize)) {
+    fn provide_first_arena(gate: &IdleGate, (start, len): (usize, usize)) {
         let page = 4096;
         let start = start.div_ceil(page) * page;
         let mut at = 0;
         while at < len {
             let n = GRANULE.min(len - at);
-            if populate.range(start + at, n).is_err() {
+            // SAFETY: mimalloc's first arena, which it never unmaps while the process runs.
+            if let Err(e) = unsafe { populate(gate, start + at, n) } {
+                tracing::debug!(
+                    "touch-ahead: providing the allocator's first arena stopped at {} of {} \
+                     MB: {e}",
+                    at >> 20,
+                    len >> 20
+                );
                 return;
             }
             PROVIDED.fetch_add(n as u64, Ordering::Relaxed);
@@ -395,36 +426,27 @@ mod ahead {
         let r = REGION
             .get()
             .expect("the region is set before the thread starts");
-        let populate = match Populate::start() {
-            Ok(p) => p,
+        let faults_at_start = thread_minor_faults();
+        // Only when no worker wants a core: the thread's work can wait, theirs not (unless
+        // RUNNEL_TOUCH_AHEAD_IDLE=0, for tests; see `TouchAhead`).
+        let normal = std::env::var("RUNNEL_TOUCH_AHEAD_IDLE").is_ok_and(|v| v.trim() == "0");
+        let gate = match IdleGate::start(!normal) {
+            Ok(g) => g,
             Err(e) => {
                 tracing::warn!(
-                    "touch-ahead stopped: could not start its second thread: {e}; \
+                    "touch-ahead stopped: could not start its idle-priority thread: {e}; \
                      the run goes on without it"
                 );
                 return;
             }
         };
-        // Run only when no worker wants the core: the thread's work can wait, theirs not
-        // (unless RUNNEL_TOUCH_AHEAD_IDLE=0, for tests; see `TouchAhead`).
-        let normal = std::env::var("RUNNEL_TOUCH_AHEAD_IDLE").is_ok_and(|v| v.trim() == "0");
-        let idle = if normal {
-            0
-        } else {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: sched_setscheduler on this thread (0) with a valid parameter; failing
-            // leaves the thread at normal priority.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }
-        };
-        if idle != 0 {
-            tracing::debug!(
-                "touch-ahead: could not lower the thread's priority: {}",
-                std::io::Error::last_os_error()
-            );
-        }
         if let Some(m) = first_arena {
-            provide_first_arena(&populate, m);
+            provide_first_arena(&gate, m);
         }
+        FAULTS.store(
+            thread_minor_faults().saturating_sub(faults_at_start),
+            Ordering::Relaxed,
+        );
         let mut provided = vec![false; r.used.len()];
         let mut used = vec![false; r.used.len()];
         // The commits seen at the last look, when it found nothing to do.
@@ -448,8 +470,8 @@ mod ahead {
             idle_at = None;
             for g in plan {
                 debug_assert!(g * GRANULE + GRANULE <= r.len);
-                let rc = populate.range(r.base + g * GRANULE, GRANULE);
-                if let Err(e) = rc {
+                // SAFETY: a granule inside the region.
+                if let Err(e) = unsafe { populate(&gate, r.base + g * GRANULE, GRANULE) } {
                     match e.raw_os_error() {
                         Some(libc::EINTR) | Some(libc::EAGAIN) => {
                             // Tried again at the next plan, after a pause.
@@ -472,6 +494,10 @@ mod ahead {
                 provided[g] = true;
                 PROVIDED.fetch_add(GRANULE as u64, Ordering::Relaxed);
             }
+            FAULTS.store(
+                thread_minor_faults().saturating_sub(faults_at_start),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -523,15 +549,16 @@ mod ahead {
 ///   commit function of ours (`mi_manage_memory`). mimalloc calls that function for each
 ///   range it starts to use; the function marks the range's 2 MiB granules, and nothing more
 ///   (it runs inside the allocator: no allocation, no lock).
-/// * A thread at idle priority (`runnel-touch-ahead`: it runs when a core is free) looks at
-///   the marks each millisecond in which mimalloc started to use more of the region (a
-///   counter of its commits says so) and has every granule within SIZE after a marked one that is
-///   not provided yet provided, nearest first, one at a time, by a second thread at normal
-///   priority (`runnel-populate`) with `madvise(MADV_POPULATE_WRITE)` (Linux 5.14).
+/// * A thread (`runnel-touch-ahead`) looks at the marks each millisecond in which mimalloc
+///   started to use more of the region (a counter of its commits says so) and provides, with
+///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
+///   one that it has not provided yet, nearest first, one at a time, each once a second
+///   thread at idle priority (`runnel-touch-idle`) has run: that is, when a core is free.
 ///   `MADV_POPULATE_WRITE` writes no data: it only faults in the pages, so it is safe on
 ///   memory the allocator is using. It holds the process's memory map while it does, which
-///   is why it is not done at idle priority: a thread that holds the map and waits for a
-///   free core would stop every thread of the process that needs to change the map.
+///   is why the thread that calls it is at normal priority: a thread at idle priority that
+///   holds the map and waits for a free core would stop every thread of the process that
+///   needs to change the map.
 /// * The arena never gives memory back (the commit function refuses to decommit), so what was
 ///   provided stays provided, as with [`pretouch`].
 ///
@@ -548,7 +575,7 @@ mod ahead {
 /// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
 /// by the thread instead of by a worker.
 ///
-/// For tests, `RUNNEL_TOUCH_AHEAD_IDLE=0` leaves the thread at normal priority: at idle priority
+/// For tests, `RUNNEL_TOUCH_AHEAD_IDLE=0` leaves the gate at normal priority: at idle priority
 /// a machine kept busy by other work (a test suite's other tests) may never run it.
 pub struct TouchAhead;
 
@@ -600,7 +627,8 @@ impl TouchAhead {
     }
 
     /// Whether [`TouchAhead::start`] started the thread in this process (it may have stopped
-    /// since, with a warning, if the kernel refused to provide memory).
+    /// since, with a warning, if the kernel refused to provide memory or its idle-priority
+    /// thread could not start).
     pub fn started() -> bool {
         #[cfg(target_os = "linux")]
         {

@@ -485,9 +485,9 @@ fn restart_retries_a_failing_job_n_times_then_fails() {
 /// q20 paced on one worker (1.5M events at 500,000 a second), with `extra` flags: transparent
 /// huge pages off in mimalloc's memory (`MIMALLOC_ALLOW_THP=0`), so that a fault there is a
 /// 4 KiB page, and the allocator settings that `--pretouch` and touch-ahead (on by default)
-/// make left for them to make. The touch-ahead thread runs at normal priority
-/// (`RUNNEL_TOUCH_AHEAD_IDLE=0`): at idle priority the other tests, which run at the same time
-/// on the same cores, could keep it from running at all.
+/// make left for them to make. The touch-ahead thread waits for no free core
+/// (`RUNNEL_TOUCH_AHEAD_IDLE=0`): with its gate at idle priority, the other tests, which run at
+/// the same time on the same cores, could keep it from providing anything.
 fn q20_paced(extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .env("MIMALLOC_ALLOW_THP", "0")
