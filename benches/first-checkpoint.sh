@@ -12,9 +12,13 @@
 # The time is timely's cluster start (about 1 s: process 0 polls for connections once a second)
 # plus the job's first checkpoint. "(N polls)" after a time says process 0 polled N times (timely
 # prints "awaiting connections" each time) before process 1 had connected: each poll after the
-# first is 1 s more.
+# first is 1 s more. The ports are picked at random: one in use also shows as "none".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$#" -lt 2 ]; then
+    echo "usage: benches/first-checkpoint.sh ROUNDS \"ARGS A\" [\"ARGS B\" ...]" >&2
+    exit 2
+fi
 rounds="$1"
 shift
 q="${Q:-q4}"
@@ -42,7 +46,7 @@ PY
 one_run() {
     local set="$1" env=() args=()
     for word in $set; do
-        if [[ "$word" == *=* && "${#args[@]}" == 0 ]]; then env+=("$word"); else args+=("$word"); fi
+        if [[ "$word" =~ ^[A-Za-z_][A-Za-z0-9_]*= && "${#args[@]}" == 0 ]]; then env+=("$word"); else args+=("$word"); fi
     done
     local dir
     dir=$(mktemp -d)
@@ -66,7 +70,7 @@ one_run() {
     local polls
     polls=$(grep -c "awaiting connections" "$dir/out-0.log" || true)
     echo -n "$(first_checkpoint "$dir/err-0.log" "$start")"
-    if [ "$polls" -gt 1 ]; then echo -n "($polls polls)"; fi
+    if [ "$polls" -gt 1 ]; then echo -n " ($polls polls)"; fi
     echo
     rm -rf "$dir"
 }

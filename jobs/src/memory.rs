@@ -106,7 +106,7 @@ mod ahead {
     use super::{touch_plan, TouchAheadError, TouchAheadStats, GRANULE};
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+    use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
     use std::sync::OnceLock;
     use std::time::Duration;
 
@@ -335,6 +335,14 @@ mod ahead {
         go: Receiver<()>,
     }
 
+    /// Never returns: a thread's exit gives its stack back (glibc's madvise on it holds the
+    /// memory map), which a thread at idle priority must not do.
+    fn park_for_ever() -> ! {
+        loop {
+            std::thread::park();
+        }
+    }
+
     impl IdleGate {
         /// `idle`: lower the gate's priority (false for tests, `RUNNEL_TOUCH_AHEAD_IDLE=0`).
         fn start(idle: bool) -> std::io::Result<Self> {
@@ -343,6 +351,15 @@ mod ahead {
             std::thread::Builder::new()
                 .name("runnel-touch-idle".into())
                 .spawn(move || {
+                    // A first wait at normal priority: a thread's first blocking wait on a
+                    // channel sets up what it needs for it (its context: an allocation),
+                    // which is not to be done at idle priority. An ask that comes in the
+                    // meantime is answered at once.
+                    match asked.recv_timeout(Duration::from_millis(1)) {
+                        Ok(()) if went.send(()).is_err() => park_for_ever(),
+                        Err(RecvTimeoutError::Disconnected) => park_for_ever(),
+                        _ => {}
+                    }
                     if idle {
                         let param = libc::sched_param { sched_priority: 0 };
                         // SAFETY: sched_setscheduler on this thread (0) with a valid
@@ -360,12 +377,7 @@ mod ahead {
                             break;
                         }
                     }
-                    // Never returns: a thread's exit gives its stack back (glibc's madvise
-                    // on it holds the memory map), which a thread at idle priority must not
-                    // do.
-                    loop {
-                        std::thread::park();
-                    }
+                    park_for_ever()
                 })?;
             Ok(IdleGate { ask, go })
         }
@@ -441,14 +453,25 @@ mod ahead {
             }
         };
         if !normal {
-            // Below the workers, but not so far that it waits long for a core while it holds
-            // the map: a worker that wakes takes the core from a thread of lower weight at
-            // once (as from one at idle priority), and on a core kept busy this one still has
-            // a tenth of it (nice 10 weighs 110 against the workers' 1024), where one at idle
-            // priority has 0.3%.
-            // SAFETY: setpriority on this thread (0: the caller, on Linux); failing leaves it
-            // at normal priority.
-            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            // Below the workers (nice 10 more than the process), but not so far that it waits
+            // long for a core while it holds the map: a worker that wakes soon takes the core
+            // from a thread of lower weight (within a scheduler slice, a few ms), and on a
+            // core kept busy this one still has about a tenth of it (nice 10 weighs 110
+            // against the workers' 1,024; `SCHED_IDLE` 3). A granule takes about 8 ms of a
+            // core on the project's VM, so it holds the map for 80 ms at most on a busy core,
+            // where at idle priority it held it for seconds.
+            // SAFETY: getpriority and setpriority on this thread (0: the caller, on Linux),
+            // with errno cleared first to tell a nice of -1 from an error; the kernel clamps
+            // the value to 19. Failing leaves the thread at the process's priority.
+            let rc = unsafe {
+                *libc::__errno_location() = 0;
+                let now = libc::getpriority(libc::PRIO_PROCESS, 0);
+                if now == -1 && *libc::__errno_location() != 0 {
+                    -1
+                } else {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, now + 10)
+                }
+            };
             if rc != 0 {
                 tracing::debug!(
                     "touch-ahead: could not lower the thread's priority: {}",
