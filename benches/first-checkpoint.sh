@@ -9,10 +9,11 @@
 #        Q=q20 EVENTS=2000000 ALIVE=3.5 benches/first-checkpoint.sh 4 ""
 # An argument set may start with environment settings:
 #   "RUNNEL_TOUCH_AHEAD_IDLE=0 --touch-ahead 64M".
-# The time is timely's cluster start (about 1 s: process 0 polls for connections once a second)
-# plus the job's first checkpoint. "(N polls)" after a time says process 0 polled N times (timely
-# prints "awaiting connections" each time) before process 1 had connected: each poll after the
-# first is 1 s more. The ports are picked at random: one in use also shows as "none".
+# The time is the cluster's start plus the job's first checkpoint. Before session 35 timely
+# connected the processes, polling once a second: "(N polls)" after a time says process 0 polled
+# N times (timely printed "awaiting connections" each time), each poll after the first 1 s more;
+# runnel's own connection loop prints nothing there. The ports are picked at random: one in use
+# also shows as "none". BIN=PATH runs that binary instead of building target/release/runnel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$#" -lt 2 ]; then
@@ -24,8 +25,12 @@ shift
 q="${Q:-q4}"
 events="${EVENTS:-1200000}"
 seconds="${ALIVE:-3.5}"
-cargo build --release -q --bin runnel
-bin="$PWD/target/release/runnel"
+if [ -n "${BIN:-}" ]; then
+    bin="$BIN"
+else
+    cargo build --release -q --bin runnel
+    bin="$PWD/target/release/runnel"
+fi
 
 # Prints the seconds from `start` (epoch seconds) to the first checkpoint in log $1.
 first_checkpoint() {

@@ -35,6 +35,7 @@
 mod align;
 pub mod batch;
 pub mod checkpoint;
+mod cluster;
 pub mod config;
 mod epoch_log;
 pub mod error;

@@ -86,6 +86,9 @@ pub struct RunOptions {
     /// Sample the records read so far this often, into [`RunSummary::samples`]; for
     /// benchmarks (steady-state throughput).
     pub sample_every: Option<Duration>,
+    /// How long the processes of a cluster have to connect to each other before the run fails
+    /// (each process waits this long from its start for the others).
+    pub connect_timeout: Duration,
 }
 
 impl Default for RunOptions {
@@ -103,12 +106,16 @@ impl Default for RunOptions {
             checkpoint: None,
             measure_latency: false,
             sample_every: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
 
 /// [`RunOptions::max_in_flight`] by default: ten epochs of 100 ms.
 pub const DEFAULT_MAX_IN_FLIGHT: Duration = Duration::from_secs(1);
+
+/// [`RunOptions::connect_timeout`] by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RunOptions {
     /// `workers` threads in one process.
@@ -193,17 +200,11 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 opts.process_id, opts.processes
             )));
         }
-        timely::CommunicationConfig::Cluster {
-            threads: opts.workers,
-            process: opts.process_id,
-            addresses: opts.hosts.clone(),
-            report: false,
-            zerocopy: false,
-        }
+        None
     } else if opts.workers > 1 {
-        timely::CommunicationConfig::Process(opts.workers)
+        Some(timely::CommunicationConfig::Process(opts.workers))
     } else {
-        timely::CommunicationConfig::Thread
+        Some(timely::CommunicationConfig::Thread)
     };
     let mut worker_config = timely::WorkerConfig::default();
     if let Some(effort) = idle_merge_effort()? {
@@ -213,10 +214,6 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
                 .idle_merge_effort(Some(isize::try_from(effort).unwrap_or(isize::MAX))),
         );
     }
-    let config = timely::Config {
-        communication: comm,
-        worker: worker_config,
-    };
 
     let metrics = Arc::new(if opts.measure_latency {
         Metrics::with_latency()
@@ -286,7 +283,43 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let clock = Arc::new(std::sync::OnceLock::new());
     let processes = opts.processes;
     let local_workers = opts.workers;
-    let guards = timely::execute(config, move |worker| {
+    // A cluster's processes connect here (see `cluster`), not in timely's loop, which retries
+    // once a second for ever; timely then runs on the connections as they are.
+    let (builders, comms) = match comm {
+        Some(comm) => comm
+            .try_build()
+            .map_err(|e| Error::Runtime(format!("cannot start workers: {e}")))?,
+        None => {
+            use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+            use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+            let me = crate::cluster::Greeting {
+                processes: opts.processes as u64,
+                index: opts.process_id as u64,
+                workers: opts.workers as u64,
+                job: job.name().to_string(),
+            };
+            let sockets = crate::cluster::connect(&opts.hosts, &me, opts.connect_timeout)?;
+            let hooks = timely::communication::Hooks::default();
+            let local = ProcessBuilder::new_typed_vector(
+                opts.workers,
+                hooks.refill.clone(),
+                hooks.spill.clone(),
+            );
+            let (builders, guard) = initialize_networking_from_sockets(
+                local,
+                sockets,
+                opts.process_id,
+                opts.workers,
+                hooks,
+            )
+            .map_err(|e| {
+                Error::Runtime(format!("cannot start the cluster's network threads: {e}"))
+            })?;
+            let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+            (builders, Box::new(guard) as Box<dyn std::any::Any + Send>)
+        }
+    };
+    let guards = timely::execute::execute_from(builders, comms, worker_config, move |worker| {
         let name = job2.name().to_string();
         let index = worker.index();
         let peers = worker.peers();

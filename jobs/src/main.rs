@@ -141,6 +141,10 @@ struct ClusterArgs {
     /// A file with one host:port per line, one line per process, in process order.
     #[arg(long)]
     hosts: Option<PathBuf>,
+    /// How long the processes of a cluster have to connect to each other: a process that has
+    /// not heard from every other by then fails, naming the ones missing.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    connect_timeout: Duration,
 }
 
 impl ClusterArgs {
@@ -613,6 +617,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
         checkpoint,
         measure_latency: true,
         sample_every: Some(Duration::from_millis(50)),
+        connect_timeout: args.cluster.connect_timeout,
     };
     pretouch(args.pretouch);
     // Counted from before the touch-ahead thread starts, so that its faults are all in both.
@@ -687,6 +692,7 @@ fn run_job(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet && !args.json,
         stop: stop_on_ctrl_c()?,
         checkpoint,
+        connect_timeout: args.cluster.connect_timeout,
         ..RunOptions::default()
     };
     if args.restart > 0 && args.cluster.processes > 1 {

@@ -255,6 +255,63 @@ fn a_failure_in_one_process_fails_the_whole_cluster_and_nothing_is_committed() {
     assert!(!out.exists(), "no output was committed");
 }
 
+/// A cluster that cannot form fails within its connect timeout and says why, on stderr (stdout
+/// stays for results): a process whose peer never starts names the peer and its address; two
+/// processes started with different worker counts both refuse, each naming both counts.
+#[test]
+fn a_cluster_that_cannot_form_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap();
+    let process = |id: &str, workers: &str| {
+        let state = fresh_state_dir();
+        let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .env("RUNNEL_STATE_DIR", state.path())
+            .args(["run", "w0-passthrough", "--set", "events=1000"])
+            .args(["--processes", "2", "--process-id", id, "--hosts", hosts])
+            .args(["--workers", workers, "--connect-timeout", "2s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        (child, state)
+    };
+
+    let (alone, _state) = process("1", "1");
+    let o = &wait_or_kill(vec![alone], std::time::Duration::from_secs(60))[0];
+    assert!(!o.status.success());
+    let err = stderr(o);
+    assert!(
+        err.contains("did not connect within 2s (--connect-timeout)")
+            && err.contains(&format!("process 0 at 127.0.0.1:{}", ports[0])),
+        "{err}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    let (p0, _s0) = process("0", "2");
+    let (p1, _s1) = process("1", "1");
+    let outputs = wait_or_kill(vec![p0, p1], std::time::Duration::from_secs(60));
+    let want = ["--workers 1, this process 2", "--workers 2, this process 1"];
+    for (o, want) in outputs.iter().zip(want) {
+        assert!(!o.status.success());
+        let err = stderr(o);
+        assert!(
+            err.contains("not of this process's cluster") && err.contains(want),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn word_count_matches_a_plain_count() {
     let dir = tempfile::tempdir().unwrap();
