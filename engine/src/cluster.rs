@@ -7,15 +7,18 @@
 //! process after it, and checks with each that they run one cluster: the same job, the same
 //! number of processes and of workers per process (timely numbers workers on the assumption
 //! that every process has as many). A cluster that has not connected by the deadline fails
-//! with an error that names each process still missing and its address. Connections that do
-//! not speak runnel's greeting (a port scan, a load balancer's TCP health check) are logged and
-//! dropped; a runnel process of another cluster or job is an error on both sides.
+//! with an error that names every process still missing and its address. Connections that do
+//! not speak runnel's greeting (a port scan) are logged and dropped; a runnel process of
+//! another cluster or job is an error on both sides.
 //!
-//! The connected sockets go to timely as they are: after the greeting, nothing is read or
-//! written on them here.
+//! The handshake, on each connection: the connecting process sends its [`Greeting`]; the
+//! accepting one answers with its own; the connecting one, if they agree, sends one byte
+//! ([`CONFIRM`]), and only a confirmed connection counts. The accepting side reads every
+//! pending connection without blocking, so a connection that sends nothing holds up no other,
+//! and exactly the handshake's bytes: what follows is timely's.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,10 +28,16 @@ use crate::error::{Error, Result};
 /// The first bytes of the greeting: runnel's cluster protocol, version 1.
 const MAGIC: [u8; 8] = *b"runnel\x00\x01";
 
+/// The greeting's fixed part: the magic, three u64 and the job name's length (u32).
+const FIXED: usize = 8 + 3 * 8 + 4;
+
 /// The longest job name a greeting carries.
 const MAX_JOB_NAME: usize = 4096;
 
-/// How long a process waits for the rest of a greeting once a connection has begun one.
+/// The byte a connecting process sends once it has checked the accepting one's greeting.
+const CONFIRM: u8 = 1;
+
+/// How long an accepted connection may take to send its whole greeting, and its confirmation.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the waiting is logged.
@@ -48,9 +57,20 @@ pub(crate) struct Greeting {
     pub job: String,
 }
 
+/// What the bytes of a greeting read so far come to.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    /// A greeting needs this many bytes in all, more than there are.
+    Needs(usize),
+    /// Not a runnel greeting of this version.
+    Stranger(String),
+    /// A whole greeting.
+    Done(Greeting),
+}
+
 impl Greeting {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 3 * 8 + 4 + self.job.len());
+        let mut out = Vec::with_capacity(FIXED + self.job.len());
         out.extend_from_slice(&MAGIC);
         for n in [self.processes, self.index, self.workers] {
             out.extend_from_slice(&n.to_le_bytes());
@@ -60,39 +80,33 @@ impl Greeting {
         out
     }
 
-    /// Reads a greeting. `Ok(None)`: the other side is not a runnel process (the first bytes
-    /// are not the magic, or it closed before sending them).
-    fn read(stream: &mut TcpStream) -> std::io::Result<Option<Greeting>> {
-        let mut magic = [0u8; 8];
-        match stream.read_exact(&mut magic) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
+    /// Parses the first bytes of a connection: never more than a greeting's, so that a reader
+    /// that reads only up to what [`Parsed::Needs`] says takes nothing of what follows.
+    fn parse(buf: &[u8]) -> Parsed {
+        let magic = buf.len().min(MAGIC.len());
+        if buf[..magic] != MAGIC[..magic] {
+            return Parsed::Stranger("its first bytes are not runnel's greeting".into());
         }
-        if magic != MAGIC {
-            return Ok(None);
+        if buf.len() < FIXED {
+            return Parsed::Needs(FIXED);
         }
-        let mut fixed = [0u8; 3 * 8 + 4];
-        stream.read_exact(&mut fixed)?;
-        let n = |i: usize| u64::from_le_bytes(fixed[i * 8..i * 8 + 8].try_into().unwrap());
-        let len = u32::from_le_bytes(fixed[24..28].try_into().unwrap()) as usize;
+        let n = |i: usize| u64::from_le_bytes(buf[8 + i * 8..16 + i * 8].try_into().unwrap());
+        let len = u32::from_le_bytes(buf[32..36].try_into().unwrap()) as usize;
         if len > MAX_JOB_NAME {
-            return Err(std::io::Error::new(
-                ErrorKind::InvalidData,
-                format!("a job name of {len} bytes (at most {MAX_JOB_NAME})"),
-            ));
+            return Parsed::Stranger(format!("a job name of {len} bytes"));
         }
-        let mut job = vec![0u8; len];
-        stream.read_exact(&mut job)?;
-        let job = String::from_utf8(job).map_err(|_| {
-            std::io::Error::new(ErrorKind::InvalidData, "a job name that is not UTF-8")
-        })?;
-        Ok(Some(Greeting {
-            processes: n(0),
-            index: n(1),
-            workers: n(2),
-            job,
-        }))
+        if buf.len() < FIXED + len {
+            return Parsed::Needs(FIXED + len);
+        }
+        match std::str::from_utf8(&buf[FIXED..FIXED + len]) {
+            Ok(job) => Parsed::Done(Greeting {
+                processes: n(0),
+                index: n(1),
+                workers: n(2),
+                job: job.to_string(),
+            }),
+            Err(_) => Parsed::Stranger("a job name that is not UTF-8".into()),
+        }
     }
 
     /// Where `theirs`, from the process the hosts list puts at `expected_index`, differs from
@@ -127,17 +141,37 @@ impl Greeting {
     }
 }
 
+/// How one side of [`connect`] ends when it does not connect.
+enum Failed {
+    /// An error that ends the run at once (another cluster's process, a process started
+    /// twice, a listener that fails).
+    Fatal(Error),
+    /// The deadline passed: the processes still missing, each with its address and what was
+    /// last seen of it.
+    Missing(Vec<String>),
+    /// Stopped: the other side failed, or the run was stopped.
+    Stopped,
+}
+
+/// What one side of [`connect`] comes to.
+type Side = std::result::Result<Vec<TcpStream>, Failed>;
+
 /// Connects this process (`me.index`) to every other process of the cluster at `addresses`
-/// (one per process, in process order), within `timeout`. Returns one socket per process, in
-/// process order, `None` at this process's own place: what timely's
-/// `initialize_networking_from_sockets` takes.
+/// (one per process, in process order), within `timeout` of the call. Returns one socket per
+/// process, in process order, `None` at this process's own place: what timely's
+/// `initialize_networking_from_sockets` takes. `stop` set (Ctrl-C) ends the wait with an
+/// error.
 pub(crate) fn connect(
     addresses: &[String],
     me: &Greeting,
     timeout: Duration,
+    stop: &Arc<AtomicBool>,
 ) -> Result<Vec<Option<TcpStream>>> {
     let index = me.index as usize;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started
+        .checked_add(timeout)
+        .unwrap_or(started + Duration::from_secs(365 * 24 * 3600));
     let fail = |what: String| Error::Runtime(format!("the cluster cannot connect: {what}"));
     let listener = TcpListener::bind(addresses[index].as_str()).map_err(|e| {
         fail(format!(
@@ -151,37 +185,55 @@ pub(crate) fn connect(
 
     // Accepting in a thread of its own while this one connects: a process accepts from the
     // processes after it and connects to those before it, so no process waits on another
-    // that waits on it. The side that fails first stops the other.
-    let stop = Arc::new(AtomicBool::new(false));
+    // that waits on it. A side that fails for good stops the other.
+    let failed = Arc::new(AtomicBool::new(false));
     let accepting = {
         let me = me.clone();
         let addresses = addresses.to_vec();
-        let stop = stop.clone();
+        let (failed, stop) = (failed.clone(), stop.clone());
         std::thread::Builder::new()
             .name("runnel-accept".into())
             .spawn(move || {
-                let r = accept_all(&listener, &addresses, &me, deadline, timeout, &stop);
-                if r.is_err() {
-                    stop.store(true, Ordering::SeqCst);
+                let r = accept_all(&listener, &addresses, &me, deadline, &[&failed, &stop]);
+                if let Err(Failed::Fatal(_)) = r {
+                    failed.store(true, Ordering::SeqCst);
                 }
                 r
             })
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?
     };
-    let connected = connect_all(addresses, me, deadline, timeout, &stop);
-    if connected.is_err() {
-        stop.store(true, Ordering::SeqCst);
+    let connected = connect_all(addresses, me, deadline, &[&failed, stop]);
+    if let Err(Failed::Fatal(_)) = connected {
+        failed.store(true, Ordering::SeqCst);
     }
     let accepted = accepting.join().unwrap_or_else(|_| {
-        Err(Some(fail(
+        Err(Failed::Fatal(fail(
             "the thread accepting connections panicked".into(),
         )))
     });
     let (connected, accepted) = match (connected, accepted) {
         (Ok(c), Ok(a)) => (c, a),
-        // The side stopped by the other has no error of its own (`None`).
-        (Err(Some(e)), _) | (_, Err(Some(e))) => return Err(e),
-        _ => return Err(fail("stopped without a cause".into())),
+        (Err(Failed::Fatal(e)), _) | (_, Err(Failed::Fatal(e))) => return Err(e),
+        _ if stop.load(Ordering::SeqCst) => {
+            return Err(Error::Runtime(
+                "stopped before the cluster had connected".into(),
+            ));
+        }
+        (c, a) => {
+            let mut missing = Vec::new();
+            for side in [c, a] {
+                if let Err(Failed::Missing(m)) = side {
+                    missing.extend(m);
+                }
+            }
+            return Err(Error::Runtime(format!(
+                "the cluster did not connect within {timeout:?} (--connect-timeout): process \
+                 {index}, listening on {}, is missing {}; are they running, with this hosts \
+                 list?",
+                addresses[index],
+                missing.join("; ")
+            )));
+        }
     };
     let mut sockets: Vec<Option<TcpStream>> = Vec::with_capacity(addresses.len());
     sockets.extend(connected.into_iter().map(Some));
@@ -193,103 +245,225 @@ pub(crate) fn connect(
             .map_err(|e| fail(format!("cannot set up a connection: {e}")))?;
     }
     tracing::debug!(
-        "process {index} connected to the {} others",
-        addresses.len() - 1
+        "process {index} connected to the {} others in {:?}",
+        addresses.len() - 1,
+        started.elapsed()
     );
     Ok(sockets)
 }
 
-/// What one side of [`connect`] comes to: its sockets, or its error (`None`: stopped because
-/// the other side failed).
-type Side = std::result::Result<Vec<TcpStream>, Option<Error>>;
+/// Whether any of the flags is set.
+fn any(flags: &[&AtomicBool]) -> bool {
+    flags.iter().any(|f| f.load(Ordering::SeqCst))
+}
 
-/// The processes before `me` in the hosts list, connected to in order, each retried until it
+/// The processes before `me` in the hosts list, each tried in turn and retried until it
 /// answers or the deadline passes.
 fn connect_all(
     addresses: &[String],
     me: &Greeting,
     deadline: Instant,
-    timeout: Duration,
-    stop: &AtomicBool,
+    stop: &[&AtomicBool],
 ) -> Side {
     let index = me.index as usize;
     let hello = me.encode();
-    let mut out = Vec::with_capacity(index);
+    let mut got: Vec<Option<TcpStream>> = (0..index).map(|_| None).collect();
+    let mut last: Vec<String> = vec!["not tried".into(); index];
+    let mut pause = Duration::from_millis(2);
     let mut logged = Instant::now();
-    for (peer, address) in addresses.iter().enumerate().take(index) {
-        let mut pause = Duration::from_millis(2);
-        let mut last_error;
-        let stream = loop {
-            match try_connect(address, deadline) {
-                Ok(mut stream) => {
-                    let greeted = stream
-                        .set_read_timeout(Some(GREETING_TIMEOUT))
-                        .and_then(|()| stream.write_all(&hello))
-                        .and_then(|()| Greeting::read(&mut stream));
-                    match greeted {
-                        Ok(Some(theirs)) => match me.mismatch(&theirs, peer) {
-                            None => break stream,
-                            Some(why) => {
-                                return Err(Some(Error::Runtime(format!(
-                                    "the cluster cannot connect: process {peer} at {address} is \
-                                     not of this process's cluster: {why}"
-                                ))))
-                            }
-                        },
-                        Ok(None) => {
-                            // Something at that address, not a runnel process of this version.
-                            // It may be a process of the last run on its way out: retry.
-                            last_error = "it answered, but not as a runnel process".into();
+    while got.iter().any(Option::is_none) {
+        for peer in 0..index {
+            if got[peer].is_some() {
+                continue;
+            }
+            let address = &addresses[peer];
+            match greet(address, &hello, deadline) {
+                Ok((stream, theirs)) => match me.mismatch(&theirs, peer) {
+                    None => {
+                        // Confirmed: from here on the connection is timely's.
+                        if let Err(e) = (&stream).write_all(&[CONFIRM]) {
+                            last[peer] = format!("the connection broke: {e}");
+                            continue;
                         }
-                        Err(e) => last_error = format!("no greeting: {e}"),
+                        tracing::debug!("process {index} connected to process {peer} at {address}");
+                        got[peer] = Some(stream);
                     }
-                }
-                Err(e) => last_error = e,
+                    Some(why) => {
+                        return Err(Failed::Fatal(Error::Runtime(format!(
+                            "the cluster cannot connect: process {peer} at {address} is not of \
+                             this process's cluster: {why}"
+                        ))))
+                    }
+                },
+                Err(e) => last[peer] = e,
             }
-            if stop.load(Ordering::SeqCst) {
-                return Err(None);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Some(Error::Runtime(format!(
-                    "the cluster did not connect within {timeout:?} (--connect-timeout): \
-                     process {index} could not reach process {peer} at {address} (last: \
-                     {last_error}); is it running, with this hosts list?"
-                ))));
-            }
-            if now.duration_since(logged) >= LOG_EVERY {
-                logged = now;
-                tracing::info!(
-                    "process {index} is waiting for process {peer} at {address} ({last_error})"
-                );
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        if !got.iter().any(Option::is_none) {
+            break;
+        }
+        if any(stop) {
+            return Err(Failed::Stopped);
+        }
+        let now = Instant::now();
+        let missing = || {
+            (0..index)
+                .filter(|&p| got[p].is_none())
+                .map(|p| format!("process {p} at {} ({})", addresses[p], last[p]))
+                .collect::<Vec<_>>()
         };
-        tracing::debug!("process {index} connected to process {peer} at {address}");
-        out.push(stream);
+        if now >= deadline {
+            return Err(Failed::Missing(missing()));
+        }
+        if now.duration_since(logged) >= LOG_EVERY {
+            logged = now;
+            tracing::warn!(
+                "process {index} is waiting to connect to {}",
+                missing().join("; ")
+            );
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
-    Ok(out)
+    Ok(got.into_iter().map(Option::unwrap).collect())
 }
 
-/// One attempt to open a connection to `address` (resolved anew each time: a host may appear
-/// in the name service only once it starts).
-fn try_connect(address: &str, deadline: Instant) -> std::result::Result<TcpStream, String> {
+/// One attempt at a connection to `address` (resolved anew each time: a host may appear in
+/// the name service only once it starts): opened, greeted, and answered by a greeting.
+fn greet(
+    address: &str,
+    hello: &[u8],
+    deadline: Instant,
+) -> std::result::Result<(TcpStream, Greeting), String> {
     let addrs: Vec<SocketAddr> = address
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve it: {e}"))?
         .collect();
     let mut last = format!("{address} resolves to no address");
     for a in addrs {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        match TcpStream::connect_timeout(&a, left) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.to_string(),
+        let left = |cap: Duration| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), cap)
+        };
+        let mut stream = match TcpStream::connect_timeout(&a, left(Duration::from_secs(1))) {
+            Ok(s) => s,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        // Connecting to a free local port can connect a socket to itself.
+        if stream.local_addr().ok() == stream.peer_addr().ok() {
+            last = "connected to itself (the port was free)".into();
+            continue;
+        }
+        let read = stream
+            .set_read_timeout(Some(left(GREETING_TIMEOUT)))
+            .and_then(|()| stream.write_all(hello));
+        if let Err(e) = read {
+            last = format!("the connection broke: {e}");
+            continue;
+        }
+        let mut buf = Vec::with_capacity(FIXED);
+        loop {
+            match Greeting::parse(&buf) {
+                Parsed::Done(g) => return Ok((stream, g)),
+                Parsed::Stranger(why) => {
+                    return Err(format!("it answered, but not as a runnel process: {why}"))
+                }
+                Parsed::Needs(n) => {
+                    let have = buf.len();
+                    buf.resize(n, 0);
+                    match stream.read(&mut buf[have..]) {
+                        Ok(0) => {
+                            last = "it closed the connection before answering".into();
+                            break;
+                        }
+                        Ok(k) => buf.truncate(have + k),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => buf.truncate(have),
+                        Err(e) => {
+                            last = format!("no answer: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
         }
     }
     Err(last)
+}
+
+/// A connection accepted, its handshake not done.
+struct Pending {
+    stream: TcpStream,
+    from: SocketAddr,
+    since: Instant,
+    /// The greeting's bytes so far.
+    buf: Vec<u8>,
+    /// Once its greeting is read and answered: the process it is.
+    peer: Option<usize>,
+}
+
+/// What became of a pending connection after a read.
+enum Step {
+    /// Nothing more to read yet.
+    Wait,
+    /// Its greeting is in: check it and answer.
+    Greeted(Greeting),
+    /// Confirmed: it is the process's.
+    Confirmed,
+    /// Dropped, with why.
+    Drop(String),
+}
+
+impl Pending {
+    /// Reads what has come, never past the handshake.
+    fn step(&mut self) -> Step {
+        loop {
+            let want = match self.peer {
+                Some(_) => 1,
+                None => match Greeting::parse(&self.buf) {
+                    Parsed::Done(g) => return Step::Greeted(g),
+                    Parsed::Stranger(why) => return Step::Drop(why),
+                    Parsed::Needs(n) => n,
+                },
+            };
+            let mut one = [0u8; 1];
+            let have = self.buf.len();
+            let read = if self.peer.is_some() {
+                self.stream.read(&mut one)
+            } else {
+                self.buf.resize(want, 0);
+                let r = self.stream.read(&mut self.buf[have..]);
+                self.buf.truncate(have + *r.as_ref().unwrap_or(&0));
+                r
+            };
+            match read {
+                Ok(0) => return Step::Drop("it closed the connection".into()),
+                Ok(_) if self.peer.is_some() => {
+                    return if one[0] == CONFIRM {
+                        Step::Confirmed
+                    } else {
+                        Step::Drop("it did not confirm".into())
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Step::Drop(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Whether a confirmed connection, not yet read by timely (non-blocking), is still open: the
+/// process at its other end may already send timely's bytes, which are left where they are.
+fn alive(stream: &TcpStream) -> bool {
+    match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+    }
 }
 
 /// The processes after `me` in the hosts list, accepted in any order, until each has
@@ -299,105 +473,145 @@ fn accept_all(
     addresses: &[String],
     me: &Greeting,
     deadline: Instant,
-    timeout: Duration,
-    stop: &AtomicBool,
+    stop: &[&AtomicBool],
 ) -> Side {
     let index = me.index as usize;
     let hello = me.encode();
     let mut got: Vec<Option<TcpStream>> = (index + 1..addresses.len()).map(|_| None).collect();
+    let mut pending: Vec<Pending> = Vec::new();
     let mut logged = Instant::now();
     while got.iter().any(Option::is_none) {
+        let now = Instant::now();
+        if now >= deadline {
+            let missing = (index + 1..addresses.len())
+                .filter(|p| got[p - index - 1].is_none())
+                .map(|p| format!("process {p} at {} (it never connected)", addresses[p]))
+                .collect();
+            return Err(Failed::Missing(missing));
+        }
+        if any(stop) {
+            return Err(Failed::Stopped);
+        }
+        let mut busy = false;
         match listener.accept() {
-            Ok((mut stream, from)) => {
-                let greeted = stream
-                    .set_nonblocking(false)
-                    .and_then(|()| stream.set_read_timeout(Some(GREETING_TIMEOUT)))
-                    .and_then(|()| Greeting::read(&mut stream));
-                let theirs = match greeted {
-                    Ok(Some(theirs)) => theirs,
-                    Ok(None) => {
-                        tracing::warn!(
-                            "process {index}: a connection from {from} that is not a runnel \
-                             process of this cluster, dropped"
-                        );
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "process {index}: a connection from {from} that sent no whole \
-                             greeting ({e}), dropped"
-                        );
-                        continue;
-                    }
-                };
-                let peer = theirs.index as usize;
-                // Whatever it says, it hears this process's own greeting, so that it can say
-                // what differs too.
-                let _ = stream.write_all(&hello);
-                let expected = if peer > index && peer < addresses.len() {
-                    peer
-                } else {
-                    // An index that cannot connect here: compared against the first missing.
-                    index + 1 + got.iter().position(Option::is_none).unwrap_or(0)
-                };
-                if let Some(why) = me.mismatch(&theirs, expected) {
-                    return Err(Some(Error::Runtime(format!(
-                        "the cluster cannot connect: a process at {from} is not of this \
-                         process's cluster: {why}"
-                    ))));
+            Ok((stream, from)) => {
+                busy = true;
+                match stream.set_nonblocking(true) {
+                    Ok(()) => pending.push(Pending {
+                        stream,
+                        from,
+                        since: now,
+                        buf: Vec::new(),
+                        peer: None,
+                    }),
+                    Err(e) => tracing::warn!("process {index}: a connection from {from}: {e}"),
                 }
-                let slot = &mut got[peer - index - 1];
-                if slot.is_some() {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    return Err(Some(Error::Runtime(format!(
-                        "the cluster cannot connect: two processes say they are process \
-                         {peer} (the second from {from}): is one started twice?"
-                    ))));
-                }
-                tracing::debug!("process {index} accepted process {peer} from {from}");
-                *slot = Some(stream);
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if stop.load(Ordering::SeqCst) {
-                    return Err(None);
-                }
-                let now = Instant::now();
-                let missing = || {
-                    got.iter()
-                        .enumerate()
-                        .filter(|(_, s)| s.is_none())
-                        .map(|(i, _)| {
-                            let p = index + 1 + i;
-                            format!("process {p} ({})", addresses[p])
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                if now >= deadline {
-                    return Err(Some(Error::Runtime(format!(
-                        "the cluster did not connect within {timeout:?} (--connect-timeout): \
-                         process {index}, listening on {}, heard nothing from {}; are they \
-                         running, with this hosts list?",
-                        addresses[index],
-                        missing()
-                    ))));
-                }
-                if now.duration_since(logged) >= LOG_EVERY {
-                    logged = now;
-                    tracing::info!("process {index} is waiting for {}", missing());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => {
-                return Err(Some(Error::Runtime(format!(
-                    "the cluster cannot connect: process {index} cannot accept connections on \
-                     {}: {e}",
+                // A connection reset before it was accepted, or out of file descriptors for a
+                // moment: the listener itself still works.
+                tracing::warn!(
+                    "process {index}: accepting a connection on {} failed: {e}",
                     addresses[index]
-                ))))
+                );
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
+        let mut i = 0;
+        while i < pending.len() {
+            let p = &mut pending[i];
+            let step = match p.step() {
+                Step::Wait if now.duration_since(p.since) >= GREETING_TIMEOUT => {
+                    Step::Drop(format!("nothing for {GREETING_TIMEOUT:?}"))
+                }
+                s => s,
+            };
+            match step {
+                Step::Wait => i += 1,
+                Step::Drop(why) => {
+                    let p = pending.swap_remove(i);
+                    tracing::warn!(
+                        "process {index}: a connection from {} that is not a runnel process of \
+                         this cluster, dropped: {why}",
+                        p.from
+                    );
+                }
+                Step::Greeted(theirs) => {
+                    busy = true;
+                    let peer = theirs.index as usize;
+                    // Whatever it says, it hears this process's own greeting, so that it can
+                    // say what differs too.
+                    let _ = (&p.stream).write_all(&hello);
+                    let expected = if peer > index && peer < addresses.len() {
+                        peer
+                    } else {
+                        // An index that cannot connect here: compared against the first
+                        // missing.
+                        index + 1 + got.iter().position(Option::is_none).unwrap_or(0)
+                    };
+                    if let Some(why) = me.mismatch(&theirs, expected) {
+                        return Err(Failed::Fatal(Error::Runtime(format!(
+                            "the cluster cannot connect: a process at {} is not of this \
+                             process's cluster: {why}",
+                            p.from
+                        ))));
+                    }
+                    p.peer = Some(peer);
+                }
+                Step::Confirmed => {
+                    busy = true;
+                    let p = pending.swap_remove(i);
+                    let peer = p.peer.expect("confirmed after its greeting");
+                    let slot = &mut got[peer - index - 1];
+                    if slot.as_ref().is_some_and(|earlier| !alive(earlier)) {
+                        // The earlier one has gone (a process killed and started again before
+                        // the cluster connected): this one takes its place.
+                        tracing::warn!(
+                            "process {index}: process {peer} connected again from {}, the \
+                             earlier connection is closed",
+                            p.from
+                        );
+                        *slot = None;
+                    }
+                    if slot.is_some() {
+                        return Err(Failed::Fatal(Error::Runtime(format!(
+                            "the cluster cannot connect: two processes say they are process \
+                             {peer} (the second from {}): is one started twice?",
+                            p.from
+                        ))));
+                    }
+                    tracing::debug!("process {index} accepted process {peer} from {}", p.from);
+                    *slot = Some(p.stream);
+                }
+            }
+        }
+        if now.duration_since(logged) >= LOG_EVERY {
+            logged = now;
+            let missing: Vec<String> = (index + 1..addresses.len())
+                .filter(|p| got[p - index - 1].is_none())
+                .map(|p| format!("process {p} ({})", addresses[p]))
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "process {index} is waiting for {} to connect",
+                    missing.join(", ")
+                );
+            }
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    Ok(got.into_iter().map(Option::unwrap).collect())
+    let sockets = got.into_iter().map(Option::unwrap).collect::<Vec<_>>();
+    for s in &sockets {
+        if let Err(e) = s.set_nonblocking(false) {
+            return Err(Failed::Fatal(Error::Runtime(format!(
+                "the cluster cannot connect: cannot set up a connection: {e}"
+            ))));
+        }
+    }
+    Ok(sockets)
 }
 
 #[cfg(test)]
@@ -414,6 +628,10 @@ mod tests {
             .iter()
             .map(|l| l.local_addr().unwrap().to_string())
             .collect()
+    }
+
+    fn no_stop() -> Arc<AtomicBool> {
+        Arc::new(AtomicBool::new(false))
     }
 
     fn greeting(processes: usize, index: usize, workers: u64, job: &str) -> Greeting {
@@ -440,7 +658,7 @@ mod tests {
                 let addresses = addresses.to_vec();
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(delay));
-                    connect(&addresses, &g, timeout)
+                    connect(&addresses, &g, timeout, &no_stop())
                 })
             })
             .collect();
@@ -522,72 +740,213 @@ mod tests {
         }
     }
 
-    /// A process whose peer never starts fails at the deadline, naming the peer and its
-    /// address, whichever side of it in the hosts list the peer is.
+    /// A process whose peers never start fails at the deadline, naming every one of them and
+    /// its address, on either side of it in the hosts list.
     #[test]
-    fn a_process_whose_peer_never_starts_fails_at_the_deadline_naming_it() {
-        let addrs = addresses(2);
+    fn a_process_whose_peers_never_start_fails_at_the_deadline_naming_each() {
+        let addrs = addresses(4);
         let started = Instant::now();
-        let e = connect(&addrs, &greeting(2, 1, 1, "j"), Duration::from_millis(300))
-            .unwrap_err()
-            .to_string();
+        let e = connect(
+            &addrs,
+            &greeting(4, 2, 1, "j"),
+            Duration::from_millis(300),
+            &no_stop(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(started.elapsed() >= Duration::from_millis(300));
-        assert!(
-            e.contains("did not connect within")
-                && e.contains("process 0")
-                && e.contains(&addrs[0]),
-            "{e}"
-        );
-        let addrs = addresses(2);
-        let e = connect(&addrs, &greeting(2, 0, 1, "j"), Duration::from_millis(300))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("did not connect within")
-                && e.contains("process 1")
-                && e.contains(&addrs[1]),
-            "{e}"
-        );
+        assert!(e.contains("did not connect within 300ms"), "{e}");
+        for p in [0, 1, 3] {
+            assert!(
+                e.contains(&format!("process {p} at {}", addrs[p])),
+                "process {p}: {e}"
+            );
+        }
+        assert!(!e.contains("process 2 at"), "{e}");
     }
 
-    /// Connections that are not runnel's (one that closes at once, one that sends other bytes)
-    /// are dropped; the process goes on waiting and connects when its peer comes.
+    /// Connections that are not runnel's (one that closes at once, one that sends other bytes,
+    /// one that sends nothing and stays open) are dropped or left waiting; none holds up the
+    /// peer, which connects as soon as it comes.
     #[test]
-    fn strangers_at_the_port_are_dropped_and_the_peer_still_connects() {
+    fn strangers_at_the_port_are_dropped_and_hold_up_no_peer() {
         let addrs = addresses(2);
         let a0 = addrs.clone();
         let p0 = std::thread::spawn(move || {
-            connect(&a0, &greeting(2, 0, 1, "j"), Duration::from_secs(20))
+            connect(
+                &a0,
+                &greeting(2, 0, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
         });
-        // The stranger finds the listener once process 0 has bound it.
+        // The strangers find the listener once process 0 has bound it.
         let mut stranger = loop {
             match TcpStream::connect(addrs[0].as_str()) {
                 Ok(s) => break s,
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         };
+        let _silent = TcpStream::connect(addrs[0].as_str()).unwrap();
         drop(TcpStream::connect(addrs[0].as_str()).unwrap());
         // As many bytes as the magic, none of them it (more, left unread, would make the
         // close a reset).
         stranger.write_all(b"GET / HT").unwrap();
+        stranger
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let mut nothing = Vec::new();
         // Dropped without a word (runnel's greeting is not sent to what did not greet).
         stranger.read_to_end(&mut nothing).unwrap();
         assert!(nothing.is_empty());
-        let p1 = connect(&addrs, &greeting(2, 1, 1, "j"), Duration::from_secs(20)).unwrap();
+        let started = Instant::now();
+        let p1 = connect(
+            &addrs,
+            &greeting(2, 1, 1, "j"),
+            Duration::from_secs(30),
+            &no_stop(),
+        )
+        .unwrap();
         let p0 = p0.join().unwrap().unwrap();
+        // Well within the 10 s a silent connection is given: the silent one held up nothing.
+        assert!(
+            started.elapsed() < GREETING_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
         assert!(p0[0].is_none() && p0[1].is_some());
         assert!(p1[0].is_some() && p1[1].is_none());
     }
 
-    /// A greeting read back is the one written, for every field.
+    /// Two processes that both say they are process 1, both running: the one that confirms
+    /// second is refused, and the error says the process was started twice.
     #[test]
-    fn a_greeting_reads_back_as_written() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    fn a_process_started_twice_is_named() {
+        // Process 2 never starts: process 0 waits for it, and so does each process 1.
+        let three = addresses(3);
+        let a0 = three.clone();
+        let p0 = std::thread::spawn(move || {
+            connect(
+                &a0,
+                &greeting(3, 0, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        let stop = no_stop();
+        let (a1, s1) = (three.clone(), stop.clone());
+        let first = std::thread::spawn(move || {
+            connect(&a1, &greeting(3, 1, 1, "j"), Duration::from_secs(30), &s1)
+        });
+        // The second process 1 listens elsewhere, as one started on another machine would;
+        // it comes once the first has connected (process 0 is then waiting for process 2).
+        std::thread::sleep(Duration::from_millis(500));
+        let mut again = three.clone();
+        again[1] = addresses(1).remove(0);
+        let _ = connect(
+            &again,
+            &greeting(3, 1, 1, "j"),
+            Duration::from_secs(2),
+            &no_stop(),
+        );
+        let e = p0.join().unwrap().unwrap_err().to_string();
+        assert!(e.contains("two processes say they are process 1"), "{e}");
+        stop.store(true, Ordering::SeqCst);
+        assert!(first.join().unwrap().is_err());
+    }
+
+    /// A process that connected and then went away (killed before the cluster had connected)
+    /// is replaced by the one started again in its place, and the cluster connects.
+    #[test]
+    fn a_process_started_again_before_the_cluster_connected_takes_its_place() {
+        let three = addresses(3);
+        let a0 = three.clone();
+        let p0 = std::thread::spawn(move || {
+            connect(
+                &a0,
+                &greeting(3, 0, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        // The first process 1 connects to process 0, waits for process 2 in vain and ends.
+        let first = connect(
+            &three,
+            &greeting(3, 1, 1, "j"),
+            Duration::from_secs(1),
+            &no_stop(),
+        );
+        assert!(first.is_err());
+        // Started again (at another address: the old one's port may linger), with process 2.
+        let mut again = three.clone();
+        again[1] = addresses(1).remove(0);
+        let (a1, a2) = (again.clone(), again.clone());
+        let p1 = std::thread::spawn(move || {
+            connect(
+                &a1,
+                &greeting(3, 1, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        let p2 = std::thread::spawn(move || {
+            connect(
+                &a2,
+                &greeting(3, 2, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        let mut all = [p0, p1, p2].map(|h| h.join().unwrap().unwrap());
+        // Each socket reaches the process at its place.
+        for (i, sockets) in all.iter_mut().enumerate() {
+            for s in sockets.iter_mut().flatten() {
+                s.write_all(&[i as u8]).unwrap();
+            }
+        }
+        for (i, sockets) in all.iter_mut().enumerate() {
+            for (j, s) in sockets.iter_mut().enumerate() {
+                if let Some(s) = s {
+                    let mut got = [0u8; 1];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got[0], j as u8, "process {i} from {j}");
+                }
+            }
+        }
+    }
+
+    /// The run's stop (Ctrl-C) ends the wait at once with an error that says so.
+    #[test]
+    fn a_stop_ends_the_wait() {
+        let addrs = addresses(2);
+        let stop = no_stop();
+        let s = stop.clone();
+        let waiting = std::thread::spawn(move || {
+            connect(&addrs, &greeting(2, 1, 1, "j"), Duration::from_secs(60), &s)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::SeqCst);
+        let e = waiting.join().unwrap().unwrap_err().to_string();
+        assert!(
+            e.contains("stopped before the cluster had connected"),
+            "{e}"
+        );
+    }
+
+    /// A greeting is parsed from its bytes as written, and from no fewer: every shorter prefix
+    /// asks for more, and the count it asks for is never past the greeting's end.
+    #[test]
+    fn a_greeting_parses_back_from_exactly_its_bytes() {
         let g = greeting(7, 3, 4, "nexmark-q19 ünï");
-        let mut a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut b, _) = listener.accept().unwrap();
-        a.write_all(&g.encode()).unwrap();
-        assert_eq!(Greeting::read(&mut b).unwrap(), Some(g));
+        let bytes = g.encode();
+        for cut in 0..bytes.len() {
+            match Greeting::parse(&bytes[..cut]) {
+                Parsed::Needs(n) => assert!(n > cut && n <= bytes.len(), "cut {cut}: {n}"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        assert_eq!(Greeting::parse(&bytes), Parsed::Done(g));
+        assert!(matches!(Greeting::parse(b"GET / HT"), Parsed::Stranger(_)));
+        assert!(matches!(Greeting::parse(b"r"), Parsed::Needs(_)));
     }
 }

@@ -87,7 +87,7 @@ pub struct RunOptions {
     /// benchmarks (steady-state throughput).
     pub sample_every: Option<Duration>,
     /// How long the processes of a cluster have to connect to each other before the run fails
-    /// (each process waits this long from its start for the others).
+    /// (each process waits this long for the others, from when it begins to connect).
     pub connect_timeout: Duration,
 }
 
@@ -215,6 +215,44 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         );
     }
 
+    // A cluster's processes connect here (see `cluster`), not in timely's loop, which retries
+    // once a second for ever; timely then runs on the connections as they are. Before the
+    // run's clock starts and its helper threads: the wait for the others is not the run's.
+    let (builders, comms) = match comm {
+        Some(comm) => comm
+            .try_build()
+            .map_err(|e| Error::Runtime(format!("cannot start workers: {e}")))?,
+        None => {
+            use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+            use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+            let me = crate::cluster::Greeting {
+                processes: opts.processes as u64,
+                index: opts.process_id as u64,
+                workers: opts.workers as u64,
+                job: job.name().to_string(),
+            };
+            let sockets =
+                crate::cluster::connect(&opts.hosts, &me, opts.connect_timeout, &opts.stop)?;
+            let hooks = timely::communication::Hooks::default();
+            let local = ProcessBuilder::new_typed_vector(
+                opts.workers,
+                hooks.refill.clone(),
+                hooks.spill.clone(),
+            );
+            let (builders, guard) = initialize_networking_from_sockets(
+                local,
+                sockets,
+                opts.process_id,
+                opts.workers,
+                hooks,
+            )
+            .map_err(|e| {
+                Error::Runtime(format!("cannot start the cluster's network threads: {e}"))
+            })?;
+            let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+            (builders, Box::new(guard) as Box<dyn std::any::Any + Send>)
+        }
+    };
     let metrics = Arc::new(if opts.measure_latency {
         Metrics::with_latency()
     } else {
@@ -283,42 +321,6 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     let clock = Arc::new(std::sync::OnceLock::new());
     let processes = opts.processes;
     let local_workers = opts.workers;
-    // A cluster's processes connect here (see `cluster`), not in timely's loop, which retries
-    // once a second for ever; timely then runs on the connections as they are.
-    let (builders, comms) = match comm {
-        Some(comm) => comm
-            .try_build()
-            .map_err(|e| Error::Runtime(format!("cannot start workers: {e}")))?,
-        None => {
-            use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
-            use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
-            let me = crate::cluster::Greeting {
-                processes: opts.processes as u64,
-                index: opts.process_id as u64,
-                workers: opts.workers as u64,
-                job: job.name().to_string(),
-            };
-            let sockets = crate::cluster::connect(&opts.hosts, &me, opts.connect_timeout)?;
-            let hooks = timely::communication::Hooks::default();
-            let local = ProcessBuilder::new_typed_vector(
-                opts.workers,
-                hooks.refill.clone(),
-                hooks.spill.clone(),
-            );
-            let (builders, guard) = initialize_networking_from_sockets(
-                local,
-                sockets,
-                opts.process_id,
-                opts.workers,
-                hooks,
-            )
-            .map_err(|e| {
-                Error::Runtime(format!("cannot start the cluster's network threads: {e}"))
-            })?;
-            let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
-            (builders, Box::new(guard) as Box<dyn std::any::Any + Send>)
-        }
-    };
     let guards = timely::execute::execute_from(builders, comms, worker_config, move |worker| {
         let name = job2.name().to_string();
         let index = worker.index();

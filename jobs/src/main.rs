@@ -167,11 +167,19 @@ impl ClusterArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("--hosts {}", path.display()))?;
-                text.lines()
+                let hosts: Vec<String> = text
+                    .lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty() && !l.starts_with('#'))
                     .map(String::from)
-                    .collect()
+                    .collect();
+                if let Some(bad) = hosts.iter().find(|h| h.contains(char::is_whitespace)) {
+                    bail!(
+                        "--hosts {}: '{bad}' is more than one address: one host:port per line",
+                        path.display()
+                    );
+                }
+                hosts
             }
             None => Vec::new(),
         })

@@ -269,13 +269,13 @@ fn a_cluster_that_cannot_form_fails_and_says_why() {
     )
     .unwrap();
     let hosts = hosts.to_str().unwrap();
-    let process = |id: &str, workers: &str| {
+    let process = |id: &str, workers: &str, timeout: &str| {
         let state = fresh_state_dir();
         let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
             .env("RUNNEL_STATE_DIR", state.path())
             .args(["run", "w0-passthrough", "--set", "events=1000"])
             .args(["--processes", "2", "--process-id", id, "--hosts", hosts])
-            .args(["--workers", workers, "--connect-timeout", "2s"])
+            .args(["--workers", workers, "--connect-timeout", timeout])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -283,7 +283,7 @@ fn a_cluster_that_cannot_form_fails_and_says_why() {
         (child, state)
     };
 
-    let (alone, _state) = process("1", "1");
+    let (alone, _state) = process("1", "1", "2s");
     let o = &wait_or_kill(vec![alone], std::time::Duration::from_secs(60))[0];
     assert!(!o.status.success());
     let err = stderr(o);
@@ -298,8 +298,28 @@ fn a_cluster_that_cannot_form_fails_and_says_why() {
         String::from_utf8_lossy(&o.stdout)
     );
 
-    let (p0, _s0) = process("0", "2");
-    let (p1, _s1) = process("1", "1");
+    // Two addresses on one line of the hosts file (timely's listener took them, its peers
+    // could not): refused, naming the line.
+    let two = dir.path().join("two-on-a-line");
+    std::fs::write(&two, "127.0.0.1:1 127.0.0.1:2\n127.0.0.1:3\n").unwrap();
+    let o = runnel(&[
+        "run",
+        "w0-passthrough",
+        "--processes",
+        "2",
+        "--hosts",
+        two.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("'127.0.0.1:1 127.0.0.1:2' is more than one address"),
+        "{err}"
+    );
+
+    // They fail as soon as they meet; the timeout only bounds a test that goes wrong.
+    let (p0, _s0) = process("0", "2", "30s");
+    let (p1, _s1) = process("1", "1", "30s");
     let outputs = wait_or_kill(vec![p0, p1], std::time::Duration::from_secs(60));
     let want = ["--workers 1, this process 2", "--workers 2, this process 1"];
     for (o, want) in outputs.iter().zip(want) {
