@@ -69,6 +69,10 @@ pub struct BenchReport {
     /// were taken by the workers and the other threads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touch_ahead_faults: Option<u64>,
+    /// The largest lead the touch-ahead thread kept ahead of use, MB: `--touch-ahead`'s, or
+    /// the allocator's growth over the last 4 s when that was more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touch_ahead_lead_mb: Option<u64>,
     /// Late records.
     pub late: u64,
     /// What the run's checkpoints cost, when it took any.
@@ -194,6 +198,7 @@ impl BenchReport {
             pretouch_mb: 0,
             touched_ahead_mb: None,
             touch_ahead_faults: None,
+            touch_ahead_lead_mb: None,
             late: summary.late,
             checkpoints: CheckpointCost::of(summary),
         }
@@ -270,6 +275,9 @@ impl std::fmt::Display for BenchReport {
                 f,
                 " ({n} of them by the touch-ahead thread, which provided {mb} MB)"
             )?;
+            if let Some(lead) = self.touch_ahead_lead_mb {
+                write!(f, " (up to {lead} MB ahead)")?;
+            }
         }
         if let Some(c) = &self.checkpoints {
             write!(

@@ -114,7 +114,8 @@ struct BenchArgs {
     /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
-    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
+    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
+    /// at least SIZE, and as much as the job's memory grew in the last 4 s. Memory the
     /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
     /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
@@ -226,7 +227,8 @@ struct RunArgs {
     /// While the job runs, a thread of its own provides memory (faults its pages in) SIZE
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
-    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. Memory the
+    /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
+    /// at least SIZE, and as much as the job's memory grew in the last 4 s. Memory the
     /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
     /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
@@ -647,6 +649,7 @@ fn bench_job(args: BenchArgs) -> anyhow::Result<()> {
     if runnel_jobs::memory::TouchAhead::started() {
         report.touched_ahead_mb = Some(ahead.provided_bytes >> 20);
         report.touch_ahead_faults = Some(ahead.faults);
+        report.touch_ahead_lead_mb = Some(ahead.largest_lead_bytes >> 20);
     }
     if !args.json {
         eprintln!("{report}");

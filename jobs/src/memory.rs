@@ -96,6 +96,51 @@ pub struct TouchAheadStats {
     pub provided_bytes: u64,
     /// Minor page faults taken by the thread (each a page it provided that was not there).
     pub faults: u64,
+    /// The largest lead it kept ahead of use, bytes: the lead asked for, or the allocator's
+    /// growth over [`GROWTH_WINDOW`] when that was more.
+    pub largest_lead_bytes: u64,
+}
+
+/// How far back touch-ahead looks at the allocator's growth: the lead it keeps is at least
+/// what the allocator took in that long (see [`Growth`]).
+pub const GROWTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The allocator's recent growth, in granules: what it took in the last [`GROWTH_WINDOW`] (or a
+/// little more, between two looks). Touch-ahead keeps at least that much ahead of use, so that
+/// a state that grows fast, whose provider is held up for a moment (it runs at a lower
+/// priority than the workers), is not overtaken; a state that does not grow keeps the lead
+/// the user set.
+#[derive(Debug)]
+pub struct Growth {
+    window: std::time::Duration,
+    /// (when, granules in use then), oldest first; the first at or before the window's start.
+    seen: std::collections::VecDeque<(std::time::Instant, usize)>,
+}
+
+impl Growth {
+    /// Growth over `window`.
+    pub fn new(window: std::time::Duration) -> Self {
+        Growth {
+            window,
+            seen: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Records that `used` granules were in use at `now` (not before the last record), and
+    /// returns how many more than at the last record at or before `now - window` (the first
+    /// record, if none is that old).
+    pub fn observe(&mut self, now: std::time::Instant, used: usize) -> usize {
+        let start = now.checked_sub(self.window);
+        while self.seen.len() >= 2 && start.is_some_and(|s| self.seen[1].0 <= s) {
+            self.seen.pop_front();
+        }
+        let grown = self
+            .seen
+            .front()
+            .map_or(0, |&(_, then)| used.saturating_sub(then));
+        self.seen.push_back((now, used));
+        grown
+    }
 }
 
 // The only unsafe code of the workspace outside its dependencies: the allocator's C API and
@@ -103,7 +148,7 @@ pub struct TouchAheadStats {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod ahead {
-    use super::{touch_plan, TouchAheadError, TouchAheadStats, GRANULE};
+    use super::{touch_plan, Growth, TouchAheadError, TouchAheadStats, GRANULE, GROWTH_WINDOW};
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -129,6 +174,8 @@ mod ahead {
     /// marks again only when this moved.
     static COMMITS: AtomicU64 = AtomicU64::new(0);
     static FAULTS: AtomicU64 = AtomicU64::new(0);
+    /// The largest lead kept so far, in bytes.
+    static LEAD: AtomicU64 = AtomicU64::new(0);
     /// Set once the thread is started.
     static STARTED: AtomicBool = AtomicBool::new(false);
 
@@ -490,17 +537,23 @@ mod ahead {
         let mut used = vec![false; r.used.len()];
         // The commits seen at the last look, when it found nothing to do.
         let mut idle_at: Option<u64> = None;
+        let mut growth = Growth::new(GROWTH_WINDOW);
         loop {
             let commits = COMMITS.load(Ordering::Acquire);
             if idle_at == Some(commits) {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
+            let mut in_use = 0;
             for (u, flag) in used.iter_mut().zip(r.used.iter()) {
                 *u = flag.load(Ordering::Relaxed);
+                in_use += usize::from(*u);
             }
+            // At least the lead asked for, and as much as the allocator took lately.
+            let lead = ahead.max(growth.observe(std::time::Instant::now(), in_use));
+            LEAD.fetch_max((lead * GRANULE) as u64, Ordering::Relaxed);
             // A few at a time, so that a place the allocator has just reached comes first.
-            let plan = touch_plan(&used, &provided, ahead, 4);
+            let plan = touch_plan(&used, &provided, lead, 4);
             if plan.is_empty() {
                 idle_at = Some(commits);
                 std::thread::sleep(Duration::from_millis(1));
@@ -569,6 +622,7 @@ mod ahead {
         TouchAheadStats {
             provided_bytes: PROVIDED.load(Ordering::Relaxed),
             faults: FAULTS.load(Ordering::Relaxed),
+            largest_lead_bytes: LEAD.load(Ordering::Relaxed),
         }
     }
 }
@@ -801,6 +855,36 @@ mod tests {
             proptest::prop_assert_eq!(some.len(), all.len().min(limit));
             let some_dist: Vec<usize> = some.iter().map(|&g| distance_back(&used, g).unwrap()).collect();
             proptest::prop_assert_eq!(some_dist, dist[..some.len()].to_vec());
+        }
+    }
+
+    proptest::proptest! {
+        /// The growth `Growth` reports at each look is, by the whole record of looks kept
+        /// here, what is in use now less what was in use at the last look at or before the
+        /// window's start (the first look, if none is that old).
+        #[test]
+        fn growth_is_the_use_now_less_the_use_at_the_window_start(
+            steps in proptest::collection::vec((0u64..3_000, 0usize..50), 1..60),
+            window_ms in 1u64..5_000,
+        ) {
+            let window = std::time::Duration::from_millis(window_ms);
+            let t0 = std::time::Instant::now();
+            let mut growth = Growth::new(window);
+            let mut looks: Vec<(u64, usize)> = Vec::new();
+            let (mut at, mut used) = (0u64, 0usize);
+            for (dt, more) in steps {
+                at += dt;
+                used += more;
+                let got = growth.observe(t0 + std::time::Duration::from_millis(at), used);
+                let base = looks
+                    .iter()
+                    .rev()
+                    .find(|&&(t, _)| t + window_ms <= at)
+                    .or(looks.first())
+                    .map_or(used, |&(_, u)| u);
+                proptest::prop_assert_eq!(got, used - base, "at {} ms", at);
+                looks.push((at, used));
+            }
         }
     }
 
