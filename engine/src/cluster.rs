@@ -43,6 +43,9 @@ const GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the waiting is logged.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// How many accepted connections may be waiting for their greeting at once.
+const MAX_PENDING: usize = 64;
+
 /// What each process of a cluster tells the others when they connect; all of it must agree,
 /// except the index, which must be the one the hosts list gives the address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +159,15 @@ enum Failed {
 /// What one side of [`connect`] comes to.
 type Side = std::result::Result<Vec<TcpStream>, Failed>;
 
+/// Whether each side of [`connect`] has all its connections. Neither ends before both have
+/// (or the deadline passes): until then each watches its own, and one that closes (its process
+/// killed and started again) is made again.
+#[derive(Default)]
+struct Done {
+    connected: AtomicBool,
+    accepted: AtomicBool,
+}
+
 /// Connects this process (`me.index`) to every other process of the cluster at `addresses`
 /// (one per process, in process order), within `timeout` of the call. Returns one socket per
 /// process, in process order, `None` at this process's own place: what timely's
@@ -187,14 +199,22 @@ pub(crate) fn connect(
     // processes after it and connects to those before it, so no process waits on another
     // that waits on it. A side that fails for good stops the other.
     let failed = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(Done::default());
     let accepting = {
         let me = me.clone();
         let addresses = addresses.to_vec();
-        let (failed, stop) = (failed.clone(), stop.clone());
+        let (failed, stop, done) = (failed.clone(), stop.clone(), done.clone());
         std::thread::Builder::new()
             .name("runnel-accept".into())
             .spawn(move || {
-                let r = accept_all(&listener, &addresses, &me, deadline, &[&failed, &stop]);
+                let r = accept_all(
+                    &listener,
+                    &addresses,
+                    &me,
+                    deadline,
+                    &[&failed, &stop],
+                    &done,
+                );
                 if let Err(Failed::Fatal(_)) = r {
                     failed.store(true, Ordering::SeqCst);
                 }
@@ -202,7 +222,7 @@ pub(crate) fn connect(
             })
             .map_err(|e| fail(format!("cannot start a thread: {e}")))?
     };
-    let connected = connect_all(addresses, me, deadline, &[&failed, stop]);
+    let connected = connect_all(addresses, me, deadline, &[&failed, stop], &done);
     if let Err(Failed::Fatal(_)) = connected {
         failed.store(true, Ordering::SeqCst);
     }
@@ -240,7 +260,8 @@ pub(crate) fn connect(
     sockets.push(None);
     sockets.extend(accepted.into_iter().map(Some));
     for s in sockets.iter().flatten() {
-        s.set_read_timeout(None)
+        s.set_nonblocking(false)
+            .and_then(|()| s.set_read_timeout(None))
             .and_then(|()| s.set_nodelay(true))
             .map_err(|e| fail(format!("cannot set up a connection: {e}")))?;
     }
@@ -264,6 +285,7 @@ fn connect_all(
     me: &Greeting,
     deadline: Instant,
     stop: &[&AtomicBool],
+    done: &Done,
 ) -> Side {
     let index = me.index as usize;
     let hello = me.encode();
@@ -271,8 +293,18 @@ fn connect_all(
     let mut last: Vec<String> = vec!["not tried".into(); index];
     let mut pause = Duration::from_millis(2);
     let mut logged = Instant::now();
-    while got.iter().any(Option::is_none) {
+    loop {
         for peer in 0..index {
+            if got[peer].as_ref().is_some_and(|s| !alive(s)) {
+                // It went away before the whole cluster had connected (killed, or gave up):
+                // connected to again when it is back.
+                tracing::warn!(
+                    "process {index}: process {peer} closed its connection before the cluster \
+                     had connected; connecting to it again"
+                );
+                got[peer] = None;
+                last[peer] = "it connected, then closed the connection".into();
+            }
             if got[peer].is_some() {
                 continue;
             }
@@ -280,8 +312,13 @@ fn connect_all(
             match greet(address, &hello, deadline) {
                 Ok((stream, theirs)) => match me.mismatch(&theirs, peer) {
                     None => {
-                        // Confirmed: from here on the connection is timely's.
-                        if let Err(e) = (&stream).write_all(&[CONFIRM]) {
+                        // Confirmed: from here on the connection is timely's (if the other
+                        // side reads the byte before its own deadline or failure; if not, the
+                        // cluster fails in timely, with the lost connection).
+                        let confirmed = (&stream)
+                            .write_all(&[CONFIRM])
+                            .and_then(|()| stream.set_nonblocking(true));
+                        if let Err(e) = confirmed {
                             last[peer] = format!("the connection broke: {e}");
                             continue;
                         }
@@ -298,7 +335,9 @@ fn connect_all(
                 Err(e) => last[peer] = e,
             }
         }
-        if !got.iter().any(Option::is_none) {
+        let complete = got.iter().all(Option::is_some);
+        done.connected.store(complete, Ordering::SeqCst);
+        if complete && done.accepted.load(Ordering::SeqCst) {
             break;
         }
         if any(stop) {
@@ -312,7 +351,15 @@ fn connect_all(
                 .collect::<Vec<_>>()
         };
         if now >= deadline {
+            if complete {
+                break;
+            }
             return Err(Failed::Missing(missing()));
+        }
+        if complete {
+            // Waiting for the accepting side, watching these connections meanwhile.
+            std::thread::sleep(Duration::from_millis(1).min(deadline - now));
+            continue;
         }
         if now.duration_since(logged) >= LOG_EVERY {
             logged = now;
@@ -456,8 +503,9 @@ impl Pending {
     }
 }
 
-/// Whether a confirmed connection, not yet read by timely (non-blocking), is still open: the
-/// process at its other end may already send timely's bytes, which are left where they are.
+/// Whether a confirmed connection, not yet read by timely (non-blocking until the cluster has
+/// connected), is still open: the process at its other end may already send timely's bytes,
+/// which are left where they are.
 fn alive(stream: &TcpStream) -> bool {
     match stream.peek(&mut [0u8; 1]) {
         Ok(0) => false,
@@ -474,18 +522,41 @@ fn accept_all(
     me: &Greeting,
     deadline: Instant,
     stop: &[&AtomicBool],
+    done: &Done,
 ) -> Side {
     let index = me.index as usize;
     let hello = me.encode();
     let mut got: Vec<Option<TcpStream>> = (index + 1..addresses.len()).map(|_| None).collect();
     let mut pending: Vec<Pending> = Vec::new();
+    // What was last seen of each process after this one, for the error at the deadline.
+    let mut last: Vec<&str> = vec!["it never connected"; got.len()];
     let mut logged = Instant::now();
-    while got.iter().any(Option::is_none) {
+    let mut accept_error_logged: Option<Instant> = None;
+    loop {
+        for (i, slot) in got.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|s| !alive(s)) {
+                tracing::warn!(
+                    "process {index}: process {} closed its connection before the cluster had \
+                     connected; waiting for it again",
+                    index + 1 + i
+                );
+                *slot = None;
+                last[i] = "it connected, then closed the connection";
+            }
+        }
+        let complete = got.iter().all(Option::is_some);
+        done.accepted.store(complete, Ordering::SeqCst);
+        if complete && done.connected.load(Ordering::SeqCst) {
+            break;
+        }
         let now = Instant::now();
         if now >= deadline {
+            if complete {
+                break;
+            }
             let missing = (index + 1..addresses.len())
                 .filter(|p| got[p - index - 1].is_none())
-                .map(|p| format!("process {p} at {} (it never connected)", addresses[p]))
+                .map(|p| format!("process {p} at {} ({})", addresses[p], last[p - index - 1]))
                 .collect();
             return Err(Failed::Missing(missing));
         }
@@ -496,6 +567,15 @@ fn accept_all(
         match listener.accept() {
             Ok((stream, from)) => {
                 busy = true;
+                if pending.len() >= MAX_PENDING {
+                    // A flood of connections that say nothing: the oldest goes.
+                    let p = pending.remove(0);
+                    tracing::warn!(
+                        "process {index}: too many connections that have not greeted; the one \
+                         from {} dropped",
+                        p.from
+                    );
+                }
                 match stream.set_nonblocking(true) {
                     Ok(()) => pending.push(Pending {
                         stream,
@@ -510,11 +590,14 @@ fn accept_all(
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => {
                 // A connection reset before it was accepted, or out of file descriptors for a
-                // moment: the listener itself still works.
-                tracing::warn!(
-                    "process {index}: accepting a connection on {} failed: {e}",
-                    addresses[index]
-                );
+                // moment: the listener itself still works. Logged every few seconds at most.
+                if accept_error_logged.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+                    accept_error_logged = Some(now);
+                    tracing::warn!(
+                        "process {index}: accepting a connection on {} failed: {e}",
+                        addresses[index]
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -603,15 +686,7 @@ fn accept_all(
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let sockets = got.into_iter().map(Option::unwrap).collect::<Vec<_>>();
-    for s in &sockets {
-        if let Err(e) = s.set_nonblocking(false) {
-            return Err(Failed::Fatal(Error::Runtime(format!(
-                "the cluster cannot connect: cannot set up a connection: {e}"
-            ))));
-        }
-    }
-    Ok(sockets)
+    Ok(got.into_iter().map(Option::unwrap).collect())
 }
 
 #[cfg(test)]
@@ -810,7 +885,7 @@ mod tests {
         let p0 = p0.join().unwrap().unwrap();
         // Well within the 10 s a silent connection is given: the silent one held up nothing.
         assert!(
-            started.elapsed() < GREETING_TIMEOUT,
+            started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
@@ -873,10 +948,16 @@ mod tests {
         let first = connect(
             &three,
             &greeting(3, 1, 1, "j"),
-            Duration::from_secs(1),
+            Duration::from_secs(2),
             &no_stop(),
+        )
+        .unwrap_err()
+        .to_string();
+        // It had connected to process 0: only process 2 is missing.
+        assert!(
+            first.contains("process 2 at") && !first.contains("process 0 at"),
+            "{first}"
         );
-        assert!(first.is_err());
         // Started again (at another address: the old one's port may linger), with process 2.
         let mut again = three.clone();
         again[1] = addresses(1).remove(0);
@@ -899,6 +980,68 @@ mod tests {
         });
         let mut all = [p0, p1, p2].map(|h| h.join().unwrap().unwrap());
         // Each socket reaches the process at its place.
+        for (i, sockets) in all.iter_mut().enumerate() {
+            for s in sockets.iter_mut().flatten() {
+                s.write_all(&[i as u8]).unwrap();
+            }
+        }
+        for (i, sockets) in all.iter_mut().enumerate() {
+            for (j, s) in sockets.iter_mut().enumerate() {
+                if let Some(s) = s {
+                    let mut got = [0u8; 1];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got[0], j as u8, "process {i} from {j}");
+                }
+            }
+        }
+    }
+
+    /// Process 0, which the others connect to, gone before the cluster had connected and
+    /// started again at its address: the process that had connected to it connects again.
+    #[test]
+    fn a_process_connected_to_and_started_again_is_connected_to_again() {
+        let three = addresses(3);
+        let (a0, a1) = (three.clone(), three.clone());
+        // The first process 0 gets process 1, waits for process 2 in vain and ends.
+        let first = std::thread::spawn(move || {
+            connect(
+                &a0,
+                &greeting(3, 0, 1, "j"),
+                Duration::from_secs(2),
+                &no_stop(),
+            )
+        });
+        let p1 = std::thread::spawn(move || {
+            connect(
+                &a1,
+                &greeting(3, 1, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        let first = first.join().unwrap().unwrap_err().to_string();
+        assert!(
+            first.contains("process 2 at") && !first.contains("process 1 at"),
+            "{first}"
+        );
+        let (a0, a2) = (three.clone(), three.clone());
+        let p0 = std::thread::spawn(move || {
+            connect(
+                &a0,
+                &greeting(3, 0, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        let p2 = std::thread::spawn(move || {
+            connect(
+                &a2,
+                &greeting(3, 2, 1, "j"),
+                Duration::from_secs(30),
+                &no_stop(),
+            )
+        });
+        let mut all = [p0, p1, p2].map(|h| h.join().unwrap().unwrap());
         for (i, sockets) in all.iter_mut().enumerate() {
             for s in sockets.iter_mut().flatten() {
                 s.write_all(&[i as u8]).unwrap();

@@ -69,8 +69,8 @@ pub struct BenchReport {
     /// were taken by the workers and the other threads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touch_ahead_faults: Option<u64>,
-    /// The largest lead the touch-ahead thread kept ahead of use, MB: `--touch-ahead`'s, or
-    /// the allocator's growth over the last 4 s when that was more.
+    /// The largest lead the touch-ahead thread aimed to keep ahead of use, MB: `--touch-ahead`'s,
+    /// or the allocator's growth over the last 4 s when that was more (up to 8 times it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touch_ahead_lead_mb: Option<u64>,
     /// Late records.
@@ -276,7 +276,7 @@ impl std::fmt::Display for BenchReport {
                 " ({n} of them by the touch-ahead thread, which provided {mb} MB)"
             )?;
             if let Some(lead) = self.touch_ahead_lead_mb {
-                write!(f, " (up to {lead} MB ahead)")?;
+                write!(f, " (aiming up to {lead} MB ahead)")?;
             }
         }
         if let Some(c) = &self.checkpoints {

@@ -115,9 +115,11 @@ struct BenchArgs {
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
-    /// at least SIZE, and as much as the job's memory grew in the last 4 s. Memory the
-    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
-    /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
+    /// at least SIZE, and as much as the job's memory grew in the last 4 s, up to 8 times
+    /// SIZE. Memory the job frees is kept, not given back, as a JVM keeps its heap; the
+    /// process holds 0.05-0.2 GB more than the job uses, up to about 0.5 GB for a state that
+    /// grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
+    /// the allocator grows from). Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
     /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
     /// off with a warning, and a SIZE given is an error.
@@ -228,9 +230,11 @@ struct RunArgs {
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
-    /// at least SIZE, and as much as the job's memory grew in the last 4 s. Memory the
-    /// job frees is kept, not given back, as a JVM keeps its heap; the process holds 0.05-0.2
-    /// GB more than the job uses, up to 0.5 GB for a state that grows. Linux 5.14 or later:
+    /// at least SIZE, and as much as the job's memory grew in the last 4 s, up to 8 times
+    /// SIZE. Memory the job frees is kept, not given back, as a JVM keeps its heap; the
+    /// process holds 0.05-0.2 GB more than the job uses, up to about 0.5 GB for a state that
+    /// grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
+    /// the allocator grows from). Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
     /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
     /// off with a warning, and a SIZE given is an error.

@@ -14,8 +14,9 @@
 //!
 //! Touch-ahead ([`TouchAhead`], on by default in `runnel run` and `runnel bench` with 64 MiB,
 //! `--touch-ahead SIZE` to change it, 0 to turn it off) provides the memory while the job runs
-//! instead, on a thread of its own, a little ahead of where the allocator grows: no size to
-//! guess, and only about SIZE more than the job uses.
+//! instead, on a thread of its own, a little ahead of where the allocator grows (at least
+//! SIZE, more while the job's memory grows fast): no size to guess, and only a lead more than
+//! the job uses.
 //!
 //! mimalloc reads its options when the process starts, so the binary sets the variables by
 //! running itself again with them ([`keeps_freed_memory`], [`arena_reserve_is_small`]).
@@ -96,17 +97,25 @@ pub struct TouchAheadStats {
     pub provided_bytes: u64,
     /// Minor page faults taken by the thread (each a page it provided that was not there).
     pub faults: u64,
-    /// The largest lead it kept ahead of use, bytes: the lead asked for, or the allocator's
-    /// growth over [`GROWTH_WINDOW`] when that was more.
+    /// The largest lead it aimed to keep ahead of use, bytes: the lead asked for, or the
+    /// allocator's growth over [`GROWTH_WINDOW`] when that was more (up to
+    /// [`MAX_LEAD_FACTOR`] times it). A thread held up may have kept less.
     pub largest_lead_bytes: u64,
 }
 
 /// How far back touch-ahead looks at the allocator's growth: the lead it keeps is at least
-/// what the allocator took in that long (see [`Growth`]).
+/// what the allocator took in that long (see [`Growth`]), up to [`MAX_LEAD_FACTOR`] times the
+/// lead asked for.
 pub const GROWTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The allocator's recent growth, in granules: what it took in the last [`GROWTH_WINDOW`] (or a
-/// little more, between two looks). Touch-ahead keeps at least that much ahead of use, so that
+/// The most the lead grows to for a job whose memory grows fast, in multiples of the lead
+/// asked for (`--touch-ahead SIZE`): the lead applies after each place the allocator grows
+/// from, so this bounds what is provided and never used.
+pub const MAX_LEAD_FACTOR: usize = 8;
+
+/// The allocator's recent growth, in granules: what it took since the last look at least
+/// [`GROWTH_WINDOW`] ago (longer when the thread was held up between looks, or had nothing to
+/// do). Touch-ahead keeps at least that much ahead of use, so that
 /// a state that grows fast, whose provider is held up for a moment (it runs at a lower
 /// priority than the workers), is not overtaken; a state that does not grow keeps the lead
 /// the user set.
@@ -148,7 +157,10 @@ impl Growth {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod ahead {
-    use super::{touch_plan, Growth, TouchAheadError, TouchAheadStats, GRANULE, GROWTH_WINDOW};
+    use super::{
+        touch_plan, Growth, TouchAheadError, TouchAheadStats, GRANULE, GROWTH_WINDOW,
+        MAX_LEAD_FACTOR,
+    };
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -549,8 +561,10 @@ mod ahead {
                 *u = flag.load(Ordering::Relaxed);
                 in_use += usize::from(*u);
             }
-            // At least the lead asked for, and as much as the allocator took lately.
-            let lead = ahead.max(growth.observe(std::time::Instant::now(), in_use));
+            // At least the lead asked for, and as much as the allocator took lately, up to a
+            // bound.
+            let grown = growth.observe(std::time::Instant::now(), in_use);
+            let lead = ahead.max(grown.min(ahead.saturating_mul(MAX_LEAD_FACTOR)));
             LEAD.fetch_max((lead * GRANULE) as u64, Ordering::Relaxed);
             // A few at a time, so that a place the allocator has just reached comes first.
             let plan = touch_plan(&used, &provided, lead, 4);
@@ -644,8 +658,9 @@ mod ahead {
 ///   (it runs inside the allocator: no allocation, no lock).
 /// * A thread (`runnel-touch-ahead`) looks at the marks each millisecond in which mimalloc
 ///   started to use more of the region (a counter of its commits says so) and provides, with
-///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within SIZE after a marked
-///   one that it has not provided yet, nearest first, one at a time, each once a second
+///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within the lead after a
+///   marked one that it has not provided yet (the lead: SIZE, or what the allocator took in
+///   the last [`GROWTH_WINDOW`] when that is more, up to [`MAX_LEAD_FACTOR`] times SIZE), nearest first, one at a time, each once a second
 ///   thread at idle priority (`runnel-touch-idle`) has run: that is, when a core is free.
 ///   `MADV_POPULATE_WRITE` writes no data: it only faults in the pages, so it is safe on
 ///   memory the allocator is using. It holds the process's memory map while it does, which
@@ -663,8 +678,9 @@ mod ahead {
 /// provided afresh at each reuse. The thread provides that first arena whole before anything
 /// else (the mapping that holds an allocation made before the region is mapped).
 ///
-/// The cost: up to SIZE of memory provided but not used, for each place the allocator grows
-/// from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
+/// The cost: up to the lead of memory provided but not used (SIZE for a job whose memory does
+/// not grow, up to [`MAX_LEAD_FACTOR`] times SIZE for one that grows fast), for each place the
+/// allocator grows from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
 /// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
 /// by the thread instead of by a worker.
 ///
