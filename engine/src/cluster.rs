@@ -705,6 +705,45 @@ mod tests {
             .collect()
     }
 
+    /// Each process writes its index on every socket it has; each socket must then read the
+    /// index of the process at its place (and a process has no socket at its own place).
+    fn each_socket_reaches_its_process(all: &mut [Vec<Option<TcpStream>>]) {
+        for (i, sockets) in all.iter_mut().enumerate() {
+            assert!(sockets[i].is_none(), "process {i} has a socket to itself");
+            for s in sockets.iter_mut().flatten() {
+                s.write_all(&[i as u8]).unwrap();
+            }
+        }
+        for (i, sockets) in all.iter_mut().enumerate() {
+            for (j, s) in sockets.iter_mut().enumerate() {
+                if let Some(s) = s {
+                    let mut got = [0u8; 1];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got[0], j as u8, "process {i}'s socket {j}");
+                }
+            }
+        }
+    }
+
+    /// Process `index` of a cluster of one worker each at `addresses`, connecting on a thread
+    /// of its own with `timeout_secs`.
+    fn spawn_process(
+        addresses: &[String],
+        index: usize,
+        timeout_secs: u64,
+    ) -> std::thread::JoinHandle<Result<Vec<Option<TcpStream>>>> {
+        let addresses = addresses.to_vec();
+        let me = greeting(addresses.len(), index, 1, "j");
+        std::thread::spawn(move || {
+            connect(
+                &addresses,
+                &me,
+                Duration::from_secs(timeout_secs),
+                &no_stop(),
+            )
+        })
+    }
+
     fn no_stop() -> Arc<AtomicBool> {
         Arc::new(AtomicBool::new(false))
     }
@@ -753,24 +792,10 @@ mod tests {
                     .into_iter()
                     .map(|r| r.unwrap())
                     .collect();
-            for (i, sockets) in all.iter_mut().enumerate() {
-                assert_eq!(sockets.len(), 3);
-                for (j, s) in sockets.iter_mut().enumerate() {
-                    assert_eq!(s.is_none(), i == j, "process {i}'s socket {j}");
-                    if let Some(s) = s {
-                        s.write_all(&[i as u8, j as u8]).unwrap();
-                    }
-                }
+            for sockets in &all {
+                assert_eq!(sockets.len(), 3, "delays {delays:?}");
             }
-            for (i, sockets) in all.iter_mut().enumerate() {
-                for (j, s) in sockets.iter_mut().enumerate() {
-                    if let Some(s) = s {
-                        let mut got = [0u8; 2];
-                        s.read_exact(&mut got).unwrap();
-                        assert_eq!(got, [j as u8, i as u8], "delays {delays:?}: {i} from {j}");
-                    }
-                }
-            }
+            each_socket_reaches_its_process(&mut all);
         }
     }
 
@@ -846,15 +871,7 @@ mod tests {
     #[test]
     fn strangers_at_the_port_are_dropped_and_hold_up_no_peer() {
         let addrs = addresses(2);
-        let a0 = addrs.clone();
-        let p0 = std::thread::spawn(move || {
-            connect(
-                &a0,
-                &greeting(2, 0, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
+        let p0 = spawn_process(&addrs, 0, 30);
         // The strangers find the listener once process 0 has bound it.
         let mut stranger = loop {
             match TcpStream::connect(addrs[0].as_str()) {
@@ -875,13 +892,7 @@ mod tests {
         stranger.read_to_end(&mut nothing).unwrap();
         assert!(nothing.is_empty());
         let started = Instant::now();
-        let p1 = connect(
-            &addrs,
-            &greeting(2, 1, 1, "j"),
-            Duration::from_secs(30),
-            &no_stop(),
-        )
-        .unwrap();
+        let p1 = spawn_process(&addrs, 1, 30).join().unwrap().unwrap();
         let p0 = p0.join().unwrap().unwrap();
         // Well within the 10 s a silent connection is given: the silent one held up nothing.
         assert!(
@@ -899,15 +910,7 @@ mod tests {
     fn a_process_started_twice_is_named() {
         // Process 2 never starts: process 0 waits for it, and so does each process 1.
         let three = addresses(3);
-        let a0 = three.clone();
-        let p0 = std::thread::spawn(move || {
-            connect(
-                &a0,
-                &greeting(3, 0, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
+        let p0 = spawn_process(&three, 0, 30);
         let stop = no_stop();
         let (a1, s1) = (three.clone(), stop.clone());
         let first = std::thread::spawn(move || {
@@ -935,24 +938,13 @@ mod tests {
     #[test]
     fn a_process_started_again_before_the_cluster_connected_takes_its_place() {
         let three = addresses(3);
-        let a0 = three.clone();
-        let p0 = std::thread::spawn(move || {
-            connect(
-                &a0,
-                &greeting(3, 0, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
+        let p0 = spawn_process(&three, 0, 30);
         // The first process 1 connects to process 0, waits for process 2 in vain and ends.
-        let first = connect(
-            &three,
-            &greeting(3, 1, 1, "j"),
-            Duration::from_secs(2),
-            &no_stop(),
-        )
-        .unwrap_err()
-        .to_string();
+        let first = spawn_process(&three, 1, 2)
+            .join()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         // It had connected to process 0: only process 2 is missing.
         assert!(
             first.contains("process 2 at") && !first.contains("process 0 at"),
@@ -961,39 +953,9 @@ mod tests {
         // Started again (at another address: the old one's port may linger), with process 2.
         let mut again = three.clone();
         again[1] = addresses(1).remove(0);
-        let (a1, a2) = (again.clone(), again.clone());
-        let p1 = std::thread::spawn(move || {
-            connect(
-                &a1,
-                &greeting(3, 1, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
-        let p2 = std::thread::spawn(move || {
-            connect(
-                &a2,
-                &greeting(3, 2, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
+        let (p1, p2) = (spawn_process(&again, 1, 30), spawn_process(&again, 2, 30));
         let mut all = [p0, p1, p2].map(|h| h.join().unwrap().unwrap());
-        // Each socket reaches the process at its place.
-        for (i, sockets) in all.iter_mut().enumerate() {
-            for s in sockets.iter_mut().flatten() {
-                s.write_all(&[i as u8]).unwrap();
-            }
-        }
-        for (i, sockets) in all.iter_mut().enumerate() {
-            for (j, s) in sockets.iter_mut().enumerate() {
-                if let Some(s) = s {
-                    let mut got = [0u8; 1];
-                    s.read_exact(&mut got).unwrap();
-                    assert_eq!(got[0], j as u8, "process {i} from {j}");
-                }
-            }
-        }
+        each_socket_reaches_its_process(&mut all);
     }
 
     /// Process 0, which the others connect to, gone before the cluster had connected and
@@ -1001,61 +963,17 @@ mod tests {
     #[test]
     fn a_process_connected_to_and_started_again_is_connected_to_again() {
         let three = addresses(3);
-        let (a0, a1) = (three.clone(), three.clone());
         // The first process 0 gets process 1, waits for process 2 in vain and ends.
-        let first = std::thread::spawn(move || {
-            connect(
-                &a0,
-                &greeting(3, 0, 1, "j"),
-                Duration::from_secs(2),
-                &no_stop(),
-            )
-        });
-        let p1 = std::thread::spawn(move || {
-            connect(
-                &a1,
-                &greeting(3, 1, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
+        let first = spawn_process(&three, 0, 2);
+        let p1 = spawn_process(&three, 1, 30);
         let first = first.join().unwrap().unwrap_err().to_string();
         assert!(
             first.contains("process 2 at") && !first.contains("process 1 at"),
             "{first}"
         );
-        let (a0, a2) = (three.clone(), three.clone());
-        let p0 = std::thread::spawn(move || {
-            connect(
-                &a0,
-                &greeting(3, 0, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
-        let p2 = std::thread::spawn(move || {
-            connect(
-                &a2,
-                &greeting(3, 2, 1, "j"),
-                Duration::from_secs(30),
-                &no_stop(),
-            )
-        });
+        let (p0, p2) = (spawn_process(&three, 0, 30), spawn_process(&three, 2, 30));
         let mut all = [p0, p1, p2].map(|h| h.join().unwrap().unwrap());
-        for (i, sockets) in all.iter_mut().enumerate() {
-            for s in sockets.iter_mut().flatten() {
-                s.write_all(&[i as u8]).unwrap();
-            }
-        }
-        for (i, sockets) in all.iter_mut().enumerate() {
-            for (j, s) in sockets.iter_mut().enumerate() {
-                if let Some(s) = s {
-                    let mut got = [0u8; 1];
-                    s.read_exact(&mut got).unwrap();
-                    assert_eq!(got[0], j as u8, "process {i} from {j}");
-                }
-            }
-        }
+        each_socket_reaches_its_process(&mut all);
     }
 
     /// The run's stop (Ctrl-C) ends the wait at once with an error that says so.
