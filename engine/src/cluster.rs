@@ -161,7 +161,9 @@ type Side = std::result::Result<Vec<TcpStream>, Failed>;
 
 /// Whether each side of [`connect`] has all its connections. Neither ends before both have
 /// (or the deadline passes): until then each watches its own, and one that closes (its process
-/// killed and started again) is made again.
+/// killed and started again) is made again. A connection that closes after its side has ended
+/// (a window of a millisecond between the two sides' ends, or any time after `connect`
+/// returns) fails the run in timely, with the lost connection.
 #[derive(Default)]
 struct Done {
     connected: AtomicBool,
@@ -291,6 +293,8 @@ fn connect_all(
     let hello = me.encode();
     let mut got: Vec<Option<TcpStream>> = (0..index).map(|_| None).collect();
     let mut last: Vec<String> = vec!["not tried".into(); index];
+    // Which of them connected and then closed their connection (for the error at the end).
+    let mut closed = vec![false; index];
     let mut pause = Duration::from_millis(2);
     let mut logged = Instant::now();
     loop {
@@ -303,7 +307,7 @@ fn connect_all(
                      had connected; connecting to it again"
                 );
                 got[peer] = None;
-                last[peer] = "it connected, then closed the connection".into();
+                closed[peer] = true;
             }
             if got[peer].is_some() {
                 continue;
@@ -347,7 +351,14 @@ fn connect_all(
         let missing = || {
             (0..index)
                 .filter(|&p| got[p].is_none())
-                .map(|p| format!("process {p} at {} ({})", addresses[p], last[p]))
+                .map(|p| {
+                    let then = if closed[p] {
+                        "it connected, then closed the connection; since then: "
+                    } else {
+                        ""
+                    };
+                    format!("process {p} at {} ({then}{})", addresses[p], last[p])
+                })
                 .collect::<Vec<_>>()
         };
         if now >= deadline {
@@ -569,7 +580,10 @@ fn accept_all(
                 busy = true;
                 if pending.len() >= MAX_PENDING {
                     // A flood of connections that say nothing: the oldest goes.
-                    let p = pending.remove(0);
+                    let oldest = (0..pending.len())
+                        .min_by_key(|&i| pending[i].since)
+                        .expect("pending is full");
+                    let p = pending.swap_remove(oldest);
                     tracing::warn!(
                         "process {index}: too many connections that have not greeted; the one \
                          from {} dropped",
@@ -626,14 +640,17 @@ fn accept_all(
                     // Whatever it says, it hears this process's own greeting, so that it can
                     // say what differs too.
                     let _ = (&p.stream).write_all(&hello);
-                    let expected = if peer > index && peer < addresses.len() {
-                        peer
-                    } else {
-                        // An index that cannot connect here: compared against the first
-                        // missing.
-                        index + 1 + got.iter().position(Option::is_none).unwrap_or(0)
-                    };
-                    if let Some(why) = me.mismatch(&theirs, expected) {
+                    if peer <= index || peer >= addresses.len() {
+                        return Err(Failed::Fatal(Error::Runtime(format!(
+                            "the cluster cannot connect: a process at {} says it is process \
+                             {peer} (of --processes {}), which does not connect to process \
+                             {index} of {} processes: are the hosts files the same?",
+                            p.from,
+                            theirs.processes,
+                            addresses.len()
+                        ))));
+                    }
+                    if let Some(why) = me.mismatch(&theirs, peer) {
                         return Err(Failed::Fatal(Error::Runtime(format!(
                             "the cluster cannot connect: a process at {} is not of this \
                              process's cluster: {why}",
@@ -708,10 +725,16 @@ mod tests {
     /// Each process writes its index on every socket it has; each socket must then read the
     /// index of the process at its place (and a process has no socket at its own place).
     fn each_socket_reaches_its_process(all: &mut [Vec<Option<TcpStream>>]) {
+        let n = all.len();
         for (i, sockets) in all.iter_mut().enumerate() {
-            assert!(sockets[i].is_none(), "process {i} has a socket to itself");
-            for s in sockets.iter_mut().flatten() {
-                s.write_all(&[i as u8]).unwrap();
+            assert_eq!(sockets.len(), n, "process {i}'s sockets");
+            for (j, s) in sockets.iter_mut().enumerate() {
+                assert_eq!(s.is_none(), i == j, "process {i}'s socket {j}");
+                if let Some(s) = s {
+                    // Not a byte of the handshake's (the confirmation is 1).
+                    s.write_all(&[b'A' + i as u8]).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                }
             }
         }
         for (i, sockets) in all.iter_mut().enumerate() {
@@ -719,7 +742,7 @@ mod tests {
                 if let Some(s) = s {
                     let mut got = [0u8; 1];
                     s.read_exact(&mut got).unwrap();
-                    assert_eq!(got[0], j as u8, "process {i}'s socket {j}");
+                    assert_eq!(got[0], b'A' + j as u8, "process {i}'s socket {j}");
                 }
             }
         }

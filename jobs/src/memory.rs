@@ -660,8 +660,9 @@ mod ahead {
 ///   started to use more of the region (a counter of its commits says so) and provides, with
 ///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within the lead after a
 ///   marked one that it has not provided yet (the lead: SIZE, or what the allocator took in
-///   the last [`GROWTH_WINDOW`] when that is more, up to [`MAX_LEAD_FACTOR`] times SIZE), nearest first, one at a time, each once a second
-///   thread at idle priority (`runnel-touch-idle`) has run: that is, when a core is free.
+///   the last [`GROWTH_WINDOW`] when that is more, up to [`MAX_LEAD_FACTOR`] times SIZE),
+///   nearest first, one at a time, each once a second thread at idle priority
+///   (`runnel-touch-idle`) has run: that is, when a core is free.
 ///   `MADV_POPULATE_WRITE` writes no data: it only faults in the pages, so it is safe on
 ///   memory the allocator is using. It holds the process's memory map while it does, which
 ///   is why the thread that calls it is at nice 10 rather than at idle priority: a thread at
