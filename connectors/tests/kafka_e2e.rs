@@ -1118,6 +1118,95 @@ fn exactly_once_sink_finds_an_earlier_runs_records_after_two_restarts() {
     );
 }
 
+/// The records of `epochs` each read back from `topic` more (or, negative, fewer) times than
+/// once, by value.
+fn not_once(
+    bootstrap: &str,
+    topic: &str,
+    epochs: std::ops::RangeInclusive<u64>,
+) -> Vec<(String, i64)> {
+    let mut counts: BTreeMap<String, i64> = epochs
+        .flat_map(epoch_records)
+        .map(|e| (e.data, -1))
+        .collect();
+    for r in read_all(bootstrap, topic) {
+        *counts
+            .entry(String::from_utf8(r.value).expect("utf-8"))
+            .or_insert(0) += 1;
+    }
+    counts.into_iter().filter(|(_, n)| *n != 0).collect()
+}
+
+/// A broker that answers a batch with DUPLICATE_SEQUENCE_NUMBER without writing it (the mock
+/// cluster, told to; as a broker would that advanced the producer's sequence and then lost the
+/// batch). librdkafka reports its records delivered, without an offset. The exactly-once sink
+/// does not count them as written: the job fails before a checkpoint covers them, and the run
+/// restored from the last checkpoint finds them missing and writes them, once.
+#[test]
+fn exactly_once_sink_fails_on_a_batch_the_broker_did_not_confirm_and_the_restart_writes_it() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use runnel_engine::{Epoch, Sink, SinkContext};
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = mock.bootstrap_servers();
+    let topic = "eo-unconfirmed";
+    mock.create_topic(topic, 1, 1).expect("topic");
+    let ctx = SinkContext {
+        checkpoints: true,
+        ..SinkContext::detached("out")
+    };
+    let new_sink = || KafkaSink::strings(KafkaConfig::new(bootstrap.clone()), topic).exactly_once();
+
+    // Run 1: epoch 1's results are held until checkpoint 1 is complete, then written; the
+    // broker answers that batch with the duplicate-sequence error and drops it.
+    let mut sink = new_sink();
+    sink.open(&ctx).expect("open");
+    write_epoch(&mut sink, 1, 0);
+    let c1 = sink.snapshot(Epoch(1)).expect("snapshot").expect("state");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER],
+    );
+    // Checkpoint 1 complete: its results go out. Epoch 2 has none; checkpoint 2 waits for
+    // what was sent, and fails.
+    let failed = (|| {
+        sink.checkpoint_committed(1)?;
+        sink.epoch_done(Epoch(2))?;
+        sink.snapshot(Epoch(2)).map(|_| ())
+    })();
+    let err = failed
+        .expect_err("a checkpoint over records the broker did not confirm")
+        .to_string();
+    assert!(err.contains("'out'"), "{err}");
+    assert!(err.contains("not known to be written"), "{err}");
+    assert!(err.contains("DUPLICATE_SEQUENCE_NUMBER"), "{err}");
+    assert!(err.contains(&format!("topic '{topic}'")), "{err}");
+    // Counted as written, they would have been lost: the topic does not have them.
+    let missing = not_once(&bootstrap, topic, 1..=1);
+    assert_eq!(
+        missing.len(),
+        40,
+        "epoch 1 is not in the topic: {missing:?}"
+    );
+    assert!(missing.iter().all(|(_, n)| *n == -1), "{missing:?}");
+    drop(sink);
+
+    // Run 2, restored from checkpoint 1: it reads the topic back, finds none of checkpoint 1's
+    // results, writes them, and goes on.
+    let mut sink = new_sink();
+    sink.restore(&c1).expect("restore");
+    sink.open(&ctx).expect("open");
+    write_epoch(&mut sink, 2, 0);
+    wait_ready(&mut sink, 2);
+    sink.snapshot(Epoch(2)).expect("snapshot");
+    sink.checkpoint_committed(2).expect("committed");
+    sink.close().expect("close");
+    let wrong = not_once(&bootstrap, topic, 1..=2);
+    assert!(
+        wrong.is_empty(),
+        "records read n times more than expected (-1: missing): {wrong:?}"
+    );
+}
+
 /// Runs on `workers` with 10 ms epochs, checkpointed into `store` every 50 ms (two kept),
 /// resuming from the latest checkpoint.
 fn checkpointed(store: &Arc<runnel_engine::LocalDirStore>, workers: usize) -> RunOptions {

@@ -54,6 +54,15 @@ fn delays(seed: u64, n: usize) -> Vec<Duration> {
         .collect()
 }
 
+/// How many times a crash test kills its job: 4, or `RUNNEL_CRASH_KILLS` (at least 2; to look
+/// for rare failures, more restarts in one test).
+fn kills() -> usize {
+    std::env::var("RUNNEL_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map_or(4, |n| n.max(2))
+}
+
 fn seed() -> u64 {
     let seed = std::env::var("RUNNEL_CRASH_SEED")
         .ok()
@@ -105,7 +114,11 @@ fn spawn(args: &[String], processes: usize, hosts: &Path, state: &Path) -> Vec<C
                 .args(["--workers", "2", "--json", "--quiet"])
                 .env("RUNNEL_STATE_DIR", state)
                 // "resuming from checkpoint N" in the log, for the tests to count.
-                .env("RUST_LOG", "warn,runnel_engine::runtime=info")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUNNEL_CRASH_LOG")
+                        .unwrap_or_else(|_| "warn,runnel_engine::runtime=info".into()),
+                )
                 .stdout(Stdio::piped())
                 .stderr(log);
             if processes > 1 {
@@ -309,7 +322,7 @@ fn kafka_crash_test(processes: usize) {
     // The same, killed several times.
     let out = unique("crash-out");
     create_topic(&bootstrap, &out, 3);
-    let kills = delays(seed(), 4);
+    let kills = delays(seed(), kills());
     let summaries = run_with_kills(&args(&out), processes, &kills, &dir.path().join("killed"));
     let read: u64 = summaries
         .iter()
@@ -318,21 +331,47 @@ fn kafka_crash_test(processes: usize) {
     let late: u64 = summaries.iter().map(|s| s["late"].as_u64().unwrap()).sum();
     eprintln!("the last run read {read} of {n} bids ({late} late)");
     let rows = output_rows(&bootstrap, &out, 3);
-    assert_eq!(
-        rows.len(),
-        clean_rows.len(),
-        "as many results as the run that never failed"
-    );
     if rows != clean_rows {
         let got: std::collections::BTreeSet<_> = rows.iter().collect();
         let want: std::collections::BTreeSet<_> = clean_rows.iter().collect();
         let extra: Vec<_> = got.difference(&want).take(5).collect();
         let missing: Vec<_> = want.difference(&got).take(5).collect();
+        // Where the differences lie: (window start, output partition) -> rows, to tell one
+        // lost batch (one window, one partition) from a wider loss.
+        let by_place = |rows: &mut dyn Iterator<Item = &&(u64, i64, u64, u64)>| {
+            let mut at: std::collections::BTreeMap<(i64, i32), usize> = Default::default();
+            for r in rows {
+                *at.entry((r.1, java_partition(r.0.to_string().as_bytes(), 3)))
+                    .or_default() += 1;
+            }
+            at
+        };
+        let missing_at = by_place(&mut want.difference(&got));
+        let extra_at = by_place(&mut got.difference(&want));
+        // Kept for a look: the runs' logs and checkpoints.
+        let kept = dir.keep();
+        let logs: Vec<String> = (0..processes)
+            .map(|p| {
+                let log = stderr_log(&kept.join("killed"), p);
+                format!(
+                    "{}:\n{}",
+                    log.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .collect();
         panic!(
-            "the output differs from the run that never failed: {} rows differ; \
-             (auction, start, count, max) extra {extra:?}, missing {missing:?}; {}",
+            "the output differs from the run that never failed: {} rows against {} ({} \
+             written more than once), {} rows differ; (auction, start, count, max) extra \
+             {extra:?}, missing {missing:?}; missing by (window start, partition): \
+             {missing_at:?}; extra by (window start, partition): {extra_at:?}; {}\n\
+             the killed runs' logs (their folder is kept):\n{}",
+            rows.len(),
+            clean_rows.len(),
+            rows.len() - got.len(),
             got.symmetric_difference(&want).count(),
-            partition_spans(&bootstrap, &out)
+            partition_spans(&bootstrap, &out),
+            logs.join("\n")
         );
     }
 }
@@ -382,7 +421,7 @@ fn file_output_is_exactly_once_after_sigkills() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let kills = delays(seed(), 4);
+    let kills = delays(seed(), kills());
     let summaries = run_with_kills(&args, 1, &kills, &dir.path().join("state"));
     eprintln!(
         "the last run read {} of {n} bids",
@@ -640,7 +679,7 @@ fn nexmark_crash_test(query: &str, n: u64, want: Vec<Value>, processes: usize) -
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut kills = delays(seed(), 4);
+    let mut kills = delays(seed(), kills());
     if processes > 1 {
         kills[1] = kills[1].max(Duration::from_millis(3500));
     }

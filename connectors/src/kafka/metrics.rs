@@ -1,7 +1,8 @@
 //! What the Kafka clients report while they run: librdkafka's log lines and client errors,
 //! logged as `tracing` events with key/value fields (`client`, `facility`, `error`) and kept so
 //! that the connectors' errors can say what the brokers last said; and the producer's failed
-//! deliveries, counted, with the first failure kept for the sink to return.
+//! deliveries, and those an idempotent producer was told of without an offset (unconfirmed),
+//! counted, with the first of each kept for the sink to return.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -109,6 +110,12 @@ pub(crate) struct ProducerEvents {
     first_failure: Mutex<Option<String>>,
     /// What has been delivered.
     delivered: Mutex<Deliveries>,
+    /// The producer is idempotent: a delivery without an offset is a resent batch the
+    /// broker answered with DUPLICATE_SEQUENCE_NUMBER.
+    idempotent: bool,
+    /// Such deliveries, and the first described.
+    unconfirmed: AtomicU64,
+    first_unconfirmed: Mutex<Option<String>>,
 }
 
 /// What a producer's delivery reports said so far.
@@ -128,7 +135,33 @@ impl ProducerEvents {
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
             delivered: Mutex::new(Default::default()),
+            idempotent: false,
+            unconfirmed: AtomicU64::new(0),
+            first_unconfirmed: Mutex::new(None),
         }
+    }
+
+    /// For an idempotent producer: deliveries without an offset are counted apart
+    /// ([`ProducerEvents::unconfirmed`]), not as delivered.
+    pub(crate) fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = on;
+        self
+    }
+
+    /// Records an idempotent producer was told were delivered without an offset (the broker
+    /// answered a resent batch with DUPLICATE_SEQUENCE_NUMBER), and the first described.
+    pub(crate) fn unconfirmed(&self) -> Option<(u64, String)> {
+        let n = self.unconfirmed.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let first = self
+            .first_unconfirmed
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_default();
+        Some((n, first))
     }
 
     /// Per partition, the offset after the last record delivered so far.
@@ -185,6 +218,26 @@ impl ProducerContext for ProducerEvents {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         match result {
             Ok(m) => {
+                if self.idempotent && m.offset() < 0 {
+                    // librdkafka's answer to DUPLICATE_SEQUENCE_NUMBER on a resent batch: the
+                    // broker says it has the batch, not where. Not counted as delivered.
+                    let n = self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                    if n == 0 {
+                        let what = format!(
+                            "a record to topic '{}' (partition {}) was reported delivered \
+                             without an offset: the broker answered its resent batch with \
+                             DUPLICATE_SEQUENCE_NUMBER, which says the batch was written before \
+                             but not where",
+                            m.topic(),
+                            m.partition()
+                        );
+                        tracing::warn!(client = %self.client.client, "{what}");
+                        if let Ok(mut f) = self.first_unconfirmed.lock() {
+                            *f = Some(what);
+                        }
+                    }
+                    return;
+                }
                 if let Ok(mut d) = self.delivered.lock() {
                     let next = d.next.entry(m.partition()).or_insert(0);
                     *next = (*next).max(m.offset() + 1);

@@ -55,7 +55,12 @@ pub mod dead_letter_headers {
 ///   producer queue makes the sink wait (the job slows down; nothing is dropped). A record that
 ///   librdkafka could not deliver within [`KafkaSinkConfig::delivery_timeout`], after its own
 ///   retries, fails the job: the error comes back from the next write, epoch end or close.
-///   [`Sink::close`] flushes and fails if anything is still undelivered.
+///   [`Sink::close`] flushes and fails if anything is still undelivered. A resent batch that
+///   the broker answers with DUPLICATE_SEQUENCE_NUMBER (it says it has the batch, not where)
+///   is logged at warn; with [`KafkaSink::exactly_once`] it also fails the job, since its
+///   records cannot be counted as written (a broker that advanced the sequence and then lost
+///   the batch would lose them): the run that resumes from the last checkpoint reads the topic
+///   back and writes them if they are missing.
 /// * **Startup.** [`Sink::open`] checks that the topic exists; an unreachable broker or a
 ///   missing topic fails the job within [`KafkaConfig::request_timeout`] with an error naming
 ///   the bootstrap address or the topic.
@@ -866,17 +871,29 @@ impl<T> KafkaSink<T> {
         Ok((present, written))
     }
 
-    /// The first delivery failure, as the error the job fails with.
+    /// The first delivery failure, as the error the job fails with. Exactly once, a record
+    /// the broker acknowledged without an offset is one too: it is not counted as written
+    /// (no checkpoint covers it), and the job fails so that the run that resumes from the
+    /// last checkpoint reads the topic back and writes it if it is missing.
     fn check_deliveries(&self) -> Result<()> {
         let Some(p) = &self.producer else {
             return Ok(());
         };
-        match p.context().failures() {
-            None => Ok(()),
-            Some((n, first)) => Err(self.error(format!(
+        if let Some((n, first)) = p.context().failures() {
+            return Err(self.error(format!(
                 "{n} record(s) could not be delivered to topic '{}' at {}; the first: {first}",
                 self.config.topic, self.config.kafka.bootstrap
+            )));
+        }
+        match p.context().unconfirmed() {
+            Some((n, first)) if self.config.writes_exactly_once() => Err(self.error(format!(
+                "{n} record(s) to topic '{}' at {} are not known to be written; the first: \
+                 {first}. Exactly once cannot count them as written, so the job fails before \
+                 a checkpoint covers them: run it again (or with --restart N) and it resumes \
+                 from its last checkpoint, reads the topic back and writes what is missing",
+                self.config.topic, self.config.kafka.bootstrap
             ))),
+            _ => Ok(()),
         }
     }
 }
@@ -917,7 +934,8 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 format!("{prefix}-{}-{}", ctx.name, ctx.worker),
             ));
         }
-        let events = ProducerEvents::new(format!("sink '{}' worker {}", ctx.name, ctx.worker));
+        let events = ProducerEvents::new(format!("sink '{}' worker {}", ctx.name, ctx.worker))
+            .idempotent(self.config.idempotence);
         let producer: BaseProducer<ProducerEvents> = kafka
             .client_config(&defaults)
             .create_with_context(events)
