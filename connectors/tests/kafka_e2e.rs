@@ -1123,9 +1123,10 @@ fn exactly_once_sink_finds_an_earlier_runs_records_after_two_restarts() {
 fn not_once(
     bootstrap: &str,
     topic: &str,
-    epochs: std::ops::RangeInclusive<u64>,
+    epochs: impl IntoIterator<Item = u64>,
 ) -> Vec<(String, i64)> {
     let mut counts: BTreeMap<String, i64> = epochs
+        .into_iter()
         .flat_map(epoch_records)
         .map(|e| (e.data, -1))
         .collect();
@@ -1137,35 +1138,63 @@ fn not_once(
     counts.into_iter().filter(|(_, n)| *n != 0).collect()
 }
 
-/// A broker that answers a batch with DUPLICATE_SEQUENCE_NUMBER without writing it (the mock
-/// cluster, told to; as a broker would that advanced the producer's sequence and then lost the
-/// batch). librdkafka reports its records delivered, without an offset. The exactly-once sink
-/// does not count them as written: the job fails before a checkpoint covers them, and the run
-/// restored from the last checkpoint finds them missing and writes them, once.
-#[test]
-fn exactly_once_sink_fails_on_a_batch_the_broker_did_not_confirm_and_the_restart_writes_it() {
+/// A mock cluster whose next Produce request is answered with DUPLICATE_SEQUENCE_NUMBER and not
+/// written (as by a broker that advanced the producer's sequence and then failed to store the
+/// batch): librdkafka reports the batch delivered, the first record without an offset.
+fn drops_the_next_batch(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER],
+    );
+}
+
+/// The error of a sink whose batch the broker did not confirm names the sink, the topic and
+/// the broker's answer; and the records are not in the topic (counted as written, they would
+/// have been lost): some of `epoch`'s are missing, none is there twice.
+fn assert_unconfirmed(err: &str, bootstrap: &str, topic: &str, epoch: u64) {
+    assert!(err.contains("'out'"), "{err}");
+    assert!(err.contains("not known to be written"), "{err}");
+    assert!(err.contains("DUPLICATE_SEQUENCE_NUMBER"), "{err}");
+    assert!(err.contains(&format!("topic '{topic}'")), "{err}");
+    let prefix = format!("e{epoch}-");
+    let missing: Vec<(String, i64)> = not_once(bootstrap, topic, epoch..=epoch)
+        .into_iter()
+        .filter(|(v, _)| v.starts_with(&prefix))
+        .collect();
+    assert!(!missing.is_empty(), "epoch {epoch}'s batch was dropped");
+    assert!(missing.iter().all(|(_, n)| *n == -1), "{missing:?}");
+}
+
+/// The exactly-once sink, before its first complete checkpoint (results held, then written
+/// when the checkpoint is complete), on a broker that drops that batch with the
+/// duplicate-sequence answer: the sink does not count the records as written, the job fails
+/// before the next checkpoint covers them, and the run restored from the checkpoint finds
+/// them missing and writes them, once.
+#[test]
+fn exactly_once_sink_fails_on_a_held_batch_the_broker_did_not_confirm_and_the_restart_writes_it() {
     use runnel_engine::{Epoch, Sink, SinkContext};
     let mock = MockCluster::new(1).expect("mock cluster");
     let bootstrap = mock.bootstrap_servers();
-    let topic = "eo-unconfirmed";
+    let topic = "eo-unconfirmed-held";
     mock.create_topic(topic, 1, 1).expect("topic");
     let ctx = SinkContext {
         checkpoints: true,
         ..SinkContext::detached("out")
     };
-    let new_sink = || KafkaSink::strings(KafkaConfig::new(bootstrap.clone()), topic).exactly_once();
+    // A long linger: the held results go out in one batch.
+    let new_sink = || {
+        KafkaSink::strings(KafkaConfig::new(bootstrap.clone()), topic)
+            .exactly_once()
+            .linger(Duration::from_millis(500))
+    };
 
-    // Run 1: epoch 1's results are held until checkpoint 1 is complete, then written; the
-    // broker answers that batch with the duplicate-sequence error and drops it.
+    // Run 1.
     let mut sink = new_sink();
     sink.open(&ctx).expect("open");
     write_epoch(&mut sink, 1, 0);
     let c1 = sink.snapshot(Epoch(1)).expect("snapshot").expect("state");
-    mock.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER],
-    );
+    drops_the_next_batch(&mock);
     // Checkpoint 1 complete: its results go out. Epoch 2 has none; checkpoint 2 waits for
     // what was sent, and fails.
     let failed = (|| {
@@ -1176,22 +1205,10 @@ fn exactly_once_sink_fails_on_a_batch_the_broker_did_not_confirm_and_the_restart
     let err = failed
         .expect_err("a checkpoint over records the broker did not confirm")
         .to_string();
-    assert!(err.contains("'out'"), "{err}");
-    assert!(err.contains("not known to be written"), "{err}");
-    assert!(err.contains("DUPLICATE_SEQUENCE_NUMBER"), "{err}");
-    assert!(err.contains(&format!("topic '{topic}'")), "{err}");
-    // Counted as written, they would have been lost: the topic does not have them.
-    let missing = not_once(&bootstrap, topic, 1..=1);
-    assert_eq!(
-        missing.len(),
-        40,
-        "epoch 1 is not in the topic: {missing:?}"
-    );
-    assert!(missing.iter().all(|(_, n)| *n == -1), "{missing:?}");
+    assert_unconfirmed(&err, &bootstrap, topic, 1);
     drop(sink);
 
-    // Run 2, restored from checkpoint 1: it reads the topic back, finds none of checkpoint 1's
-    // results, writes them, and goes on.
+    // Run 2, restored from checkpoint 1.
     let mut sink = new_sink();
     sink.restore(&c1).expect("restore");
     sink.open(&ctx).expect("open");
@@ -1201,6 +1218,75 @@ fn exactly_once_sink_fails_on_a_batch_the_broker_did_not_confirm_and_the_restart
     sink.checkpoint_committed(2).expect("committed");
     sink.close().expect("close");
     let wrong = not_once(&bootstrap, topic, 1..=2);
+    assert!(
+        wrong.is_empty(),
+        "records read n times more than expected (-1: missing): {wrong:?}"
+    );
+}
+
+/// The same once the sink writes each epoch as it ends: the epoch whose batch the broker
+/// dropped never becomes ready for its checkpoint, the sink fails, and the run restored from
+/// the checkpoint before replays the epoch and writes it, once.
+#[test]
+fn exactly_once_sink_fails_on_an_epoch_the_broker_did_not_confirm_and_the_restart_writes_it() {
+    use runnel_engine::{Epoch, Sink, SinkContext};
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = mock.bootstrap_servers();
+    let topic = "eo-unconfirmed-live";
+    mock.create_topic(topic, 1, 1).expect("topic");
+    let ctx = SinkContext {
+        checkpoints: true,
+        ..SinkContext::detached("out")
+    };
+    let new_sink = || {
+        KafkaSink::strings(KafkaConfig::new(bootstrap.clone()), topic)
+            .exactly_once()
+            .linger(Duration::from_millis(500))
+    };
+
+    // Run 1: checkpoint 1, then epoch 2 (no results) and checkpoint 2, which waits until
+    // checkpoint 1's results are delivered; then epoch 3, whose batch the broker drops.
+    let mut sink = new_sink();
+    sink.open(&ctx).expect("open");
+    write_epoch(&mut sink, 1, 0);
+    sink.snapshot(Epoch(1)).expect("snapshot");
+    sink.checkpoint_committed(1).expect("committed");
+    sink.epoch_done(Epoch(2)).expect("epoch done");
+    wait_ready(&mut sink, 2);
+    let c2 = sink.snapshot(Epoch(2)).expect("snapshot").expect("state");
+    sink.checkpoint_committed(2).expect("committed");
+    drops_the_next_batch(&mock);
+    let started = Instant::now();
+    let failed = (|| {
+        write_epoch(&mut sink, 3, 0);
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "neither ready nor failed"
+            );
+            if sink.ready_for_checkpoint(Epoch(3))? {
+                return sink.snapshot(Epoch(3)).map(|_| ());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })();
+    let err = failed
+        .expect_err("a checkpoint over an epoch the broker did not confirm")
+        .to_string();
+    assert_unconfirmed(&err, &bootstrap, topic, 3);
+    drop(sink);
+
+    // Run 2, restored from checkpoint 2: replays epoch 3.
+    let mut sink = new_sink();
+    sink.restore(&c2).expect("restore");
+    sink.open(&ctx).expect("open");
+    write_epoch(&mut sink, 3, 0);
+    wait_ready(&mut sink, 3);
+    sink.snapshot(Epoch(3)).expect("snapshot");
+    sink.checkpoint_committed(3).expect("committed");
+    sink.close().expect("close");
+    // Epoch 2 had no results.
+    let wrong = not_once(&bootstrap, topic, [1, 3]);
     assert!(
         wrong.is_empty(),
         "records read n times more than expected (-1: missing): {wrong:?}"

@@ -353,10 +353,12 @@ fn kafka_crash_test(processes: usize) {
         let logs: Vec<String> = (0..processes)
             .map(|p| {
                 let log = stderr_log(&kept.join("killed"), p);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(80).collect();
                 format!(
-                    "{}:\n{}",
+                    "{} (its last 80 lines):\n{}",
                     log.display(),
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             })
             .collect();

@@ -1,8 +1,8 @@
 //! What the Kafka clients report while they run: librdkafka's log lines and client errors,
 //! logged as `tracing` events with key/value fields (`client`, `facility`, `error`) and kept so
 //! that the connectors' errors can say what the brokers last said; and the producer's failed
-//! deliveries, and those an idempotent producer was told of without an offset (unconfirmed),
-//! counted, with the first of each kept for the sink to return.
+//! deliveries, and the batches an idempotent producer was told of without an offset
+//! (unconfirmed), counted, with the first of each kept for the sink.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -110,10 +110,10 @@ pub(crate) struct ProducerEvents {
     first_failure: Mutex<Option<String>>,
     /// What has been delivered.
     delivered: Mutex<Deliveries>,
-    /// The producer is idempotent: a delivery without an offset is a resent batch the
-    /// broker answered with DUPLICATE_SEQUENCE_NUMBER.
+    /// The producer is idempotent: a delivery at offset -1 begins a batch the broker answered
+    /// with DUPLICATE_SEQUENCE_NUMBER (see [`ProducerEvents::unconfirmed`]).
     idempotent: bool,
-    /// Such deliveries, and the first described.
+    /// Such batches, and the first described.
     unconfirmed: AtomicU64,
     first_unconfirmed: Mutex<Option<String>>,
 }
@@ -141,15 +141,20 @@ impl ProducerEvents {
         }
     }
 
-    /// For an idempotent producer: deliveries without an offset are counted apart
-    /// ([`ProducerEvents::unconfirmed`]), not as delivered.
+    /// For an idempotent producer: batches delivered without an offset are counted apart
+    /// ([`ProducerEvents::unconfirmed`]).
     pub(crate) fn idempotent(mut self, on: bool) -> Self {
         self.idempotent = on;
         self
     }
 
-    /// Records an idempotent producer was told were delivered without an offset (the broker
-    /// answered a resent batch with DUPLICATE_SEQUENCE_NUMBER), and the first described.
+    /// Batches an idempotent producer was told were delivered without an offset, and the first
+    /// described. librdkafka takes a broker's DUPLICATE_SEQUENCE_NUMBER answer to a batch as
+    /// its delivery: the broker says it has the batch, not where (and a broker that advanced
+    /// the producer's sequence and then failed to store the batch answers the same). The
+    /// batch's records are reported at offsets counted up from the answer's -1, so only its
+    /// first record can be told apart (it is not counted as delivered; the others are, at
+    /// offsets that mean nothing).
     pub(crate) fn unconfirmed(&self) -> Option<(u64, String)> {
         let n = self.unconfirmed.load(Ordering::Relaxed);
         if n == 0 {
@@ -219,15 +224,17 @@ impl ProducerContext for ProducerEvents {
         match result {
             Ok(m) => {
                 if self.idempotent && m.offset() < 0 {
-                    // librdkafka's answer to DUPLICATE_SEQUENCE_NUMBER on a resent batch: the
-                    // broker says it has the batch, not where. Not counted as delivered.
+                    // The first record of a batch the broker answered with
+                    // DUPLICATE_SEQUENCE_NUMBER (see `unconfirmed`).
                     let n = self.unconfirmed.fetch_add(1, Ordering::Relaxed);
                     if n == 0 {
                         let what = format!(
-                            "a record to topic '{}' (partition {}) was reported delivered \
-                             without an offset: the broker answered its resent batch with \
-                             DUPLICATE_SEQUENCE_NUMBER, which says the batch was written before \
-                             but not where",
+                            "a batch to topic '{}' (partition {}) was reported delivered \
+                             without an offset: the broker answered it with \
+                             DUPLICATE_SEQUENCE_NUMBER, which librdkafka takes as delivered \
+                             (the broker says it has the batch, not where; a broker that \
+                             advanced the producer's sequence and then failed to store the \
+                             batch answers the same)",
                             m.topic(),
                             m.partition()
                         );

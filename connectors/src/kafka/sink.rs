@@ -55,12 +55,13 @@ pub mod dead_letter_headers {
 ///   producer queue makes the sink wait (the job slows down; nothing is dropped). A record that
 ///   librdkafka could not deliver within [`KafkaSinkConfig::delivery_timeout`], after its own
 ///   retries, fails the job: the error comes back from the next write, epoch end or close.
-///   [`Sink::close`] flushes and fails if anything is still undelivered. A resent batch that
-///   the broker answers with DUPLICATE_SEQUENCE_NUMBER (it says it has the batch, not where)
-///   is logged at warn; with [`KafkaSink::exactly_once`] it also fails the job, since its
-///   records cannot be counted as written (a broker that advanced the sequence and then lost
-///   the batch would lose them): the run that resumes from the last checkpoint reads the topic
-///   back and writes them if they are missing.
+///   [`Sink::close`] flushes and fails if anything is still undelivered. librdkafka takes a
+///   broker's DUPLICATE_SEQUENCE_NUMBER answer to a batch as its delivery (the broker says it
+///   has the batch, not where); the first such batch is logged at warn. With
+///   [`KafkaSink::exactly_once`] it also fails the job, since its records cannot be counted as
+///   written (a broker that advanced the producer's sequence and then failed to store the
+///   batch would have lost them): the run that resumes from the last checkpoint reads the
+///   topic back and writes them if they are missing.
 /// * **Startup.** [`Sink::open`] checks that the topic exists; an unreachable broker or a
 ///   missing topic fails the job within [`KafkaConfig::request_timeout`] with an error naming
 ///   the bootstrap address or the topic.
@@ -871,10 +872,10 @@ impl<T> KafkaSink<T> {
         Ok((present, written))
     }
 
-    /// The first delivery failure, as the error the job fails with. Exactly once, a record
-    /// the broker acknowledged without an offset is one too: it is not counted as written
-    /// (no checkpoint covers it), and the job fails so that the run that resumes from the
-    /// last checkpoint reads the topic back and writes it if it is missing.
+    /// The first delivery failure, as the error the job fails with. Exactly once, a batch the
+    /// broker acknowledged without an offset is one too: its records are not counted as
+    /// written (the job fails before a checkpoint covers them), and the run that resumes from
+    /// the last checkpoint reads the topic back and writes them if they are missing.
     fn check_deliveries(&self) -> Result<()> {
         let Some(p) = &self.producer else {
             return Ok(());
@@ -887,7 +888,7 @@ impl<T> KafkaSink<T> {
         }
         match p.context().unconfirmed() {
             Some((n, first)) if self.config.writes_exactly_once() => Err(self.error(format!(
-                "{n} record(s) to topic '{}' at {} are not known to be written; the first: \
+                "{n} batch(es) to topic '{}' at {} are not known to be written; the first: \
                  {first}. Exactly once cannot count them as written, so the job fails before \
                  a checkpoint covers them: run it again (or with --restart N) and it resumes \
                  from its last checkpoint, reads the topic back and writes what is missing",
@@ -934,8 +935,13 @@ impl<T: 'static> Sink<T> for KafkaSink<T> {
                 format!("{prefix}-{}-{}", ctx.name, ctx.worker),
             ));
         }
+        // Idempotent as the client is configured (a passthrough option wins).
+        let idempotent = kafka
+            .librdkafka_options
+            .get("enable.idempotence")
+            .map_or(self.config.idempotence, |v| v.trim() == "true");
         let events = ProducerEvents::new(format!("sink '{}' worker {}", ctx.name, ctx.worker))
-            .idempotent(self.config.idempotence);
+            .idempotent(idempotent);
         let producer: BaseProducer<ProducerEvents> = kafka
             .client_config(&defaults)
             .create_with_context(events)
