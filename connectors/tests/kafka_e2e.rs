@@ -1166,6 +1166,31 @@ fn assert_unconfirmed(err: &str, bootstrap: &str, topic: &str, epoch: u64) {
     assert!(missing.iter().all(|(_, n)| *n == -1), "{missing:?}");
 }
 
+/// A one-broker mock cluster with a one-partition `topic`, and the context of a sink instance
+/// in a job that takes checkpoints.
+fn eo_mock(
+    topic: &str,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    runnel_engine::SinkContext,
+) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(topic, 1, 1).expect("topic");
+    let ctx = runnel_engine::SinkContext {
+        checkpoints: true,
+        ..runnel_engine::SinkContext::detached("out")
+    };
+    (mock, ctx)
+}
+
+/// An exactly-once sink on `topic` with a long linger: what is sent at once goes out in one
+/// batch.
+fn eo_sink(bootstrap: &str, topic: &str) -> KafkaSink<String> {
+    KafkaSink::strings(KafkaConfig::new(bootstrap), topic)
+        .exactly_once()
+        .linger(Duration::from_millis(500))
+}
+
 /// The exactly-once sink, before its first complete checkpoint (results held, then written
 /// when the checkpoint is complete), on a broker that drops that batch with the
 /// duplicate-sequence answer: the sink does not count the records as written, the job fails
@@ -1173,21 +1198,11 @@ fn assert_unconfirmed(err: &str, bootstrap: &str, topic: &str, epoch: u64) {
 /// them missing and writes them, once.
 #[test]
 fn exactly_once_sink_fails_on_a_held_batch_the_broker_did_not_confirm_and_the_restart_writes_it() {
-    use runnel_engine::{Epoch, Sink, SinkContext};
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = mock.bootstrap_servers();
+    use runnel_engine::{Epoch, Sink};
     let topic = "eo-unconfirmed-held";
-    mock.create_topic(topic, 1, 1).expect("topic");
-    let ctx = SinkContext {
-        checkpoints: true,
-        ..SinkContext::detached("out")
-    };
-    // A long linger: the held results go out in one batch.
-    let new_sink = || {
-        KafkaSink::strings(KafkaConfig::new(bootstrap.clone()), topic)
-            .exactly_once()
-            .linger(Duration::from_millis(500))
-    };
+    let (mock, ctx) = eo_mock(topic);
+    let bootstrap = mock.bootstrap_servers();
+    let new_sink = || eo_sink(&bootstrap, topic);
 
     // Run 1.
     let mut sink = new_sink();
@@ -1229,20 +1244,11 @@ fn exactly_once_sink_fails_on_a_held_batch_the_broker_did_not_confirm_and_the_re
 /// the checkpoint before replays the epoch and writes it, once.
 #[test]
 fn exactly_once_sink_fails_on_an_epoch_the_broker_did_not_confirm_and_the_restart_writes_it() {
-    use runnel_engine::{Epoch, Sink, SinkContext};
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = mock.bootstrap_servers();
+    use runnel_engine::{Epoch, Sink};
     let topic = "eo-unconfirmed-live";
-    mock.create_topic(topic, 1, 1).expect("topic");
-    let ctx = SinkContext {
-        checkpoints: true,
-        ..SinkContext::detached("out")
-    };
-    let new_sink = || {
-        KafkaSink::strings(KafkaConfig::new(bootstrap.clone()), topic)
-            .exactly_once()
-            .linger(Duration::from_millis(500))
-    };
+    let (mock, ctx) = eo_mock(topic);
+    let bootstrap = mock.bootstrap_servers();
+    let new_sink = || eo_sink(&bootstrap, topic);
 
     // Run 1: checkpoint 1, then epoch 2 (no results) and checkpoint 2, which waits until
     // checkpoint 1's results are delivered; then epoch 3, whose batch the broker drops.
