@@ -1191,6 +1191,32 @@ fn eo_sink(bootstrap: &str, topic: &str) -> KafkaSink<String> {
         .linger(Duration::from_millis(500))
 }
 
+/// A run of `sink` restored from `state` that writes epoch `e` and ends with its checkpoint;
+/// then every record of `epochs` must be in `topic` once.
+fn restored_run_writes_once(
+    mut sink: KafkaSink<String>,
+    ctx: &runnel_engine::SinkContext,
+    state: &[u8],
+    e: u64,
+    bootstrap: &str,
+    topic: &str,
+    epochs: impl IntoIterator<Item = u64>,
+) {
+    use runnel_engine::{Epoch, Sink};
+    sink.restore(state).expect("restore");
+    sink.open(ctx).expect("open");
+    write_epoch(&mut sink, e, 0);
+    wait_ready(&mut sink, e);
+    sink.snapshot(Epoch(e)).expect("snapshot");
+    sink.checkpoint_committed(e).expect("committed");
+    sink.close().expect("close");
+    let wrong = not_once(bootstrap, topic, epochs);
+    assert!(
+        wrong.is_empty(),
+        "records read n times more than expected (-1: missing): {wrong:?}"
+    );
+}
+
 /// The exactly-once sink, before its first complete checkpoint (results held, then written
 /// when the checkpoint is complete), on a broker that drops that batch with the
 /// duplicate-sequence answer: the sink does not count the records as written, the job fails
@@ -1224,19 +1250,7 @@ fn exactly_once_sink_fails_on_a_held_batch_the_broker_did_not_confirm_and_the_re
     drop(sink);
 
     // Run 2, restored from checkpoint 1.
-    let mut sink = new_sink();
-    sink.restore(&c1).expect("restore");
-    sink.open(&ctx).expect("open");
-    write_epoch(&mut sink, 2, 0);
-    wait_ready(&mut sink, 2);
-    sink.snapshot(Epoch(2)).expect("snapshot");
-    sink.checkpoint_committed(2).expect("committed");
-    sink.close().expect("close");
-    let wrong = not_once(&bootstrap, topic, 1..=2);
-    assert!(
-        wrong.is_empty(),
-        "records read n times more than expected (-1: missing): {wrong:?}"
-    );
+    restored_run_writes_once(new_sink(), &ctx, &c1, 2, &bootstrap, topic, 1..=2);
 }
 
 /// The same once the sink writes each epoch as it ends: the epoch whose batch the broker
@@ -1282,21 +1296,8 @@ fn exactly_once_sink_fails_on_an_epoch_the_broker_did_not_confirm_and_the_restar
     assert_unconfirmed(&err, &bootstrap, topic, 3);
     drop(sink);
 
-    // Run 2, restored from checkpoint 2: replays epoch 3.
-    let mut sink = new_sink();
-    sink.restore(&c2).expect("restore");
-    sink.open(&ctx).expect("open");
-    write_epoch(&mut sink, 3, 0);
-    wait_ready(&mut sink, 3);
-    sink.snapshot(Epoch(3)).expect("snapshot");
-    sink.checkpoint_committed(3).expect("committed");
-    sink.close().expect("close");
-    // Epoch 2 had no results.
-    let wrong = not_once(&bootstrap, topic, [1, 3]);
-    assert!(
-        wrong.is_empty(),
-        "records read n times more than expected (-1: missing): {wrong:?}"
-    );
+    // Run 2, restored from checkpoint 2: replays epoch 3. Epoch 2 had no results.
+    restored_run_writes_once(new_sink(), &ctx, &c2, 3, &bootstrap, topic, [1, 3]);
 }
 
 /// Runs on `workers` with 10 ms epochs, checkpointed into `store` every 50 ms (two kept),
