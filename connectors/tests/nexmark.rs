@@ -652,9 +652,44 @@ fn with_a_wall_clock_base_events_leave_once_the_clock_reaches_their_time() {
     let mut reader = NexmarkGenerator::new(config)
         .open(PartitionId(0), &ctx(1))
         .unwrap();
-    assert_eq!(reader.read(&mut out).unwrap(), ReadStatus::More);
+    // Everything due fits the budget: the partition has caught up and says it is pending
+    // (asked again at once, it would find only what fell due in between).
+    assert_eq!(reader.read(&mut out).unwrap(), ReadStatus::Pending);
     let first = out.take().0.len();
     assert!((300..340).contains(&first), "{first} events due at once");
+    let started = Instant::now();
+    drain(reader);
+    assert!(
+        started.elapsed() >= Duration::from_millis(40),
+        "the rest on the clock"
+    );
+
+    // A budget smaller than what is due: the partition is behind, and says there is more
+    // after each full read, until what is left of the due events fits the budget.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let config = NexmarkConfig::new(1000)
+        .rate(2_000)
+        .wall_clock_base_ms(now - 175);
+    let mut reader = NexmarkGenerator::new(config)
+        .open(PartitionId(0), &ctx(1))
+        .unwrap();
+    let mut small = Reader::for_test(100);
+    let mut reads = Vec::new();
+    loop {
+        let status = reader.read(&mut small).unwrap();
+        reads.push((status, small.take().0.len()));
+        if status != ReadStatus::More {
+            break;
+        }
+    }
+    let (last, full) = reads.split_last().unwrap();
+    assert!(full.len() >= 3, "350 and more due, 100 a read: {reads:?}");
+    assert!(full.iter().all(|&r| r == (ReadStatus::More, 100)), "{reads:?}");
+    assert_eq!(last.0, ReadStatus::Pending, "{reads:?}");
+    assert!(last.1 <= 100, "{reads:?}");
     let started = Instant::now();
     drain(reader);
     assert!(

@@ -111,7 +111,9 @@ pub trait Source: 'static {
 pub enum ReadStatus {
     /// There may be more to read right now.
     More,
-    /// Nothing to read right now; ask again later.
+    /// Nothing (more) to read right now; ask again later. The records pushed in the call are
+    /// kept: a paced reader that has read all that is due says so, and is asked again about a
+    /// millisecond later, so that what falls due meanwhile comes as one batch.
     Pending,
     /// Close the current epoch after the records pushed so far (used by replay and tests).
     CutEpoch,

@@ -27,6 +27,7 @@
 //! |---|---|---|
 //! | `events` | 10,000,000 | generator: events in total |
 //! | `rate` | 0 (unpaced) | generator: events per second of wall time; event times then follow the wall clock (for latency) |
+//! | `event_rate` | 10,000 | generator without `rate`: events per second of event time, so that an unpaced run sees event times as dense as a run paced at that rate (its windows and state as large); `benches/latency.sh` measures a query's peak so |
 //! | `wall_clock` | true | generator with `rate`: `false` keeps the event times the generator's own (from its fixed base, at `rate` per second), so a run resumed from a checkpoint replays the same events; latency is then not measured |
 //! | `seed` | the generator's | generator: seed |
 //! | `partitions` | one per worker | generator: partitions |
@@ -243,7 +244,14 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
             o
         }
     };
-    let generator_keys = ["events", "rate", "wall_clock", "seed", "partitions"];
+    let generator_keys = [
+        "events",
+        "rate",
+        "event_rate",
+        "wall_clock",
+        "seed",
+        "partitions",
+    ];
     if file.is_some() || bootstrap.is_some() {
         if let Some(k) = generator_keys.iter().find(|k| cfg.contains(k)) {
             return Err(invalid(format!(
@@ -277,6 +285,17 @@ pub fn events<'s>(flow: &mut Flow<'s>) -> Result<Stream<'s, Event>> {
                 config = config.seed(seed);
             }
             let wall_clock: bool = cfg.get("wall_clock", true)?;
+            let event_rate: u64 = cfg.get("event_rate", 0)?;
+            if event_rate > 0 {
+                if rate > 0 {
+                    return Err(invalid(
+                        "give rate or event_rate, not both: with rate, event time already \
+                         advances at rate events per second"
+                            .to_string(),
+                    ));
+                }
+                config = config.event_rate(event_rate);
+            }
             if rate > 0 {
                 config = config.rate(rate).event_rate(rate);
                 if wall_clock {

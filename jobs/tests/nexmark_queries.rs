@@ -193,6 +193,48 @@ fn q0_passes_every_bid() {
     assert_eq!(run_stream(|e| Ok(nexmark::q0(e))), want);
 }
 
+/// `event_rate` gives an unpaced run the event times of a run paced at that rate: q0's output
+/// is the generator's bids at that event-time rate, built here from the generator's config.
+#[test]
+fn the_event_rate_setting_spaces_event_times_as_a_paced_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    let job = nexmark::jobs()
+        .into_iter()
+        .find(|j| j.name() == "nexmark-q0")
+        .unwrap();
+    let events: Vec<Event> = NexmarkConfig::new(5000)
+        .seed(7)
+        .event_rate(2_000_000)
+        .iter()
+        .collect();
+    let want = sorted(bids(&events));
+    let span = want.last().unwrap().date_time - want.first().unwrap().date_time;
+    assert!((2..=3).contains(&span), "5000 events at 2M/s span {span} ms");
+    let config = JobConfig::new()
+        .with("events", 5000)
+        .with("seed", 7)
+        .with("event_rate", 2_000_000)
+        .with("sink", format!("file:{}", out_path.display()));
+    run(&job, RunOptions::workers(2).config(config)).expect("the job runs");
+    let got = sorted(
+        std::fs::read_to_string(&out_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Bid>(l).unwrap())
+            .collect(),
+    );
+    assert_eq!(got, want);
+
+    // With a rate too, the job is refused before it runs.
+    let config = JobConfig::new()
+        .with("events", 10)
+        .with("rate", 1000)
+        .with("event_rate", 2_000_000);
+    let err = run(&job, RunOptions::workers(1).config(config)).unwrap_err();
+    assert!(err.to_string().contains("rate or event_rate"), "{err}");
+}
+
 #[test]
 fn q1_converts_prices() {
     let want = sorted(
