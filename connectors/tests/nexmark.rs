@@ -687,7 +687,10 @@ fn with_a_wall_clock_base_events_leave_once_the_clock_reaches_their_time() {
     }
     let (last, full) = reads.split_last().unwrap();
     assert!(full.len() >= 3, "350 and more due, 100 a read: {reads:?}");
-    assert!(full.iter().all(|&r| r == (ReadStatus::More, 100)), "{reads:?}");
+    assert!(
+        full.iter().all(|&r| r == (ReadStatus::More, 100)),
+        "{reads:?}"
+    );
     assert_eq!(last.0, ReadStatus::Pending, "{reads:?}");
     assert!(last.1 <= 100, "{reads:?}");
     let started = Instant::now();

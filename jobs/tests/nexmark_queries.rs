@@ -210,7 +210,10 @@ fn the_event_rate_setting_spaces_event_times_as_a_paced_run_would() {
         .collect();
     let want = sorted(bids(&events));
     let span = want.last().unwrap().date_time - want.first().unwrap().date_time;
-    assert!((2..=3).contains(&span), "5000 events at 2M/s span {span} ms");
+    assert!(
+        (2..=3).contains(&span),
+        "5000 events at 2M/s span {span} ms"
+    );
     let config = JobConfig::new()
         .with("events", 5000)
         .with("seed", 7)

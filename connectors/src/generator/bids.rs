@@ -276,7 +276,10 @@ mod tests {
         }
         let (last, full) = reads.split_last().unwrap();
         assert!(full.len() >= 3, "1,000 and more due, 300 a read: {reads:?}");
-        assert!(full.iter().all(|&r| r == (ReadStatus::More, 300)), "{reads:?}");
+        assert!(
+            full.iter().all(|&r| r == (ReadStatus::More, 300)),
+            "{reads:?}"
+        );
         assert_eq!(last.0, ReadStatus::Pending, "{reads:?}");
         assert!((1..=300).contains(&last.1), "{reads:?}");
         // Asked again at once: nothing or next to nothing has fallen due.
