@@ -193,10 +193,10 @@ fn q0_passes_every_bid() {
     assert_eq!(run_stream(|e| Ok(nexmark::q0(e))), want);
 }
 
-/// `event_rate` gives an unpaced run the event times of a run paced at that rate: q0's output
-/// is the generator's bids at that event-time rate, built here from the generator's config.
+/// `event_rate` gives an unpaced run event times at that rate: q0's output is the generator's
+/// bids at that event-time rate, built here from the generator's config.
 #[test]
-fn the_event_rate_setting_spaces_event_times_as_a_paced_run_would() {
+fn the_event_rate_setting_spaces_an_unpaced_runs_event_times_at_that_rate() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("out.jsonl");
     let job = nexmark::jobs()
