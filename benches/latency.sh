@@ -7,14 +7,15 @@
 #      run paced at R for SECONDS (a window then holds as many events as in the paced run, and
 #      the state is as large: q5's peak is 11-13M events/s so, 15-18.5M at the generator's own
 #      rate). When FRACTION of that peak is within 5% of R, or after the 4th, R stays;
-#      otherwise R moves to the geometric mean of the two (damped, so that it settles);
+#      otherwise R moves to the geometric mean of the two (damped; a noisy peak may still
+#      not settle in four, and the load printed then is what it is);
 #   3. a paced run at R for SECONDS seconds (`--rate R --events SECONDS*R`). The row gives R's
 #      own peak (its last peak run) and the load, R over that peak.
 # Before session 37 step 2 was left out (it measured again over as many events when the paced
 # run had more, at the generator's own event-time rate), so a windowed query's "half load"
 # was nearer two thirds to three quarters of what it could take at the paced run's event-time
-# rate; the suite of session 37 took one step of 2 only, which left loads of 0.39-0.47 and
-# q10's 0.78 (BENCHMARKS.md, "Results, session 37").
+# rate; the whole suite of session 37 took one step of 2 only, which left loads (measured
+# after, for 7 queries) of 0.39-0.47 and q10's 0.78 (BENCHMARKS.md, "Results, session 37").
 # Prints a markdown row per query: the peak, the rate, p50 / p99 / p99.9 / max from event time
 # to result (ms), the results measured (and how many were ahead of the clock), peak RSS, and
 # whether p99 is within one epoch (100 ms) plus 50 ms, the shared plan's bar.

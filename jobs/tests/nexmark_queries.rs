@@ -178,6 +178,17 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
+/// The rows of a JSON-lines file a job wrote, sorted.
+fn sorted_json_lines<T: serde::de::DeserializeOwned + Ord>(path: &Path) -> Vec<T> {
+    sorted(
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<T>(l).unwrap())
+            .collect(),
+    )
+}
+
 #[test]
 fn the_generated_set_is_big_enough_to_mean_something() {
     let events = all_events();
@@ -220,14 +231,7 @@ fn the_event_rate_setting_spaces_an_unpaced_runs_event_times_at_that_rate() {
         .with("event_rate", 2_000_000)
         .with("sink", format!("file:{}", out_path.display()));
     run(&job, RunOptions::workers(2).config(config)).expect("the job runs");
-    let got = sorted(
-        std::fs::read_to_string(&out_path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Bid>(l).unwrap())
-            .collect(),
-    );
-    assert_eq!(got, want);
+    assert_eq!(sorted_json_lines::<Bid>(&out_path), want);
 
     // With a rate too, the job is refused before it runs.
     let config = JobConfig::new()
@@ -1255,14 +1259,7 @@ fn q13_job_joins_with_a_side_input_file() {
         .with("side_input", side_path.display())
         .with("sink", format!("file:{}", out_path.display()));
     run(&job, RunOptions::workers(2).config(config)).expect("the job runs");
-    let got = sorted(
-        std::fs::read_to_string(&out_path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Q13>(l).unwrap())
-            .collect(),
-    );
-    assert_eq!(got, want);
+    assert_eq!(sorted_json_lines::<Q13>(&out_path), want);
 
     // A line without a comma fails the job before it runs, naming the line.
     std::fs::write(&side_path, "1,one\n2\n").unwrap();
