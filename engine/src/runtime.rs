@@ -177,6 +177,76 @@ fn parse_idle_merge_effort(value: Option<&str>) -> Result<Option<usize>> {
     }
 }
 
+/// The environment variable that says how far an idle worker merges a table's arrangement:
+/// `merges` (the default) or `one` (see [`IdleMergeGoal`]).
+const IDLE_MERGE_GOAL_ENV: &str = "RUNNEL_IDLE_MERGE_GOAL";
+
+/// How far an idle worker merges an arrangement's batches with [`idle_merge_effort`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdleMergeGoal {
+    /// Until no merge is in progress (the default): a merge started when a batch arrived is
+    /// finished while the worker is idle, and none is started for want of work. Batches
+    /// then merge as differential's spine merges them without idle effort (a batch with one
+    /// of its own size, so each record is merged about log n times), only sooner.
+    Merges,
+    /// Until the arrangement is one batch (differential's own `idle_merge_effort`): each
+    /// epoch's batch is then merged into the whole table as soon as the worker is idle, work
+    /// in proportion to the table for each epoch. A paced q3 at about half of its peak
+    /// (7.2M events/s, 2 workers, 30 s) kept both workers 85% busy so, and took 46-49 s of
+    /// user CPU where [`IdleMergeGoal::Merges`] takes 28-29 (BENCHMARKS.md, "Results,
+    /// session 38"): the workers never idled, and neither could touch-ahead's thread, which
+    /// provides memory when a core is free.
+    One,
+}
+
+/// [`IdleMergeGoal`] from [`IDLE_MERGE_GOAL_ENV`].
+fn idle_merge_goal() -> Result<IdleMergeGoal> {
+    parse_idle_merge_goal(std::env::var(IDLE_MERGE_GOAL_ENV).ok().as_deref())
+}
+
+/// [`idle_merge_goal`] from the variable's value, if it is set.
+fn parse_idle_merge_goal(value: Option<&str>) -> Result<IdleMergeGoal> {
+    match value.map(str::trim) {
+        None | Some("merges") => Ok(IdleMergeGoal::Merges),
+        Some("one") => Ok(IdleMergeGoal::One),
+        Some(v) => Err(Error::Runtime(format!(
+            "{IDLE_MERGE_GOAL_ENV}={v}: expected `merges` (finish the merges in progress) or \
+             `one` (merge each arrangement into one batch)"
+        ))),
+    }
+}
+
+/// Whether an idle arrangement with these layers (differential's summary of its spine: for
+/// each level, how many batches, 0 to 2, where 2 is a merge in progress, and their records)
+/// has work left under `goal`.
+fn idle_merge_wanted(goal: IdleMergeGoal, layers: &[(usize, usize, usize)]) -> bool {
+    match goal {
+        IdleMergeGoal::Merges => layers.iter().any(|&(_, batches, _)| batches > 1),
+        IdleMergeGoal::One => {
+            layers.iter().any(|&(_, batches, _)| batches > 1)
+                || layers
+                    .iter()
+                    .filter(|&&(_, _, records)| records > 0)
+                    .count()
+                    > 1
+        }
+    }
+}
+
+/// Gives the workers' arrangements idle merge work of `effort` records a time, toward `goal`:
+/// differential's `configure` with the exertion logic chosen here (its own is
+/// [`IdleMergeGoal::One`]).
+fn configure_idle_merges(config: &mut timely::WorkerConfig, effort: usize, goal: IdleMergeGoal) {
+    config.set(
+        "differential/idle_merge_effort".to_string(),
+        isize::try_from(effort).unwrap_or(isize::MAX),
+    );
+    config.set::<differential_dataflow::trace::ExertionLogic>(
+        "differential/default_exert_logic".to_string(),
+        std::sync::Arc::new(move |layers| idle_merge_wanted(goal, layers).then_some(effort)),
+    );
+}
+
 /// Runs `job` to completion (or until stopped) and returns what it did.
 ///
 /// Errors: an invalid graph or config (before anything runs), a source or sink failure, a bad
@@ -208,11 +278,7 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
     };
     let mut worker_config = timely::WorkerConfig::default();
     if let Some(effort) = idle_merge_effort()? {
-        differential_dataflow::configure(
-            &mut worker_config,
-            &differential_dataflow::Config::default()
-                .idle_merge_effort(Some(isize::try_from(effort).unwrap_or(isize::MAX))),
-        );
+        configure_idle_merges(&mut worker_config, effort, idle_merge_goal()?);
     }
 
     // A cluster's processes connect here (see `cluster`), not in timely's loop, which retries
@@ -565,6 +631,85 @@ mod tests {
         );
         let err = parse_idle_merge_effort(Some("-3")).unwrap_err().to_string();
         assert!(err.contains("RUNNEL_IDLE_MERGE_EFFORT=-3"), "{err}");
+    }
+
+    #[test]
+    fn idle_merge_goal_defaults_to_merges_and_names_a_bad_value() {
+        assert_eq!(parse_idle_merge_goal(None).unwrap(), IdleMergeGoal::Merges);
+        assert_eq!(
+            parse_idle_merge_goal(Some(" one ")).unwrap(),
+            IdleMergeGoal::One
+        );
+        assert_eq!(
+            parse_idle_merge_goal(Some("merges")).unwrap(),
+            IdleMergeGoal::Merges
+        );
+        let err = parse_idle_merge_goal(Some("all")).unwrap_err().to_string();
+        assert!(err.contains("RUNNEL_IDLE_MERGE_GOAL=all"), "{err}");
+    }
+
+    /// The layers of a spine as differential summarises them, largest level first: (level,
+    /// batches 0-2, records).
+    fn layers() -> impl proptest::strategy::Strategy<Value = Vec<(usize, usize, usize)>> {
+        proptest::collection::vec((0usize..3, 0usize..3), 0..12).prop_map(|v| {
+            let n = v.len();
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (batches, size))| {
+                    // An empty level has no records; a level's batches may be empty ones.
+                    let records = if batches == 0 { 0 } else { size * (1 << i) };
+                    (n - 1 - i, batches, records)
+                })
+                .collect()
+        })
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// `One` asks for work exactly when differential's own idle merge logic does
+        /// (the closure `differential_dataflow::configure` installs).
+        #[test]
+        fn the_one_goal_is_differentials_own(layers in layers()) {
+            let mut config = timely::WorkerConfig::default();
+            differential_dataflow::configure(
+                &mut config,
+                &differential_dataflow::Config::default().idle_merge_effort(Some(7)),
+            );
+            let theirs = config
+                .get::<differential_dataflow::trace::ExertionLogic>(
+                    "differential/default_exert_logic",
+                )
+                .expect("configure sets it")
+                .clone();
+            proptest::prop_assert_eq!(
+                idle_merge_wanted(IdleMergeGoal::One, &layers),
+                theirs(&layers).is_some()
+            );
+            let mut ours = timely::WorkerConfig::default();
+            configure_idle_merges(&mut ours, 7, IdleMergeGoal::One);
+            let ours = ours
+                .get::<differential_dataflow::trace::ExertionLogic>(
+                    "differential/default_exert_logic",
+                )
+                .expect("set")
+                .clone();
+            proptest::prop_assert_eq!(ours(&layers), theirs(&layers));
+        }
+    }
+
+    /// `Merges` leaves a spine of single batches as it is (where differential's own logic
+    /// would merge them into one) and works while a level holds two (a merge in progress).
+    #[test]
+    fn the_merges_goal_works_only_on_merges_in_progress() {
+        let singles = [(4, 1, 900), (3, 0, 0), (2, 1, 300), (0, 1, 1)];
+        assert!(!idle_merge_wanted(IdleMergeGoal::Merges, &singles));
+        assert!(idle_merge_wanted(IdleMergeGoal::One, &singles));
+        let merging = [(4, 1, 900), (3, 2, 500), (0, 1, 1)];
+        assert!(idle_merge_wanted(IdleMergeGoal::Merges, &merging));
+        let one = [(4, 1, 900), (3, 0, 0), (0, 1, 0)];
+        assert!(!idle_merge_wanted(IdleMergeGoal::Merges, &one));
+        assert!(!idle_merge_wanted(IdleMergeGoal::One, &one));
     }
 
     /// Two processes of two workers each, connected over TCP as a cluster is, propose four

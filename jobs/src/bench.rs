@@ -70,7 +70,8 @@ pub struct BenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touch_ahead_faults: Option<u64>,
     /// The largest lead the touch-ahead thread aimed to keep ahead of use, MB: `--touch-ahead`'s,
-    /// or the allocator's growth over the last 4 s when that was more (up to 8 times it).
+    /// or, when more, the allocator's growth over the last 4 s or what it had in use
+    /// (up to 8 times it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub touch_ahead_lead_mb: Option<u64>,
     /// Late records.

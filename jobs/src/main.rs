@@ -115,9 +115,10 @@ struct BenchArgs {
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
-    /// at least SIZE, and as much as the job's memory grew in the last 4 s, up to 8 times
-    /// SIZE. Memory the job frees is kept, not given back, as a JVM keeps its heap; the
-    /// process holds 0.05-0.2 GB more than the job uses, up to about 0.5 GB for a state that
+    /// at least SIZE, and as much as the job's memory grew in the last 4 s or as much as it
+    /// has in use, up to 8 times SIZE. Memory the job frees is kept, not given back, as a JVM
+    /// keeps its heap; the process holds 0.05-0.2 GB more than the job uses, up to twice what
+    /// it uses for a larger state and about 0.5 GB more for a large one or one that
     /// grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
     /// the allocator grows from). Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
@@ -230,9 +231,10 @@ struct RunArgs {
     /// ahead of where the allocator grows, so that a worker seldom waits for a page: for
     /// machines (VMs) that provide memory slowly on first touch, without guessing the run's
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
-    /// at least SIZE, and as much as the job's memory grew in the last 4 s, up to 8 times
-    /// SIZE. Memory the job frees is kept, not given back, as a JVM keeps its heap; the
-    /// process holds 0.05-0.2 GB more than the job uses, up to about 0.5 GB for a state that
+    /// at least SIZE, and as much as the job's memory grew in the last 4 s or as much as it
+    /// has in use, up to 8 times SIZE. Memory the job frees is kept, not given back, as a JVM
+    /// keeps its heap; the process holds 0.05-0.2 GB more than the job uses, up to twice what
+    /// it uses for a larger state and about 0.5 GB more for a large one or one that
     /// grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
     /// the allocator grows from). Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's

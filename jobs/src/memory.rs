@@ -97,9 +97,9 @@ pub struct TouchAheadStats {
     pub provided_bytes: u64,
     /// Minor page faults taken by the thread (each a page it provided that was not there).
     pub faults: u64,
-    /// The largest lead it aimed to keep ahead of use, bytes: the lead asked for, or the
-    /// allocator's growth over [`GROWTH_WINDOW`] when that was more (up to
-    /// [`MAX_LEAD_FACTOR`] times it). A thread held up may have kept less.
+    /// The largest lead it aimed to keep ahead of use, bytes: the lead asked for, or, when
+    /// more, the allocator's growth over [`GROWTH_WINDOW`] or what it had in use (up to
+    /// [`MAX_LEAD_FACTOR`] times it; see [`lead`]). A thread held up may have kept less.
     pub largest_lead_bytes: u64,
 }
 
@@ -112,6 +112,22 @@ pub const GROWTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(4)
 /// asked for (`--touch-ahead SIZE`): the lead applies after each place the allocator grows
 /// from, so this bounds what is provided and never used.
 pub const MAX_LEAD_FACTOR: usize = 8;
+
+/// The lead to keep ahead of use, in granules: the lead `asked` for, or, when more, the
+/// larger of the allocator's recent growth (`grown`, see [`Growth`]) and what it has
+/// `in_use`, up to [`MAX_LEAD_FACTOR`] times `asked`.
+///
+/// As much as is in use, because a job's memory grows in steps as large as what it holds: a
+/// vector or a hash table doubles, and a merge of an arrangement's two largest batches writes
+/// a batch of their size before it frees them. q3 at about half of its peak (7.2M events/s
+/// on 2 workers) went from 360 to 578 MB and from 578 to 1,054 MB in about a second at its
+/// arrangements' large merges (their 128th and 256th epochs); a lead of 64 MiB or of the last
+/// seconds' growth had the workers fault those pages in themselves, and its p99 was 70-322
+/// ms; with this lead, 18-24 ms (BENCHMARKS.md, "Results, session 38"). The JVM grows its
+/// heap ahead of use by a share of it too (`-XX:MinHeapFreeRatio`).
+pub fn lead(asked: usize, grown: usize, in_use: usize) -> usize {
+    asked.max(grown.max(in_use).min(asked.saturating_mul(MAX_LEAD_FACTOR)))
+}
 
 /// The allocator's recent growth, in granules: what it took since the last look at least
 /// [`GROWTH_WINDOW`] ago (longer when the thread was held up between looks, or had nothing to
@@ -158,8 +174,7 @@ impl Growth {
 #[allow(unsafe_code)]
 mod ahead {
     use super::{
-        touch_plan, Growth, TouchAheadError, TouchAheadStats, GRANULE, GROWTH_WINDOW,
-        MAX_LEAD_FACTOR,
+        lead, touch_plan, Growth, TouchAheadError, TouchAheadStats, GRANULE, GROWTH_WINDOW,
     };
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -561,10 +576,10 @@ mod ahead {
                 *u = flag.load(Ordering::Relaxed);
                 in_use += usize::from(*u);
             }
-            // At least the lead asked for, and as much as the allocator took lately, up to a
-            // bound.
+            // At least the lead asked for, and as much as the allocator took lately or a
+            // share of what it has in use, up to a bound.
             let grown = growth.observe(std::time::Instant::now(), in_use);
-            let lead = ahead.max(grown.min(ahead.saturating_mul(MAX_LEAD_FACTOR)));
+            let lead = lead(ahead, grown, in_use);
             LEAD.fetch_max((lead * GRANULE) as u64, Ordering::Relaxed);
             // A few at a time, so that a place the allocator has just reached comes first.
             let plan = touch_plan(&used, &provided, lead, 4);
@@ -659,8 +674,9 @@ mod ahead {
 /// * A thread (`runnel-touch-ahead`) looks at the marks each millisecond in which mimalloc
 ///   started to use more of the region (a counter of its commits says so) and provides, with
 ///   `madvise(MADV_POPULATE_WRITE)` (Linux 5.14), every granule within the lead after a
-///   marked one that it has not provided yet (the lead: SIZE, or what the allocator took in
-///   the last [`GROWTH_WINDOW`] when that is more, up to [`MAX_LEAD_FACTOR`] times SIZE),
+///   marked one that it has not provided yet (the lead: SIZE, or, when more, what the
+///   allocator took in the last [`GROWTH_WINDOW`] or what it has in use, up to
+///   [`MAX_LEAD_FACTOR`] times SIZE: [`lead`]),
 ///   nearest first, one at a time, each once a second thread at idle priority
 ///   (`runnel-touch-idle`) has run: that is, when a core is free.
 ///   `MADV_POPULATE_WRITE` writes no data: it only faults in the pages, so it is safe on
@@ -679,8 +695,9 @@ mod ahead {
 /// provided afresh at each reuse. The thread provides that first arena whole before anything
 /// else (the mapping that holds an allocation made before the region is mapped).
 ///
-/// The cost: up to the lead of memory provided but not used (SIZE for a job whose memory does
-/// not grow, up to [`MAX_LEAD_FACTOR`] times SIZE for one that grows fast), for each place the
+/// The cost: up to the lead of memory provided but not used (SIZE for a job with little
+/// memory, as much as it uses for a larger one, up to [`MAX_LEAD_FACTOR`] times SIZE for a
+/// large one or one that grows fast), for each place the
 /// allocator grows from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
 /// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
 /// by the thread instead of by a worker.
@@ -903,6 +920,20 @@ mod tests {
                 looks.push((at, used));
             }
         }
+    }
+
+    /// In granules of 2 MiB, with the default lead of 64 MiB (32 granules): a job with
+    /// little memory keeps the lead asked for; a larger one as much as it has in use, or its
+    /// recent growth when that is more; never more than 8 times the lead asked for.
+    #[test]
+    fn the_lead_is_the_one_asked_for_or_the_use_or_the_growth_up_to_eight_times() {
+        assert_eq!(lead(32, 0, 0), 32);
+        assert_eq!(lead(32, 10, 30), 32, "60 MB in use, 20 MB grown");
+        assert_eq!(lead(32, 10, 180), 180, "360 MB in use: 360 MB ahead");
+        assert_eq!(lead(32, 200, 180), 200, "400 MB grown in the window");
+        assert_eq!(lead(32, 0, 1500), 256, "3 GB in use: 512 MB ahead at most");
+        assert_eq!(lead(32, 400, 0), 256);
+        assert_eq!(lead(128, 10, 100), 128, "a larger lead asked for");
     }
 
     #[test]
