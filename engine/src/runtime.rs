@@ -153,9 +153,10 @@ const IDLE_MERGE_EFFORT_ENV: &str = "RUNNEL_IDLE_MERGE_EFFORT";
 /// arrangements 3-7 fold; 100,000 is too coarse (each quantum holds the worker longer).
 const DEFAULT_IDLE_MERGE_EFFORT: usize = 1_000;
 
-/// Differential's idle merge effort. With `Some(n)`, an arrangement that is not merged into
-/// one batch keeps its operator scheduled and merges as if `n` records had arrived each time
-/// it runs, so merges advance while the worker has nothing else to do. Without it (`0` in
+/// Differential's idle merge effort. With `Some(n)`, an arrangement with merge work left (a
+/// merge in progress; see [`IdleMergeGoal`]) keeps its operator scheduled and merges as if `n`
+/// records had arrived each time it runs, so merges advance while the worker has nothing else
+/// to do. Without it (`0` in
 /// [`IDLE_MERGE_EFFORT_ENV`]) merges advance only as new batches arrive, and a batch that
 /// needs a level whose merge is not done finishes that merge at once: seconds of work for a
 /// large table, which hold back every result behind them.
@@ -237,9 +238,12 @@ fn idle_merge_wanted(goal: IdleMergeGoal, layers: &[(usize, usize, usize)]) -> b
 /// differential's `configure` with the exertion logic chosen here (its own is
 /// [`IdleMergeGoal::One`]).
 fn configure_idle_merges(config: &mut timely::WorkerConfig, effort: usize, goal: IdleMergeGoal) {
+    // Differential takes the effort as an `isize` of fuel: a larger one would be negative,
+    // and a merge given negative fuel never advances.
+    let effort = effort.min(isize::MAX as usize);
     config.set(
         "differential/idle_merge_effort".to_string(),
-        isize::try_from(effort).unwrap_or(isize::MAX),
+        effort as isize,
     );
     config.set::<differential_dataflow::trace::ExertionLogic>(
         "differential/default_exert_logic".to_string(),
@@ -277,8 +281,9 @@ pub fn run(job: &Job, opts: RunOptions) -> Result<RunSummary> {
         Some(timely::CommunicationConfig::Thread)
     };
     let mut worker_config = timely::WorkerConfig::default();
+    let goal = idle_merge_goal()?;
     if let Some(effort) = idle_merge_effort()? {
-        configure_idle_merges(&mut worker_config, effort, idle_merge_goal()?);
+        configure_idle_merges(&mut worker_config, effort, goal);
     }
 
     // A cluster's processes connect here (see `cluster`), not in timely's loop, which retries
@@ -710,6 +715,24 @@ mod tests {
         let one = [(4, 1, 900), (3, 0, 0), (0, 1, 0)];
         assert!(!idle_merge_wanted(IdleMergeGoal::Merges, &one));
         assert!(!idle_merge_wanted(IdleMergeGoal::One, &one));
+    }
+
+    /// An effort beyond what differential's fuel (an `isize`) holds is given as the most it
+    /// holds, not as negative fuel, which would never advance a merge.
+    #[test]
+    fn a_huge_idle_merge_effort_is_the_most_fuel_there_is() {
+        let mut config = timely::WorkerConfig::default();
+        configure_idle_merges(&mut config, usize::MAX, IdleMergeGoal::Merges);
+        let logic = config
+            .get::<differential_dataflow::trace::ExertionLogic>("differential/default_exert_logic")
+            .expect("set")
+            .clone();
+        let effort = logic(&[(1, 2, 10)]).expect("a merge in progress");
+        assert!(effort as isize > 0, "{effort}");
+        assert_eq!(
+            config.get::<isize>("differential/idle_merge_effort"),
+            Some(&isize::MAX)
+        );
     }
 
     /// Two processes of two workers each, connected over TCP as a cluster is, propose four

@@ -117,9 +117,9 @@ struct BenchArgs {
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
     /// at least SIZE, and as much as the job's memory grew in the last 4 s or as much as it
     /// has in use, up to 8 times SIZE. Memory the job frees is kept, not given back, as a JVM
-    /// keeps its heap; the process holds 0.05-0.2 GB more than the job uses, up to twice what
-    /// it uses for a larger state and about 0.5 GB more for a large one or one that
-    /// grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
+    /// keeps its heap; the process holds 0.05-0.2 GB more than the job uses, as much again as
+    /// the most it has held for a larger state, and about 0.5 GB more for a large one or one
+    /// that grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
     /// the allocator grows from). Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
     /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is
@@ -233,9 +233,9 @@ struct RunArgs {
     /// size up front as --pretouch does. On by default with 64M; 0 turns it off. The lead is
     /// at least SIZE, and as much as the job's memory grew in the last 4 s or as much as it
     /// has in use, up to 8 times SIZE. Memory the job frees is kept, not given back, as a JVM
-    /// keeps its heap; the process holds 0.05-0.2 GB more than the job uses, up to twice what
-    /// it uses for a larger state and about 0.5 GB more for a large one or one that
-    /// grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
+    /// keeps its heap; the process holds 0.05-0.2 GB more than the job uses, as much again as
+    /// the most it has held for a larger state, and about 0.5 GB more for a large one or one
+    /// that grows (more on a machine that provides memory fast: up to 8 times SIZE for each place
     /// the allocator grows from). Linux 5.14 or later:
     /// elsewhere the default is off, and a SIZE given is an error. With the allocator's
     /// variables set otherwise (MIMALLOC_PURGE_DELAY, MIMALLOC_ARENA_RESERVE) the default is

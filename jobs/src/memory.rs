@@ -14,9 +14,9 @@
 //!
 //! Touch-ahead ([`TouchAhead`], on by default in `runnel run` and `runnel bench` with 64 MiB,
 //! `--touch-ahead SIZE` to change it, 0 to turn it off) provides the memory while the job runs
-//! instead, on a thread of its own, a little ahead of where the allocator grows (at least
-//! SIZE, more while the job's memory grows fast): no size to guess, and only a lead more than
-//! the job uses.
+//! instead, on a thread of its own, ahead of where the allocator grows (at least SIZE, more
+//! for a job that holds more or whose memory grows fast: [`lead`]): no size to guess, and
+//! only a lead more than the job uses.
 //!
 //! mimalloc reads its options when the process starts, so the binary sets the variables by
 //! running itself again with them ([`keeps_freed_memory`], [`arena_reserve_is_small`]).
@@ -108,14 +108,15 @@ pub struct TouchAheadStats {
 /// lead asked for.
 pub const GROWTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The most the lead grows to for a job whose memory grows fast, in multiples of the lead
-/// asked for (`--touch-ahead SIZE`): the lead applies after each place the allocator grows
+/// The most the lead grows to for a job that holds much or whose memory grows fast, in
+/// multiples of the lead asked for (`--touch-ahead SIZE`): the lead applies after each place the allocator grows
 /// from, so this bounds what is provided and never used.
 pub const MAX_LEAD_FACTOR: usize = 8;
 
 /// The lead to keep ahead of use, in granules: the lead `asked` for, or, when more, the
 /// larger of the allocator's recent growth (`grown`, see [`Growth`]) and what it has
-/// `in_use`, up to [`MAX_LEAD_FACTOR`] times `asked`.
+/// `in_use` (the granules it has ever taken: freed memory is kept), up to
+/// [`MAX_LEAD_FACTOR`] times `asked`.
 ///
 /// As much as is in use, because a job's memory grows in steps as large as what it holds: a
 /// vector or a hash table doubles, and a merge of an arrangement's two largest batches writes
@@ -133,8 +134,7 @@ pub fn lead(asked: usize, grown: usize, in_use: usize) -> usize {
 /// [`GROWTH_WINDOW`] ago (longer when the thread was held up between looks, or had nothing to
 /// do). Touch-ahead keeps at least that much ahead of use, so that
 /// a state that grows fast, whose provider is held up for a moment (it runs at a lower
-/// priority than the workers), is not overtaken; a state that does not grow keeps the lead
-/// the user set.
+/// priority than the workers), is not overtaken (see [`lead`] for the rest of the rule).
 #[derive(Debug)]
 pub struct Growth {
     window: std::time::Duration,
@@ -576,8 +576,8 @@ mod ahead {
                 *u = flag.load(Ordering::Relaxed);
                 in_use += usize::from(*u);
             }
-            // At least the lead asked for, and as much as the allocator took lately or a
-            // share of what it has in use, up to a bound.
+            // At least the lead asked for, and as much as the allocator took lately or has
+            // in use, up to a bound.
             let grown = growth.observe(std::time::Instant::now(), in_use);
             let lead = lead(ahead, grown, in_use);
             LEAD.fetch_max((lead * GRANULE) as u64, Ordering::Relaxed);
@@ -696,8 +696,8 @@ mod ahead {
 /// else (the mapping that holds an allocation made before the region is mapped).
 ///
 /// The cost: up to the lead of memory provided but not used (SIZE for a job with little
-/// memory, as much as it uses for a larger one, up to [`MAX_LEAD_FACTOR`] times SIZE for a
-/// large one or one that grows fast), for each place the
+/// memory, as much as the most it has held for a larger one, up to [`MAX_LEAD_FACTOR`] times
+/// SIZE for a large one or one that grows fast), for each place the
 /// allocator grows from (a few: mimalloc spreads its threads over the arena); and the thread's time, which on
 /// a machine that provides memory at a normal speed is one zeroing pass over each page, paid
 /// by the thread instead of by a worker.
